@@ -1,0 +1,226 @@
+//! The agent's one long-lived stream to the master: attach with the client certificate, say
+//! Hello (grains), heartbeat, receive jobs; reconnect forever with jittered exponential backoff.
+//! The agent never listens on a port.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use corpus_proto::agent_link_client::AgentLinkClient;
+use corpus_proto::{AgentMessage, Heartbeat, Hello, agent_message, master_message};
+use corpus_runtime::Signal;
+use tokio::sync::{mpsc, watch};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::Code;
+use tracing::{error, info, warn};
+
+use crate::enroll::{self, AgentIdentity};
+use crate::grains::Grains;
+
+/// Metadata key the master sets on a refused attach (see the master's `link.rs`).
+const REFUSAL_REASON: &str = "corpus-refusal";
+
+/// Everything `corpus-agent run` was told.
+#[derive(Debug, Clone)]
+pub struct LinkOptions {
+    pub master: String,
+    /// The corpus CA, the only issuer the agent trusts for the master's certificate.
+    pub ca_pem: String,
+    pub id: String,
+    pub state_dir: PathBuf,
+    pub token: Option<String>,
+    pub slots: u32,
+    /// How often a pending agent asks whether it was accepted.
+    pub enroll_poll: Duration,
+    /// How often a rejected agent asks again (an operator may change their mind).
+    pub rejected_poll: Duration,
+    pub reconnect_min: Duration,
+    pub reconnect_max: Duration,
+}
+
+/// Exponential backoff with jitter: each delay is drawn from [d/2, d], d doubling from `min`
+/// up to `max`, so a fleet of agents does not reconnect in lockstep after a master restart.
+pub struct Backoff {
+    min: Duration,
+    max: Duration,
+    current: Duration,
+}
+
+impl Backoff {
+    pub fn new(min: Duration, max: Duration) -> Self {
+        Backoff {
+            min,
+            max: max.max(min),
+            current: min,
+        }
+    }
+
+    pub fn reset(&mut self) {
+        self.current = self.min;
+    }
+
+    pub fn next_delay(&mut self) -> Duration {
+        let ceiling = self.current;
+        self.current = (self.current * 2).min(self.max);
+        let low = ceiling / 2;
+        low + (ceiling - low).mul_f64(rand::random::<f64>())
+    }
+}
+
+/// Why one attached session ended.
+enum Ended {
+    Stopped,
+    /// The link was up (Welcome received) and then ended.
+    Closed(String),
+}
+
+enum AttachError {
+    /// The master refused this certificate; `reason` says whether enrolling again can help.
+    Refused { reason: String, message: String },
+    Other(String),
+}
+
+/// Runs the agent's link until `stop` says stop.
+pub async fn run(options: LinkOptions, mut stop: watch::Receiver<Signal>) -> anyhow::Result<()> {
+    let grains = Grains::collect(&options.id, options.slots);
+    let mut backoff = Backoff::new(options.reconnect_min, options.reconnect_max);
+    loop {
+        let Some(identity) = enroll::ensure_identity(&options, &mut stop).await? else {
+            return Ok(());
+        };
+        let delay = match attach_once(&options, &identity, &grains, &mut stop).await {
+            Ok(Ended::Stopped) => return Ok(()),
+            Ok(Ended::Closed(why)) => {
+                backoff.reset();
+                let delay = backoff.next_delay();
+                warn!("link to the master closed ({why}); reconnecting in {delay:?}");
+                delay
+            }
+            Err(AttachError::Refused { reason, message })
+                if reason == "unknown" || reason == "superseded" =>
+            {
+                warn!("{message}: enrolling again");
+                enroll::forget_certificate(&options.state_dir);
+                continue;
+            }
+            Err(AttachError::Refused { message, .. }) => {
+                error!("the master refused this agent: {message}");
+                options.rejected_poll
+            }
+            Err(AttachError::Other(why)) => {
+                let delay = backoff.next_delay();
+                warn!("cannot attach to the master: {why}; retrying in {delay:?}");
+                delay
+            }
+        };
+        tokio::select! {
+            _ = tokio::time::sleep(delay) => {}
+            _ = stop.wait_for(|s| *s == Signal::Stop) => return Ok(()),
+        }
+    }
+}
+
+async fn attach_once(
+    options: &LinkOptions,
+    identity: &AgentIdentity,
+    grains: &Grains,
+    stop: &mut watch::Receiver<Signal>,
+) -> Result<Ended, AttachError> {
+    let channel = corpus_runtime::tls::dial(
+        &options.master,
+        &options.ca_pem,
+        Some((&identity.certificate_pem, &identity.key_pem)),
+    )
+    .await
+    .map_err(|e| AttachError::Other(e.to_string()))?;
+
+    let (tx, rx) = mpsc::channel::<AgentMessage>(64);
+    let hello = AgentMessage {
+        body: Some(agent_message::Body::Hello(Hello {
+            grains: Some(grains.clone().into()),
+            unacknowledged: Vec::new(),
+        })),
+    };
+    // The channel is fresh and has room: this cannot fail.
+    let _ = tx.try_send(hello);
+    let mut inbound = AgentLinkClient::new(channel)
+        .max_decoding_message_size(corpus_proto::MAX_MESSAGE_BYTES)
+        .attach(ReceiverStream::new(rx))
+        .await
+        .map_err(|status| {
+            let reason = status
+                .metadata()
+                .get(REFUSAL_REASON)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_owned);
+            match (status.code(), reason) {
+                (Code::PermissionDenied, Some(reason)) => AttachError::Refused {
+                    reason,
+                    message: status.message().to_owned(),
+                },
+                _ => AttachError::Other(format!("{:?}: {}", status.code(), status.message())),
+            }
+        })?
+        .into_inner();
+
+    let heartbeat = match inbound.message().await {
+        Ok(Some(corpus_proto::MasterMessage {
+            body: Some(master_message::Body::Welcome(w)),
+        })) => Duration::from_secs(u64::from(w.heartbeat_seconds.max(1))),
+        Ok(_) => return Err(AttachError::Other("the master sent no welcome".into())),
+        Err(status) => return Err(AttachError::Other(status.message().to_owned())),
+    };
+    info!(master = %options.master, "attached to the master");
+
+    let mut ticker = tokio::time::interval(heartbeat);
+    ticker.tick().await;
+    let mut sequence = 0u64;
+    loop {
+        tokio::select! {
+            _ = stop.wait_for(|s| *s == Signal::Stop) => return Ok(Ended::Stopped),
+            _ = ticker.tick() => {
+                sequence += 1;
+                let beat = AgentMessage {
+                    body: Some(agent_message::Body::Heartbeat(Heartbeat {
+                        sequence,
+                        running_jobs: Vec::new(),
+                    })),
+                };
+                if tx.send(beat).await.is_err() {
+                    return Ok(Ended::Closed("outbound stream closed".into()));
+                }
+            }
+            message = inbound.message() => match message {
+                Ok(Some(message)) => match message.body {
+                    Some(master_message::Body::Job(job)) => {
+                        warn!(job = %job.job_id, "this agent version cannot run jobs yet");
+                    }
+                    Some(other) => tracing::debug!(?other, "message from the master"),
+                    None => {}
+                },
+                Ok(None) => return Ok(Ended::Closed("the master ended the stream".into())),
+                Err(status) if status.code() == Code::PermissionDenied => {
+                    // Rejected or deleted while attached: the next attach tells which.
+                    return Ok(Ended::Closed(status.message().to_owned()));
+                }
+                Err(status) => return Ok(Ended::Closed(status.message().to_owned())),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_doubles_with_jitter_up_to_the_ceiling_and_resets() {
+        let mut b = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+        let delays: Vec<_> = (0..10).map(|_| b.next_delay()).collect();
+        assert!(delays[0] >= Duration::from_millis(500) && delays[0] <= Duration::from_secs(1));
+        assert!(delays[3] >= Duration::from_secs(4) && delays[3] <= Duration::from_secs(8));
+        assert!(delays.iter().all(|d| *d <= Duration::from_secs(60)));
+        assert!(delays[9] >= Duration::from_secs(30));
+        b.reset();
+        assert!(b.next_delay() <= Duration::from_secs(1));
+    }
+}

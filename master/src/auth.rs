@@ -1,0 +1,265 @@
+//! Users, sessions and enrollment tokens: argon2 password hashes, expiring bearer tokens,
+//! per-id rate limiting of failed logins, single-use expiring enrollment tokens.
+//!
+//! Secrets (passwords, tokens) are never logged and never stored: only their hashes are.
+
+use std::collections::HashMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
+use argon2::Argon2;
+use sha2::{Digest, Sha256};
+
+use crate::store::{EnrollmentTokenRecord, SessionRecord, Store, StoreError, UserRecord};
+
+/// How long a login session lasts.
+pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
+/// Failed logins allowed for one id before it is locked out for a while.
+const FREE_FAILURES: u32 = 5;
+/// Longest lock-out after repeated failures.
+const MAX_LOCKOUT: Duration = Duration::from_secs(15 * 60);
+/// Shortest accepted password for new users.
+pub const MIN_PASSWORD_LEN: usize = 8;
+
+#[derive(Debug, thiserror::Error)]
+pub enum AuthError {
+    #[error("invalid id or password")]
+    BadCredentials,
+    #[error("too many failed logins for {id:?}: retry in {retry_in_secs} s")]
+    RateLimited { id: String, retry_in_secs: u64 },
+    #[error("session token is missing, invalid or expired: log in again")]
+    BadSession,
+    #[error("password is too short: use at least {MIN_PASSWORD_LEN} characters")]
+    WeakPassword,
+    #[error("user {0:?} already exists")]
+    UserExists(String),
+    #[error(transparent)]
+    Store(#[from] StoreError),
+    #[error("password hashing failed: {0}")]
+    Hash(String),
+}
+
+pub fn now_unix() -> i64 {
+    time::OffsetDateTime::now_utc().unix_timestamp()
+}
+
+/// sha256 hex of a secret: the key under which sessions and tokens are stored.
+pub fn secret_hash(secret: &str) -> String {
+    hex::encode(Sha256::digest(secret.as_bytes()))
+}
+
+/// 32 random bytes, hex: session and enrollment tokens.
+pub fn new_secret() -> String {
+    let bytes: [u8; 32] = rand::random();
+    hex::encode(bytes)
+}
+
+pub fn hash_password(password: &str) -> Result<String, AuthError> {
+    let salt_bytes: [u8; 16] = rand::random();
+    let salt = SaltString::encode_b64(&salt_bytes).map_err(|e| AuthError::Hash(e.to_string()))?;
+    Argon2::default()
+        .hash_password(password.as_bytes(), &salt)
+        .map(|h| h.to_string())
+        .map_err(|e| AuthError::Hash(e.to_string()))
+}
+
+fn verify_password(password: &str, phc: &str) -> bool {
+    PasswordHash::new(phc)
+        .map(|hash| {
+            Argon2::default()
+                .verify_password(password.as_bytes(), &hash)
+                .is_ok()
+        })
+        .unwrap_or(false)
+}
+
+/// A stand-in hash verified when the user does not exist, so an unknown id takes as long to
+/// refuse as a wrong password (no user enumeration by timing).
+fn decoy_hash() -> &'static str {
+    static DECOY: std::sync::OnceLock<String> = std::sync::OnceLock::new();
+    DECOY.get_or_init(|| hash_password("corpus-decoy-password").unwrap_or_default())
+}
+
+#[derive(Debug, Default)]
+struct Failures {
+    count: u32,
+    locked_until: Option<Instant>,
+}
+
+/// Logins and sessions.
+pub struct Auth {
+    store: Store,
+    failures: Mutex<HashMap<String, Failures>>,
+}
+
+impl Auth {
+    pub fn new(store: Store) -> Self {
+        Auth {
+            store,
+            failures: Mutex::new(HashMap::new()),
+        }
+    }
+
+    pub fn add_user(&self, id: &str, password: &str, admin: bool) -> Result<UserRecord, AuthError> {
+        if password.chars().count() < MIN_PASSWORD_LEN {
+            return Err(AuthError::WeakPassword);
+        }
+        let user = UserRecord {
+            id: id.to_owned(),
+            password_hash: hash_password(password)?,
+            admin,
+            created_at: now_unix(),
+        };
+        if !self.store.create_user(&user)? {
+            return Err(AuthError::UserExists(id.to_owned()));
+        }
+        Ok(user)
+    }
+
+    fn check_lockout(&self, id: &str) -> Result<(), AuthError> {
+        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(until) = failures.get(id).and_then(|f| f.locked_until) {
+            let now = Instant::now();
+            if until > now {
+                return Err(AuthError::RateLimited {
+                    id: id.to_owned(),
+                    retry_in_secs: (until - now).as_secs().max(1),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    fn record(&self, id: &str, ok: bool) {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        if ok {
+            failures.remove(id);
+            return;
+        }
+        let entry = failures.entry(id.to_owned()).or_default();
+        entry.count += 1;
+        if entry.count >= FREE_FAILURES {
+            // 1 s, 2 s, 4 s, ... doubling with each failure past the free ones.
+            let exp = (entry.count - FREE_FAILURES).min(20);
+            let lockout = Duration::from_secs(1u64 << exp).min(MAX_LOCKOUT);
+            entry.locked_until = Some(Instant::now() + lockout);
+        }
+    }
+
+    /// Checks id/password and opens a session. Blocking (argon2): call from a blocking task.
+    pub fn login(&self, id: &str, password: &str) -> Result<(String, i64), AuthError> {
+        self.check_lockout(id)?;
+        let user = self.store.user(id)?;
+        let phc = user.as_ref().map_or(decoy_hash(), |u| u.password_hash.as_str());
+        let ok = verify_password(password, phc) && user.is_some();
+        self.record(id, ok);
+        if !ok {
+            return Err(AuthError::BadCredentials);
+        }
+        let token = new_secret();
+        let expires_at = now_unix() + SESSION_TTL.as_secs() as i64;
+        self.store.put_session(
+            &secret_hash(&token),
+            &SessionRecord {
+                user: id.to_owned(),
+                expires_at,
+            },
+        )?;
+        Ok((token, expires_at))
+    }
+
+    /// The user a bearer token belongs to, if it is valid and unexpired.
+    pub fn session_user(&self, token: &str) -> Result<String, AuthError> {
+        let hash = secret_hash(token);
+        match self.store.session(&hash)? {
+            Some(s) if s.expires_at > now_unix() => Ok(s.user),
+            Some(_) => {
+                self.store.delete_session(&hash)?;
+                Err(AuthError::BadSession)
+            }
+            None => Err(AuthError::BadSession),
+        }
+    }
+
+    pub fn create_enrollment_token(&self, ttl: Duration) -> Result<(String, i64), AuthError> {
+        let token = new_secret();
+        let now = now_unix();
+        let expires_at = now + ttl.as_secs() as i64;
+        self.store.put_enrollment_token(
+            &secret_hash(&token),
+            &EnrollmentTokenRecord {
+                created_at: now,
+                expires_at,
+            },
+        )?;
+        Ok((token, expires_at))
+    }
+
+    /// Consumes an enrollment token: true only for an existing, unexpired, unused one. A token
+    /// is spent even when it turns out to be expired.
+    pub fn consume_enrollment_token(&self, token: &str) -> Result<bool, AuthError> {
+        Ok(self
+            .store
+            .take_enrollment_token(&secret_hash(token))?
+            .is_some_and(|t| t.expires_at > now_unix()))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::db::SledDb;
+
+    fn auth() -> anyhow::Result<(tempfile::TempDir, Auth)> {
+        let dir = tempfile::tempdir()?;
+        let store = Store::new(SledDb::open(dir.path())?);
+        Ok((dir, Auth::new(store)))
+    }
+
+    #[test]
+    fn login_gives_a_session_and_wrong_passwords_are_rate_limited() -> anyhow::Result<()> {
+        let (_dir, auth) = auth()?;
+        auth.add_user("alice", "correct horse", false)?;
+        let (token, _) = auth.login("alice", "correct horse")?;
+        assert_eq!(auth.session_user(&token)?, "alice");
+        assert!(matches!(auth.session_user("nope"), Err(AuthError::BadSession)));
+
+        for _ in 0..FREE_FAILURES {
+            assert!(matches!(auth.login("alice", "wrong"), Err(AuthError::BadCredentials)));
+        }
+        // Locked now, even with the right password.
+        assert!(matches!(
+            auth.login("alice", "correct horse"),
+            Err(AuthError::RateLimited { .. })
+        ));
+        // Other ids are not affected.
+        assert!(matches!(auth.login("bob", "whatever1"), Err(AuthError::BadCredentials)));
+        Ok(())
+    }
+
+    #[test]
+    fn users_need_a_real_password_and_are_never_replaced() -> anyhow::Result<()> {
+        let (_dir, auth) = auth()?;
+        assert!(matches!(auth.add_user("a", "short", false), Err(AuthError::WeakPassword)));
+        auth.add_user("a", "long enough", true)?;
+        assert!(matches!(
+            auth.add_user("a", "another one", false),
+            Err(AuthError::UserExists(_))
+        ));
+        assert!(auth.login("a", "long enough").is_ok());
+        Ok(())
+    }
+
+    #[test]
+    fn enrollment_tokens_work_once_and_not_after_their_ttl() -> anyhow::Result<()> {
+        let (_dir, auth) = auth()?;
+        let (token, _) = auth.create_enrollment_token(Duration::from_secs(3600))?;
+        assert!(auth.consume_enrollment_token(&token)?);
+        assert!(!auth.consume_enrollment_token(&token)?);
+        let (expired, _) = auth.create_enrollment_token(Duration::ZERO)?;
+        assert!(!auth.consume_enrollment_token(&expired)?);
+        assert!(!auth.consume_enrollment_token("made-up")?);
+        Ok(())
+    }
+}

@@ -1,0 +1,150 @@
+//! The Client service: what the `corpus` command talks to. Login is the only call without a
+//! session token; every other call carries `authorization: Bearer <token>`.
+
+use std::sync::Arc;
+
+use corpus_proto::{
+    DestroyRequest, Environment, Host, InitEnvRequest, JobUpdate, ListHostsRequest,
+    ListHostsResponse, LoginRequest, LoginResponse, ProjectQuota, ProjectRequest, PushRequest,
+    RollbackRequest, SetQuotaRequest, StatusRequest, StatusResponse,
+};
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::info;
+
+use crate::MasterState;
+use crate::auth::AuthError;
+use crate::status::internal;
+use crate::store::AgentStatus;
+
+pub struct ClientService {
+    pub state: Arc<MasterState>,
+}
+
+impl From<AuthError> for Status {
+    fn from(e: AuthError) -> Self {
+        match e {
+            AuthError::BadCredentials | AuthError::BadSession => Status::unauthenticated(e.to_string()),
+            AuthError::RateLimited { .. } => Status::resource_exhausted(e.to_string()),
+            AuthError::WeakPassword => Status::invalid_argument(e.to_string()),
+            AuthError::UserExists(_) => Status::already_exists(e.to_string()),
+            AuthError::Store(_) | AuthError::Hash(_) => internal(e),
+        }
+    }
+}
+
+/// The user behind the request's bearer token.
+pub fn session_user<T>(state: &MasterState, request: &Request<T>) -> Result<String, Status> {
+    let header = request
+        .metadata()
+        .get(corpus_proto::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .ok_or_else(|| Status::unauthenticated("not logged in: no session token on the request"))?;
+    let token = header.strip_prefix("Bearer ").unwrap_or(header);
+    Ok(state.auth.session_user(token)?)
+}
+
+type Updates = ReceiverStream<Result<JobUpdate, Status>>;
+
+fn not_yet(what: &str) -> Status {
+    Status::unimplemented(format!("{what} is not available on this master version"))
+}
+
+#[tonic::async_trait]
+impl corpus_proto::client_server::Client for ClientService {
+    type InitProjectStream = Updates;
+    type PushStream = Updates;
+    type RollbackStream = Updates;
+    type DestroyStream = Updates;
+
+    async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginResponse>, Status> {
+        let LoginRequest { id, password } = request.into_inner();
+        corpus_proto::names::validate_user_id(&id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let state = self.state.clone();
+        let user = id.clone();
+        let (token, expires_at_unix) =
+            tokio::task::spawn_blocking(move || state.auth.login(&user, &password))
+                .await
+                .map_err(internal)??;
+        info!(user = %id, "user logged in");
+        Ok(Response::new(LoginResponse {
+            token,
+            expires_at_unix,
+        }))
+    }
+
+    async fn list_hosts(
+        &self,
+        request: Request<ListHostsRequest>,
+    ) -> Result<Response<ListHostsResponse>, Status> {
+        session_user(&self.state, &request)?;
+        let state = &self.state;
+        let hosts = state
+            .store
+            .agents()
+            .map_err(internal)?
+            .into_iter()
+            .filter(|a| a.status == AgentStatus::Accepted)
+            .map(|a| {
+                let peer = state.links.peer(&a.id);
+                let grains = a.grains.clone().unwrap_or_default();
+                let ip = grains
+                    .ip_addresses
+                    .first()
+                    .cloned()
+                    .or_else(|| peer.as_ref().map(|p| p.0.clone()))
+                    .or(a.address.clone())
+                    .unwrap_or_default();
+                let slots_total = grains.slots;
+                let used = state.environments_on(&a.id);
+                Host {
+                    id: a.id.clone(),
+                    ip,
+                    slots_total,
+                    slots_free: slots_total.saturating_sub(used),
+                    guest_type: grains.guest_type.clone(),
+                    connected: peer.is_some(),
+                    last_seen_unix: peer.map(|p| p.1).or(a.last_seen).unwrap_or(0),
+                    grains: Some(grains.into()),
+                }
+            })
+            .collect();
+        Ok(Response::new(ListHostsResponse { hosts }))
+    }
+
+    async fn init_env(&self, request: Request<InitEnvRequest>) -> Result<Response<Environment>, Status> {
+        session_user(&self.state, &request)?;
+        Err(not_yet("init_env"))
+    }
+
+    async fn init_project(&self, request: Request<ProjectRequest>) -> Result<Response<Updates>, Status> {
+        session_user(&self.state, &request)?;
+        Err(not_yet("init"))
+    }
+
+    async fn push(&self, request: Request<Streaming<PushRequest>>) -> Result<Response<Updates>, Status> {
+        session_user(&self.state, &request)?;
+        Err(not_yet("push"))
+    }
+
+    async fn rollback(&self, request: Request<RollbackRequest>) -> Result<Response<Updates>, Status> {
+        session_user(&self.state, &request)?;
+        Err(not_yet("rollback"))
+    }
+
+    async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        session_user(&self.state, &request)?;
+        Err(not_yet("status"))
+    }
+
+    async fn destroy(&self, request: Request<DestroyRequest>) -> Result<Response<Updates>, Status> {
+        session_user(&self.state, &request)?;
+        Err(not_yet("destroy"))
+    }
+
+    async fn set_quota(&self, request: Request<SetQuotaRequest>) -> Result<Response<ProjectQuota>, Status> {
+        session_user(&self.state, &request)?;
+        Err(not_yet("trim/enlarge"))
+    }
+}

@@ -1,0 +1,161 @@
+//! The narrow storage trait the master's logic is written against, and its sled backend.
+//!
+//! Every write the master acknowledges is flushed to disk before the call returns, so a crash
+//! loses nothing that a caller was told is stored. A second backend (PostgreSQL for several
+//! masters, or redb) is a new implementation of [`Db`], not a rewrite.
+
+use std::path::Path;
+use std::sync::Arc;
+
+/// The keyspaces the master uses. Each maps to one sled tree.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Tree {
+    Agents,
+    Users,
+    Sessions,
+    EnrollmentTokens,
+}
+
+impl Tree {
+    fn name(self) -> &'static str {
+        match self {
+            Tree::Agents => "agents",
+            Tree::Users => "users",
+            Tree::Sessions => "sessions",
+            Tree::EnrollmentTokens => "enrollment_tokens",
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DbError {
+    #[error("database at {path} cannot be opened: {source}")]
+    Open {
+        path: String,
+        #[source]
+        source: sled::Error,
+    },
+    #[error("database error: {0}")]
+    Backend(String),
+}
+
+impl From<sled::Error> for DbError {
+    fn from(e: sled::Error) -> Self {
+        DbError::Backend(e.to_string())
+    }
+}
+
+pub type KeyValue = (Vec<u8>, Vec<u8>);
+
+/// Key-value storage with durable writes.
+pub trait Db: Send + Sync + 'static {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, DbError>;
+    /// Stores `value` durably (flushed before returning).
+    fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), DbError>;
+    /// Removes `key` durably; returns the old value.
+    fn delete(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, DbError>;
+    /// Atomically replaces `expected` by `new` (None: absent / remove); false when the current
+    /// value was not `expected`. Durable when it succeeds.
+    fn compare_and_swap(
+        &self,
+        tree: Tree,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool, DbError>;
+    /// Every entry whose key starts with `prefix`, in key order.
+    fn scan(&self, tree: Tree, prefix: &[u8]) -> Result<Vec<KeyValue>, DbError>;
+}
+
+/// sled 0.34, the embedded default.
+pub struct SledDb {
+    db: sled::Db,
+}
+
+impl SledDb {
+    pub fn open(path: &Path) -> Result<Arc<dyn Db>, DbError> {
+        let db = sled::Config::new()
+            .path(path)
+            .open()
+            .map_err(|source| DbError::Open {
+                path: path.display().to_string(),
+                source,
+            })?;
+        Ok(Arc::new(SledDb { db }))
+    }
+
+    fn tree(&self, tree: Tree) -> Result<sled::Tree, DbError> {
+        Ok(self.db.open_tree(tree.name())?)
+    }
+
+    fn flush(&self) -> Result<(), DbError> {
+        self.db.flush()?;
+        Ok(())
+    }
+}
+
+impl Db for SledDb {
+    fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, DbError> {
+        Ok(self.tree(tree)?.get(key)?.map(|v| v.to_vec()))
+    }
+
+    fn put(&self, tree: Tree, key: &[u8], value: &[u8]) -> Result<(), DbError> {
+        self.tree(tree)?.insert(key, value)?;
+        self.flush()
+    }
+
+    fn delete(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, DbError> {
+        let old = self.tree(tree)?.remove(key)?.map(|v| v.to_vec());
+        self.flush()?;
+        Ok(old)
+    }
+
+    fn compare_and_swap(
+        &self,
+        tree: Tree,
+        key: &[u8],
+        expected: Option<&[u8]>,
+        new: Option<&[u8]>,
+    ) -> Result<bool, DbError> {
+        let swapped = self.tree(tree)?.compare_and_swap(key, expected, new)?.is_ok();
+        if swapped {
+            self.flush()?;
+        }
+        Ok(swapped)
+    }
+
+    fn scan(&self, tree: Tree, prefix: &[u8]) -> Result<Vec<KeyValue>, DbError> {
+        self.tree(tree)?
+            .scan_prefix(prefix)
+            .map(|kv| {
+                let (k, v) = kv?;
+                Ok((k.to_vec(), v.to_vec()))
+            })
+            .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn writes_survive_reopen_and_cas_is_atomic() -> Result<(), DbError> {
+        let dir = tempfile::tempdir().map_err(|e| DbError::Backend(e.to_string()))?;
+        {
+            let db = SledDb::open(dir.path())?;
+            db.put(Tree::Users, b"alice", b"1")?;
+            db.put(Tree::Users, b"bob", b"2")?;
+            assert!(db.compare_and_swap(Tree::Sessions, b"t", None, Some(b"x"))?);
+            assert!(!db.compare_and_swap(Tree::Sessions, b"t", None, Some(b"y"))?);
+            assert!(db.compare_and_swap(Tree::Sessions, b"t", Some(b"x"), None)?);
+            assert_eq!(db.delete(Tree::Users, b"bob")?, Some(b"2".to_vec()));
+        }
+        let db = SledDb::open(dir.path())?;
+        assert_eq!(db.get(Tree::Users, b"alice")?, Some(b"1".to_vec()));
+        assert_eq!(db.get(Tree::Users, b"bob")?, None);
+        assert_eq!(db.get(Tree::Sessions, b"t")?, None);
+        assert_eq!(db.scan(Tree::Users, b"")?.len(), 1);
+        Ok(())
+    }
+}

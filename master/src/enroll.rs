@@ -1,0 +1,115 @@
+//! The Enrollment service: an agent without a certificate submits its CSR; it stays pending
+//! until an operator accepts it, or is accepted at once with a valid enrollment token.
+
+use std::sync::Arc;
+
+use corpus_proto::{AgentStatus as WireStatus, EnrollRequest, EnrollResponse};
+use tonic::{Request, Response, Status};
+use tracing::{info, warn};
+
+use crate::MasterState;
+use crate::auth::now_unix;
+use crate::pki::csr_public_key;
+use crate::store::{AgentRecord, AgentStatus};
+use crate::status::internal;
+
+/// Largest CSR accepted; a real one is well under 2 KiB.
+const MAX_CSR_BYTES: usize = 16 * 1024;
+
+pub struct EnrollmentService {
+    pub state: Arc<MasterState>,
+}
+
+fn response(status: WireStatus, certificate_pem: String, message: String) -> Response<EnrollResponse> {
+    Response::new(EnrollResponse {
+        status: status as i32,
+        certificate_pem,
+        message,
+    })
+}
+
+#[tonic::async_trait]
+impl corpus_proto::enrollment_server::Enrollment for EnrollmentService {
+    async fn enroll(
+        &self,
+        request: Request<EnrollRequest>,
+    ) -> Result<Response<EnrollResponse>, Status> {
+        let req = request.into_inner();
+        let id = req.agent_id;
+        corpus_proto::names::validate_agent_id(&id)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        if req.csr_pem.len() > MAX_CSR_BYTES {
+            return Err(Status::invalid_argument(format!(
+                "certificate request of agent {id:?} is larger than {MAX_CSR_BYTES} bytes"
+            )));
+        }
+        let key = csr_public_key(&id, &req.csr_pem)
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+
+        let state = &self.state;
+        // One enrollment decision at a time: a token race or two polls cannot interleave.
+        let _guard = state.enroll_lock.lock().await;
+        let existing = state.store.agent(&id).map_err(internal)?;
+        let mut record = match existing {
+            Some(record) => {
+                let known_key = csr_public_key(&id, &record.csr_pem).map_err(internal)?;
+                if known_key != key {
+                    warn!(agent = %id, "enrollment refused: id already enrolled with another key");
+                    return Err(Status::permission_denied(format!(
+                        "agent id {id:?} is already enrolled with another key: an operator must delete it first (corpus-master agents delete {id})"
+                    )));
+                }
+                record
+            }
+            None => AgentRecord {
+                id: id.clone(),
+                status: AgentStatus::Pending,
+                csr_pem: req.csr_pem.clone(),
+                certificate_pem: None,
+                fingerprint: None,
+                enrolled_at: now_unix(),
+                decided_at: None,
+                grains: None,
+                last_seen: None,
+                address: None,
+            },
+        };
+
+        let mut message = String::new();
+        if record.status == AgentStatus::Pending {
+            if !req.token.is_empty() {
+                if state.auth.consume_enrollment_token(&req.token).map_err(internal)? {
+                    info!(agent = %id, "agent accepted with an enrollment token");
+                    state.accept(&mut record).map_err(internal)?;
+                } else {
+                    warn!(agent = %id, "enrollment token invalid, expired or already used");
+                    message = format!(
+                        "enrollment token is invalid, expired or already used: agent {id:?} waits for an operator (corpus-master agents accept {id})"
+                    );
+                }
+            }
+            if record.status == AgentStatus::Pending {
+                if message.is_empty() {
+                    message = format!(
+                        "agent {id:?} is pending: an operator must accept it (corpus-master agents accept {id})"
+                    );
+                }
+                state.store.put_agent(&record).map_err(internal)?;
+            }
+        }
+
+        Ok(match record.status {
+            AgentStatus::Pending => response(WireStatus::Pending, String::new(), message),
+            AgentStatus::Rejected => response(
+                WireStatus::Rejected,
+                String::new(),
+                format!("agent {id:?} was rejected by an operator"),
+            ),
+            AgentStatus::Accepted => response(
+                WireStatus::Accepted,
+                record.certificate_pem.unwrap_or_default(),
+                String::new(),
+            ),
+        })
+    }
+}

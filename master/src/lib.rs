@@ -1,0 +1,213 @@
+//! corpus-master: keeps the pillar, renders state files, dispatches jobs to agents over their
+//! long-lived mutual-TLS streams, and serves the operator console on a local socket.
+//!
+//! [`serve`] takes what a test needs to inject (a bound listener, a shutdown future, the data
+//! dir); `main` only parses flags, installs logging and calls it.
+
+pub mod admin;
+pub mod auth;
+pub mod client;
+pub mod db;
+pub mod enroll;
+pub mod link;
+pub mod links;
+pub mod pki;
+pub mod status;
+pub mod store;
+
+use std::future::Future;
+use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context;
+use corpus_proto::MAX_MESSAGE_BYTES;
+use tokio::net::{TcpListener, UnixListener};
+use tokio_stream::wrappers::UnixListenerStream;
+use tonic::transport::server::TcpIncoming;
+use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tracing::info;
+
+use crate::auth::{Auth, now_unix};
+use crate::db::SledDb;
+use crate::links::Links;
+use crate::pki::Pki;
+use crate::store::{AgentRecord, AgentStatus, Store};
+
+/// The layout of the master's data dir.
+#[derive(Debug, Clone)]
+pub struct DataDir(pub PathBuf);
+
+impl DataDir {
+    pub fn pki(&self) -> PathBuf {
+        self.0.join("pki")
+    }
+    pub fn db(&self) -> PathBuf {
+        self.0.join("db")
+    }
+    pub fn socket(&self) -> PathBuf {
+        admin::socket_path(&self.0)
+    }
+}
+
+/// Everything the services share.
+pub struct MasterState {
+    pub store: Store,
+    pub auth: Auth,
+    pub pki: Pki,
+    pub links: Links,
+    /// Serialises enrollment decisions (enroll, accept, reject, delete) so they never interleave.
+    pub enroll_lock: tokio::sync::Mutex<()>,
+    /// How often agents heartbeat; a link silent for three periods is dropped.
+    pub heartbeat: Duration,
+}
+
+impl MasterState {
+    /// Signs the agent's CSR and records it as accepted.
+    pub fn accept(&self, record: &mut AgentRecord) -> anyhow::Result<()> {
+        let (pem, fingerprint) = self.pki.sign_agent(&record.id, &record.csr_pem)?;
+        record.status = AgentStatus::Accepted;
+        record.certificate_pem = Some(pem);
+        record.fingerprint = Some(fingerprint);
+        record.decided_at = Some(now_unix());
+        self.store.put_agent(record)?;
+        Ok(())
+    }
+
+    /// Environments hosted on an agent, for slot accounting. Environments arrive with
+    /// `corpus init_env`; until then every slot is free.
+    pub fn environments_on(&self, _agent: &str) -> u32 {
+        0
+    }
+}
+
+/// `corpus-master init`: the CA, the master's certificate, the database.
+pub fn init(data_dir: &Path, sans: &[String], force: bool) -> anyhow::Result<()> {
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(data_dir)
+        .with_context(|| format!("cannot create data dir {}", data_dir.display()))?;
+    let dir = DataDir(data_dir.to_owned());
+    pki::init(&dir.pki(), sans, force)?;
+    SledDb::open(&dir.db())?;
+    Ok(())
+}
+
+#[derive(Debug, Clone)]
+pub struct ServeOptions {
+    pub data_dir: PathBuf,
+    pub heartbeat: Duration,
+}
+
+/// Opens the data dir written by [`init`].
+pub fn open(options: &ServeOptions) -> anyhow::Result<Arc<MasterState>> {
+    let dir = DataDir(options.data_dir.clone());
+    if !dir.pki().join(pki::CA_CERT).exists() {
+        anyhow::bail!(
+            "{} holds no CA: run `corpus-master init --data-dir {}` first",
+            dir.0.display(),
+            dir.0.display()
+        );
+    }
+    let pki = Pki::load(&dir.pki())?;
+    let store = Store::new(SledDb::open(&dir.db())?);
+    Ok(Arc::new(MasterState {
+        auth: Auth::new(store.clone()),
+        store,
+        pki,
+        links: Links::default(),
+        enroll_lock: tokio::sync::Mutex::new(()),
+        heartbeat: options.heartbeat,
+    }))
+}
+
+/// Binds the admin socket, refusing to steal it from a running master.
+fn bind_admin_socket(path: &Path) -> anyhow::Result<UnixListener> {
+    if path.exists() {
+        if std::os::unix::net::UnixStream::connect(path).is_ok() {
+            anyhow::bail!(
+                "another master is already serving {}: stop it first",
+                path.display()
+            );
+        }
+        std::fs::remove_file(path)
+            .with_context(|| format!("cannot remove stale socket {}", path.display()))?;
+    }
+    let listener = UnixListener::bind(path)
+        .with_context(|| format!("cannot bind admin socket {}", path.display()))?;
+    std::fs::set_permissions(path, std::fs::Permissions::from_mode(0o600))
+        .with_context(|| format!("cannot restrict admin socket {}", path.display()))?;
+    Ok(listener)
+}
+
+/// Serves gRPC over TLS on `listener` and the console on the admin socket until `shutdown`
+/// resolves; then closes agent links and stops.
+pub async fn serve(
+    state: Arc<MasterState>,
+    data_dir: &Path,
+    listener: TcpListener,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> anyhow::Result<()> {
+    let dir = DataDir(data_dir.to_owned());
+    let admin_listener = bind_admin_socket(&dir.socket())?;
+
+    let tls = ServerTlsConfig::new()
+        .identity(Identity::from_pem(
+            &state.pki.master_cert_pem,
+            &state.pki.master_key_pem,
+        ))
+        .client_ca_root(Certificate::from_pem(&state.pki.ca_cert_pem))
+        .client_auth_optional(true);
+
+    let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
+    let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|stop| *stop).await;
+    };
+
+    let grpc = Server::builder()
+        .tls_config(tls)
+        .context("invalid TLS configuration")?
+        .http2_keepalive_interval(Some(Duration::from_secs(30)))
+        .http2_keepalive_timeout(Some(Duration::from_secs(10)))
+        .add_service(corpus_proto::enrollment_server::EnrollmentServer::new(
+            enroll::EnrollmentService {
+                state: state.clone(),
+            },
+        ))
+        .add_service(
+            corpus_proto::agent_link_server::AgentLinkServer::new(link::AgentLinkService {
+                state: state.clone(),
+            })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .add_service(
+            corpus_proto::client_server::ClientServer::new(client::ClientService {
+                state: state.clone(),
+            })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES),
+        )
+        .serve_with_incoming_shutdown(TcpIncoming::from(listener), wait(stop_rx.clone()));
+
+    let admin = Server::builder()
+        .add_service(corpus_proto::admin_server::AdminServer::new(
+            admin::AdminService {
+                state: state.clone(),
+            },
+        ))
+        .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), wait(stop_rx));
+
+    let links_state = state.clone();
+    tokio::spawn(async move {
+        shutdown.await;
+        info!(agents = links_state.links.count(), "closing agent links");
+        links_state.links.close_all();
+        let _ = stop_tx.send(true);
+    });
+
+    let result = tokio::try_join!(grpc, admin);
+    let _ = std::fs::remove_file(dir.socket());
+    result.context("server failed")?;
+    Ok(())
+}

@@ -1,0 +1,237 @@
+//! The AgentLink service: mutual-TLS streams from accepted agents. Only the certificate the
+//! master issued last to an accepted agent may attach; the agent's first message is its Hello
+//! (grains), then heartbeats.
+
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+use std::time::Duration;
+
+use corpus_proto::{
+    AgentMessage, BlobChunk, BlobRef, FetchBlobRequest, MasterMessage, UploadBlobRequest, Welcome,
+    agent_message, master_message,
+};
+use tokio::sync::mpsc;
+use tokio_stream::wrappers::ReceiverStream;
+use tonic::metadata::MetadataValue;
+use tonic::{Request, Response, Status, Streaming};
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::MasterState;
+use crate::auth::now_unix;
+use crate::pki::{common_name, fingerprint};
+use crate::status::internal;
+use crate::store::{AgentStatus, Grains};
+
+/// Metadata key on a refused attach telling the agent why, so it knows whether enrolling again
+/// can help (`unknown`, `superseded`) or not (`rejected`, `pending`).
+pub const REFUSAL_REASON: &str = "corpus-refusal";
+
+/// How long an agent has to send its Hello after attaching.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub struct AgentLinkService {
+    pub state: Arc<MasterState>,
+}
+
+fn refused(reason: &'static str, message: String) -> Status {
+    let mut status = Status::permission_denied(message);
+    status
+        .metadata_mut()
+        .insert(REFUSAL_REASON, MetadataValue::from_static(reason));
+    status
+}
+
+/// The agent id of the client certificate on this request, if that exact certificate is the
+/// one issued to an accepted agent.
+pub fn authenticate_agent<T>(state: &MasterState, request: &Request<T>) -> Result<String, Status> {
+    let certs = request.peer_certs().ok_or_else(|| {
+        Status::unauthenticated("a client certificate is required: enroll the agent first")
+    })?;
+    let der = certs
+        .first()
+        .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
+    let id = common_name(der)
+        .ok_or_else(|| Status::unauthenticated("client certificate has no common name"))?;
+    let record = state.store.agent(&id).map_err(internal)?;
+    match record {
+        None => Err(refused(
+            "unknown",
+            format!("agent {id:?} is not known to the master (deleted?): enroll again"),
+        )),
+        Some(r) if r.status == AgentStatus::Rejected => Err(refused(
+            "rejected",
+            format!("agent {id:?} was rejected by an operator"),
+        )),
+        Some(r) if r.status == AgentStatus::Pending => Err(refused(
+            "pending",
+            format!("agent {id:?} is pending acceptance"),
+        )),
+        Some(r) if r.fingerprint.as_deref() != Some(fingerprint(der).as_str()) => Err(refused(
+            "superseded",
+            format!("the certificate of agent {id:?} is no longer valid: enroll again"),
+        )),
+        Some(_) => Ok(id),
+    }
+}
+
+impl From<corpus_proto::Grains> for Grains {
+    fn from(g: corpus_proto::Grains) -> Self {
+        Grains {
+            id: g.id,
+            hostname: g.hostname,
+            os: g.os,
+            kernel: g.kernel,
+            cpus: g.cpus,
+            memory_bytes: g.memory_bytes,
+            ip_addresses: g.ip_addresses,
+            slots: g.slots,
+            guest_type: g.guest_type,
+            version: g.version,
+        }
+    }
+}
+
+impl From<Grains> for corpus_proto::Grains {
+    fn from(g: Grains) -> Self {
+        corpus_proto::Grains {
+            id: g.id,
+            hostname: g.hostname,
+            os: g.os,
+            kernel: g.kernel,
+            cpus: g.cpus,
+            memory_bytes: g.memory_bytes,
+            ip_addresses: g.ip_addresses,
+            slots: g.slots,
+            guest_type: g.guest_type,
+            version: g.version,
+        }
+    }
+}
+
+type MasterStream = ReceiverStream<Result<MasterMessage, Status>>;
+type BlobStream = ReceiverStream<Result<BlobChunk, Status>>;
+
+#[tonic::async_trait]
+impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
+    type AttachStream = MasterStream;
+    type FetchBlobStream = BlobStream;
+
+    async fn attach(
+        &self,
+        request: Request<Streaming<AgentMessage>>,
+    ) -> Result<Response<MasterStream>, Status> {
+        let state = self.state.clone();
+        let id = authenticate_agent(&state, &request)?;
+        let address = request
+            .remote_addr()
+            .map(|a| a.ip().to_string())
+            .unwrap_or_default();
+        let mut inbound = request.into_inner();
+
+        let hello = match tokio::time::timeout(HELLO_TIMEOUT, inbound.message()).await {
+            Ok(Ok(Some(AgentMessage {
+                body: Some(agent_message::Body::Hello(hello)),
+            }))) => hello,
+            Ok(Err(status)) => return Err(status),
+            _ => {
+                return Err(Status::invalid_argument(
+                    "an agent's first message must be its Hello",
+                ));
+            }
+        };
+        let grains: Grains = hello.grains.unwrap_or_default().into();
+        if grains.id != id {
+            return Err(Status::invalid_argument(format!(
+                "grains id {:?} does not match the certificate's agent id {id:?}",
+                grains.id
+            )));
+        }
+
+        let now = now_unix();
+        if let Some(mut record) = state.store.agent(&id).map_err(internal)? {
+            record.grains = Some(grains);
+            record.last_seen = Some(now);
+            record.address = Some(address.clone());
+            state.store.put_agent(&record).map_err(internal)?;
+        }
+
+        let (tx, rx) = mpsc::channel(64);
+        let welcome = MasterMessage {
+            body: Some(master_message::Body::Welcome(Welcome {
+                heartbeat_seconds: state.heartbeat.as_secs().max(1) as u32,
+                master_version: env!("CARGO_PKG_VERSION").to_owned(),
+            })),
+        };
+        tx.send(Ok(welcome))
+            .await
+            .map_err(|_| Status::cancelled("agent went away"))?;
+        let (generation, closed, last_seen) =
+            state.links.register(&id, tx, address.clone(), now);
+        info!(agent = %id, %address, "agent attached");
+
+        let heartbeat_deadline = state.heartbeat * 3;
+        let span = info_span!("link", agent = %id);
+        tokio::spawn(
+            async move {
+                loop {
+                    let next = tokio::select! {
+                        _ = closed.notified() => break,
+                        next = tokio::time::timeout(heartbeat_deadline, inbound.message()) => next,
+                    };
+                    match next {
+                        Ok(Ok(Some(message))) => {
+                            last_seen.store(now_unix(), Ordering::Relaxed);
+                            match message.body {
+                                Some(agent_message::Body::Heartbeat(hb)) => {
+                                    debug!(sequence = hb.sequence, "heartbeat");
+                                }
+                                Some(other) => debug!(?other, "message not handled yet"),
+                                None => {}
+                            }
+                        }
+                        Ok(Ok(None)) => {
+                            info!("agent closed its link");
+                            break;
+                        }
+                        Ok(Err(status)) => {
+                            info!(error = %status.message(), "agent link broken");
+                            break;
+                        }
+                        Err(_) => {
+                            warn!("no heartbeat within {heartbeat_deadline:?}: dropping the link");
+                            break;
+                        }
+                    }
+                }
+                state.links.unregister(&id, generation);
+                if let Ok(Some(mut record)) = state.store.agent(&id) {
+                    record.last_seen = Some(last_seen.load(Ordering::Relaxed));
+                    let _ = state.store.put_agent(&record);
+                }
+            }
+            .instrument(span),
+        );
+        Ok(Response::new(ReceiverStream::new(rx)))
+    }
+
+    async fn fetch_blob(
+        &self,
+        request: Request<FetchBlobRequest>,
+    ) -> Result<Response<BlobStream>, Status> {
+        authenticate_agent(&self.state, &request)?;
+        Err(Status::not_found(format!(
+            "blob {:?} is not available to this agent",
+            request.get_ref().digest
+        )))
+    }
+
+    async fn upload_blob(
+        &self,
+        request: Request<Streaming<UploadBlobRequest>>,
+    ) -> Result<Response<BlobRef>, Status> {
+        authenticate_agent(&self.state, &request)?;
+        Err(Status::failed_precondition(
+            "no job of this agent expects an upload",
+        ))
+    }
+}

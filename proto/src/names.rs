@@ -1,0 +1,107 @@
+//! Validation of the names that cross the wire and end up as paths or keys: agent ids, user
+//! ids, environment and project names. Every entry point calls these before acting.
+
+use std::fmt;
+
+/// A name that failed validation, with what it was meant to be.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct InvalidName {
+    pub what: &'static str,
+    pub value: String,
+    pub rule: &'static str,
+}
+
+impl fmt::Display for InvalidName {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{} {:?} is invalid: {}", self.what, self.value, self.rule)
+    }
+}
+
+impl std::error::Error for InvalidName {}
+
+fn check(
+    what: &'static str,
+    value: &str,
+    max: usize,
+    allowed: impl Fn(char) -> bool,
+    rule: &'static str,
+) -> Result<(), InvalidName> {
+    let first_ok = value
+        .chars()
+        .next()
+        .is_some_and(|c| c.is_ascii_alphanumeric());
+    if !first_ok || value.len() > max || !value.chars().all(allowed) {
+        return Err(InvalidName {
+            what,
+            value: value.to_owned(),
+            rule,
+        });
+    }
+    Ok(())
+}
+
+/// Agent ids are host-like names: letters, digits, '.', '-' and '_', starting alphanumeric.
+pub fn validate_agent_id(id: &str) -> Result<(), InvalidName> {
+    check(
+        "agent id",
+        id,
+        128,
+        |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_'),
+        "use letters, digits, '.', '-' and '_' (at most 128, starting with a letter or digit)",
+    )
+}
+
+/// User ids may be e-mail addresses, as in the RFC's `~/.makinastates.conf` examples.
+pub fn validate_user_id(id: &str) -> Result<(), InvalidName> {
+    check(
+        "user id",
+        id,
+        128,
+        |c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | '_' | '@' | '+'),
+        "use letters, digits, '.', '-', '_', '+' and '@' (at most 128, starting with a letter or digit)",
+    )
+}
+
+/// Project names become directory names under `srv/projects/`.
+pub fn validate_project_name(name: &str) -> Result<(), InvalidName> {
+    check(
+        "project name",
+        name,
+        64,
+        |c| c.is_ascii_lowercase() || c.is_ascii_digit() || matches!(c, '-' | '_'),
+        "use lowercase letters, digits, '-' and '_' (at most 64, starting with a letter or digit)",
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn agent_ids_accept_host_names_and_refuse_paths() {
+        for ok in ["node1", "web-01.example.com", "a_b"] {
+            assert!(validate_agent_id(ok).is_ok(), "{ok}");
+        }
+        for bad in ["", "../x", "a/b", ".hidden", "-x", "a b", &"x".repeat(129)] {
+            assert!(validate_agent_id(bad).is_err(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn project_names_are_lowercase_and_error_names_the_value() {
+        assert!(validate_project_name("my_project-2").is_ok());
+        let err = validate_project_name("../x").unwrap_err();
+        assert_eq!(
+            err.to_string(),
+            "project name \"../x\" is invalid: use lowercase letters, digits, '-' and '_' (at most 64, starting with a letter or digit)"
+        );
+        assert!(validate_project_name("MyProject").is_err());
+    }
+
+    #[test]
+    fn user_ids_may_be_email_addresses() {
+        assert!(validate_user_id("someone@foo.net").is_ok());
+        assert!(validate_user_id("some one").is_err());
+        assert!(validate_user_id("").is_err());
+    }
+}

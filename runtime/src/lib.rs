@@ -1,0 +1,121 @@
+//! Process plumbing shared by the corpus binaries (master, agent, client): logging, the rustls
+//! crypto provider, signal handling with a graceful-stop deadline, and systemd notification.
+//! It knows nothing of corpus's domain.
+
+use std::time::Duration;
+
+use tokio::signal::unix::{SignalKind, signal};
+use tokio::sync::watch;
+use tracing::{info, warn};
+
+/// Logs to stderr (journald picks it up under systemd); `RUST_LOG` overrides `default`.
+pub mod tls;
+
+pub fn init_logging(default: &str) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .try_init();
+}
+
+/// Installs ring as the process-wide rustls provider. Idempotent.
+pub fn install_crypto_provider() {
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// What the daemon's signal handler asks of it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    Running,
+    /// SIGTERM or SIGINT: stop gracefully.
+    Stop,
+}
+
+/// Spawns the signal handler: the first SIGTERM/SIGINT flips the returned watch to `Stop`;
+/// the process then exits on its own after `deadline` if still alive, or at once on the fourth
+/// SIGINT. Each SIGHUP calls `on_reload`.
+pub fn handle_signals(
+    deadline: Duration,
+    on_reload: impl Fn() + Send + 'static,
+) -> std::io::Result<watch::Receiver<Signal>> {
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    let (tx, rx) = watch::channel(Signal::Running);
+    tokio::spawn(async move {
+        let mut interrupts = 0u32;
+        loop {
+            tokio::select! {
+                _ = term.recv() => {}
+                _ = int.recv() => {
+                    interrupts += 1;
+                    if interrupts >= 4 {
+                        warn!("fourth SIGINT: exiting at once");
+                        std::process::exit(130);
+                    }
+                }
+                _ = hup.recv() => {
+                    on_reload();
+                    continue;
+                }
+            }
+            if *tx.borrow() == Signal::Running {
+                info!("stopping gracefully (deadline {deadline:?}; SIGINT four times exits at once)");
+                notify_stopping();
+                let _ = tx.send(Signal::Stop);
+                tokio::spawn(async move {
+                    tokio::time::sleep(deadline).await;
+                    warn!("graceful stop took longer than {deadline:?}: exiting");
+                    std::process::exit(1);
+                });
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// Resolves when `rx` says stop.
+pub async fn stopped(mut rx: watch::Receiver<Signal>) {
+    let _ = rx.wait_for(|s| *s == Signal::Stop).await;
+}
+
+/// Tells systemd the service is ready (no-op outside systemd) and starts the watchdog pings
+/// when the unit asks for them.
+pub fn notify_ready() {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    if let Some(interval) = sd_notify::watchdog_enabled() {
+        tokio::spawn(async move {
+            let mut tick = tokio::time::interval(interval / 2);
+            loop {
+                tick.tick().await;
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+        });
+    }
+}
+
+pub fn notify_stopping() {
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+}
+
+/// Parses durations the way every corpus flag does: `500ms`, `10s`, `1h`, `7d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    humantime::parse_duration(text.trim())
+        .map_err(|e| format!("duration {text:?} is invalid ({e}): use e.g. 500ms, 30s, 10m, 1h, 7d"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations_parse_with_units_and_errors_name_the_input() {
+        assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
+        assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
+                assert!(parse_duration("1y").unwrap_err().contains("\"1y\""));
+        assert!(parse_duration("soon").is_err());
+    }
+}
