@@ -57,14 +57,22 @@ mod tests {
             (json!({"l": [1, 2]}), json!({"l": [3]}), json!({"l": [3]})),
             // a scalar replaces a map and a map replaces a scalar
             (json!({"a": {"x": 1}}), json!({"a": 5}), json!({"a": 5})),
-            (json!({"a": 5}), json!({"a": {"x": 1}}), json!({"a": {"x": 1}})),
+            (
+                json!({"a": 5}),
+                json!({"a": {"x": 1}}),
+                json!({"a": {"x": 1}}),
+            ),
             // null in the overlay replaces too (explicit null is a value)
             (json!({"a": 1}), json!({"a": null}), json!({"a": null})),
             // non-map roots: overlay wins
             (json!([1]), json!({"a": 1}), json!({"a": 1})),
         ];
         for (base, overlay, expected) in cases {
-            assert_eq!(deep_merge(base.clone(), overlay.clone()), expected, "{base} <- {overlay}");
+            assert_eq!(
+                deep_merge(base.clone(), overlay.clone()),
+                expected,
+                "{base} <- {overlay}"
+            );
         }
     }
 

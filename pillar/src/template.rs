@@ -182,7 +182,12 @@ fn render_error(file: &str, err: &minijinja::Error) -> RenderError {
         }
         source = inner.source();
     }
-    let innermost = chain.iter().rev().find(|e| e.line().is_some()).copied().unwrap_or(err);
+    let innermost = chain
+        .iter()
+        .rev()
+        .find(|e| e.line().is_some())
+        .copied()
+        .unwrap_or(err);
     let mut message = match innermost.detail() {
         Some(detail) => format!("{}: {}", innermost.kind(), detail),
         None => innermost.kind().to_string(),
@@ -242,7 +247,10 @@ impl Lookup {
             None => {
                 return Err(minijinja::Error::new(
                     ErrorKind::MissingArgument,
-                    format!("{}.get needs a key, e.g. {}.get('a:b', default)", self.what, self.what),
+                    format!(
+                        "{}.get needs a key, e.g. {}.get('a:b', default)",
+                        self.what, self.what
+                    ),
                 ));
             }
         };
@@ -302,9 +310,9 @@ impl Object for Lookup {
 
     fn enumerate(self: &Arc<Self>) -> minijinja::value::Enumerator {
         match &*self.data {
-            Json::Object(map) => {
-                minijinja::value::Enumerator::Values(map.keys().map(|k| Value::from(k.as_str())).collect())
-            }
+            Json::Object(map) => minijinja::value::Enumerator::Values(
+                map.keys().map(|k| Value::from(k.as_str())).collect(),
+            ),
             _ => minijinja::value::Enumerator::Empty,
         }
     }
@@ -359,7 +367,11 @@ impl Object for BoundGet {
         ObjectRepr::Plain
     }
 
-    fn call(self: &Arc<Self>, _state: &mut State<'_, '_>, args: &[Value]) -> Result<Value, minijinja::Error> {
+    fn call(
+        self: &Arc<Self>,
+        _state: &mut State<'_, '_>,
+        args: &[Value],
+    ) -> Result<Value, minijinja::Error> {
         self.0.get(args)
     }
 }
@@ -372,7 +384,10 @@ fn to_json(value: &Value) -> Result<Json, minijinja::Error> {
         ));
     }
     serde_json::to_value(value).map_err(|e| {
-        minijinja::Error::new(ErrorKind::InvalidOperation, format!("cannot serialise value: {e}"))
+        minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            format!("cannot serialise value: {e}"),
+        )
     })
 }
 
@@ -384,7 +399,10 @@ fn filter_yaml(value: Value, kwargs: Kwargs) -> Result<String, minijinja::Error>
     let json = to_json(&value)?;
     if flow_style == Some(false) {
         let text = serde_yaml::to_string(&json).map_err(|e| {
-            minijinja::Error::new(ErrorKind::InvalidOperation, format!("cannot write yaml: {e}"))
+            minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                format!("cannot write yaml: {e}"),
+            )
         })?;
         return Ok(text.trim_end().to_string());
     }
@@ -406,13 +424,24 @@ fn filter_json(value: Value, kwargs: Kwargs) -> Result<String, minijinja::Error>
 
 /// Salt's `tojson` filter: ASCII-only JSON with `<`, `>`, `&` and `'` escaped so the result is
 /// safe inside HTML and single-quoted YAML.
-fn filter_tojson(value: Value, indent: Option<usize>, kwargs: Kwargs) -> Result<String, minijinja::Error> {
+fn filter_tojson(
+    value: Value,
+    indent: Option<usize>,
+    kwargs: Kwargs,
+) -> Result<String, minijinja::Error> {
     let kw_indent: Option<usize> = kwargs.get("indent")?;
     let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
     kwargs.assert_all_used()?;
     let json = to_json(&value)?;
     let mut out = String::new();
-    write_python_json(&json, indent.or(kw_indent), sort_keys.unwrap_or(false), true, 0, &mut out);
+    write_python_json(
+        &json,
+        indent.or(kw_indent),
+        sort_keys.unwrap_or(false),
+        true,
+        0,
+        &mut out,
+    );
     Ok(out
         .replace('<', "\\u003c")
         .replace('>', "\\u003e")
@@ -620,19 +649,38 @@ mod tests {
             ("{{ pillar.nope | default('d') }}", "d"),
             ("{% if pillar.nope %}yes{% else %}no{% endif %}", "no"),
             ("{{ pillar.web | yaml }}", "{hosts: [a, b], port: 8080}"),
-            ("{{ {'k': 'a: b', 'n': '1'} | yaml }}", "{k: 'a: b', n: '1'}"),
-            ("{{ pillar.web | yaml(flow_style=False) }}", "hosts:\n- a\n- b\nport: 8080"),
-            ("{{ pillar.web | json }}", r#"{"hosts": ["a", "b"], "port": 8080}"#),
+            (
+                "{{ {'k': 'a: b', 'n': '1'} | yaml }}",
+                "{k: 'a: b', n: '1'}",
+            ),
+            (
+                "{{ pillar.web | yaml(flow_style=False) }}",
+                "hosts:\n- a\n- b\nport: 8080",
+            ),
+            (
+                "{{ pillar.web | json }}",
+                r#"{"hosts": ["a", "b"], "port": 8080}"#,
+            ),
             ("{{ [1] | json(indent=2) }}", "[\n  1\n]"),
-            ("{{ {'b': '<é>', 'a': 1} | tojson }}", r#"{"a": 1, "b": "\u003c\u00e9\u003e"}"#),
+            (
+                "{{ {'b': '<é>', 'a': 1} | tojson }}",
+                r#"{"a": 1, "b": "\u003c\u00e9\u003e"}"#,
+            ),
             ("{{ pillar.web.get('port') }}", "8080"),
-            ("{% for k, v in pillar.web.items() %}{{ k }};{% endfor %}", "hosts;port;"),
+            (
+                "{% for k, v in pillar.web.items() %}{{ k }};{% endfor %}",
+                "hosts;port;",
+            ),
             ("{{ 'a,b'.split(',') | join('+') }}", "a+b"),
             ("{{ '{\"x\": 1}' | load_json | json }}", r#"{"x": 1}"#),
             ("line\n", "line\n"),
         ];
         for (source, expected) in cases {
-            assert_eq!(render(source).as_deref(), Ok(expected), "template {source:?}");
+            assert_eq!(
+                render(source).as_deref(),
+                Ok(expected),
+                "template {source:?}"
+            );
         }
     }
 
@@ -646,7 +694,11 @@ mod tests {
         assert!(err.message.contains("'db:password'"), "{err}");
         let err = render("x\n\n{{ pillar.db }}").unwrap_err();
         assert_eq!((err.file.as_str(), err.line), ("t.sls", Some(3)), "{err}");
-        assert!(err.to_string().starts_with("t.sls, line 3: jinja error: undefined value"), "{err}");
+        assert!(
+            err.to_string()
+                .starts_with("t.sls, line 3: jinja error: undefined value"),
+            "{err}"
+        );
     }
 
     #[test]
@@ -659,31 +711,52 @@ mod tests {
     #[test]
     fn imports_resolve_in_the_tree_and_nowhere_else() {
         let tree = MemoryTree::new()
-            .with("macros.jinja", "{% macro hello(n) %}hello {{ n }}{% endmacro %}")
+            .with(
+                "macros.jinja",
+                "{% macro hello(n) %}hello {{ n }}{% endmacro %}",
+            )
             .with("web/map.jinja", "{% set port = pillar.get('web:port') %}")
-            .with("web/init.sls", "{% from './map.jinja' import port %}{{ port }}")
+            .with(
+                "web/init.sls",
+                "{% from './map.jinja' import port %}{{ port }}",
+            )
             .with("web/broken.jinja", "{{ pillar.nope }}");
         let e = engine(tree);
         let c = ctx();
         assert_eq!(
-            e.render("x.sls", "{% import 'macros.jinja' as m %}{{ m.hello('w') }}", &c)
-                .as_deref(),
+            e.render(
+                "x.sls",
+                "{% import 'macros.jinja' as m %}{{ m.hello('w') }}",
+                &c
+            )
+            .as_deref(),
             Ok("hello w")
         );
         assert_eq!(
-            e.render("web/init.sls", "{% from './map.jinja' import port %}{{ port }}", &c)
-                .as_deref(),
+            e.render(
+                "web/init.sls",
+                "{% from './map.jinja' import port %}{{ port }}",
+                &c
+            )
+            .as_deref(),
             Ok("8080")
         );
         assert_eq!(
-            e.render("x.sls", "{% include 'salt://macros.jinja' %}ok", &c).as_deref(),
+            e.render("x.sls", "{% include 'salt://macros.jinja' %}ok", &c)
+                .as_deref(),
             Ok("ok")
         );
-        let err = e.render("x.sls", "{% include '/etc/passwd' %}", &c).unwrap_err();
+        let err = e
+            .render("x.sls", "{% include '/etc/passwd' %}", &c)
+            .unwrap_err();
         assert!(err.message.contains("absolute"), "{err}");
-        let err = e.render("x.sls", "{% include '../../etc/passwd' %}", &c).unwrap_err();
+        let err = e
+            .render("x.sls", "{% include '../../etc/passwd' %}", &c)
+            .unwrap_err();
         assert!(err.message.contains(".."), "{err}");
-        let err = e.render("x.sls", "{% include 'web/broken.jinja' %}", &c).unwrap_err();
+        let err = e
+            .render("x.sls", "{% include 'web/broken.jinja' %}", &c)
+            .unwrap_err();
         assert_eq!(err.file, "web/broken.jinja", "{err}");
     }
 

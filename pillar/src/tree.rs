@@ -221,3 +221,63 @@ mod tests {
         Ok(())
     }
 }
+
+/// Resolves an `include:` entry relative to the including sls: `.x` is a sibling (or, from an
+/// `init.sls`, a child), each further leading dot climbs one package, as in Salt. Absolute names
+/// are returned unchanged.
+pub fn resolve_include(
+    including_sls: &str,
+    including_path: &str,
+    include: &str,
+) -> Result<String, String> {
+    let levels = include.chars().take_while(|&c| c == '.').count();
+    if levels == 0 {
+        return Ok(include.to_string());
+    }
+    let rest = &include[levels..];
+    let mut parts: Vec<&str> = including_sls.split('.').collect();
+    if including_path.ends_with("/init.sls") || including_path == "init.sls" {
+        parts.push("init");
+    }
+    if levels > parts.len() {
+        return Err(format!(
+            "relative include '{include}' in sls '{including_sls}' goes above the top of the tree"
+        ));
+    }
+    parts.truncate(parts.len() - levels);
+    if !rest.is_empty() {
+        parts.push(rest);
+    }
+    if parts.is_empty() {
+        return Err(format!(
+            "relative include '{include}' in sls '{including_sls}' names no sls"
+        ));
+    }
+    Ok(parts.join("."))
+}
+
+#[cfg(test)]
+mod include_tests {
+    use super::resolve_include;
+
+    #[test]
+    fn relative_includes_follow_salt() {
+        let cases = [
+            ("web.nginx", "web/nginx.sls", "common", Ok("common")),
+            ("web.nginx", "web/nginx.sls", ".conf", Ok("web.conf")),
+            ("web", "web/init.sls", ".conf", Ok("web.conf")),
+            (
+                "web.nginx",
+                "web/nginx/init.sls",
+                ".conf",
+                Ok("web.nginx.conf"),
+            ),
+            ("web.nginx", "web/nginx.sls", "..base", Ok("base")),
+            ("web", "web.sls", "..x", Err(())),
+        ];
+        for (sls, path, include, expected) in cases {
+            let got = resolve_include(sls, path, include);
+            assert_eq!(got.as_deref().map_err(|_| ()), expected, "{sls} {include}");
+        }
+    }
+}
