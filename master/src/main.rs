@@ -21,7 +21,7 @@ struct Cli {
 #[derive(Args, Clone)]
 struct DataDirArg {
     /// The master's data dir (CA, database, admin socket).
-    #[arg(long, env = "CORPUS_MASTER_DATA_DIR", default_value = "/var/lib/corpus-master")]
+    #[arg(long, global = true, env = "CORPUS_MASTER_DATA_DIR", default_value = "/var/lib/corpus-master")]
     data_dir: PathBuf,
 }
 

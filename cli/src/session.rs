@@ -1,0 +1,83 @@
+//! Logging in to a master: TLS against the endpoint's CA, id/password for an expiring token,
+//! then every call carries `authorization: Bearer <token>`.
+
+use anyhow::Context;
+use corpus_proto::LoginRequest;
+use corpus_proto::client_client::ClientClient;
+use tonic::metadata::{Ascii, MetadataValue};
+use tonic::service::Interceptor;
+use tonic::service::interceptor::InterceptedService;
+use tonic::transport::Channel;
+use tonic::{Code, Request, Status};
+
+use crate::config::Endpoint;
+
+/// Adds the session token to every request.
+#[derive(Clone)]
+pub struct Bearer(MetadataValue<Ascii>);
+
+impl Interceptor for Bearer {
+    fn call(&mut self, mut request: Request<()>) -> Result<Request<()>, Status> {
+        request
+            .metadata_mut()
+            .insert(corpus_proto::AUTHORIZATION, self.0.clone());
+        Ok(request)
+    }
+}
+
+pub type Client = ClientClient<InterceptedService<Channel, Bearer>>;
+
+/// A logged-in connection to one endpoint.
+pub struct Session {
+    pub client: Client,
+    pub endpoint: Endpoint,
+}
+
+/// The master's refusal, as a user should read it.
+pub fn rpc_error(endpoint: &Endpoint, status: Status) -> anyhow::Error {
+    match status.code() {
+        Code::Unavailable => anyhow::anyhow!(
+            "the master at {} is unreachable: {}",
+            endpoint.url,
+            status.message()
+        ),
+        _ => anyhow::anyhow!("{}", status.message()),
+    }
+}
+
+pub async fn login(endpoint: &Endpoint) -> anyhow::Result<Session> {
+    let ca_pem = std::fs::read_to_string(&endpoint.ca).with_context(|| {
+        format!(
+            "endpoint {:?}: cannot read its CA certificate {}",
+            endpoint.name,
+            endpoint.ca.display()
+        )
+    })?;
+    let channel = corpus_runtime::tls::dial(&endpoint.url, &ca_pem, None)
+        .await
+        .with_context(|| format!("endpoint {:?}", endpoint.name))?;
+    let response = ClientClient::new(channel.clone())
+        .login(LoginRequest {
+            id: endpoint.id.clone(),
+            password: endpoint.password.clone(),
+        })
+        .await
+        .map_err(|status| match status.code() {
+            Code::Unauthenticated => anyhow::anyhow!(
+                "login to {} ({}) as {:?} failed: invalid id or password",
+                endpoint.name,
+                endpoint.url,
+                endpoint.id
+            ),
+            _ => rpc_error(endpoint, status),
+        })?
+        .into_inner();
+    let token: MetadataValue<Ascii> = format!("Bearer {}", response.token)
+        .parse()
+        .context("the master sent an unusable session token")?;
+    Ok(Session {
+        client: ClientClient::with_interceptor(channel, Bearer(token))
+            .max_decoding_message_size(corpus_proto::MAX_MESSAGE_BYTES),
+        endpoint: endpoint.clone(),
+    })
+}
