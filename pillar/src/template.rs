@@ -192,7 +192,7 @@ fn render_error(file: &str, err: &minijinja::Error) -> RenderError {
         Some(detail) => format!("{}: {}", innermost.kind(), detail),
         None => innermost.kind().to_string(),
     };
-    if innermost.kind() == ErrorKind::UndefinedError {
+    if innermost.kind() == ErrorKind::UndefinedError && !message.contains("give a default") {
         message.push_str(
             "; check the name, or give a default with pillar.get('a:b', default) or the \
              `default` filter",

@@ -1,0 +1,110 @@
+//! The state functions corpus supports, in one table shared by the compiler (which rejects
+//! unknown functions) and the agent (which dispatches on them).
+
+/// One supported `module.function`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct StateFunction {
+    pub module: &'static str,
+    pub function: &'static str,
+    /// Arguments the function understands, Salt's names. `name` is implied. Others are passed
+    /// through unchecked, as Salt does, so existing sls keep working.
+    pub args: &'static [&'static str],
+}
+
+/// Every supported state function.
+pub const CATALOGUE: &[StateFunction] = &[
+    StateFunction {
+        module: "file",
+        function: "managed",
+        args: &[
+            "contents", "source", "template", "mode", "user", "group", "makedirs", "context",
+            "defaults",
+        ],
+    },
+    StateFunction {
+        module: "file",
+        function: "directory",
+        args: &["mode", "user", "group", "makedirs"],
+    },
+    StateFunction {
+        module: "file",
+        function: "symlink",
+        args: &["target", "force", "makedirs", "user", "group"],
+    },
+    StateFunction {
+        module: "file",
+        function: "absent",
+        args: &[],
+    },
+    StateFunction {
+        module: "cmd",
+        function: "run",
+        args: &[
+            "cwd", "env", "runas", "creates", "unless", "onlyif", "timeout", "shell",
+        ],
+    },
+    StateFunction {
+        module: "service",
+        function: "running",
+        args: &["enable", "reload"],
+    },
+    StateFunction {
+        module: "service",
+        function: "dead",
+        args: &["enable"],
+    },
+    StateFunction {
+        module: "service",
+        function: "restarted",
+        args: &[],
+    },
+    StateFunction {
+        module: "service",
+        function: "enabled",
+        args: &[],
+    },
+];
+
+/// Looks up `module.function`.
+pub fn lookup(module: &str, function: &str) -> Option<&'static StateFunction> {
+    CATALOGUE
+        .iter()
+        .find(|f| f.module == module && f.function == function)
+}
+
+/// The supported modules, in catalogue order.
+pub fn modules() -> Vec<&'static str> {
+    let mut out: Vec<&'static str> = Vec::new();
+    for f in CATALOGUE {
+        if !out.contains(&f.module) {
+            out.push(f.module);
+        }
+    }
+    out
+}
+
+/// The functions of `module`, in catalogue order (empty for an unknown module).
+pub fn functions_of(module: &str) -> Vec<&'static str> {
+    CATALOGUE
+        .iter()
+        .filter(|f| f.module == module)
+        .map(|f| f.function)
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn catalogue_answers_lookups() {
+        assert!(lookup("file", "managed").is_some());
+        assert!(lookup("file", "manage").is_none());
+        assert_eq!(modules(), ["file", "cmd", "service"]);
+        assert_eq!(
+            functions_of("service"),
+            ["running", "dead", "restarted", "enabled"]
+        );
+        assert!(functions_of("pkg").is_empty());
+    }
+}
