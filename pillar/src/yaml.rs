@@ -97,13 +97,38 @@ pub fn top_level_key_at(text: &str, line: usize) -> Option<String> {
 
 /// The 1-based line where top-level key `id` is declared in `text`, if it can be found.
 pub fn line_of_top_level_key(text: &str, id: &str) -> Option<usize> {
-    text.lines().enumerate().find_map(|(i, l)| {
-        let rest = l
-            .strip_prefix(id)
-            .or_else(|| l.strip_prefix(&format!("'{id}'")))
-            .or_else(|| l.strip_prefix(&format!("\"{id}\"")))?;
-        rest.trim_start().starts_with(':').then_some(i + 1)
-    })
+    top_level_key_lines(text).remove(id)
+}
+
+/// Every top-level key of `text` with the 1-based line declaring it (first occurrence), in one
+/// pass, so that locating all state ids of a file stays linear.
+pub fn top_level_key_lines(text: &str) -> std::collections::HashMap<String, usize> {
+    let mut out = std::collections::HashMap::new();
+    for (i, line) in text.lines().enumerate() {
+        if line.starts_with([' ', '\t', '#', '-', '{', '}', '%', '|', '>']) {
+            continue;
+        }
+        if let Some(key) = top_level_key_of_line(line) {
+            out.entry(key).or_insert(i + 1);
+        }
+    }
+    out
+}
+
+fn top_level_key_of_line(line: &str) -> Option<String> {
+    let trimmed = line.trim_end();
+    let key = if let Some(rest) = trimmed.strip_prefix('\'') {
+        rest.split_once("':").map(|(k, _)| k.replace("''", "'"))?
+    } else if let Some(rest) = trimmed.strip_prefix('"') {
+        rest.split_once("\":").map(|(k, _)| k.to_string())?
+    } else {
+        // A plain key ends at the first ': ' or at a trailing ':'.
+        match trimmed.find(": ") {
+            Some(end) => trimmed[..end].to_string(),
+            None => trimmed.strip_suffix(':')?.to_string(),
+        }
+    };
+    Some(key.trim_end().to_string())
 }
 
 #[cfg(test)]

@@ -46,10 +46,13 @@ impl StateTree {
         ctx: &TemplateContext,
     ) -> Result<Vec<String>, StateError> {
         let Some(text) = self.tree.read("top.sls")? else {
-            return Err(StateError::SlsNotFound {
-                name: "top".into(),
-                by: "the highstate".into(),
-                path: "top".into(),
+            return Err(StateError::Invalid {
+                at: Location {
+                    file: "top.sls".into(),
+                    ..Location::default()
+                },
+                message: "the file root has no top.sls: create one, or name the sls to apply"
+                    .into(),
             });
         };
         let ctx = ctx
@@ -174,13 +177,14 @@ impl StateTree {
             self.load(&target, &format!("the include of {path}"), &ctx, loaded)?;
         }
         for decl in states {
-            if let Some(first) = loaded.decls.iter().find(|d| d.id == decl.id) {
+            if let Some(first) = loaded.ids.get(&decl.id) {
                 return Err(StateError::ConflictingId {
                     id: decl.id,
-                    first: first.sls.clone(),
+                    first: first.clone(),
                     second: name.to_string(),
                 });
             }
+            loaded.ids.insert(decl.id.clone(), name.to_string());
             loaded.decls.push(decl);
         }
         loaded.extends.extend(extends);
@@ -193,6 +197,8 @@ impl StateTree {
 #[derive(Default)]
 struct Loaded {
     seen: HashSet<String>,
+    /// State id -> the sls declaring it, to reject duplicates across files.
+    ids: HashMap<String, String>,
     sls: Vec<String>,
     decls: Vec<StateDecl>,
     extends: Vec<StateDecl>,

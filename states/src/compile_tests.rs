@@ -461,3 +461,72 @@ fn plan_round_trips_through_json() {
     assert!(text.contains(r#""kind":"watch""#), "{text}");
     assert_eq!(serde_json::from_str::<Plan>(&text).ok(), Some(plan));
 }
+
+#[test]
+fn highstate_from_a_directory_without_top_is_a_clear_error() {
+    let t = StateTree::new(Arc::new(corpus_pillar::DirTree::new(
+        "/nonexistent-corpus-root",
+    )));
+    assert_eq!(
+        t.render_highstate("a", &ctx()).map_err(|e| e.to_string()),
+        Err("top.sls: the file root has no top.sls: create one, or name the sls to apply".into())
+    );
+}
+
+#[test]
+fn highstate_from_a_directory() -> Result<(), Box<dyn std::error::Error>> {
+    let root = std::env::temp_dir().join(format!("corpus-states-dir-{}", std::process::id()));
+    std::fs::create_dir_all(root.join("web"))?;
+    std::fs::write(root.join("top.sls"), "base:\n  'web*':\n    - web\n")?;
+    std::fs::write(
+        root.join("web/init.sls"),
+        "{% from 'web/map.jinja' import port with context %}\n/etc/web.conf:\n  file.managed:\n    - source: salt://web/web.conf\n    - template: jinja\n    - contents: {{ port }}\n",
+    )?;
+    std::fs::write(
+        root.join("web/map.jinja"),
+        "{% set port = pillar.get('web:port') %}",
+    )?;
+    std::fs::write(root.join("web/web.conf"), "listen {{ pillar.web.port }}\n")?;
+    let t = StateTree::new(Arc::new(corpus_pillar::DirTree::new(&root)));
+    let rendered = t.render_highstate("web1", &ctx())?;
+    assert_eq!(show(&rendered.plan), "0 file.managed /etc/web.conf");
+    assert_eq!(rendered.plan.chunks[0].args["contents"], json!(8080));
+    assert_eq!(
+        t.render_file("salt://web/web.conf", &ctx())?,
+        "listen 8080\n"
+    );
+    std::fs::remove_dir_all(&root)?;
+    Ok(())
+}
+
+#[test]
+fn a_thousand_templated_states_plan_quickly() {
+    let mut sls = String::new();
+    for i in 0..1000 {
+        sls.push_str(&format!(
+            "/srv/f{i}:\n  file.managed:\n    - contents: {{{{ pillar.get('web:port') }}}}-{i}\n"
+        ));
+        if i > 0 {
+            sls.push_str(&format!("    - require:\n      - file: /srv/f{}\n", i - 1));
+        }
+    }
+    let start = std::time::Instant::now();
+    let rendered = tree(&[("big.sls", &sls)]).render_sls(&["big"], &ctx());
+    let elapsed = start.elapsed();
+    let plan = rendered.map(|r| r.plan).unwrap_or_default();
+    assert_eq!(plan.chunks.len(), 1000);
+    assert_eq!(plan.chunks[999].args["contents"], json!("8080-999"));
+    assert_eq!(
+        plan.chunks[999].requisites,
+        vec![Requisite {
+            kind: RequisiteKind::Require,
+            target: 998
+        }]
+    );
+    // Not a benchmark: a generous bound that only catches accidental quadratic blow-ups.
+    assert!(
+        elapsed < std::time::Duration::from_secs(5),
+        "took {elapsed:?}"
+    );
+    eprintln!("1000 states planned in {elapsed:?}");
+}

@@ -4,7 +4,7 @@
 
 use serde_yaml::{Mapping, Value as Yaml};
 
-use corpus_pillar::yaml::{line_of_top_level_key, yaml_key};
+use corpus_pillar::yaml::{top_level_key_lines, yaml_key};
 
 use crate::catalogue;
 use crate::error::{Location, StateError};
@@ -73,11 +73,12 @@ pub(crate) fn parse_sls(
             });
         }
     };
+    let lines = top_level_key_lines(rendered);
     for (key, value) in map {
         let id = yaml_key(&key);
         let at = Location {
             file: path.to_string(),
-            line: line_of_top_level_key(rendered, &id),
+            line: lines.get(&id).copied(),
             state: Some(id.clone()),
         };
         match id.as_str() {
