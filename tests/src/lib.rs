@@ -1,1 +1,306 @@
-//! Helpers shared by the end-to-end tests.
+//! Harness for the end-to-end tests: starts the real `corpus-master`, `corpus-agent` and
+//! `corpus` binaries on loopback with ephemeral ports and temporary directories, and waits on
+//! observable conditions with deadlines (never on fixed sleeps).
+//!
+//! The binaries must be built first (`cargo build --workspace --bins`, which the README's test
+//! command does); the harness finds them next to the test executable.
+
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+use anyhow::{Context, bail};
+use serde_json::Value;
+
+/// How long any single wait in a test may take before the test fails.
+pub const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Path of a workspace binary, built next to the test executable.
+pub fn bin(name: &str) -> PathBuf {
+    if let Some(dir) = std::env::var_os("CORPUS_BIN_DIR") {
+        return Path::new(&dir).join(name);
+    }
+    // target/debug/deps/e2e-<hash> -> target/debug/<name>
+    let exe = std::env::current_exe().unwrap_or_default();
+    let dir = exe
+        .parent()
+        .and_then(Path::parent)
+        .map(Path::to_path_buf)
+        .unwrap_or_default();
+    let path = dir.join(name);
+    assert!(
+        path.exists(),
+        "{} is missing: build the binaries first with `cargo build --workspace --bins`",
+        path.display()
+    );
+    path
+}
+
+/// Polls `check` every 50 ms until it returns true; fails naming `what` after [`DEADLINE`].
+pub fn wait_until(what: &str, mut check: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+    let start = Instant::now();
+    let mut last_err = None;
+    while start.elapsed() < DEADLINE {
+        match check() {
+            Ok(true) => return Ok(()),
+            Ok(false) => {}
+            Err(e) => last_err = Some(e),
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    match last_err {
+        Some(e) => bail!("timed out after {DEADLINE:?} waiting for {what}; last error: {e:#}"),
+        None => bail!("timed out after {DEADLINE:?} waiting for {what}"),
+    }
+}
+
+/// A child process killed when dropped.
+pub struct Proc {
+    pub child: Child,
+    /// Where its stderr goes, for post-mortems.
+    pub log: PathBuf,
+}
+
+impl Proc {
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn signal(&self, signal: i32) {
+        // SAFETY: kill(2) on our own child's pid.
+        unsafe { libc::kill(self.child.id() as i32, signal) };
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+fn stderr_file(path: &Path) -> anyhow::Result<Stdio> {
+    Ok(Stdio::from(
+        std::fs::File::create(path).with_context(|| format!("create {}", path.display()))?,
+    ))
+}
+
+/// A master with its data dir.
+pub struct Master {
+    pub data_dir: PathBuf,
+    pub addr: String,
+    pub proc: Proc,
+}
+
+impl Master {
+    /// `corpus-master init` then `serve` on an ephemeral loopback port.
+    pub fn start(root: &Path) -> anyhow::Result<Master> {
+        let data_dir = root.join("master");
+        let out = Command::new(bin("corpus-master"))
+            .args(["init", "--data-dir"])
+            .arg(&data_dir)
+            .output()?;
+        if !out.status.success() {
+            bail!("init failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Self::serve(&data_dir, "127.0.0.1:0")
+    }
+
+    /// `serve` on an existing data dir; `listen` may name a port to restart on.
+    pub fn serve(data_dir: &Path, listen: &str) -> anyhow::Result<Master> {
+        let log = data_dir.join(format!("serve-{}.log", unique()));
+        let mut child = Command::new(bin("corpus-master"))
+            .args(["serve", "--heartbeat", "1s", "--listen", listen, "--data-dir"])
+            .arg(data_dir)
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::piped())
+            .stderr(stderr_file(&log)?)
+            .spawn()?;
+        let stdout = child.stdout.take().context("no stdout")?;
+        let proc = Proc { child, log };
+        let (tx, rx) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stdout).lines().map_while(Result::ok) {
+                let _ = tx.send(line);
+            }
+        });
+        let line = rx
+            .recv_timeout(DEADLINE)
+            .with_context(|| format!("master did not start: {}", proc.log_text()))?;
+        let addr = line
+            .strip_prefix("corpus-master listening on ")
+            .with_context(|| format!("unexpected first line {line:?}"))?
+            .to_owned();
+        Ok(Master {
+            data_dir: data_dir.to_owned(),
+            addr,
+            proc,
+        })
+    }
+
+    pub fn url(&self) -> String {
+        format!("https://{}", self.addr)
+    }
+
+    pub fn ca(&self) -> PathBuf {
+        self.data_dir.join("pki").join("ca.crt")
+    }
+
+    pub fn ca_pem(&self) -> anyhow::Result<String> {
+        Ok(std::fs::read_to_string(self.ca())?)
+    }
+
+    /// Runs a console command against this master.
+    pub fn console(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<Output> {
+        let mut child = Command::new(bin("corpus-master"))
+            .args(args)
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
+            .spawn()?;
+        if let Some(mut input) = child.stdin.take() {
+            use std::io::Write;
+            input.write_all(stdin.unwrap_or("").as_bytes())?;
+        }
+        Ok(child.wait_with_output()?)
+    }
+
+    /// Runs a console command that must succeed and prints JSON.
+    pub fn console_json(&self, args: &[&str]) -> anyhow::Result<Value> {
+        let mut all = args.to_vec();
+        all.push("--json");
+        let out = self.console(&all, None)?;
+        if !out.status.success() {
+            bail!("{args:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    pub fn add_user(&self, id: &str, password: &str) -> anyhow::Result<()> {
+        let out = self.console(&["users", "add", id], Some(&format!("{password}\n")))?;
+        if !out.status.success() {
+            bail!("users add failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(())
+    }
+
+    pub fn token(&self, ttl: &str) -> anyhow::Result<String> {
+        let out = self.console(&["tokens", "create", "--ttl", ttl], None)?;
+        if !out.status.success() {
+            bail!("tokens create failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
+    /// The `agents list --json` entry of `id`, if any.
+    pub fn agent(&self, id: &str) -> anyhow::Result<Option<Value>> {
+        let list = self.console_json(&["agents", "list"])?;
+        Ok(list
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|a| a["id"] == id)
+            .cloned())
+    }
+
+    pub fn wait_agent(&self, id: &str, status: &str, connected: bool) -> anyhow::Result<()> {
+        wait_until(&format!("agent {id} {status}, connected={connected}"), || {
+            Ok(self
+                .agent(id)?
+                .is_some_and(|a| a["status"] == status && a["connected"] == connected))
+        })
+    }
+}
+
+/// A running `corpus-agent run`.
+pub struct Agent {
+    pub id: String,
+    pub state_dir: PathBuf,
+    pub proc: Proc,
+}
+
+impl Agent {
+    pub fn start(master: &Master, root: &Path, id: &str, token: Option<&str>) -> anyhow::Result<Agent> {
+        Self::start_with(&master.url(), &master.ca(), root, id, token)
+    }
+
+    pub fn start_with(
+        url: &str,
+        ca: &Path,
+        root: &Path,
+        id: &str,
+        token: Option<&str>,
+    ) -> anyhow::Result<Agent> {
+        let state_dir = root.join(format!("agent-{id}"));
+        std::fs::create_dir_all(&state_dir)?;
+        let log = state_dir.join(format!("agent-{}.log", unique()));
+        let mut cmd = Command::new(bin("corpus-agent"));
+        cmd.args(["run", "--master", url, "--id", id])
+            .arg("--ca")
+            .arg(ca)
+            .arg("--state-dir")
+            .arg(&state_dir)
+            .args(["--enroll-poll", "100ms", "--reconnect-min", "100ms", "--reconnect-max", "1s"])
+            .env("RUST_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(stderr_file(&log)?);
+        if let Some(token) = token {
+            cmd.args(["--token", token]);
+        }
+        let child = cmd.spawn()?;
+        Ok(Agent {
+            id: id.to_owned(),
+            state_dir,
+            proc: Proc { child, log },
+        })
+    }
+
+    /// The client certificate and key the agent was issued.
+    pub fn identity(&self) -> anyhow::Result<(String, String)> {
+        Ok((
+            std::fs::read_to_string(self.state_dir.join("agent.crt"))?,
+            std::fs::read_to_string(self.state_dir.join("agent.key"))?,
+        ))
+    }
+}
+
+/// Writes a `~/.makinastates.conf` for one endpoint and returns its path.
+pub fn client_config(
+    root: &Path,
+    name: &str,
+    url: &str,
+    id: &str,
+    password: &str,
+    ca: &Path,
+) -> anyhow::Result<PathBuf> {
+    let path = root.join(format!("makinastates-{}.conf", unique()));
+    let text = format!(
+        "{name}:\n  url: {url}\n  id: {id}\n  password: {password}\n  ca: {}\n",
+        ca.display()
+    );
+    std::fs::write(&path, text)?;
+    Ok(path)
+}
+
+/// Runs `corpus ARGS` with `CORPUS_CONFIG=config`.
+pub fn corpus(config: &Path, args: &[&str]) -> anyhow::Result<Output> {
+    Ok(Command::new(bin("corpus"))
+        .args(args)
+        .env("CORPUS_CONFIG", config)
+        .stdin(Stdio::null())
+        .output()?)
+}
+
+fn unique() -> String {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(0);
+    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+}
