@@ -1,6 +1,8 @@
 //! corpus-agent: enrolls with the master, keeps one mutual-TLS stream to it, and executes the
 //! plans it receives (or, masterless, plans it renders itself with `apply --local`).
 
+pub mod apply_local;
 pub mod enroll;
 pub mod grains;
 pub mod link;
+pub mod state;

@@ -1,0 +1,548 @@
+//! Runs a [`Plan`] in order with Salt's semantics: requisites gate each state (`require`,
+//! `watch`, `onchanges`, `onfail`), `watch` calls the module's watch action when a target
+//! changed, and every state returns Salt's fields keyed by Salt's state key.
+
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+use corpus_states::{Chunk, Plan, RequisiteKind};
+
+use super::result::{KeyedResult, Outcome, Report, StateResult};
+use super::{FileSources, ServiceControl, StateContext, cmd, file, service, test};
+
+/// The functions of each state module corpus knows, for "unknown function" errors.
+pub const MODULES: &[(&str, &[&str])] = &[
+    ("file", &["managed", "directory", "symlink", "absent"]),
+    ("cmd", &["run"]),
+    (
+        "service",
+        &["running", "dead", "restarted", "enabled", "disabled"],
+    ),
+    ("test", test::FUNCTIONS),
+];
+
+/// Runs plans against this host.
+pub struct Executor<'a> {
+    /// Salt's `test=True`: nothing is changed, result is `None` where a change would happen.
+    pub test: bool,
+    /// Where `file.managed` finds `source:` files and how it renders templates.
+    pub sources: &'a dyn FileSources,
+    /// The service manager (`systemctl`).
+    pub services: &'a dyn ServiceControl,
+}
+
+/// What the requisites of a chunk decide before it runs.
+#[derive(Debug, PartialEq)]
+enum Gate {
+    /// A `require`/`watch`/`onchanges` target failed: these `sls.id` names.
+    Failed(Vec<String>),
+    /// It has `onfail` requisites and none of them failed.
+    OnfailUnmet,
+    /// It has `onchanges` requisites and none of them changed.
+    OnchangesUnmet,
+    /// A `watch` target changed: run, then the watch action if the run changed nothing.
+    Watched,
+    Met,
+}
+
+fn gate(chunk: &Chunk, plan: &Plan, results: &[KeyedResult]) -> Gate {
+    let mut failed = Vec::new();
+    let (mut onfail, mut onfail_met) = (false, false);
+    let (mut onchanges, mut onchanges_met) = (false, false);
+    let mut watched = false;
+    for req in &chunk.requisites {
+        let target_name = plan
+            .chunks
+            .get(req.target)
+            .map(|t| format!("{}.{}", t.sls, t.id))
+            .unwrap_or_else(|| format!("#{}", req.target));
+        // The planner puts targets first; a target that has not run yet counts as failed.
+        let Some(target) = results.get(req.target).map(|k| &k.result) else {
+            failed.push(target_name);
+            continue;
+        };
+        let target_failed = target.result == Some(false);
+        match req.kind {
+            RequisiteKind::Onfail => {
+                onfail = true;
+                onfail_met |= target_failed;
+            }
+            _ if target_failed => failed.push(target_name),
+            RequisiteKind::Onchanges => {
+                onchanges = true;
+                onchanges_met |= !target.changes.is_empty();
+            }
+            RequisiteKind::Watch => watched |= !target.changes.is_empty(),
+            RequisiteKind::Require => {}
+        }
+    }
+    if !failed.is_empty() {
+        failed.dedup();
+        Gate::Failed(failed)
+    } else if onfail && !onfail_met {
+        Gate::OnfailUnmet
+    } else if onchanges && !onchanges_met {
+        Gate::OnchangesUnmet
+    } else if watched {
+        Gate::Watched
+    } else {
+        Gate::Met
+    }
+}
+
+fn unknown_function(chunk: &Chunk) -> Outcome {
+    let what = format!("{}.{}", chunk.module, chunk.function);
+    let known = match MODULES.iter().find(|(m, _)| *m == chunk.module) {
+        Some((m, fns)) => format!("known {m} functions: {}", fns.join(", ")),
+        None => format!(
+            "known modules: {}",
+            MODULES
+                .iter()
+                .map(|(m, _)| *m)
+                .collect::<Vec<_>>()
+                .join(", ")
+        ),
+    };
+    Outcome::fail(format!(
+        "State '{what}' was not found in SLS '{}'\nReason: '{what}' is not available ({known})",
+        chunk.sls
+    ))
+}
+
+/// Calls the state function of `chunk` (or its watch action when `watch` is set).
+fn call(chunk: &Chunk, ctx: &StateContext, watch: bool) -> Outcome {
+    let res = match (chunk.module.as_str(), chunk.function.as_str(), watch) {
+        ("file", "managed", false) => file::managed(chunk, ctx),
+        ("file", "directory", false) => file::directory(chunk, ctx),
+        ("file", "symlink", false) => file::symlink(chunk, ctx),
+        ("file", "absent", false) => file::absent(chunk, ctx),
+        ("cmd", "run", false) => cmd::run(chunk, ctx),
+        ("cmd", "run", true) => cmd::mod_watch(chunk, ctx),
+        ("service", "running", false) => service::running(chunk, ctx),
+        ("service", "dead", false) => service::dead(chunk, ctx),
+        ("service", "restarted", false) => service::restarted(chunk, ctx),
+        ("service", "enabled", false) => service::enabled(chunk, ctx, true),
+        ("service", "disabled", false) => service::enabled(chunk, ctx, false),
+        ("service", _, true) => service::mod_watch(chunk, ctx),
+        ("test", _, false) => {
+            return test::call(chunk, ctx).unwrap_or_else(|| unknown_function(chunk));
+        }
+        _ => return unknown_function(chunk),
+    };
+    res.unwrap_or_else(Outcome::fail)
+}
+
+/// Whether the module has a watch action (Salt's `mod_watch`).
+fn has_watch_action(chunk: &Chunk) -> bool {
+    matches!(chunk.module.as_str(), "cmd" | "service")
+}
+
+/// Salt's `start_time`: local wall-clock time, `HH:MM:SS.ffffff`.
+pub fn local_clock() -> String {
+    let now = SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap_or_default();
+    let secs = now.as_secs() as libc::time_t;
+    // SAFETY: localtime_r writes only into `tm`; a zeroed tm is a valid initial value.
+    let mut tm: libc::tm = unsafe { std::mem::zeroed() };
+    let ok = unsafe { !libc::localtime_r(&secs, &mut tm).is_null() };
+    let (h, m, s) = if ok {
+        (tm.tm_hour as u64, tm.tm_min as u64, tm.tm_sec as u64)
+    } else {
+        let day = now.as_secs() % 86_400;
+        (day / 3600, day / 60 % 60, day % 60)
+    };
+    format!("{h:02}:{m:02}:{s:02}.{:06}", now.subsec_micros())
+}
+
+impl Executor<'_> {
+    /// Runs every chunk of `plan` in order and returns all results.
+    pub fn run(&self, plan: &Plan) -> Report {
+        self.run_with(plan, |_| {})
+    }
+
+    /// Like [`Executor::run`], calling `on_result` as each state finishes (to stream events).
+    pub fn run_with(&self, plan: &Plan, mut on_result: impl FnMut(&KeyedResult)) -> Report {
+        let ctx = StateContext {
+            test: self.test,
+            sources: self.sources,
+            services: self.services,
+        };
+        let mut report = Report {
+            results: Vec::with_capacity(plan.chunks.len()),
+        };
+        for (run_num, chunk) in plan.chunks.iter().enumerate() {
+            let start_time = local_clock();
+            let started = Instant::now();
+            let outcome = match gate(chunk, plan, &report.results) {
+                Gate::Failed(names) => Outcome::fail(format!(
+                    "One or more requisite failed: {}",
+                    names.join(", ")
+                )),
+                Gate::OnfailUnmet => {
+                    Outcome::ok("State was not run because onfail req did not change")
+                }
+                Gate::OnchangesUnmet => {
+                    Outcome::ok("State was not run because none of the onchanges reqs changed")
+                }
+                Gate::Watched => {
+                    let first = call(chunk, &ctx, false);
+                    if first.result != Some(false)
+                        && first.changes.is_empty()
+                        && has_watch_action(chunk)
+                    {
+                        call(chunk, &ctx, true)
+                    } else {
+                        first
+                    }
+                }
+                Gate::Met => call(chunk, &ctx, false),
+            };
+            let duration = (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
+            let result = StateResult {
+                name: chunk.name.clone(),
+                result: outcome.result,
+                changes: outcome.changes,
+                comment: outcome.comment,
+                duration,
+                start_time,
+                run_num,
+                id: chunk.id.clone(),
+                sls: chunk.sls.clone(),
+            };
+            tracing::debug!(state = %chunk.key(), result = ?result.result, "state finished");
+            let keyed = KeyedResult {
+                key: chunk.key(),
+                function: format!("{}.{}", chunk.module, chunk.function),
+                result,
+            };
+            on_result(&keyed);
+            report.results.push(keyed);
+        }
+        report
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::testing::{FakeServices, chunk, sources, with_req};
+    use serde_json::{Value, json};
+    use std::fs;
+
+    fn run(plan: &Plan, test: bool, services: &FakeServices) -> Report {
+        let src = sources(std::path::Path::new("/nonexistent"), Value::Null);
+        Executor {
+            test,
+            sources: &src,
+            services,
+        }
+        .run(plan)
+    }
+
+    fn plan(chunks: Vec<Chunk>) -> Plan {
+        Plan { chunks }
+    }
+
+    #[test]
+    fn results_carry_salt_fields_keys_and_run_numbers() {
+        let p = plan(vec![
+            chunk("test.succeed_with_changes", "a", json!({})),
+            chunk("test.nop", "b", json!({"name": "bee"})),
+        ]);
+        let report = run(&p, false, &FakeServices::default());
+        let keys: Vec<&str> = report.results.iter().map(|r| r.key.as_str()).collect();
+        assert_eq!(
+            keys,
+            [
+                "test_|-a_|-a_|-succeed_with_changes",
+                "test_|-b_|-bee_|-nop"
+            ]
+        );
+        let json = Value::Object(report.to_salt_map());
+        let b = &json["test_|-b_|-bee_|-nop"];
+        assert_eq!(b["name"], "bee");
+        assert_eq!(b["result"], true);
+        assert_eq!(b["__run_num__"], 1);
+        assert_eq!(b["__id__"], "b");
+        assert_eq!(b["__sls__"], "fixture");
+        assert!(b["duration"].is_f64());
+        assert_eq!(b["start_time"].as_str().map(str::len), Some(15));
+        assert_eq!(report.succeeded_counts(), (2, 1));
+        assert!(report.succeeded());
+    }
+
+    #[test]
+    fn a_failed_require_fails_its_dependants_naming_it() {
+        let p = plan(vec![
+            chunk("test.fail_without_changes", "broken", json!({})),
+            with_req(
+                chunk("test.succeed_with_changes", "needs", json!({})),
+                RequisiteKind::Require,
+                0,
+            ),
+            with_req(
+                chunk("test.nop", "transitively", json!({})),
+                RequisiteKind::Require,
+                1,
+            ),
+            chunk("test.nop", "independent", json!({})),
+        ]);
+        let report = run(&p, false, &FakeServices::default());
+        let r = &report.results;
+        assert_eq!(r[1].result.result, Some(false));
+        assert_eq!(
+            r[1].result.comment,
+            "One or more requisite failed: fixture.broken"
+        );
+        assert!(r[1].result.changes.is_empty());
+        assert_eq!(
+            r[2].result.comment,
+            "One or more requisite failed: fixture.needs"
+        );
+        assert_eq!(r[3].result.result, Some(true));
+        assert_eq!(report.failed(), 3);
+        assert!(!report.succeeded());
+    }
+
+    #[test]
+    fn watch_restarts_a_service_only_when_the_target_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("app.conf").display().to_string();
+        let p = plan(vec![
+            chunk(
+                "file.managed",
+                "conf",
+                json!({"name": conf, "contents": "v1"}),
+            ),
+            with_req(
+                chunk("service.running", "app", json!({})),
+                RequisiteKind::Watch,
+                0,
+            ),
+        ]);
+        let svc = FakeServices::default();
+        svc.active.lock().unwrap().insert("app".into());
+        let first = run(&p, false, &svc);
+        assert_eq!(first.results[1].result.comment, "Service restarted");
+        assert_eq!(svc.calls(), ["restart app"]);
+        let second = run(&p, false, &svc);
+        assert_eq!(
+            second.results[1].result.comment,
+            "The service app is already running"
+        );
+        assert_eq!(svc.calls(), ["restart app"]);
+        // A failed watched target fails the watcher like require.
+        let failing = plan(vec![
+            chunk("test.fail_with_changes", "bad", json!({})),
+            with_req(
+                chunk("service.running", "app", json!({})),
+                RequisiteKind::Watch,
+                0,
+            ),
+        ]);
+        assert_eq!(
+            run(&failing, false, &svc).results[1].result.comment,
+            "One or more requisite failed: fixture.bad"
+        );
+        assert_eq!(svc.calls(), ["restart app"]);
+    }
+
+    #[test]
+    fn watch_in_test_mode_says_the_service_would_restart() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("app.conf").display().to_string();
+        let p = plan(vec![
+            chunk(
+                "file.managed",
+                "conf",
+                json!({"name": conf, "contents": "v1"}),
+            ),
+            with_req(
+                chunk("service.running", "app", json!({})),
+                RequisiteKind::Watch,
+                0,
+            ),
+        ]);
+        let svc = FakeServices::default();
+        svc.active.lock().unwrap().insert("app".into());
+        let report = run(&p, true, &svc);
+        assert_eq!(report.results[0].result.result, None);
+        assert_eq!(report.results[1].result.result, None);
+        assert_eq!(
+            report.results[1].result.comment,
+            "Service is set to be restarted"
+        );
+        assert!(svc.calls().is_empty());
+        assert!(fs::metadata(&conf).is_err());
+        assert!(report.succeeded());
+    }
+
+    #[test]
+    fn watch_runs_a_guarded_command_only_through_its_watch_action() {
+        let dir = tempfile::tempdir().unwrap();
+        let log = dir.path().join("log");
+        let cmd = format!("echo ran >> {}", log.display());
+        let p = plan(vec![
+            chunk("test.succeed_with_changes", "trigger", json!({})),
+            with_req(
+                chunk("cmd.run", "reload", json!({"name": cmd})),
+                RequisiteKind::Watch,
+                0,
+            ),
+        ]);
+        let report = run(&p, false, &FakeServices::default());
+        assert_eq!(report.results[1].result.result, Some(true));
+        // The command ran once (its own run reported changes, so no second run).
+        assert_eq!(fs::read_to_string(&log).unwrap(), "ran\n");
+    }
+
+    #[test]
+    fn onchanges_runs_only_when_a_target_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let touch = format!("touch {}", marker.display());
+        let unchanged = plan(vec![
+            chunk("test.succeed_without_changes", "quiet", json!({})),
+            with_req(
+                chunk("cmd.run", "hook", json!({"name": touch})),
+                RequisiteKind::Onchanges,
+                0,
+            ),
+        ]);
+        let report = run(&unchanged, false, &FakeServices::default());
+        assert_eq!(report.results[1].result.result, Some(true));
+        assert_eq!(
+            report.results[1].result.comment,
+            "State was not run because none of the onchanges reqs changed"
+        );
+        assert!(!marker.exists());
+        let changed = plan(vec![
+            chunk("test.succeed_without_changes", "quiet", json!({})),
+            chunk("test.succeed_with_changes", "loud", json!({})),
+            {
+                let c = with_req(
+                    chunk("cmd.run", "hook", json!({"name": touch})),
+                    RequisiteKind::Onchanges,
+                    0,
+                );
+                with_req(c, RequisiteKind::Onchanges, 1)
+            },
+        ]);
+        let report = run(&changed, false, &FakeServices::default());
+        assert_eq!(
+            report.results[2].result.comment,
+            format!("Command \"{touch}\" run")
+        );
+        assert!(marker.exists());
+    }
+
+    #[test]
+    fn onfail_runs_only_when_a_target_failed() {
+        let ok = plan(vec![
+            chunk("test.succeed_with_changes", "deploy", json!({})),
+            with_req(
+                chunk("test.succeed_with_changes", "rollback", json!({})),
+                RequisiteKind::Onfail,
+                0,
+            ),
+        ]);
+        let report = run(&ok, false, &FakeServices::default());
+        assert_eq!(report.results[1].result.result, Some(true));
+        assert_eq!(
+            report.results[1].result.comment,
+            "State was not run because onfail req did not change"
+        );
+        assert!(report.results[1].result.changes.is_empty());
+        let failed = plan(vec![
+            chunk("test.fail_without_changes", "deploy", json!({})),
+            with_req(
+                chunk("test.succeed_with_changes", "rollback", json!({})),
+                RequisiteKind::Onfail,
+                0,
+            ),
+        ]);
+        let report = run(&failed, false, &FakeServices::default());
+        assert_eq!(report.results[1].result.comment, "Success!");
+        assert!(!report.results[1].result.changes.is_empty());
+        // The run still failed: the deploy state did.
+        assert!(!report.succeeded());
+    }
+
+    #[test]
+    fn unknown_functions_name_the_known_ones() {
+        let p = plan(vec![
+            chunk("file.manged", "x", json!({})),
+            chunk("pkg.installed", "y", json!({})),
+        ]);
+        let report = run(&p, false, &FakeServices::default());
+        let c0 = &report.results[0].result.comment;
+        assert!(
+            c0.starts_with("State 'file.manged' was not found in SLS 'fixture'"),
+            "{c0}"
+        );
+        assert!(
+            c0.contains("known file functions: managed, directory, symlink, absent"),
+            "{c0}"
+        );
+        assert!(
+            report.results[1]
+                .result
+                .comment
+                .contains("known modules: file, cmd, service, test")
+        );
+    }
+
+    #[test]
+    fn test_mode_changes_nothing_and_a_second_apply_changes_nothing() {
+        let dir = tempfile::tempdir().unwrap();
+        let root = dir.path().join("srv").display().to_string();
+        let p = plan(vec![
+            chunk(
+                "file.directory",
+                "root",
+                json!({"name": root, "mode": "0755"}),
+            ),
+            with_req(
+                chunk(
+                    "file.managed",
+                    "index",
+                    json!({"name": format!("{root}/index.html"), "contents": "hi"}),
+                ),
+                RequisiteKind::Require,
+                0,
+            ),
+            with_req(
+                chunk(
+                    "file.symlink",
+                    "cur",
+                    json!({"name": format!("{root}/current"), "target": "index.html"}),
+                ),
+                RequisiteKind::Require,
+                0,
+            ),
+            chunk(
+                "cmd.run",
+                "init",
+                json!({"name": format!("touch {root}/.init"), "creates": format!("{root}/.init")}),
+            ),
+        ]);
+        let svc = FakeServices::default();
+        let dry = run(&p, true, &svc);
+        assert!(
+            dry.results.iter().all(|r| r.result.result.is_none()),
+            "{dry:#?}"
+        );
+        assert!(fs::metadata(&root).is_err());
+        let first = run(&p, false, &svc);
+        assert_eq!(first.succeeded_counts(), (4, 4), "{first:#?}");
+        let second = run(&p, false, &svc);
+        assert_eq!(second.succeeded_counts(), (4, 0), "{second:#?}");
+        let dry_again = run(&p, true, &svc);
+        assert!(
+            dry_again
+                .results
+                .iter()
+                .all(|r| r.result.result == Some(true))
+        );
+    }
+}

@@ -1,0 +1,28 @@
+//! Executing plans: the state modules (`file`, `cmd`, `service`, `test`, one file each, with
+//! Salt's names and argument names) and the [`Executor`] that runs a [`corpus_states::Plan`] in
+//! order with Salt's requisite semantics, returning Salt's result fields.
+
+mod accounts;
+mod args;
+pub mod cmd;
+pub mod executor;
+pub mod file;
+mod result;
+pub mod service;
+pub mod test;
+
+pub use executor::Executor;
+pub use file::{FileSources, JinjaRenderer, LocalFileSources};
+pub use result::{KeyedResult, Outcome, Report, StateResult};
+pub use service::{ServiceControl, Systemctl};
+
+/// What a state module may use besides its chunk.
+pub struct StateContext<'a> {
+    /// Salt's `test=True`: change nothing, report what would change (result `None`).
+    pub test: bool,
+    pub sources: &'a dyn FileSources,
+    pub services: &'a dyn ServiceControl,
+}
+
+#[cfg(test)]
+pub(crate) mod testing;
