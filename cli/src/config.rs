@@ -10,7 +10,9 @@ use serde_yaml::Value;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
-    #[error("config file {0} does not exist: create it with an entry `NAME: {{url: https://MASTER:4505, id: USER, password: PASSWORD, ca: /path/to/ca.crt}}` (CORPUS_CONFIG overrides the path)")]
+    #[error(
+        "config file {0} does not exist: create it with an entry `NAME: {{url: https://MASTER:4505, id: USER, password: PASSWORD, ca: /path/to/ca.crt}}` (CORPUS_CONFIG overrides the path)"
+    )]
     Missing(PathBuf),
     #[error("config file {path} cannot be read: {source}")]
     Unreadable {
@@ -151,7 +153,11 @@ impl Config {
     }
 
     fn known(&self) -> String {
-        self.endpoints.keys().cloned().collect::<Vec<_>>().join(", ")
+        self.endpoints
+            .keys()
+            .cloned()
+            .collect::<Vec<_>>()
+            .join(", ")
     }
 
     /// The named endpoint, or the only one when no name is given.
@@ -165,12 +171,16 @@ impl Config {
                     name: name.to_owned(),
                     known: self.known(),
                 }),
-            None if self.endpoints.len() == 1 => Ok(self.endpoints.values().next().ok_or(
-                ConfigError::Ambiguous {
-                    path: self.path.clone(),
-                    known: String::new(),
-                },
-            )?),
+            None if self.endpoints.len() == 1 => {
+                Ok(self
+                    .endpoints
+                    .values()
+                    .next()
+                    .ok_or(ConfigError::Ambiguous {
+                        path: self.path.clone(),
+                        known: String::new(),
+                    })?)
+            }
             None => Err(ConfigError::Ambiguous {
                 path: self.path.clone(),
                 known: self.known(),
@@ -189,11 +199,16 @@ mod tests {
 
     #[test]
     fn endpoints_resolve_by_name_or_alone() -> Result<(), ConfigError> {
-        let c = parse("prod: {url: 'https://m:4505', id: me@x.net, password: s3cr3t, ca: ca.crt}\n")?;
+        let c =
+            parse("prod: {url: 'https://m:4505', id: me@x.net, password: s3cr3t, ca: ca.crt}\n")?;
         let e = c.endpoint(None)?;
         assert_eq!(e.ca, PathBuf::from("/home/u/ca.crt"));
         assert_eq!(c.endpoint(Some("prod"))?.id, "me@x.net");
-        let err = c.endpoint(Some("dev")).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = c
+            .endpoint(Some("dev"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("no endpoint \"dev\" (it has: prod)"), "{err}");
         Ok(())
     }
@@ -203,7 +218,11 @@ mod tests {
         let c = parse(
             "a: {url: u, id: i, password: p, ca: /c}\nb: {url: u, id: i, password: p, ca: /c}\n",
         )?;
-        let err = c.endpoint(None).err().map(|e| e.to_string()).unwrap_or_default();
+        let err = c
+            .endpoint(None)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
         assert!(err.contains("several endpoints (a, b)"), "{err}");
         Ok(())
     }
@@ -213,8 +232,14 @@ mod tests {
         for (text, expect) in [
             ("prod: [unclosed", "invalid YAML at line"),
             ("- a\n- b\n", "expected a mapping"),
-            ("prod: {url: u, id: i, ca: c}", "endpoint \"prod\" has no password"),
-            ("prod: {url: u, id: i, password: [hunter2], ca: c}", "password must be"),
+            (
+                "prod: {url: u, id: i, ca: c}",
+                "endpoint \"prod\" has no password",
+            ),
+            (
+                "prod: {url: u, id: i, password: [hunter2], ca: c}",
+                "password must be",
+            ),
             ("", "expected a mapping"),
         ] {
             let err = parse(text).err().map(|e| e.to_string()).unwrap_or_default();

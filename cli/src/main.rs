@@ -11,7 +11,11 @@ use std::process::ExitCode;
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "corpus", version, about = "deploy projects into corpus environments")]
+#[command(
+    name = "corpus",
+    version,
+    about = "deploy projects into corpus environments"
+)]
 struct Cli {
     /// Config file (default: $CORPUS_CONFIG, else ~/.makinastates.conf).
     #[arg(long, global = true)]
@@ -39,7 +43,10 @@ pub fn format_time(unix: i64) -> String {
     }
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| unix.to_string())
 }
 
@@ -47,7 +54,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     corpus_runtime::init_logging("warn");
     corpus_runtime::install_crypto_provider();
-    let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let runtime = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("corpus: error: cannot start the async runtime: {e}");

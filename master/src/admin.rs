@@ -135,7 +135,10 @@ impl corpus_proto::admin_server::Admin for AdminService {
         Ok(Response::new(AgentList { agents }))
     }
 
-    async fn accept_agent(&self, request: Request<AgentRef>) -> Result<Response<AgentInfo>, Status> {
+    async fn accept_agent(
+        &self,
+        request: Request<AgentRef>,
+    ) -> Result<Response<AgentInfo>, Status> {
         let id = request.into_inner().id;
         let state = &self.state;
         let _guard = state.enroll_lock.lock().await;
@@ -147,7 +150,10 @@ impl corpus_proto::admin_server::Admin for AdminService {
         Ok(Response::new(state.agent_info(record)))
     }
 
-    async fn reject_agent(&self, request: Request<AgentRef>) -> Result<Response<AgentInfo>, Status> {
+    async fn reject_agent(
+        &self,
+        request: Request<AgentRef>,
+    ) -> Result<Response<AgentInfo>, Status> {
         let id = request.into_inner().id;
         let state = &self.state;
         let _guard = state.enroll_lock.lock().await;
@@ -157,22 +163,27 @@ impl corpus_proto::admin_server::Admin for AdminService {
         record.fingerprint = None;
         record.decided_at = Some(now_unix());
         state.store.put_agent(&record).map_err(internal)?;
-        state
-            .links
-            .close(&id, Status::permission_denied("agent was rejected by an operator"));
+        state.links.close(
+            &id,
+            Status::permission_denied("agent was rejected by an operator"),
+        );
         info!(agent = %id, "agent rejected by an operator");
         Ok(Response::new(state.agent_info(record)))
     }
 
-    async fn delete_agent(&self, request: Request<AgentRef>) -> Result<Response<AgentInfo>, Status> {
+    async fn delete_agent(
+        &self,
+        request: Request<AgentRef>,
+    ) -> Result<Response<AgentInfo>, Status> {
         let id = request.into_inner().id;
         let state = &self.state;
         let _guard = state.enroll_lock.lock().await;
         let record = state.existing_agent(&id)?;
         state.store.delete_agent(&id).map_err(internal)?;
-        state
-            .links
-            .close(&id, Status::permission_denied("agent was deleted by an operator"));
+        state.links.close(
+            &id,
+            Status::permission_denied("agent was deleted by an operator"),
+        );
         info!(agent = %id, "agent deleted by an operator");
         Ok(Response::new(state.agent_info(record)))
     }

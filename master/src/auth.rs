@@ -7,8 +7,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use argon2::Argon2;
+use argon2::password_hash::{PasswordHash, PasswordHasher, PasswordVerifier, SaltString};
 use sha2::{Digest, Sha256};
 
 use crate::store::{EnrollmentTokenRecord, SessionRecord, Store, StoreError, UserRecord};
@@ -151,7 +151,9 @@ impl Auth {
     pub fn login(&self, id: &str, password: &str) -> Result<(String, i64), AuthError> {
         self.check_lockout(id)?;
         let user = self.store.user(id)?;
-        let phc = user.as_ref().map_or(decoy_hash(), |u| u.password_hash.as_str());
+        let phc = user
+            .as_ref()
+            .map_or(decoy_hash(), |u| u.password_hash.as_str());
         let ok = verify_password(password, phc) && user.is_some();
         self.record(id, ok);
         if !ok {
@@ -223,10 +225,16 @@ mod tests {
         auth.add_user("alice", "correct horse", false)?;
         let (token, _) = auth.login("alice", "correct horse")?;
         assert_eq!(auth.session_user(&token)?, "alice");
-        assert!(matches!(auth.session_user("nope"), Err(AuthError::BadSession)));
+        assert!(matches!(
+            auth.session_user("nope"),
+            Err(AuthError::BadSession)
+        ));
 
         for _ in 0..FREE_FAILURES {
-            assert!(matches!(auth.login("alice", "wrong"), Err(AuthError::BadCredentials)));
+            assert!(matches!(
+                auth.login("alice", "wrong"),
+                Err(AuthError::BadCredentials)
+            ));
         }
         // Locked now, even with the right password.
         assert!(matches!(
@@ -234,14 +242,20 @@ mod tests {
             Err(AuthError::RateLimited { .. })
         ));
         // Other ids are not affected.
-        assert!(matches!(auth.login("bob", "whatever1"), Err(AuthError::BadCredentials)));
+        assert!(matches!(
+            auth.login("bob", "whatever1"),
+            Err(AuthError::BadCredentials)
+        ));
         Ok(())
     }
 
     #[test]
     fn users_need_a_real_password_and_are_never_replaced() -> anyhow::Result<()> {
         let (_dir, auth) = auth()?;
-        assert!(matches!(auth.add_user("a", "short", false), Err(AuthError::WeakPassword)));
+        assert!(matches!(
+            auth.add_user("a", "short", false),
+            Err(AuthError::WeakPassword)
+        ));
         auth.add_user("a", "long enough", true)?;
         assert!(matches!(
             auth.add_user("a", "another one", false),

@@ -24,7 +24,9 @@ pub struct ClientService {
 impl From<AuthError> for Status {
     fn from(e: AuthError) -> Self {
         match e {
-            AuthError::BadCredentials | AuthError::BadSession => Status::unauthenticated(e.to_string()),
+            AuthError::BadCredentials | AuthError::BadSession => {
+                Status::unauthenticated(e.to_string())
+            }
             AuthError::RateLimited { .. } => Status::resource_exhausted(e.to_string()),
             AuthError::WeakPassword => Status::invalid_argument(e.to_string()),
             AuthError::UserExists(_) => Status::already_exists(e.to_string()),
@@ -57,7 +59,10 @@ impl corpus_proto::client_server::Client for ClientService {
     type RollbackStream = Updates;
     type DestroyStream = Updates;
 
-    async fn login(&self, request: Request<LoginRequest>) -> Result<Response<LoginResponse>, Status> {
+    async fn login(
+        &self,
+        request: Request<LoginRequest>,
+    ) -> Result<Response<LoginResponse>, Status> {
         let LoginRequest { id, password } = request.into_inner();
         corpus_proto::names::validate_user_id(&id)
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
@@ -113,27 +118,42 @@ impl corpus_proto::client_server::Client for ClientService {
         Ok(Response::new(ListHostsResponse { hosts }))
     }
 
-    async fn init_env(&self, request: Request<InitEnvRequest>) -> Result<Response<Environment>, Status> {
+    async fn init_env(
+        &self,
+        request: Request<InitEnvRequest>,
+    ) -> Result<Response<Environment>, Status> {
         session_user(&self.state, &request)?;
         Err(not_yet("init_env"))
     }
 
-    async fn init_project(&self, request: Request<ProjectRequest>) -> Result<Response<Updates>, Status> {
+    async fn init_project(
+        &self,
+        request: Request<ProjectRequest>,
+    ) -> Result<Response<Updates>, Status> {
         session_user(&self.state, &request)?;
         Err(not_yet("init"))
     }
 
-    async fn push(&self, request: Request<Streaming<PushRequest>>) -> Result<Response<Updates>, Status> {
+    async fn push(
+        &self,
+        request: Request<Streaming<PushRequest>>,
+    ) -> Result<Response<Updates>, Status> {
         session_user(&self.state, &request)?;
         Err(not_yet("push"))
     }
 
-    async fn rollback(&self, request: Request<RollbackRequest>) -> Result<Response<Updates>, Status> {
+    async fn rollback(
+        &self,
+        request: Request<RollbackRequest>,
+    ) -> Result<Response<Updates>, Status> {
         session_user(&self.state, &request)?;
         Err(not_yet("rollback"))
     }
 
-    async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
         session_user(&self.state, &request)?;
         Err(not_yet("status"))
     }
@@ -143,7 +163,10 @@ impl corpus_proto::client_server::Client for ClientService {
         Err(not_yet("destroy"))
     }
 
-    async fn set_quota(&self, request: Request<SetQuotaRequest>) -> Result<Response<ProjectQuota>, Status> {
+    async fn set_quota(
+        &self,
+        request: Request<SetQuotaRequest>,
+    ) -> Result<Response<ProjectQuota>, Status> {
         session_user(&self.state, &request)?;
         Err(not_yet("trim/enlarge"))
     }

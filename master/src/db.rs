@@ -117,7 +117,10 @@ impl Db for SledDb {
         expected: Option<&[u8]>,
         new: Option<&[u8]>,
     ) -> Result<bool, DbError> {
-        let swapped = self.tree(tree)?.compare_and_swap(key, expected, new)?.is_ok();
+        let swapped = self
+            .tree(tree)?
+            .compare_and_swap(key, expected, new)?
+            .is_ok();
         if swapped {
             self.flush()?;
         }

@@ -10,8 +10,8 @@ use tracing::{info, warn};
 use crate::MasterState;
 use crate::auth::now_unix;
 use crate::pki::csr_public_key;
-use crate::store::{AgentRecord, AgentStatus};
 use crate::status::internal;
+use crate::store::{AgentRecord, AgentStatus};
 
 /// Largest CSR accepted; a real one is well under 2 KiB.
 const MAX_CSR_BYTES: usize = 16 * 1024;
@@ -20,7 +20,11 @@ pub struct EnrollmentService {
     pub state: Arc<MasterState>,
 }
 
-fn response(status: WireStatus, certificate_pem: String, message: String) -> Response<EnrollResponse> {
+fn response(
+    status: WireStatus,
+    certificate_pem: String,
+    message: String,
+) -> Response<EnrollResponse> {
     Response::new(EnrollResponse {
         status: status as i32,
         certificate_pem,
@@ -78,7 +82,11 @@ impl corpus_proto::enrollment_server::Enrollment for EnrollmentService {
         let mut message = String::new();
         if record.status == AgentStatus::Pending {
             if !req.token.is_empty() {
-                if state.auth.consume_enrollment_token(&req.token).map_err(internal)? {
+                if state
+                    .auth
+                    .consume_enrollment_token(&req.token)
+                    .map_err(internal)?
+                {
                     info!(agent = %id, "agent accepted with an enrollment token");
                     state.accept(&mut record).map_err(internal)?;
                 } else {

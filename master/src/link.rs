@@ -165,8 +165,7 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
         tx.send(Ok(welcome))
             .await
             .map_err(|_| Status::cancelled("agent went away"))?;
-        let (generation, closed, last_seen) =
-            state.links.register(&id, tx, address.clone(), now);
+        let (generation, closed, last_seen) = state.links.register(&id, tx, address.clone(), now);
         info!(agent = %id, %address, "agent attached");
 
         let heartbeat_deadline = state.heartbeat * 3;

@@ -54,7 +54,10 @@ impl Links {
             last_seen: last_seen.clone(),
         };
         if let Some(old) = self.lock().insert(agent.to_owned(), link) {
-            close(old, Status::aborted("replaced by a newer connection of the same agent"));
+            close(
+                old,
+                Status::aborted("replaced by a newer connection of the same agent"),
+            );
         }
         (generation, closed, last_seen)
     }

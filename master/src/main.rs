@@ -12,7 +12,11 @@ use corpus_master::{ServeOptions, admin};
 use corpus_proto::{AddUserRequest, AgentInfo, AgentRef, AgentStatus, CreateTokenRequest, Empty};
 
 #[derive(Parser)]
-#[command(name = "corpus-master", version, about = "corpus master daemon and operator console")]
+#[command(
+    name = "corpus-master",
+    version,
+    about = "corpus master daemon and operator console"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -21,7 +25,12 @@ struct Cli {
 #[derive(Args, Clone)]
 struct DataDirArg {
     /// The master's data dir (CA, database, admin socket).
-    #[arg(long, global = true, env = "CORPUS_MASTER_DATA_DIR", default_value = "/var/lib/corpus-master")]
+    #[arg(
+        long,
+        global = true,
+        env = "CORPUS_MASTER_DATA_DIR",
+        default_value = "/var/lib/corpus-master"
+    )]
     data_dir: PathBuf,
 }
 
@@ -148,7 +157,10 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Init { dir, sans, force } => {
             corpus_master::init(&dir.data_dir, &sans, force)?;
             let ca = dir.data_dir.join("pki").join(corpus_master::pki::CA_CERT);
-            println!("created the CA and the master certificate in {}", dir.data_dir.display());
+            println!(
+                "created the CA and the master certificate in {}",
+                dir.data_dir.display()
+            );
             println!("agents and clients trust {}", ca.display());
             Ok(())
         }
@@ -208,7 +220,10 @@ fn read_password(id: &str) -> anyhow::Result<String> {
 }
 
 fn print_json(value: &serde_json::Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    println!(
+        "{}",
+        serde_json::to_string_pretty(value).unwrap_or_default()
+    );
 }
 
 /// A gRPC error from the master, as the operator should read it.
@@ -219,7 +234,10 @@ fn rpc(status: tonic::Status) -> anyhow::Error {
 async fn users(command: UsersCommand, console: Console) -> anyhow::Result<()> {
     let mut admin = admin::connect(&console.dir.data_dir).await?;
     match command {
-        UsersCommand::Add { id, admin: is_admin } => {
+        UsersCommand::Add {
+            id,
+            admin: is_admin,
+        } => {
             corpus_proto::names::validate_user_id(&id)?;
             let password = read_password(&id)?;
             let user = admin
@@ -234,11 +252,20 @@ async fn users(command: UsersCommand, console: Console) -> anyhow::Result<()> {
             if console.json {
                 print_json(&serde_json::json!({"id": user.id, "admin": user.admin}));
             } else {
-                println!("added user {}{}", user.id, if user.admin { " (admin)" } else { "" });
+                println!(
+                    "added user {}{}",
+                    user.id,
+                    if user.admin { " (admin)" } else { "" }
+                );
             }
         }
         UsersCommand::List => {
-            let users = admin.list_users(Empty {}).await.map_err(rpc)?.into_inner().users;
+            let users = admin
+                .list_users(Empty {})
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .users;
             if console.json {
                 let list: Vec<_> = users
                     .iter()
@@ -303,7 +330,10 @@ fn format_time(unix: i64) -> String {
     }
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| unix.to_string())
 }
 
@@ -311,11 +341,21 @@ async fn agents(command: AgentsCommand, console: Console) -> anyhow::Result<()> 
     let mut admin = admin::connect(&console.dir.data_dir).await?;
     let (verb, info) = match command {
         AgentsCommand::List => {
-            let agents = admin.list_agents(Empty {}).await.map_err(rpc)?.into_inner().agents;
+            let agents = admin
+                .list_agents(Empty {})
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .agents;
             if console.json {
-                print_json(&serde_json::Value::Array(agents.iter().map(agent_json).collect()));
+                print_json(&serde_json::Value::Array(
+                    agents.iter().map(agent_json).collect(),
+                ));
             } else {
-                println!("{:<30} {:<9} {:<10} {:<25} ADDRESS", "ID", "STATUS", "CONNECTED", "LAST SEEN");
+                println!(
+                    "{:<30} {:<9} {:<10} {:<25} ADDRESS",
+                    "ID", "STATUS", "CONNECTED", "LAST SEEN"
+                );
                 for a in &agents {
                     println!(
                         "{:<30} {:<9} {:<10} {:<25} {}",

@@ -15,7 +15,9 @@ use time::{Duration, OffsetDateTime};
 
 #[derive(Debug, thiserror::Error)]
 pub enum PkiError {
-    #[error("a CA already exists in {0}: refusing to overwrite it (pass --force to replace it and invalidate every enrolled agent)")]
+    #[error(
+        "a CA already exists in {0}: refusing to overwrite it (pass --force to replace it and invalidate every enrolled agent)"
+    )]
     Exists(PathBuf),
     #[error("cannot {action} {path}: {source}")]
     Io {
@@ -135,9 +137,21 @@ pub fn init(pki_dir: &Path, sans: &[String], force: bool) -> Result<(), PkiError
         .map_err(cert_err("signing the master certificate"))?;
 
     // Keys first, certificates last: a CA certificate on disk means init completed.
-    write_file(&pki_dir.join(CA_KEY), issuer.key().serialize_pem().as_bytes(), 0o600)?;
-    write_file(&pki_dir.join(MASTER_KEY), master_key.serialize_pem().as_bytes(), 0o600)?;
-    write_file(&pki_dir.join(MASTER_CERT), master_cert.pem().as_bytes(), 0o644)?;
+    write_file(
+        &pki_dir.join(CA_KEY),
+        issuer.key().serialize_pem().as_bytes(),
+        0o600,
+    )?;
+    write_file(
+        &pki_dir.join(MASTER_KEY),
+        master_key.serialize_pem().as_bytes(),
+        0o600,
+    )?;
+    write_file(
+        &pki_dir.join(MASTER_CERT),
+        master_cert.pem().as_bytes(),
+        0o644,
+    )?;
     write_file(&ca_cert_path, ca_cert.pem().as_bytes(), 0o644)?;
     Ok(())
 }
@@ -162,12 +176,11 @@ pub fn fingerprint(der: &[u8]) -> String {
 /// The public key (DER SubjectPublicKeyInfo) a CSR was made for, after checking its signature.
 pub fn csr_public_key(agent: &str, csr_pem: &str) -> Result<Vec<u8>, PkiError> {
     use rcgen::PublicKeyData;
-    let csr = CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| {
-        PkiError::BadRequest {
+    let csr =
+        CertificateSigningRequestParams::from_pem(csr_pem).map_err(|e| PkiError::BadRequest {
             agent: agent.to_owned(),
             reason: e.to_string(),
-        }
-    })?;
+        })?;
     Ok(csr.public_key.der_bytes().to_vec())
 }
 
@@ -213,9 +226,9 @@ impl Pki {
         params.not_after = now + Duration::days(AGENT_CERT_DAYS);
         params.serial_number = Some(random_serial());
         csr.params = params;
-        let cert = csr
-            .signed_by(&self.issuer)
-            .map_err(cert_err(format!("signing the certificate of agent {agent:?}")))?;
+        let cert = csr.signed_by(&self.issuer).map_err(cert_err(format!(
+            "signing the certificate of agent {agent:?}"
+        )))?;
         Ok((cert.pem(), fingerprint(cert.der())))
     }
 }
@@ -260,7 +273,7 @@ mod tests {
         let der = rustls_pem_der(&cert_pem)?;
         assert_eq!(common_name(&der).as_deref(), Some("node1"));
         assert_eq!(fingerprint(&der), fp);
-        assert_eq!(csr_public_key("node1", &pem)?, key.public_key_der());
+        assert_eq!(csr_public_key("node1", &pem)?, rcgen::PublicKeyData::der_bytes(&key).to_vec());
         assert!(matches!(
             pki.sign_agent("node1", "garbage"),
             Err(PkiError::BadRequest { .. })

@@ -3,8 +3,8 @@
 
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
 use serde::de::DeserializeOwned;
+use serde::{Deserialize, Serialize};
 
 use crate::db::{Db, DbError, Tree};
 
@@ -124,7 +124,11 @@ impl Store {
         Ok(())
     }
 
-    fn all<T: DeserializeOwned>(&self, tree: Tree, what: &'static str) -> Result<Vec<T>, StoreError> {
+    fn all<T: DeserializeOwned>(
+        &self,
+        tree: Tree,
+        what: &'static str,
+    ) -> Result<Vec<T>, StoreError> {
         self.db
             .scan(tree, b"")?
             .into_iter()
@@ -213,7 +217,11 @@ fn encode<T: Serialize>(value: &T) -> Vec<u8> {
     serde_json::to_vec(value).unwrap_or_default()
 }
 
-fn decode<T: DeserializeOwned>(what: &'static str, key: &str, bytes: &[u8]) -> Result<T, StoreError> {
+fn decode<T: DeserializeOwned>(
+    what: &'static str,
+    key: &str,
+    bytes: &[u8],
+) -> Result<T, StoreError> {
     serde_json::from_slice(bytes).map_err(|source| StoreError::Corrupt {
         what,
         key: key.to_owned(),
@@ -230,7 +238,10 @@ mod tests {
     fn a_token_is_taken_once_and_users_are_never_overwritten() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;
         let store = Store::new(SledDb::open(dir.path())?);
-        let token = EnrollmentTokenRecord { created_at: 1, expires_at: 2 };
+        let token = EnrollmentTokenRecord {
+            created_at: 1,
+            expires_at: 2,
+        };
         store.put_enrollment_token("h", &token)?;
         assert_eq!(store.take_enrollment_token("h")?, Some(token));
         assert_eq!(store.take_enrollment_token("h")?, None);
@@ -242,7 +253,10 @@ mod tests {
             created_at: 0,
         };
         assert!(store.create_user(&alice)?);
-        let other = UserRecord { password_hash: "y".into(), ..alice.clone() };
+        let other = UserRecord {
+            password_hash: "y".into(),
+            ..alice.clone()
+        };
         assert!(!store.create_user(&other)?);
         assert_eq!(store.user("alice")?, Some(alice));
         Ok(())

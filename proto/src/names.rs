@@ -13,7 +13,11 @@ pub struct InvalidName {
 
 impl fmt::Display for InvalidName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(f, "{} {:?} is invalid: {}", self.what, self.value, self.rule)
+        write!(
+            f,
+            "{} {:?} is invalid: {}",
+            self.what, self.value, self.rule
+        )
     }
 }
 

@@ -64,7 +64,9 @@ pub fn handle_signals(
                 }
             }
             if *tx.borrow() == Signal::Running {
-                info!("stopping gracefully (deadline {deadline:?}; SIGINT four times exits at once)");
+                info!(
+                    "stopping gracefully (deadline {deadline:?}; SIGINT four times exits at once)"
+                );
                 notify_stopping();
                 let _ = tx.send(Signal::Stop);
                 tokio::spawn(async move {
@@ -104,8 +106,9 @@ pub fn notify_stopping() {
 
 /// Parses durations the way every corpus flag does: `500ms`, `10s`, `1h`, `7d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    humantime::parse_duration(text.trim())
-        .map_err(|e| format!("duration {text:?} is invalid ({e}): use e.g. 500ms, 30s, 10m, 1h, 7d"))
+    humantime::parse_duration(text.trim()).map_err(|e| {
+        format!("duration {text:?} is invalid ({e}): use e.g. 500ms, 30s, 10m, 1h, 7d")
+    })
 }
 
 #[cfg(test)]
@@ -116,7 +119,7 @@ mod tests {
     fn durations_parse_with_units_and_errors_name_the_input() {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-                assert!(parse_duration("1y").unwrap_err().contains("\"1y\""));
+        assert!(parse_duration("3parsecs").unwrap_err().contains("\"3parsecs\""));
         assert!(parse_duration("soon").is_err());
     }
 }

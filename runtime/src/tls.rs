@@ -94,7 +94,10 @@ mod tests {
 
     #[test]
     fn urls_must_be_tls() {
-        assert_eq!(master_url("master:4505").ok().as_deref(), Some("https://master:4505"));
+        assert_eq!(
+            master_url("master:4505").ok().as_deref(),
+            Some("https://master:4505")
+        );
         assert!(master_url("https://127.0.0.1:1").is_ok());
         let err = master_url("http://master:4505").unwrap_err().to_string();
         assert!(err.contains("use https://"), "{err}");

@@ -39,7 +39,10 @@ pub fn bin(name: &str) -> PathBuf {
 }
 
 /// Polls `check` every 50 ms until it returns true; fails naming `what` after [`DEADLINE`].
-pub fn wait_until(what: &str, mut check: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+pub fn wait_until(
+    what: &str,
+    mut check: impl FnMut() -> anyhow::Result<bool>,
+) -> anyhow::Result<()> {
     let start = Instant::now();
     let mut last_err = None;
     while start.elapsed() < DEADLINE {
@@ -116,7 +119,14 @@ impl Master {
     pub fn serve(data_dir: &Path, listen: &str) -> anyhow::Result<Master> {
         let log = data_dir.join(format!("serve-{}.log", unique()));
         let mut child = Command::new(bin("corpus-master"))
-            .args(["serve", "--heartbeat", "1s", "--listen", listen, "--data-dir"])
+            .args([
+                "serve",
+                "--heartbeat",
+                "1s",
+                "--listen",
+                listen,
+                "--data-dir",
+            ])
             .arg(data_dir)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -195,7 +205,10 @@ impl Master {
     pub fn token(&self, ttl: &str) -> anyhow::Result<String> {
         let out = self.console(&["tokens", "create", "--ttl", ttl], None)?;
         if !out.status.success() {
-            bail!("tokens create failed: {}", String::from_utf8_lossy(&out.stderr));
+            bail!(
+                "tokens create failed: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
         }
         Ok(String::from_utf8(out.stdout)?.trim().to_owned())
     }
@@ -212,11 +225,14 @@ impl Master {
     }
 
     pub fn wait_agent(&self, id: &str, status: &str, connected: bool) -> anyhow::Result<()> {
-        wait_until(&format!("agent {id} {status}, connected={connected}"), || {
-            Ok(self
-                .agent(id)?
-                .is_some_and(|a| a["status"] == status && a["connected"] == connected))
-        })
+        wait_until(
+            &format!("agent {id} {status}, connected={connected}"),
+            || {
+                Ok(self
+                    .agent(id)?
+                    .is_some_and(|a| a["status"] == status && a["connected"] == connected))
+            },
+        )
     }
 }
 
@@ -228,7 +244,12 @@ pub struct Agent {
 }
 
 impl Agent {
-    pub fn start(master: &Master, root: &Path, id: &str, token: Option<&str>) -> anyhow::Result<Agent> {
+    pub fn start(
+        master: &Master,
+        root: &Path,
+        id: &str,
+        token: Option<&str>,
+    ) -> anyhow::Result<Agent> {
         Self::start_with(&master.url(), &master.ca(), root, id, token)
     }
 
@@ -248,7 +269,14 @@ impl Agent {
             .arg(ca)
             .arg("--state-dir")
             .arg(&state_dir)
-            .args(["--enroll-poll", "100ms", "--reconnect-min", "100ms", "--reconnect-max", "1s"])
+            .args([
+                "--enroll-poll",
+                "100ms",
+                "--reconnect-min",
+                "100ms",
+                "--reconnect-max",
+                "1s",
+            ])
             .env("RUST_LOG", "info")
             .stdout(Stdio::null())
             .stderr(stderr_file(&log)?);
@@ -302,5 +330,9 @@ pub fn corpus(config: &Path, args: &[&str]) -> anyhow::Result<Output> {
 fn unique() -> String {
     use std::sync::atomic::{AtomicU64, Ordering};
     static N: AtomicU64 = AtomicU64::new(0);
-    format!("{}-{}", std::process::id(), N.fetch_add(1, Ordering::Relaxed))
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, Ordering::Relaxed)
+    )
 }

@@ -22,7 +22,10 @@ pub async fn run(mut session: Session, json: bool) -> anyhow::Result<()> {
         println!("no hosts: accept an agent on the master first (corpus-master agents accept ID)");
         return Ok(());
     }
-    println!("{:<30} {:<16} {:<6} {:<6} STATUS", "ID", "IP", "SLOTS", "GUEST");
+    println!(
+        "{:<30} {:<16} {:<6} {:<6} STATUS",
+        "ID", "IP", "SLOTS", "GUEST"
+    );
     for h in &hosts {
         println!(
             "{:<30} {:<16} {:<6} {:<6} {}",

@@ -77,7 +77,11 @@ fn a_new_user_sees_an_accepted_agent_in_listhosts() -> anyhow::Result<()> {
 
     master.wait_agent("node1", "pending", false)?;
     let out = master.console(&["agents", "accept", "node1"], None)?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     master.wait_agent("node1", "accepted", true)?;
 
     let config = client_config(
@@ -89,7 +93,11 @@ fn a_new_user_sees_an_accepted_agent_in_listhosts() -> anyhow::Result<()> {
         &master.ca(),
     )?;
     let out = corpus(&config, &["listhosts", "--json"])?;
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     let hosts: serde_json::Value = serde_json::from_slice(&out.stdout)?;
     let host = &hosts[0];
     assert_eq!(host["id"], "node1");
@@ -100,7 +108,10 @@ fn a_new_user_sees_an_accepted_agent_in_listhosts() -> anyhow::Result<()> {
 
     let text = corpus(&config, &["listhosts", "prod"])?;
     let text = String::from_utf8(text.stdout)?;
-    assert!(text.contains("node1") && text.contains("connected"), "{text}");
+    assert!(
+        text.contains("node1") && text.contains("connected"),
+        "{text}"
+    );
     drop(agent);
     Ok(())
 }
@@ -132,7 +143,14 @@ fn plaintext_clients_and_clients_not_trusting_the_ca_cannot_connect() -> anyhow:
     assert!(plaintext, "a plaintext client got an answer");
 
     // The `corpus` client refuses http:// outright.
-    let config = client_config(root.path(), "p", &format!("http://{}", master.addr), "alice", "correct horse", &master.ca())?;
+    let config = client_config(
+        root.path(),
+        "p",
+        &format!("http://{}", master.addr),
+        "alice",
+        "correct horse",
+        &master.ca(),
+    )?;
     let out = corpus(&config, &["listhosts"])?;
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("use https://"));
@@ -141,7 +159,14 @@ fn plaintext_clients_and_clients_not_trusting_the_ca_cannot_connect() -> anyhow:
     let (other_ca, _, _) = foreign_identity("x")?;
     let other_ca_path = root.path().join("other-ca.crt");
     std::fs::write(&other_ca_path, other_ca)?;
-    let config = client_config(root.path(), "p", &master.url(), "alice", "correct horse", &other_ca_path)?;
+    let config = client_config(
+        root.path(),
+        "p",
+        &master.url(),
+        "alice",
+        "correct horse",
+        &other_ca_path,
+    )?;
     let out = corpus(&config, &["listhosts"])?;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
@@ -159,8 +184,16 @@ fn an_agent_certificate_from_another_ca_is_refused() -> anyhow::Result<()> {
 
     let (_, cert, key) = foreign_identity("node1")?;
     let rt = runtime()?;
-    let refused = rt.block_on(attach_as(&master.url(), &master.ca_pem()?, Some((&cert, &key)), "node1"))?;
-    assert!(refused.is_some(), "a foreign certificate opened the agent stream");
+    let refused = rt.block_on(attach_as(
+        &master.url(),
+        &master.ca_pem()?,
+        Some((&cert, &key)),
+        "node1",
+    ))?;
+    assert!(
+        refused.is_some(),
+        "a foreign certificate opened the agent stream"
+    );
 
     // The genuine certificate still works.
     let agent_dir = root.path().join("agent-node1");
@@ -168,7 +201,12 @@ fn an_agent_certificate_from_another_ca_is_refused() -> anyhow::Result<()> {
         std::fs::read_to_string(agent_dir.join("agent.crt"))?,
         std::fs::read_to_string(agent_dir.join("agent.key"))?,
     );
-    let opened = rt.block_on(attach_as(&master.url(), &master.ca_pem()?, Some((&cert, &key)), "node1"))?;
+    let opened = rt.block_on(attach_as(
+        &master.url(),
+        &master.ca_pem()?,
+        Some((&cert, &key)),
+        "node1",
+    ))?;
     assert_eq!(opened, None);
     Ok(())
 }
@@ -248,7 +286,10 @@ fn an_enrollment_token_works_once_and_not_after_its_ttl() -> anyhow::Result<()> 
     let late = Agent::start(&master, root.path(), "late", Some(&token))?;
     master.wait_agent("late", "pending", false)?;
     wait_until("the agent to report the refused token", || {
-        Ok(late.proc.log_text().contains("invalid, expired or already used"))
+        Ok(late
+            .proc
+            .log_text()
+            .contains("invalid, expired or already used"))
     })?;
     Ok(())
 }
@@ -258,14 +299,31 @@ fn wrong_passwords_get_a_clear_error_and_are_rate_limited() -> anyhow::Result<()
     let root = tempfile::tempdir()?;
     let master = Master::start(root.path())?;
     master.add_user("alice", "correct horse")?;
-    let wrong = client_config(root.path(), "m", &master.url(), "alice", "wrong password", &master.ca())?;
-    let right = client_config(root.path(), "m", &master.url(), "alice", "correct horse", &master.ca())?;
+    let wrong = client_config(
+        root.path(),
+        "m",
+        &master.url(),
+        "alice",
+        "wrong password",
+        &master.ca(),
+    )?;
+    let right = client_config(
+        root.path(),
+        "m",
+        &master.url(),
+        "alice",
+        "correct horse",
+        &master.ca(),
+    )?;
 
     let out = corpus(&wrong, &["listhosts"])?;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("invalid id or password"), "{err}");
-    assert!(!err.contains("wrong password"), "the password leaked: {err}");
+    assert!(
+        !err.contains("wrong password"),
+        "the password leaked: {err}"
+    );
 
     let mut limited = false;
     for _ in 0..10 {
@@ -291,18 +349,30 @@ fn listhosts_names_the_config_file_and_its_problem() -> anyhow::Result<()> {
     let out = corpus(&missing, &["listhosts"])?;
     assert!(!out.status.success());
     let err = String::from_utf8_lossy(&out.stderr);
-    assert!(err.contains(&missing.display().to_string()) && err.contains("does not exist"), "{err}");
+    assert!(
+        err.contains(&missing.display().to_string()) && err.contains("does not exist"),
+        "{err}"
+    );
 
     // A directory cannot be read as a file (tests run as root, so modes do not stop reads).
     let unreadable = root.path().join("dir.conf");
     std::fs::create_dir(&unreadable)?;
     let err = String::from_utf8(corpus(&unreadable, &["listhosts"])?.stderr)?;
-    assert!(err.contains(&unreadable.display().to_string()) && err.contains("cannot be read"), "{err}");
+    assert!(
+        err.contains(&unreadable.display().to_string()) && err.contains("cannot be read"),
+        "{err}"
+    );
 
     let malformed = root.path().join("bad.conf");
-    std::fs::write(&malformed, "prod: {url: https://x, id: a, password: [sekrit\n")?;
+    std::fs::write(
+        &malformed,
+        "prod: {url: https://x, id: a, password: [sekrit\n",
+    )?;
     let err = String::from_utf8(corpus(&malformed, &["listhosts"])?.stderr)?;
-    assert!(err.contains(&malformed.display().to_string()) && err.contains("malformed"), "{err}");
+    assert!(
+        err.contains(&malformed.display().to_string()) && err.contains("malformed"),
+        "{err}"
+    );
     assert!(err.contains("line"), "{err}");
     assert!(!err.contains("sekrit"), "{err}");
     Ok(())
@@ -343,7 +413,10 @@ fn sigterm_stops_the_master_gracefully_and_removes_its_socket() -> anyhow::Resul
         status = master.proc.child.try_wait()?;
         Ok(status.is_some())
     })?;
-    assert!(status.is_some_and(|s| s.success()), "exit status {status:?}");
+    assert!(
+        status.is_some_and(|s| s.success()),
+        "exit status {status:?}"
+    );
     assert!(!socket.exists());
     Ok(())
 }
