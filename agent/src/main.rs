@@ -19,6 +19,8 @@ struct Cli {
 enum Command {
     /// Enroll with the master (first start) and keep the link to it open.
     Run(RunArgs),
+    /// Apply state files on this machine (masterless: `apply --local`).
+    Apply(corpus_agent::apply_local::ApplyArgs),
 }
 
 #[derive(Args)]
@@ -67,6 +69,10 @@ fn main() -> ExitCode {
     };
     let result = match cli.command {
         Command::Run(args) => runtime.block_on(run(args)),
+        Command::Apply(args) => match corpus_agent::apply_local::run(args) {
+            Ok(code) => return code,
+            Err(e) => Err(e),
+        },
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -262,7 +262,26 @@ fn unified_diff(old: &[u8], new: &[u8]) -> String {
         .to_string()
 }
 
-fn ensure_parent(path: &Path, makedirs: bool, missing: &str) -> Result<(), String> {
+/// Salt's directory mode for `makedirs` when no `dir_mode` is given: the file's mode with an
+/// execute bit added wherever it has a read bit (0640 -> 0750).
+fn dir_mode_for(file_mode: u32) -> u32 {
+    let mut mode = file_mode & 0o777;
+    for (read, exec) in [(0o400, 0o100), (0o040, 0o010), (0o004, 0o001)] {
+        if mode & read != 0 {
+            mode |= exec;
+        }
+    }
+    mode
+}
+
+/// Makes sure the parent of `path` exists: with `makedirs`, creates the missing ancestors
+/// (with `dir_mode`, or the umask's default); without it, fails with `missing`.
+fn ensure_parent(
+    path: &Path,
+    makedirs: bool,
+    dir_mode: Option<u32>,
+    missing: &str,
+) -> Result<(), String> {
     let Some(parent) = path.parent() else {
         return Ok(());
     };
@@ -272,7 +291,20 @@ fn ensure_parent(path: &Path, makedirs: bool, missing: &str) -> Result<(), Strin
     if !makedirs {
         return Err(missing.to_string());
     }
-    fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))
+    let mut to_create: Vec<&Path> = parent.ancestors().take_while(|p| !p.is_dir()).collect();
+    to_create.reverse();
+    for dir in to_create {
+        match fs::create_dir(dir) {
+            Ok(()) => {}
+            Err(e) if e.kind() == ErrorKind::AlreadyExists && dir.is_dir() => continue,
+            Err(e) => return Err(format!("cannot create {}: {e}", dir.display())),
+        }
+        if let Some(mode) = dir_mode {
+            fs::set_permissions(dir, fs::Permissions::from_mode(mode))
+                .map_err(|e| format!("cannot set mode of {}: {e}", dir.display()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Writes `content` to `path` through a temporary file in the same directory and a rename.
@@ -382,7 +414,11 @@ pub fn managed(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, String> {
         ));
     }
 
-    ensure_parent(&path, makedirs, "Parent directory not present")?;
+    let dir_mode = match args.mode("dir_mode")? {
+        Some(m) => Some(m),
+        None => mode.map(dir_mode_for),
+    };
+    ensure_parent(&path, makedirs, dir_mode, "Parent directory not present")?;
     match write {
         Some(bytes) => {
             let keep_mode = mode.or_else(|| meta.as_ref().map(|m| m.permissions().mode() & 0o7777));
@@ -463,6 +499,7 @@ pub fn directory(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, String> {
         ensure_parent(
             &path,
             makedirs,
+            mode,
             &format!("No directory to create {name} in"),
         )?;
         fs::create_dir(&path).map_err(|e| format!("cannot create directory {name}: {e}"))?;
@@ -534,6 +571,7 @@ pub fn symlink(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, String> {
     ensure_parent(
         &path,
         makedirs,
+        None,
         &format!("Directory {} for symlink is not present", parent.display()),
     )?;
     if let Some(m) = &meta
