@@ -18,4 +18,4 @@ pub mod plan;
 pub use compile::{RenderedPlan, StateTree};
 pub use corpus_pillar::{DirTree, MemoryTree, SourceTree, TemplateContext, TreeError};
 pub use error::{Location, StateError};
-pub use plan::{Chunk, Plan, Requisite, RequisiteKind};
+pub use plan::{Chunk, PHASES, Plan, ProjectPlan, Requisite, RequisiteKind};

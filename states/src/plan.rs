@@ -62,3 +62,32 @@ impl Chunk {
         )
     }
 }
+
+/// The project lifecycle's SLS phases, in the order the lifecycle may run them. Each maps to
+/// `.salt/<phase>.sls` in the project; a missing file is an empty plan.
+pub const PHASES: &[&str] = &[
+    "stop",
+    "backup",
+    "configure",
+    "build",
+    "post_build",
+    "start",
+    "upgrade",
+    "post_deploy",
+    "post_install",
+    "restore",
+    "notify",
+];
+
+/// A project's rendered plans, one per lifecycle phase (`Job.plan_json` on the wire).
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ProjectPlan {
+    pub phases: std::collections::BTreeMap<String, Plan>,
+}
+
+impl ProjectPlan {
+    /// The plan of `phase`, empty when the project has no such file.
+    pub fn phase(&self, phase: &str) -> Plan {
+        self.phases.get(phase).cloned().unwrap_or_default()
+    }
+}
