@@ -4,5 +4,6 @@
 pub mod apply_local;
 pub mod enroll;
 pub mod grains;
+pub mod lifecycle;
 pub mod link;
 pub mod state;
