@@ -4,16 +4,16 @@
 use std::sync::Arc;
 
 use corpus_proto::{
-    DestroyRequest, Environment, Host, InitEnvRequest, JobUpdate, ListHostsRequest,
+    DestroyRequest, Environment, Host, InitEnvRequest, ListHostsRequest,
     ListHostsResponse, LoginRequest, LoginResponse, ProjectQuota, ProjectRequest, PushRequest,
-    RollbackRequest, SetQuotaRequest, StatusRequest, StatusResponse,
+    RollbackRequest, SetQuotaRequest, StatusRequest, StatusResponse, push_request,
 };
-use tokio_stream::wrappers::ReceiverStream;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::info;
 
 use crate::MasterState;
 use crate::auth::AuthError;
+use crate::{deploys, render};
 use crate::status::internal;
 use crate::store::AgentStatus;
 
@@ -46,11 +46,7 @@ pub fn session_user<T>(state: &MasterState, request: &Request<T>) -> Result<Stri
     Ok(state.auth.session_user(token)?)
 }
 
-type Updates = ReceiverStream<Result<JobUpdate, Status>>;
-
-fn not_yet(what: &str) -> Status {
-    Status::unimplemented(format!("{what} is not available on this master version"))
-}
+use crate::jobs::Updates;
 
 #[tonic::async_trait]
 impl corpus_proto::client_server::Client for ClientService {
@@ -118,56 +114,77 @@ impl corpus_proto::client_server::Client for ClientService {
         Ok(Response::new(ListHostsResponse { hosts }))
     }
 
-    async fn init_env(
-        &self,
-        request: Request<InitEnvRequest>,
-    ) -> Result<Response<Environment>, Status> {
-        session_user(&self.state, &request)?;
-        Err(not_yet("init_env"))
+    async fn init_env(&self, request: Request<InitEnvRequest>) -> Result<Response<Environment>, Status> {
+        let user = session_user(&self.state, &request)?;
+        let req = request.into_inner();
+        let env = deploys::init_env(&self.state, &user, &req.platform, &req.host, &req.mode)?;
+        Ok(Response::new(deploys::environment_message(&env)))
     }
 
-    async fn init_project(
-        &self,
-        request: Request<ProjectRequest>,
-    ) -> Result<Response<Updates>, Status> {
-        session_user(&self.state, &request)?;
-        Err(not_yet("init"))
+    async fn init_project(&self, request: Request<ProjectRequest>) -> Result<Response<Updates>, Status> {
+        let user = session_user(&self.state, &request)?;
+        let req = request.into_inner();
+        Ok(Response::new(deploys::init_project(&self.state, &user, &req.env_uuid, &req.project)?))
     }
 
-    async fn push(
-        &self,
-        request: Request<Streaming<PushRequest>>,
-    ) -> Result<Response<Updates>, Status> {
-        session_user(&self.state, &request)?;
-        Err(not_yet("push"))
+    async fn push(&self, request: Request<Streaming<PushRequest>>) -> Result<Response<Updates>, Status> {
+        let user = session_user(&self.state, &request)?;
+        let mut stream = request.into_inner();
+        let header = match stream.message().await? {
+            Some(PushRequest { body: Some(push_request::Body::Header(header)) }) => header,
+            _ => return Err(Status::invalid_argument("a push starts with its header")),
+        };
+        let env = deploys::check_push(&self.state, &user, &header)?;
+        let limit = deploys::MAX_SOURCE_BYTES;
+        let mut writer = self.state.blobs.writer(limit).await.map_err(internal)?;
+        while let Some(message) = stream.message().await? {
+            match message.body {
+                Some(push_request::Body::SourceChunk(chunk)) => writer
+                    .write(&chunk)
+                    .await
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
+                _ => return Err(Status::invalid_argument("only source chunks may follow a push header")),
+            }
+        }
+        let expected_size = (header.source_size > 0).then_some(header.source_size);
+        let (digest, _) = writer
+            .finish(&header.source_digest, expected_size)
+            .await
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let archive = self.state.blobs.path(&digest).map_err(internal)?;
+        let salt = tokio::task::spawn_blocking(move || render::read_salt_tree(&archive))
+            .await
+            .map_err(internal)?
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        info!(user = %user, env = %env.uuid, project = %header.project, source = %digest, "push received");
+        Ok(Response::new(deploys::push(&self.state, &user, &header, &env, &digest, &salt)?))
     }
 
-    async fn rollback(
-        &self,
-        request: Request<RollbackRequest>,
-    ) -> Result<Response<Updates>, Status> {
-        session_user(&self.state, &request)?;
-        Err(not_yet("rollback"))
+    async fn rollback(&self, request: Request<RollbackRequest>) -> Result<Response<Updates>, Status> {
+        let user = session_user(&self.state, &request)?;
+        let req = request.into_inner();
+        Ok(Response::new(deploys::rollback(&self.state, &user, &req.env_uuid, &req.project, &req.to_deploy_id)?))
     }
 
-    async fn status(
-        &self,
-        request: Request<StatusRequest>,
-    ) -> Result<Response<StatusResponse>, Status> {
-        session_user(&self.state, &request)?;
-        Err(not_yet("status"))
+    async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+        let user = session_user(&self.state, &request)?;
+        let req = request.into_inner();
+        let (environment, projects) = deploys::status(&self.state, &user, &req.env_uuid, &req.project)?;
+        Ok(Response::new(StatusResponse {
+            environment: Some(environment),
+            projects,
+        }))
     }
 
     async fn destroy(&self, request: Request<DestroyRequest>) -> Result<Response<Updates>, Status> {
-        session_user(&self.state, &request)?;
-        Err(not_yet("destroy"))
+        let user = session_user(&self.state, &request)?;
+        let req = request.into_inner();
+        Ok(Response::new(deploys::destroy(&self.state, &user, &req.env_uuid, &req.project)?))
     }
 
-    async fn set_quota(
-        &self,
-        request: Request<SetQuotaRequest>,
-    ) -> Result<Response<ProjectQuota>, Status> {
-        session_user(&self.state, &request)?;
-        Err(not_yet("trim/enlarge"))
+    async fn set_quota(&self, request: Request<SetQuotaRequest>) -> Result<Response<ProjectQuota>, Status> {
+        let user = session_user(&self.state, &request)?;
+        let req = request.into_inner();
+        Ok(Response::new(deploys::set_quota(&self.state, &user, &req.env_uuid, &req.project, req.delta_bytes)?))
     }
 }

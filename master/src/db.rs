@@ -14,6 +14,15 @@ pub enum Tree {
     Users,
     Sessions,
     EnrollmentTokens,
+    Environments,
+    Projects,
+    Jobs,
+    /// Job events, keyed `<job id>/<sequence, zero-padded>` so a prefix scan returns them in order.
+    Events,
+    Releases,
+    /// Which environment may read which blob: `<env uuid>/<digest>`.
+    BlobGrants,
+    PillarRevisions,
 }
 
 impl Tree {
@@ -23,6 +32,13 @@ impl Tree {
             Tree::Users => "users",
             Tree::Sessions => "sessions",
             Tree::EnrollmentTokens => "enrollment_tokens",
+            Tree::Environments => "environments",
+            Tree::Projects => "projects",
+            Tree::Jobs => "jobs",
+            Tree::Events => "events",
+            Tree::Releases => "releases",
+            Tree::BlobGrants => "blob_grants",
+            Tree::PillarRevisions => "pillar_revisions",
         }
     }
 }

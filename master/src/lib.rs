@@ -6,12 +6,16 @@
 
 pub mod admin;
 pub mod auth;
+pub mod blobs;
 pub mod client;
+pub mod deploys;
 pub mod db;
 pub mod enroll;
+pub mod jobs;
 pub mod link;
 pub mod links;
 pub mod pki;
+pub mod render;
 pub mod status;
 pub mod store;
 
@@ -57,6 +61,8 @@ pub struct MasterState {
     pub auth: Auth,
     pub pki: Pki,
     pub links: Links,
+    pub jobs: jobs::Jobs,
+    pub blobs: blobs::BlobStore,
     /// Serialises enrollment decisions (enroll, accept, reject, delete) so they never interleave.
     pub enroll_lock: tokio::sync::Mutex<()>,
     /// How often agents heartbeat; a link silent for three periods is dropped.
@@ -75,10 +81,12 @@ impl MasterState {
         Ok(())
     }
 
-    /// Environments hosted on an agent, for slot accounting. Environments arrive with
-    /// `corpus init_env`; until then every slot is free.
-    pub fn environments_on(&self, _agent: &str) -> u32 {
-        0
+    /// Environments hosted on an agent, for slot accounting.
+    pub fn environments_on(&self, agent: &str) -> u32 {
+        self.store
+            .environments()
+            .map(|envs| envs.iter().filter(|e| e.agent == agent).count() as u32)
+            .unwrap_or(0)
     }
 }
 
@@ -113,14 +121,18 @@ pub fn open(options: &ServeOptions) -> anyhow::Result<Arc<MasterState>> {
     }
     let pki = Pki::load(&dir.pki())?;
     let store = Store::new(SledDb::open(&dir.db())?);
-    Ok(Arc::new(MasterState {
+    let state = Arc::new(MasterState {
         auth: Auth::new(store.clone()),
         store,
         pki,
         links: Links::default(),
+        jobs: jobs::Jobs::default(),
+        blobs: blobs::BlobStore::open(dir.0.join("blobs"))?,
         enroll_lock: tokio::sync::Mutex::new(()),
         heartbeat: options.heartbeat,
-    }))
+    });
+    jobs::Jobs::load(&state).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    Ok(state)
 }
 
 /// Binds the admin socket, refusing to steal it from a running master.

@@ -7,8 +7,8 @@ use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use corpus_proto::{
-    AgentMessage, BlobChunk, BlobRef, FetchBlobRequest, MasterMessage, UploadBlobRequest, Welcome,
-    agent_message, master_message,
+    Ack, AgentMessage, BlobChunk, BlobRef, FetchBlobRequest, JobFinished, MasterMessage,
+    UploadBlobRequest, Welcome, agent_message, master_message, upload_blob_request,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -20,7 +20,7 @@ use crate::MasterState;
 use crate::auth::now_unix;
 use crate::pki::{common_name, fingerprint};
 use crate::status::internal;
-use crate::store::{AgentStatus, Grains};
+use crate::store::{AgentStatus, Grains, JobKind, JobState, Mode, ReleaseRecord};
 
 /// Metadata key on a refused attach telling the agent why, so it knows whether enrolling again
 /// can help (`unknown`, `superseded`) or not (`rejected`, `pending`).
@@ -87,6 +87,7 @@ impl From<corpus_proto::Grains> for Grains {
             slots: g.slots,
             guest_type: g.guest_type,
             version: g.version,
+            root: g.root,
         }
     }
 }
@@ -104,6 +105,7 @@ impl From<Grains> for corpus_proto::Grains {
             slots: g.slots,
             guest_type: g.guest_type,
             version: g.version,
+            root: g.root,
         }
     }
 }
@@ -139,6 +141,7 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
                 ));
             }
         };
+        let unacknowledged = hello.unacknowledged;
         let grains: Grains = hello.grains.unwrap_or_default().into();
         if grains.id != id {
             return Err(Status::invalid_argument(format!(
@@ -167,6 +170,10 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
             .map_err(|_| Status::cancelled("agent went away"))?;
         let (generation, closed, last_seen) = state.links.register(&id, tx, address.clone(), now);
         info!(agent = %id, %address, "agent attached");
+        // Results the agent finished while the master was away.
+        for finished in unacknowledged {
+            record_finished(&state, &id, finished);
+        }
 
         let heartbeat_deadline = state.heartbeat * 3;
         let span = info_span!("link", agent = %id);
@@ -184,7 +191,17 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
                                 Some(agent_message::Body::Heartbeat(hb)) => {
                                     debug!(sequence = hb.sequence, "heartbeat");
                                 }
-                                Some(other) => debug!(?other, "message not handled yet"),
+                                Some(agent_message::Body::Event(event)) => {
+                                    if let Err(status) = state.jobs.on_event(&state, &id, event) {
+                                        warn!(error = %status.message(), "event refused");
+                                    }
+                                }
+                                Some(agent_message::Body::Finished(finished)) => {
+                                    record_finished(&state, &id, finished);
+                                }
+                                Some(agent_message::Body::Hello(_)) => {
+                                    warn!("a second Hello on the same link: ignored");
+                                }
                                 None => {}
                             }
                         }
@@ -217,20 +234,130 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
         &self,
         request: Request<FetchBlobRequest>,
     ) -> Result<Response<BlobStream>, Status> {
-        authenticate_agent(&self.state, &request)?;
-        Err(Status::not_found(format!(
-            "blob {:?} is not available to this agent",
-            request.get_ref().digest
-        )))
+        let agent = authenticate_agent(&self.state, &request)?;
+        let FetchBlobRequest { digest, env_uuid } = request.into_inner();
+        let denied = || {
+            Status::permission_denied(format!(
+                "blob {digest:?} is not available to agent {agent:?} for environment {env_uuid:?}"
+            ))
+        };
+        let env = self.state.store.environment(&env_uuid).map_err(internal)?;
+        if env.is_none_or(|e| e.agent != agent)
+            || !self.state.store.blob_granted(&env_uuid, &digest).map_err(internal)?
+        {
+            warn!(agent = %agent, env = %env_uuid, "blob fetch refused");
+            return Err(denied());
+        }
+        let (mut file, _size) = self
+            .state
+            .blobs
+            .open_blob(&digest)
+            .await
+            .map_err(|e| Status::not_found(e.to_string()))?;
+        let (tx, rx) = mpsc::channel(4);
+        tokio::spawn(async move {
+            use tokio::io::AsyncReadExt;
+            let mut buf = vec![0u8; corpus_proto::BLOB_CHUNK_BYTES];
+            loop {
+                match file.read(&mut buf).await {
+                    Ok(0) => break,
+                    Ok(n) => {
+                        if tx.send(Ok(BlobChunk { data: buf[..n].to_vec() })).await.is_err() {
+                            break;
+                        }
+                    }
+                    Err(e) => {
+                        let _ = tx.send(Err(internal(e))).await;
+                        break;
+                    }
+                }
+            }
+        });
+        Ok(Response::new(ReceiverStream::new(rx)))
     }
 
     async fn upload_blob(
         &self,
         request: Request<Streaming<UploadBlobRequest>>,
     ) -> Result<Response<BlobRef>, Status> {
-        authenticate_agent(&self.state, &request)?;
-        Err(Status::failed_precondition(
-            "no job of this agent expects an upload",
-        ))
+        let state = &self.state;
+        let agent = authenticate_agent(state, &request)?;
+        let mut stream = request.into_inner();
+        let header = match stream.message().await? {
+            Some(UploadBlobRequest {
+                body: Some(upload_blob_request::Body::Header(h)),
+            }) => h,
+            _ => return Err(Status::invalid_argument("an upload starts with its header")),
+        };
+        // Only a running cooking deploy of this agent may upload, and only its release.
+        let job = state
+            .store
+            .job(&header.job_id)
+            .map_err(internal)?
+            .filter(|j| {
+                j.agent == agent
+                    && j.env_uuid == header.env_uuid
+                    && j.project == header.project
+                    && j.kind == JobKind::Deploy
+                    && j.mode == Mode::Cooking
+                    && j.state == JobState::Running
+            })
+            .ok_or_else(|| Status::failed_precondition("no running cooking job of this agent expects this upload"))?;
+        let project = state
+            .store
+            .project(&job.env_uuid, &job.project)
+            .map_err(internal)?;
+        let limit = project.map_or(crate::store::DEFAULT_QUOTA_BYTES, |p| p.quota_bytes);
+        let mut writer = state.blobs.writer(limit).await.map_err(internal)?;
+        while let Some(message) = stream.message().await? {
+            match message.body {
+                Some(upload_blob_request::Body::Data(chunk)) => writer
+                    .write(&chunk)
+                    .await
+                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
+                _ => return Err(Status::invalid_argument("only data may follow an upload header")),
+            }
+        }
+        let (digest, size) = writer
+            .finish(&header.digest, Some(header.size))
+            .await
+            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        let env = state
+            .store
+            .environment(&job.env_uuid)
+            .map_err(internal)?
+            .ok_or_else(|| Status::not_found("the job's environment is gone"))?;
+        let release = ReleaseRecord {
+            id: job.deploy_id.clone(),
+            project: job.project.clone(),
+            env_uuid: job.env_uuid.clone(),
+            owner: env.owner,
+            digest: digest.clone(),
+            size,
+            commit: job.commit.clone(),
+            created_at: crate::auth::now_unix(),
+            manifest: serde_json::from_slice(&header.manifest_json).unwrap_or_default(),
+        };
+        state.store.put_release(&release).map_err(internal)?;
+        let mut job = job;
+        job.release_blob = Some(digest.clone());
+        state.store.put_job(&job).map_err(internal)?;
+        info!(agent = %agent, project = %release.project, release = %release.id, size, "release uploaded");
+        Ok(Response::new(BlobRef { digest, size }))
+    }
+}
+
+/// Applies a job result and acknowledges it, so the agent forgets it.
+fn record_finished(state: &MasterState, agent: &str, finished: JobFinished) {
+    let job_id = finished.job_id.clone();
+    match state.jobs.on_finished(state, agent, finished) {
+        Ok(()) => {
+            if let Some(link) = state.links.sender(agent) {
+                let _ = link.try_send(Ok(MasterMessage {
+                    body: Some(master_message::Body::Ack(Ack { job_id })),
+                }));
+            }
+        }
+        Err(status) => warn!(job = %job_id, error = %status.message(), "job result refused"),
     }
 }

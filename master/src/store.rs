@@ -53,6 +53,9 @@ pub struct Grains {
     pub slots: u32,
     pub guest_type: String,
     pub version: String,
+    /// Where the agent keeps environments; `common`'s paths start there.
+    #[serde(default)]
+    pub root: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -260,5 +263,302 @@ mod tests {
         assert!(!store.create_user(&other)?);
         assert_eq!(store.user("alice")?, Some(alice));
         Ok(())
+    }
+}
+
+/// dev, staging or prod: the RFC's platform types.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Platform {
+    Dev,
+    Staging,
+    Prod,
+}
+
+/// How a project is deployed: editable (dev), cooking (staging), final (prod).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    Editable,
+    Cooking,
+    Final,
+}
+
+impl Platform {
+    pub fn parse(text: &str) -> Option<Platform> {
+        match text {
+            "dev" => Some(Platform::Dev),
+            "staging" => Some(Platform::Staging),
+            "prod" => Some(Platform::Prod),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Platform::Dev => "dev",
+            Platform::Staging => "staging",
+            Platform::Prod => "prod",
+        }
+    }
+
+    /// The mode a platform deploys in unless the environment overrides it.
+    pub fn default_mode(self) -> Mode {
+        match self {
+            Platform::Dev => Mode::Editable,
+            Platform::Staging => Mode::Cooking,
+            Platform::Prod => Mode::Final,
+        }
+    }
+}
+
+impl Mode {
+    pub fn parse(text: &str) -> Option<Mode> {
+        match text {
+            "editable" => Some(Mode::Editable),
+            "cooking" => Some(Mode::Cooking),
+            "final" => Some(Mode::Final),
+            _ => None,
+        }
+    }
+
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Editable => "editable",
+            Mode::Cooking => "cooking",
+            Mode::Final => "final",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EnvironmentRecord {
+    pub uuid: String,
+    pub platform: Platform,
+    pub mode: Mode,
+    /// The agent hosting the environment; only it receives the environment's jobs and blobs.
+    pub agent: String,
+    pub owner: String,
+    /// Users the owner shared the environment with.
+    #[serde(default)]
+    pub grants: Vec<String>,
+    /// Project settings every project of this environment starts from (between
+    /// `.salt/PILLAR.sample` and the pushed pillar).
+    #[serde(default)]
+    pub defaults: serde_json::Value,
+    pub created_at: i64,
+}
+
+/// Default storage quota of a project: 5 GB, as the RFC fixes it.
+pub const DEFAULT_QUOTA_BYTES: u64 = 5_000_000_000;
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ProjectRecord {
+    pub env_uuid: String,
+    pub name: String,
+    pub created_at: i64,
+    pub quota_bytes: u64,
+    /// Disk used by the project on its agent, as last reported.
+    pub used_bytes: u64,
+    /// The deployment `run/` points at, as last reported.
+    pub live_deploy: Option<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobKind {
+    Init,
+    Deploy,
+    Rollback,
+    Destroy,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JobState {
+    Running,
+    Success,
+    Failed,
+    RolledBack,
+    Refused,
+}
+
+impl JobState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            JobState::Running => "running",
+            JobState::Success => "success",
+            JobState::Failed => "failed",
+            JobState::RolledBack => "rolled_back",
+            JobState::Refused => "refused",
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct JobRecord {
+    pub id: String,
+    pub kind: JobKind,
+    pub env_uuid: String,
+    pub project: String,
+    pub mode: Mode,
+    pub deploy_id: String,
+    pub requested_by: String,
+    pub agent: String,
+    pub commit: String,
+    pub created_at: i64,
+    pub state: JobState,
+    pub failed_step: String,
+    pub failed_state: String,
+    pub message: String,
+    pub finished_at: Option<i64>,
+    pub source_blob: Option<String>,
+    pub release_blob: Option<String>,
+    pub target_deploy_id: Option<String>,
+    /// The rendered plans, `common` and pillar the job carried: a later rollback of this
+    /// deployment runs its stop/restore/start phases.
+    #[serde(default)]
+    pub plan: serde_json::Value,
+    #[serde(default)]
+    pub common: serde_json::Value,
+    #[serde(default)]
+    pub pillar: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseRecord {
+    /// The cooking deploy id that produced it.
+    pub id: String,
+    pub project: String,
+    /// The staging environment it was cooked in.
+    pub env_uuid: String,
+    pub owner: String,
+    pub digest: String,
+    pub size: u64,
+    pub commit: String,
+    pub created_at: i64,
+    pub manifest: serde_json::Value,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct EventRecord {
+    pub sequence: u64,
+    pub step: String,
+    pub state_id: String,
+    pub result: String,
+    pub changes: serde_json::Value,
+    pub comment: String,
+    pub duration_ms: u64,
+    pub timestamp_ms: i64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PillarRevision {
+    pub env_uuid: String,
+    pub project: String,
+    pub job_id: String,
+    pub created_at: i64,
+    /// The pushed files, name -> text. Never logged.
+    pub files: std::collections::BTreeMap<String, String>,
+}
+
+pub fn project_key(env: &str, project: &str) -> String {
+    format!("{env}/{project}")
+}
+
+impl Store {
+    pub fn environment(&self, uuid: &str) -> Result<Option<EnvironmentRecord>, StoreError> {
+        self.get(Tree::Environments, "environment", uuid)
+    }
+
+    pub fn put_environment(&self, env: &EnvironmentRecord) -> Result<(), StoreError> {
+        self.put(Tree::Environments, &env.uuid, env)
+    }
+
+    pub fn environments(&self) -> Result<Vec<EnvironmentRecord>, StoreError> {
+        self.all(Tree::Environments, "environment")
+    }
+
+    pub fn delete_environment(&self, uuid: &str) -> Result<(), StoreError> {
+        self.db.delete(Tree::Environments, uuid.as_bytes())?;
+        for (key, _) in self.db.scan(Tree::Projects, format!("{uuid}/").as_bytes())? {
+            self.db.delete(Tree::Projects, &key)?;
+        }
+        Ok(())
+    }
+
+    pub fn project(&self, env: &str, name: &str) -> Result<Option<ProjectRecord>, StoreError> {
+        self.get(Tree::Projects, "project", &project_key(env, name))
+    }
+
+    pub fn put_project(&self, project: &ProjectRecord) -> Result<(), StoreError> {
+        self.put(Tree::Projects, &project_key(&project.env_uuid, &project.name), project)
+    }
+
+    pub fn delete_project(&self, env: &str, name: &str) -> Result<(), StoreError> {
+        self.db.delete(Tree::Projects, project_key(env, name).as_bytes())?;
+        Ok(())
+    }
+
+    pub fn projects(&self, env: &str) -> Result<Vec<ProjectRecord>, StoreError> {
+        self.db
+            .scan(Tree::Projects, format!("{env}/").as_bytes())?
+            .into_iter()
+            .map(|(k, v)| decode("project", &String::from_utf8_lossy(&k), &v))
+            .collect()
+    }
+
+    pub fn job(&self, id: &str) -> Result<Option<JobRecord>, StoreError> {
+        self.get(Tree::Jobs, "job", id)
+    }
+
+    pub fn put_job(&self, job: &JobRecord) -> Result<(), StoreError> {
+        self.put(Tree::Jobs, &job.id, job)
+    }
+
+    pub fn jobs(&self) -> Result<Vec<JobRecord>, StoreError> {
+        self.all(Tree::Jobs, "job")
+    }
+
+    pub fn put_event(&self, job: &str, event: &EventRecord) -> Result<(), StoreError> {
+        self.put(Tree::Events, &format!("{job}/{:020}", event.sequence), event)
+    }
+
+    pub fn events(&self, job: &str) -> Result<Vec<EventRecord>, StoreError> {
+        self.db
+            .scan(Tree::Events, format!("{job}/").as_bytes())?
+            .into_iter()
+            .map(|(k, v)| decode("event", &String::from_utf8_lossy(&k), &v))
+            .collect()
+    }
+
+    pub fn put_release(&self, release: &ReleaseRecord) -> Result<(), StoreError> {
+        self.put(Tree::Releases, &format!("{}/{}", release.project, release.id), release)
+    }
+
+    /// Releases of a project, oldest first (ids start with their UTC time).
+    pub fn releases(&self, project: &str) -> Result<Vec<ReleaseRecord>, StoreError> {
+        self.db
+            .scan(Tree::Releases, format!("{project}/").as_bytes())?
+            .into_iter()
+            .map(|(k, v)| decode("release", &String::from_utf8_lossy(&k), &v))
+            .collect()
+    }
+
+    pub fn grant_blob(&self, env: &str, digest: &str) -> Result<(), StoreError> {
+        self.db.put(Tree::BlobGrants, format!("{env}/{digest}").as_bytes(), b"1")?;
+        Ok(())
+    }
+
+    pub fn blob_granted(&self, env: &str, digest: &str) -> Result<bool, StoreError> {
+        Ok(self
+            .db
+            .get(Tree::BlobGrants, format!("{env}/{digest}").as_bytes())?
+            .is_some())
+    }
+
+    pub fn put_pillar_revision(&self, revision: &PillarRevision) -> Result<(), StoreError> {
+        let key = format!("{}/{}/{}", revision.env_uuid, revision.project, revision.job_id);
+        self.put(Tree::PillarRevisions, &key, revision)
     }
 }

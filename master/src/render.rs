@@ -1,0 +1,294 @@
+//! Turning a push into plans: read `.salt/` out of the source archive, compile the pushed
+//! pillar for the environment's agent, build the project's `common` mapping, and render every
+//! lifecycle phase. Everything here fails before any job exists, naming the file and line.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+use std::sync::Arc;
+
+use corpus_pillar::{MemoryTree, PillarTree, defaults_chain};
+use corpus_states::{PHASES, ProjectPlan, StateTree, TemplateContext};
+use serde_json::{Value, json};
+
+use crate::store::{EnvironmentRecord, Grains, Mode};
+
+/// Largest single file read out of `.salt/`.
+const MAX_SALT_FILE: u64 = 4 * 1024 * 1024;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    #[error("the project source has no .salt/ directory: corpus deploys need .salt/ with the lifecycle's SLS files (stop.sls, build.sls, start.sls, ...)")]
+    NoSalt,
+    #[error("the project source is not a readable tar archive: {0}")]
+    BadArchive(String),
+    #[error("{0}")]
+    Pillar(String),
+    #[error(".salt/PILLAR.sample is invalid: {0}")]
+    Sample(String),
+    #[error("{0}")]
+    State(String),
+}
+
+/// The files of the project's `.salt/` directory, paths relative to it.
+pub fn read_salt_tree(archive: &Path) -> Result<BTreeMap<String, String>, RenderError> {
+    let bad = |e: std::io::Error| RenderError::BadArchive(e.to_string());
+    let file = std::fs::File::open(archive).map_err(bad)?;
+    let mut tar = tar::Archive::new(file);
+    let mut files = BTreeMap::new();
+    let mut has_salt = false;
+    for entry in tar.entries().map_err(bad)? {
+        let mut entry = entry.map_err(bad)?;
+        let path = entry.path().map_err(bad)?.to_string_lossy().into_owned();
+        let path = path.trim_start_matches("./");
+        let Some(rel) = path.strip_prefix(".salt/") else {
+            has_salt |= path == ".salt";
+            continue;
+        };
+        has_salt = true;
+        if !entry.header().entry_type().is_file() || rel.is_empty() {
+            continue;
+        }
+        if rel.split('/').any(|c| c == ".." || c.is_empty()) {
+            return Err(RenderError::BadArchive(format!("unsafe path .salt/{rel}")));
+        }
+        if entry.size() > MAX_SALT_FILE {
+            return Err(RenderError::BadArchive(format!(
+                ".salt/{rel} is larger than {MAX_SALT_FILE} bytes"
+            )));
+        }
+        let mut text = String::new();
+        if entry.read_to_string(&mut text).is_ok() {
+            files.insert(rel.to_owned(), text);
+        }
+    }
+    if !has_salt {
+        return Err(RenderError::NoSalt);
+    }
+    Ok(files)
+}
+
+fn tree(files: &BTreeMap<String, String>) -> MemoryTree {
+    let mut tree = MemoryTree::new();
+    for (path, text) in files {
+        tree.insert(path, text);
+    }
+    tree
+}
+
+/// Compiles the pushed pillar for `agent`: a tree with `top.sls` is targeted like Salt's
+/// pillar_roots; without one, every file applies, merged in name order.
+pub fn compile_pillar(
+    files: &BTreeMap<String, String>,
+    agent: &str,
+    grains: &Value,
+    env: &Value,
+) -> Result<Value, RenderError> {
+    if files.is_empty() {
+        return Ok(json!({}));
+    }
+    let mut files = files.clone();
+    if !files.contains_key("top.sls") {
+        let names: Vec<String> = files
+            .keys()
+            .filter_map(|f| f.strip_suffix(".sls").map(|n| n.replace('/', ".")))
+            .collect();
+        if names.len() != files.len() {
+            return Err(RenderError::Pillar(
+                "pillar files must end in .sls (or pass a directory with a top.sls)".into(),
+            ));
+        }
+        let top = json!({"base": {"*": names}});
+        files.insert("top.sls".into(), serde_json::to_string(&top).unwrap_or_default());
+    }
+    PillarTree::new(Arc::new(tree(&files)))
+        .compile(agent, grains, env)
+        .map(|p| p.data)
+        .map_err(|e| RenderError::Pillar(format!("pillar: {e}")))
+}
+
+/// What a deploy needs to know to build `common`.
+pub struct DeployContext<'a> {
+    pub project: &'a str,
+    pub env: &'a EnvironmentRecord,
+    pub mode: Mode,
+    pub deploy_id: &'a str,
+    pub commit: &'a str,
+    pub grains: &'a Grains,
+}
+
+/// The rendered deploy: plans per phase, `common`, and the pillar templates see.
+pub struct Rendered {
+    pub plan: ProjectPlan,
+    pub common: Value,
+}
+
+/// The project's settings from the pillar: `makina-projects.<name>` when present (the
+/// makina-states convention), else the whole pillar.
+fn project_settings(pillar: &Value, project: &str) -> Value {
+    pillar
+        .get("makina-projects")
+        .and_then(|p| p.get(project))
+        .cloned()
+        .unwrap_or_else(|| pillar.clone())
+}
+
+fn yaml_to_json(text: &str) -> Result<Value, String> {
+    let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
+        e.location()
+            .map(|l| format!("invalid YAML at line {}, column {}", l.line(), l.column()))
+            .unwrap_or_else(|| "invalid YAML".to_owned())
+    })?;
+    let json = serde_json::to_value(value).map_err(|e| e.to_string())?;
+    Ok(if json.is_null() { json!({}) } else { json })
+}
+
+/// Builds `common` (PRODUCT.md's list) and renders every `.salt/<phase>.sls` there is.
+pub fn render_project(
+    salt: &BTreeMap<String, String>,
+    pillar: &Value,
+    ctx: &DeployContext<'_>,
+) -> Result<Rendered, RenderError> {
+    let sample = match salt.get("PILLAR.sample").or_else(|| salt.get("PILLAR.sample.sls")) {
+        Some(text) => yaml_to_json(text).map_err(RenderError::Sample)?,
+        None => json!({}),
+    };
+    let data = defaults_chain(
+        sample,
+        ctx.env.defaults.clone(),
+        project_settings(pillar, ctx.project),
+    );
+    let root = if ctx.grains.root.is_empty() {
+        "/srv/corpus"
+    } else {
+        ctx.grains.root.as_str()
+    };
+    let base = format!("{root}/{}/srv/projects/{}", ctx.env.uuid, ctx.project);
+    let user = data.get("user").and_then(Value::as_str).unwrap_or("root").to_owned();
+    let group = data.get("group").and_then(Value::as_str).unwrap_or(&user).to_owned();
+    let common = json!({
+        "name": ctx.project,
+        "env": ctx.env.platform.as_str(),
+        "env_uuid": ctx.env.uuid,
+        "mode": ctx.mode.as_str(),
+        "deploy_id": ctx.deploy_id,
+        "commit": ctx.commit,
+        "user": user,
+        "group": group,
+        "project_root": base,
+        "project_dir": format!("{base}/project"),
+        "pillar_dir": format!("{base}/pillar"),
+        "data_dir": format!("{base}/data"),
+        "build_dir": format!("{base}/build"),
+        "run_dir": format!("{base}/run"),
+        "deploy_dir": format!("{base}/deploy"),
+        "releases_dir": format!("{base}/releases"),
+        "archives_dir": format!("{base}/archives"),
+        "data": data,
+    });
+    let grains = serde_json::to_value(ctx.grains).unwrap_or_default();
+    let context = TemplateContext::new(
+        pillar.clone(),
+        grains,
+        common.clone(),
+        json!(ctx.env.platform.as_str()),
+    );
+    let states = StateTree::new(Arc::new(tree(salt)));
+    let mut plan = ProjectPlan::default();
+    for phase in PHASES {
+        if !salt.contains_key(&format!("{phase}.sls")) {
+            continue;
+        }
+        let rendered = states
+            .render_sls(&[*phase], &context)
+            .map_err(|e| RenderError::State(format!(".salt/{phase}.sls: {e}")))?;
+        plan.phases.insert((*phase).to_owned(), rendered.plan);
+    }
+    Ok(Rendered { plan, common })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::Platform;
+
+    fn env() -> EnvironmentRecord {
+        EnvironmentRecord {
+            uuid: "e1".into(),
+            platform: Platform::Staging,
+            mode: Mode::Cooking,
+            agent: "node1".into(),
+            owner: "alice".into(),
+            grants: vec![],
+            defaults: json!({"keep_archives": 5, "workers": 2}),
+            created_at: 0,
+        }
+    }
+
+    #[test]
+    fn common_merges_sample_env_defaults_and_pillar_and_phases_render() -> anyhow::Result<()> {
+        let mut salt = BTreeMap::new();
+        salt.insert("PILLAR.sample".into(), "workers: 1\nport: 8080\nkeep_archives: 3\n".into());
+        salt.insert(
+            "build.sls".into(),
+            "compile:\n  cmd.run:\n    - name: make -C {{ common.project_dir }} PORT={{ common.data.port }}\n".into(),
+        );
+        let pillar = json!({"makina-projects": {"web": {"port": 9000}}});
+        let grains = Grains {
+            id: "node1".into(),
+            root: "/srv/c".into(),
+            ..Default::default()
+        };
+        let env = env();
+        let ctx = DeployContext {
+            project: "web",
+            env: &env,
+            mode: Mode::Cooking,
+            deploy_id: "d1",
+            commit: "abc",
+            grains: &grains,
+        };
+        let rendered = render_project(&salt, &pillar, &ctx)?;
+        assert_eq!(rendered.common["data"]["port"], 9000);
+        assert_eq!(rendered.common["data"]["workers"], 2);
+        assert_eq!(rendered.common["data"]["keep_archives"], 5);
+        assert_eq!(rendered.common["run_dir"], "/srv/c/e1/srv/projects/web/run");
+        let build = rendered.plan.phase("build");
+        assert_eq!(build.chunks.len(), 1);
+        assert_eq!(
+            build.chunks[0].name,
+            "make -C /srv/c/e1/srv/projects/web/project PORT=9000"
+        );
+        assert!(rendered.plan.phase("stop").chunks.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn render_errors_name_the_phase_file() {
+        let mut salt = BTreeMap::new();
+        salt.insert("start.sls".into(), "x:\n  cmd.run:\n    - name: {{ nope(\n".into());
+        let env = env();
+        let grains = Grains::default();
+        let ctx = DeployContext {
+            project: "web",
+            env: &env,
+            mode: Mode::Cooking,
+            deploy_id: "d1",
+            commit: "abc",
+            grains: &grains,
+        };
+        let err = render_project(&salt, &json!({}), &ctx).err().map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains(".salt/start.sls")));
+    }
+
+    #[test]
+    fn pillar_yaml_errors_name_the_file() {
+        let mut files = BTreeMap::new();
+        files.insert("init.sls".into(), "a: [unclosed\n".into());
+        let err = compile_pillar(&files, "node1", &json!({}), &json!("prod"))
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("init.sls"), "{err}");
+    }
+}
