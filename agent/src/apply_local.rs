@@ -151,10 +151,8 @@ pub fn run_to(args: ApplyArgs, out: &mut dyn std::io::Write) -> anyhow::Result<E
     .map_err(|e| anyhow::anyhow!("{e}"))?;
     tracing::debug!(states = rendered.plan.chunks.len(), sls = ?rendered.sls, "plan rendered");
 
-    let sources = LocalFileSources {
-        file_root: Some(args.file_root.clone()),
-        renderer: Some(file_renderer(tree, ctx)),
-    };
+    let sources =
+        LocalFileSources::new(Some(args.file_root.clone()), Some(file_renderer(tree, ctx)));
     let services = Systemctl::default();
     let executor = Executor {
         test: args.test,

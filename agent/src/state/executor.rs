@@ -161,6 +161,10 @@ impl Executor<'_> {
     }
 
     /// Like [`Executor::run`], calling `on_result` as each state finishes (to stream events).
+    ///
+    /// States run in plan order, one after the other, except runs of independent
+    /// `file.managed` states (see [`parallel_batch`]), which are spread over the CPUs; their
+    /// results are still recorded and reported in plan order.
     pub fn run_with(&self, plan: &Plan, mut on_result: impl FnMut(&KeyedResult)) -> Report {
         let ctx = StateContext {
             test: self.test,
@@ -170,56 +174,187 @@ impl Executor<'_> {
         let mut report = Report {
             results: Vec::with_capacity(plan.chunks.len()),
         };
-        for (run_num, chunk) in plan.chunks.iter().enumerate() {
-            let start_time = local_clock();
-            let started = Instant::now();
-            let outcome = match gate(chunk, plan, &report.results) {
-                Gate::Failed(names) => Outcome::fail(format!(
-                    "One or more requisite failed: {}",
-                    names.join(", ")
-                )),
-                Gate::OnfailUnmet => {
-                    Outcome::ok("State was not run because onfail req did not change")
-                }
-                Gate::OnchangesUnmet => {
-                    Outcome::ok("State was not run because none of the onchanges reqs changed")
-                }
-                Gate::Watched => {
-                    let first = call(chunk, &ctx, false);
-                    if first.result != Some(false)
-                        && first.changes.is_empty()
-                        && has_watch_action(chunk)
-                    {
-                        call(chunk, &ctx, true)
-                    } else {
-                        first
-                    }
-                }
-                Gate::Met => call(chunk, &ctx, false),
+        let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let mut next = 0;
+        while next < plan.chunks.len() {
+            let batch = if workers > 1 {
+                parallel_batch(&plan.chunks[next..])
+            } else {
+                0
             };
-            let duration = (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
-            let result = StateResult {
-                name: chunk.name.clone(),
-                result: outcome.result,
-                changes: outcome.changes,
-                comment: outcome.comment,
-                duration,
-                start_time,
-                run_num,
-                id: chunk.id.clone(),
-                sls: chunk.sls.clone(),
-            };
-            tracing::debug!(state = %chunk.key(), result = ?result.result, "state finished");
-            let keyed = KeyedResult {
-                key: chunk.key(),
-                function: format!("{}.{}", chunk.module, chunk.function),
-                result,
-            };
+            if batch > 0 {
+                let chunks = &plan.chunks[next..next + batch];
+                for (i, timed) in run_parallel(chunks, &ctx, workers).into_iter().enumerate() {
+                    let keyed = finish(&plan.chunks[next + i], next + i, timed);
+                    on_result(&keyed);
+                    report.results.push(keyed);
+                }
+                next += batch;
+                continue;
+            }
+            let chunk = &plan.chunks[next];
+            let timed = timed(|| self.run_gated(chunk, plan, &report.results, &ctx));
+            let keyed = finish(chunk, next, timed);
             on_result(&keyed);
             report.results.push(keyed);
+            next += 1;
         }
         report
     }
+
+    fn run_gated(
+        &self,
+        chunk: &Chunk,
+        plan: &Plan,
+        done: &[KeyedResult],
+        ctx: &StateContext,
+    ) -> Outcome {
+        match gate(chunk, plan, done) {
+            Gate::Failed(names) => Outcome::fail(format!(
+                "One or more requisite failed: {}",
+                names.join(", ")
+            )),
+            Gate::OnfailUnmet => Outcome::ok("State was not run because onfail req did not change"),
+            Gate::OnchangesUnmet => {
+                Outcome::ok("State was not run because none of the onchanges reqs changed")
+            }
+            Gate::Watched => {
+                let first = call(chunk, ctx, false);
+                if first.result != Some(false)
+                    && first.changes.is_empty()
+                    && has_watch_action(chunk)
+                {
+                    call(chunk, ctx, true)
+                } else {
+                    first
+                }
+            }
+            Gate::Met => call(chunk, ctx, false),
+        }
+    }
+}
+
+/// An outcome with when it started (Salt's `start_time`) and how long it took, in ms.
+struct Timed {
+    outcome: Outcome,
+    start_time: String,
+    duration: f64,
+}
+
+fn timed(f: impl FnOnce() -> Outcome) -> Timed {
+    let start_time = local_clock();
+    let started = Instant::now();
+    let outcome = f();
+    let duration = (started.elapsed().as_secs_f64() * 1_000_000.0).round() / 1000.0;
+    Timed {
+        outcome,
+        start_time,
+        duration,
+    }
+}
+
+fn finish(chunk: &Chunk, run_num: usize, timed: Timed) -> KeyedResult {
+    let result = StateResult {
+        name: chunk.name.clone(),
+        result: timed.outcome.result,
+        changes: timed.outcome.changes,
+        comment: timed.outcome.comment,
+        duration: timed.duration,
+        start_time: timed.start_time,
+        run_num,
+        id: chunk.id.clone(),
+        sls: chunk.sls.clone(),
+    };
+    tracing::debug!(state = %chunk.key(), result = ?result.result, "state finished");
+    KeyedResult {
+        key: chunk.key(),
+        function: format!("{}.{}", chunk.module, chunk.function),
+        result,
+    }
+}
+
+/// Below this many states a batch is not worth the threads.
+const MIN_PARALLEL_BATCH: usize = 16;
+
+/// How many leading chunks of `chunks` may run concurrently without changing what a sequential
+/// run would do (0 when too few): `file.managed` states without requisites of their own (so
+/// nothing gates them on an earlier result), each writing a different path that is not a
+/// directory prefix of another's (so none observes another's effect). States that later
+/// chunks depend on are fine: their results are recorded before those chunks run.
+fn parallel_batch(chunks: &[Chunk]) -> usize {
+    let mut names = std::collections::HashSet::new();
+    let mut len = 0;
+    for chunk in chunks {
+        let independent = chunk.module == "file"
+            && chunk.function == "managed"
+            && chunk.requisites.is_empty()
+            && std::path::Path::new(&chunk.name).is_absolute()
+            && !chunk.name.contains("/../")
+            && !chunk.name.contains("/./");
+        if !independent || !names.insert(chunk.name.trim_end_matches('/')) {
+            break;
+        }
+        len += 1;
+    }
+    if len < MIN_PARALLEL_BATCH {
+        return 0;
+    }
+    // A path that is a parent directory of another in the batch (a file where another state
+    // expects a directory) must keep its order: stop the batch before the later of the two.
+    let mut sorted: Vec<(&str, usize)> = chunks[..len]
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.name.trim_end_matches('/'), i))
+        .collect();
+    sorted.sort_unstable();
+    let mut cut = len;
+    for pair in sorted.windows(2) {
+        let ((a, ia), (b, ib)) = (pair[0], pair[1]);
+        if b.len() > a.len() && b.starts_with(a) && b.as_bytes()[a.len()] == b'/' {
+            cut = cut.min(ia.max(ib));
+        }
+    }
+    if cut < MIN_PARALLEL_BATCH { 0 } else { cut }
+}
+
+/// Runs independent chunks on `workers` threads; returns their outcomes in chunk order.
+fn run_parallel(chunks: &[Chunk], ctx: &StateContext, workers: usize) -> Vec<Timed> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = AtomicUsize::new(0);
+    let mut slots: Vec<Option<Timed>> = (0..chunks.len()).map(|_| None).collect();
+    let per_worker: Vec<Vec<(usize, Timed)>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = (0..workers.min(chunks.len()))
+            .map(|_| {
+                scope.spawn(|| {
+                    let mut done = Vec::new();
+                    loop {
+                        let i = next.fetch_add(1, Ordering::Relaxed);
+                        let Some(chunk) = chunks.get(i) else { break };
+                        done.push((i, timed(|| call(chunk, ctx, false))));
+                    }
+                    done
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| h.join().unwrap_or_default())
+            .collect()
+    });
+    for (i, t) in per_worker.into_iter().flatten() {
+        slots[i] = Some(t);
+    }
+    slots
+        .into_iter()
+        .map(|t| {
+            t.unwrap_or_else(|| Timed {
+                // Only reachable if a worker panicked: report it instead of losing the state.
+                outcome: Outcome::fail("the state panicked while running"),
+                start_time: local_clock(),
+                duration: 0.0,
+            })
+        })
+        .collect()
 }
 
 #[cfg(test)]
@@ -544,5 +679,84 @@ mod tests {
                 .iter()
                 .all(|r| r.result.result == Some(true))
         );
+    }
+
+    #[test]
+    fn independent_file_states_form_a_parallel_batch_that_stops_at_conflicts() {
+        let managed = |i: usize, name: String| {
+            chunk(
+                "file.managed",
+                &format!("f{i}"),
+                json!({"name": name, "contents": "x"}),
+            )
+        };
+        let many: Vec<Chunk> = (0..40).map(|i| managed(i, format!("/srv/a/{i}"))).collect();
+        assert_eq!(parallel_batch(&many), 40);
+        assert_eq!(parallel_batch(&many[..5]), 0, "too small to bother");
+        let mut dup = many.clone();
+        dup[30] = managed(30, "/srv/a/3".into());
+        assert_eq!(
+            parallel_batch(&dup),
+            30,
+            "the same path twice keeps its order"
+        );
+        let mut nested = many.clone();
+        nested[25] = managed(25, "/srv/a/2/inner".into());
+        assert_eq!(
+            parallel_batch(&nested),
+            25,
+            "a path under another keeps its order"
+        );
+        let mut gated = many.clone();
+        gated[20] = with_req(gated[20].clone(), RequisiteKind::Require, 0);
+        assert_eq!(parallel_batch(&gated), 20);
+        let mut other = many;
+        other[18] = chunk("cmd.run", "c", json!({"name": "true"}));
+        assert_eq!(parallel_batch(&other), 18);
+    }
+
+    #[test]
+    fn a_parallel_batch_reports_in_plan_order_and_feeds_later_requisites() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut chunks: Vec<Chunk> = (0..64)
+            .map(|i| {
+                let name = dir.path().join(format!("d{}/f{i}", i % 4)).display().to_string();
+                chunk("file.managed", &format!("f{i}"), json!({"name": name, "contents": format!("{i}"), "makedirs": true, "mode": "0600"}))
+            })
+            .collect();
+        let marker = dir.path().join("hook");
+        chunks.push(with_req(
+            chunk(
+                "cmd.run",
+                "hook",
+                json!({"name": format!("touch {}", marker.display())}),
+            ),
+            RequisiteKind::Onchanges,
+            63,
+        ));
+        let p = plan(chunks);
+        let mut streamed = Vec::new();
+        let src = sources(std::path::Path::new("/nonexistent"), Value::Null);
+        let svc = FakeServices::default();
+        let report = Executor {
+            test: false,
+            sources: &src,
+            services: &svc,
+        }
+        .run_with(&p, |r| streamed.push(r.result.run_num));
+        assert_eq!(streamed, (0..65).collect::<Vec<_>>());
+        assert_eq!(report.succeeded_counts(), (65, 65), "{report:#?}");
+        for i in [0, 17, 63] {
+            let path = dir.path().join(format!("d{}/f{i}", i % 4));
+            assert_eq!(fs::read_to_string(&path).unwrap(), format!("{i}\n"));
+        }
+        assert!(marker.exists());
+        let again = Executor {
+            test: false,
+            sources: &src,
+            services: &svc,
+        }
+        .run(&p);
+        assert_eq!(again.succeeded_counts(), (65, 0));
     }
 }

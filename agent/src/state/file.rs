@@ -1,10 +1,12 @@
 //! Salt's `file` state module: `managed`, `directory`, `symlink`, `absent`. Writes are atomic (a
 //! temporary file in the target's directory, then a rename), so a reader never sees half a file.
 
+use std::collections::HashMap;
 use std::fs::{self, Metadata};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use corpus_states::Chunk;
 use serde_json::{Map, Value, json};
@@ -43,13 +45,24 @@ pub type JinjaRenderer =
 /// [`FileSources`] over a local file root (`salt://a/b` is `<root>/a/b`).
 pub struct LocalFileSources {
     /// `salt://` paths resolve under this directory; `None` refuses `salt://` sources.
-    pub file_root: Option<PathBuf>,
+    file_root: Option<PathBuf>,
     /// Renders `template: jinja`; `None` refuses templates.
-    pub renderer: Option<JinjaRenderer>,
+    renderer: Option<JinjaRenderer>,
+    /// Sources already read in this run: a template shared by many states is read once, as
+    /// Salt's file client caches what it fetched.
+    cache: Mutex<HashMap<String, Option<Arc<Vec<u8>>>>>,
 }
 
-impl FileSources for LocalFileSources {
-    fn read(&self, source: &str) -> Result<Option<Vec<u8>>, String> {
+impl LocalFileSources {
+    pub fn new(file_root: Option<PathBuf>, renderer: Option<JinjaRenderer>) -> Self {
+        Self {
+            file_root,
+            renderer,
+            cache: Mutex::default(),
+        }
+    }
+
+    fn read_uncached(&self, source: &str) -> Result<Option<Vec<u8>>, String> {
         let path = if let Some(rel) = source.strip_prefix("salt://") {
             let rel = rel.split('?').next().unwrap_or(rel);
             let root = self
@@ -78,6 +91,19 @@ impl FileSources for LocalFileSources {
                 path.display()
             )),
         }
+    }
+}
+
+impl FileSources for LocalFileSources {
+    fn read(&self, source: &str) -> Result<Option<Vec<u8>>, String> {
+        if let Some(hit) = self.cache.lock().ok().and_then(|c| c.get(source).cloned()) {
+            return Ok(hit.map(|b| b.as_ref().clone()));
+        }
+        let bytes = self.read_uncached(source)?.map(Arc::new);
+        if let Ok(mut cache) = self.cache.lock() {
+            cache.insert(source.to_string(), bytes.clone());
+        }
+        Ok(bytes.map(|b| b.as_ref().clone()))
     }
 
     fn render_jinja(

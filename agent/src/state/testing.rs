@@ -107,9 +107,9 @@ impl ServiceControl for FakeServices {
 
 /// File sources under `root`, rendering Jinja with `pillar` and the state's extra context.
 pub fn sources(root: &Path, pillar: Value) -> LocalFileSources {
-    LocalFileSources {
-        file_root: Some(root.to_path_buf()),
-        renderer: Some(Box::new(move |name, text, extra| {
+    LocalFileSources::new(
+        Some(root.to_path_buf()),
+        Some(Box::new(move |name, text, extra| {
             let mut env = minijinja::Environment::new();
             env.set_undefined_behavior(minijinja::UndefinedBehavior::Strict);
             if let Ok(syntax) = minijinja::syntax::SyntaxConfig::builder()
@@ -123,7 +123,7 @@ pub fn sources(root: &Path, pillar: Value) -> LocalFileSources {
             env.render_str(text, minijinja::Value::from(minijinja::value::Serde(&ctx)))
                 .map_err(|e| format!("cannot render {name}: {e}"))
         })),
-    }
+    )
 }
 
 pub fn ctx<'a>(
