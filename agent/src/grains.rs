@@ -18,6 +18,9 @@ pub struct Grains {
     /// How environments are isolated: `dir` (a directory per environment).
     pub guest_type: String,
     pub version: String,
+    /// Where environments live (`corpus-agent run --root`); the master builds `common`'s
+    /// paths from it.
+    pub root: String,
 }
 
 fn read_trimmed(path: &str) -> Option<String> {
@@ -64,7 +67,13 @@ impl Grains {
             slots,
             guest_type: "dir".to_owned(),
             version: env!("CARGO_PKG_VERSION").to_owned(),
+            root: String::new(),
         }
+    }
+
+    pub fn with_root(mut self, root: &std::path::Path) -> Grains {
+        self.root = root.display().to_string();
+        self
     }
 
     /// The grains as templates see them (`grains['os']`).
@@ -86,6 +95,7 @@ impl From<Grains> for corpus_proto::Grains {
             slots: g.slots,
             guest_type: g.guest_type,
             version: g.version,
+            root: g.root,
         }
     }
 }

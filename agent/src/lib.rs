@@ -4,6 +4,7 @@
 pub mod apply_local;
 pub mod enroll;
 pub mod grains;
+pub mod jobs;
 pub mod lifecycle;
 pub mod link;
 pub mod state;

@@ -13,8 +13,12 @@ use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tracing::{error, info, warn};
 
-use crate::enroll::{self, AgentIdentity};
+use std::sync::Arc;
+
+use crate::enroll;
 use crate::grains::Grains;
+use crate::jobs::{self, JobContext};
+use crate::lifecycle::Lifecycle;
 
 /// Metadata key the master sets on a refused attach (see the master's `link.rs`).
 const REFUSAL_REASON: &str = "corpus-refusal";
@@ -35,6 +39,8 @@ pub struct LinkOptions {
     pub rejected_poll: Duration,
     pub reconnect_min: Duration,
     pub reconnect_max: Duration,
+    /// Where environments live: `ROOT/<env-uuid>/srv/projects/<project>`.
+    pub root: PathBuf,
 }
 
 /// Exponential backoff with jitter: each delay is drawn from [d/2, d], d doubling from `min`
@@ -81,13 +87,27 @@ enum AttachError {
 
 /// Runs the agent's link until `stop` says stop.
 pub async fn run(options: LinkOptions, mut stop: watch::Receiver<Signal>) -> anyhow::Result<()> {
-    let grains = Grains::collect(&options.id, options.slots);
+    let grains = Grains::collect(&options.id, options.slots).with_root(&options.root);
+    let lifecycle = Arc::new(Lifecycle::new(options.root.clone()));
+    let (outbox, mut outbox_rx) = mpsc::unbounded_channel();
+    // Deploys a crash interrupted are finished (or undone) before anything else.
+    jobs::recover(lifecycle.clone(), options.state_dir.clone(), outbox.clone()).await;
     let mut backoff = Backoff::new(options.reconnect_min, options.reconnect_max);
     loop {
         let Some(identity) = enroll::ensure_identity(&options, &mut stop).await? else {
             return Ok(());
         };
-        let delay = match attach_once(&options, &identity, &grains, &mut stop).await {
+        let ctx = Arc::new(JobContext {
+            lifecycle: lifecycle.clone(),
+            state_dir: options.state_dir.clone(),
+            master: options.master.clone(),
+            ca_pem: options.ca_pem.clone(),
+            identity: identity.clone(),
+            grains: grains.to_json(),
+            outbox: outbox.clone(),
+        });
+        let attached = attach_once(&options, &ctx, &grains, &mut outbox_rx, &mut stop).await;
+        let delay = match attached {
             Ok(Ended::Stopped) => return Ok(()),
             Ok(Ended::Closed(why)) => {
                 backoff.reset();
@@ -121,10 +141,12 @@ pub async fn run(options: LinkOptions, mut stop: watch::Receiver<Signal>) -> any
 
 async fn attach_once(
     options: &LinkOptions,
-    identity: &AgentIdentity,
+    ctx: &Arc<JobContext>,
     grains: &Grains,
+    outbox: &mut mpsc::UnboundedReceiver<AgentMessage>,
     stop: &mut watch::Receiver<Signal>,
 ) -> Result<Ended, AttachError> {
+    let identity = &ctx.identity;
     let channel = corpus_runtime::tls::dial(
         &options.master,
         &options.ca_pem,
@@ -137,7 +159,7 @@ async fn attach_once(
     let hello = AgentMessage {
         body: Some(agent_message::Body::Hello(Hello {
             grains: Some(grains.clone().into()),
-            unacknowledged: Vec::new(),
+            unacknowledged: jobs::unacknowledged(&options.state_dir),
         })),
     };
     // The channel is fresh and has room: this cannot fail.
@@ -189,10 +211,19 @@ async fn attach_once(
                     return Ok(Ended::Closed("outbound stream closed".into()));
                 }
             }
+            queued = outbox.recv() => {
+                let Some(queued) = queued else { continue };
+                if tx.send(queued).await.is_err() {
+                    return Ok(Ended::Closed("outbound stream closed".into()));
+                }
+            }
             message = inbound.message() => match message {
                 Ok(Some(message)) => match message.body {
                     Some(master_message::Body::Job(job)) => {
-                        warn!(job = %job.job_id, "this agent version cannot run jobs yet");
+                        tokio::spawn(jobs::run(ctx.clone(), job));
+                    }
+                    Some(master_message::Body::Ack(ack)) => {
+                        jobs::acknowledge(&options.state_dir, &ack.job_id);
                     }
                     Some(other) => tracing::debug!(?other, "message from the master"),
                     None => {}

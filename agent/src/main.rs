@@ -43,6 +43,9 @@ struct RunArgs {
     /// How many environments this agent hosts.
     #[arg(long, default_value_t = 4)]
     slots: u32,
+    /// Where environments live: ROOT/<env-uuid>/srv/projects/<project>.
+    #[arg(long, env = "CORPUS_ROOT", default_value = "/srv/corpus")]
+    root: PathBuf,
     /// How often a pending agent asks whether it was accepted.
     #[arg(long, default_value = "5s", value_parser = corpus_runtime::parse_duration)]
     enroll_poll: Duration,
@@ -112,6 +115,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         rejected_poll: args.reconnect_max,
         reconnect_min: args.reconnect_min,
         reconnect_max: args.reconnect_max,
+        root: args.root,
     };
     let stop = corpus_runtime::handle_signals(args.stop_deadline, || {
         tracing::info!("SIGHUP: the agent has no reloadable configuration yet; nothing changed");

@@ -1,3 +1,10 @@
 //! One module per `corpus` command.
 
+pub mod destroy;
+pub mod init;
+pub mod init_env;
 pub mod listhosts;
+pub mod push;
+pub mod quota;
+pub mod rollback;
+pub mod status;

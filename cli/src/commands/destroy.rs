@@ -1,0 +1,26 @@
+//! `corpus destroy ENDPOINT ENV_UUID [PROJECT]`: frees the project, or the whole environment.
+
+use corpus_proto::DestroyRequest;
+
+use crate::progress;
+use crate::session::{Session, rpc_error};
+
+pub async fn run(mut session: Session, env: &str, project: Option<&str>, json: bool) -> anyhow::Result<()> {
+    if let Some(project) = project {
+        corpus_proto::names::validate_project_name(project)?;
+    }
+    let updates = session
+        .client
+        .destroy(DestroyRequest {
+            env_uuid: env.to_owned(),
+            project: project.unwrap_or_default().to_owned(),
+        })
+        .await
+        .map_err(|s| rpc_error(&session.endpoint, s))?
+        .into_inner();
+    let what = match project {
+        Some(p) => format!("destroy of {p}"),
+        None => format!("destroy of environment {env}"),
+    };
+    progress::follow(&session, &what, updates, json).await
+}

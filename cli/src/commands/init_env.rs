@@ -1,0 +1,31 @@
+//! `corpus init_env ENDPOINT dev|staging|prod [HOST]`: creates an environment on an agent with a
+//! free slot (or HOST) and prints its UUID, alone on stdout.
+
+use corpus_proto::InitEnvRequest;
+
+use crate::session::{Session, rpc_error};
+
+pub async fn run(mut session: Session, platform: &str, host: Option<&str>, mode: Option<&str>, json: bool) -> anyhow::Result<()> {
+    if !matches!(platform, "dev" | "staging" | "prod") {
+        anyhow::bail!("platform type {platform:?} is invalid: use dev, staging or prod");
+    }
+    let env = session
+        .client
+        .init_env(InitEnvRequest {
+            platform: platform.to_owned(),
+            host: host.unwrap_or_default().to_owned(),
+            mode: mode.unwrap_or_default().to_owned(),
+        })
+        .await
+        .map_err(|s| rpc_error(&session.endpoint, s))?
+        .into_inner();
+    if json {
+        println!(
+            "{}",
+            serde_json::json!({"uuid": env.uuid, "platform": env.platform, "agent": env.agent_id, "owner": env.owner})
+        );
+    } else {
+        println!("{}", env.uuid);
+    }
+    Ok(())
+}

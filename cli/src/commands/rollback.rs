@@ -1,0 +1,22 @@
+//! `corpus rollback ENDPOINT ENV_UUID PROJECT [--to DEPLOY_ID]`: returns to the previous
+//! deployment, or to the named one.
+
+use corpus_proto::RollbackRequest;
+
+use crate::progress;
+use crate::session::{Session, rpc_error};
+
+pub async fn run(mut session: Session, env: &str, project: &str, to: Option<&str>, json: bool) -> anyhow::Result<()> {
+    corpus_proto::names::validate_project_name(project)?;
+    let updates = session
+        .client
+        .rollback(RollbackRequest {
+            env_uuid: env.to_owned(),
+            project: project.to_owned(),
+            to_deploy_id: to.unwrap_or_default().to_owned(),
+        })
+        .await
+        .map_err(|s| rpc_error(&session.endpoint, s))?
+        .into_inner();
+    progress::follow(&session, &format!("rollback of {project}"), updates, json).await
+}
