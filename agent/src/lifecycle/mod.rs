@@ -7,10 +7,30 @@
 //! [`crate::state::Executor`]); the only network use is the webhook POST and the HTTP health
 //! check. The agent's link calls [`Lifecycle::run`] in `spawn_blocking`.
 
+mod archive;
+mod checks;
+mod engine;
+mod journal;
+mod layout;
+mod lock;
+#[cfg(test)]
+mod tests;
+
+use std::fs;
 use std::path::PathBuf;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
+use serde_json::Value;
+
+pub use archive::{Limits, MANIFEST_ENTRY};
+pub use engine::{COOKING_STEPS, EDITABLE_STEPS, FINAL_STEPS, ROLLBACK_STEPS, UNDO_STEPS};
+pub use layout::ProjectLayout;
+pub use lock::LockHolder;
+
+use engine::{Engine, StepFailure};
+use journal::{DeployJournal, JobSpec, Phase};
+use lock::{LockError, ProjectLock};
 
 /// How the project is deployed; platform types map to it (dev, staging, prod).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -92,7 +112,15 @@ pub trait Reporter {
 pub struct NullReporter;
 
 impl Reporter for NullReporter {
-    fn step(&mut self, _: &str, _: &str, _: StepStatus, _: serde_json::Value, _: &str, _: Duration) {
+    fn step(
+        &mut self,
+        _: &str,
+        _: &str,
+        _: StepStatus,
+        _: serde_json::Value,
+        _: &str,
+        _: Duration,
+    ) {
     }
 }
 
@@ -172,11 +200,22 @@ pub struct ProjectState {
 pub struct Lifecycle {
     /// `corpus-agent run --root DIR`: environments live at `DIR/<env-uuid>/`.
     root: PathBuf,
+    /// What an unpacked release or source may weigh.
+    limits: Limits,
 }
 
 impl Lifecycle {
     pub fn new(root: PathBuf) -> Self {
-        Lifecycle { root }
+        Lifecycle {
+            root,
+            limits: Limits::default(),
+        }
+    }
+
+    /// Overrides the unpack limits (bytes and entries of a release or source).
+    pub fn with_limits(mut self, limits: Limits) -> Self {
+        self.limits = limits;
+        self
     }
 
     /// `ROOT/<env>/srv/projects/<project>`.
@@ -188,31 +227,454 @@ impl Lifecycle {
             .join(project)
     }
 
-    /// Runs one job to its end (blocking).
-    pub fn run(&self, job: &Job, _reporter: &mut dyn Reporter) -> Outcome {
-        Outcome {
-            status: Status::Failed,
-            failed_step: "lock".into(),
+    /// Runs one job to its end (blocking). Invalid jobs and a busy project change nothing.
+    pub fn run(&self, job: &Job, reporter: &mut dyn Reporter) -> Outcome {
+        let refuse = |status: Status, step: &str, message: String| Outcome {
+            status,
+            failed_step: step.to_string(),
             failed_state: String::new(),
-            message: "lifecycle not implemented yet".into(),
+            message,
+            deploy_id: job.deploy_id.clone(),
+            release: None,
+        };
+        if let Err(e) = validate_job(job) {
+            reporter.step(
+                "validate",
+                "",
+                StepStatus::Failed,
+                Value::Null,
+                &e,
+                Duration::ZERO,
+            );
+            return refuse(Status::Failed, "validate", e);
+        }
+        let layout = ProjectLayout::new(self.project_dir(&job.env_uuid, &job.project));
+        if let Err(e) = fs::create_dir_all(layout.state_dir()) {
+            let msg = format!("cannot create {}: {e}", layout.state_dir().display());
+            return refuse(Status::Failed, "lock", msg);
+        }
+        let holder = LockHolder {
+            user: job.requested_by.clone(),
+            job_id: job.job_id.clone(),
+            started: now_rfc3339(),
+            pid: std::process::id(),
+        };
+        let _lock = match ProjectLock::acquire(&layout.lock_file(), &holder) {
+            Ok(lock) => lock,
+            Err(LockError::Busy(h)) => {
+                let msg = match h {
+                    Some(h) => format!(
+                        "project {} is busy: job {} of user {} has been deploying it since {} \
+                         (agent pid {}); try again when it is done",
+                        job.project, h.job_id, h.user, h.started, h.pid
+                    ),
+                    None => format!("project {} is busy with another job", job.project),
+                };
+                reporter.step(
+                    "lock",
+                    "",
+                    StepStatus::Failed,
+                    Value::Null,
+                    &msg,
+                    Duration::ZERO,
+                );
+                return refuse(Status::Refused, "lock", msg);
+            }
+            Err(LockError::Io(e)) => {
+                let msg = format!("cannot lock {}: {e}", layout.lock_file().display());
+                return refuse(Status::Failed, "lock", msg);
+            }
+        };
+        reporter.step(
+            "lock",
+            "",
+            StepStatus::Success,
+            Value::Null,
+            &format!("locked by job {} of {}", job.job_id, job.requested_by),
+            Duration::ZERO,
+        );
+        // A crash the agent has not recovered yet is finished first.
+        if let Ok(Some(_)) = DeployJournal::load(&layout) {
+            let _ = self.recover_locked(&layout, &mut NullReporter);
+        }
+        match &job.kind {
+            JobKind::Init => self.init(job, &layout, reporter),
+            JobKind::Destroy => self.destroy(job, &layout, reporter),
+            JobKind::Deploy => {
+                let mut journal = DeployJournal::new(job, now_rfc3339());
+                journal.previous_live = layout.live_id();
+                journal.run_was_dir = fs::symlink_metadata(layout.run()).is_ok_and(|m| m.is_dir());
+                journal.backup_data = checks::backup_data(&job.common);
+                let mut engine = self.engine(job, layout, journal, reporter);
+                if let Err(e) = engine.spec.save(&engine.layout) {
+                    let msg = format!("cannot write {}: {e}", engine.layout.job_file().display());
+                    return refuse(Status::Failed, "pre_install", msg);
+                }
+                engine.run_from(0)
+            }
+            JobKind::Rollback { to } => self.rollback(job, layout, to.as_deref(), reporter),
+        }
+    }
+
+    fn engine<'a>(
+        &self,
+        job: &Job,
+        layout: ProjectLayout,
+        journal: DeployJournal,
+        reporter: &'a mut dyn Reporter,
+    ) -> Engine<'a> {
+        Engine {
+            layout,
+            spec: JobSpec::of(job),
+            journal,
+            reporter,
+            pause: true,
+            limits: self.limits,
+            source: job.source.clone(),
+            release: job.release.clone(),
+            release_out: None,
+            started: Instant::now(),
+        }
+    }
+
+    fn init(&self, job: &Job, layout: &ProjectLayout, reporter: &mut dyn Reporter) -> Outcome {
+        let t = Instant::now();
+        let res = layout
+            .create(job.mode)
+            .and_then(|_| layout.write_pillar(&job.pillar))
+            .map_err(|e| {
+                format!(
+                    "cannot create the layout under {}: {e}",
+                    layout.dir.display()
+                )
+            });
+        let (status, st, msg) = match res {
+            Ok(()) => (
+                Status::Success,
+                StepStatus::Success,
+                format!("layout ready at {}", layout.dir.display()),
+            ),
+            Err(e) => (Status::Failed, StepStatus::Failed, e),
+        };
+        reporter.step("pre_install", "", st, Value::Null, &msg, t.elapsed());
+        Outcome {
+            status,
+            failed_step: if status == Status::Success {
+                ""
+            } else {
+                "pre_install"
+            }
+            .into(),
+            failed_state: String::new(),
+            message: msg,
             deploy_id: job.deploy_id.clone(),
             release: None,
         }
+    }
+
+    fn destroy(&self, job: &Job, layout: &ProjectLayout, reporter: &mut dyn Reporter) -> Outcome {
+        let mut journal = DeployJournal::new(job, now_rfc3339());
+        journal.kind = "destroy".into();
+        let mut engine = self.engine(job, layout.clone(), journal, reporter);
+        let stop = engine.run_phase("stop");
+        let t = Instant::now();
+        let res = layout::remove_tree(&layout.dir);
+        let (status, st, msg) = match res {
+            Ok(()) => (
+                Status::Success,
+                StepStatus::Success,
+                format!("removed {}", layout.dir.display()),
+            ),
+            Err(e) => (
+                Status::Failed,
+                StepStatus::Failed,
+                format!("cannot remove {}: {e}", layout.dir.display()),
+            ),
+        };
+        engine
+            .reporter
+            .step("destroy", "", st, Value::Null, &msg, t.elapsed());
+        let msg = match stop {
+            Err(f) => format!("{msg} (stop.sls failed: {})", f.message),
+            Ok(()) => msg,
+        };
+        Outcome {
+            status,
+            failed_step: if status == Status::Success {
+                ""
+            } else {
+                "destroy"
+            }
+            .into(),
+            failed_state: String::new(),
+            message: msg,
+            deploy_id: job.deploy_id.clone(),
+            release: None,
+        }
+    }
+
+    fn rollback(
+        &self,
+        job: &Job,
+        layout: ProjectLayout,
+        to: Option<&str>,
+        reporter: &mut dyn Reporter,
+    ) -> Outcome {
+        let fail = |message: String| Outcome {
+            status: Status::Failed,
+            failed_step: "rollback".into(),
+            failed_state: String::new(),
+            message,
+            deploy_id: job.deploy_id.clone(),
+            release: None,
+        };
+        let Some(live) = layout.live_id() else {
+            let msg = format!(
+                "project {} has no live deployment to roll back",
+                job.project
+            );
+            reporter.step(
+                "rollback",
+                "",
+                StepStatus::Failed,
+                Value::Null,
+                &msg,
+                Duration::ZERO,
+            );
+            return fail(msg);
+        };
+        let trees = engine::available_trees(&layout);
+        let pick = match to {
+            Some(to) => trees.iter().find(|(id, _)| id == to),
+            None => trees
+                .iter()
+                .rev()
+                .find(|(id, _)| id.as_str() < live.as_str())
+                .or_else(|| trees.last()),
+        };
+        let Some((target, source)) = pick.cloned() else {
+            let have: Vec<&str> = trees.iter().map(|(id, _)| id.as_str()).collect();
+            let msg = match to {
+                Some(to) if to == live => format!("deployment {to} is already live"),
+                Some(to) => format!(
+                    "deployment {to} has no tree left to return to (available: {})",
+                    if have.is_empty() {
+                        "none".to_string()
+                    } else {
+                        have.join(", ")
+                    }
+                ),
+                None => format!(
+                    "project {} has no previous deployment to return to",
+                    job.project
+                ),
+            };
+            reporter.step(
+                "rollback",
+                "",
+                StepStatus::Failed,
+                Value::Null,
+                &msg,
+                Duration::ZERO,
+            );
+            return fail(msg);
+        };
+        let mut journal = DeployJournal::new(job, now_rfc3339());
+        journal.previous_live = Some(live);
+        journal.backup_data = checks::backup_data(&job.common);
+        journal.target = Some(target);
+        journal.source_archive = Some(source);
+        let mut engine = self.engine(job, layout, journal, reporter);
+        let arch = engine.layout.archive(&job.deploy_id);
+        if let Err(e) = fs::create_dir_all(&arch).and_then(|_| engine.spec.save(&engine.layout)) {
+            return fail(format!("cannot prepare {}: {e}", arch.display()));
+        }
+        engine.run_from(0)
     }
 
     /// On agent start: finishes (or undoes) every deploy interrupted by a crash, from its
     /// journal, and returns each job's outcome.
     pub fn recover(
         &self,
-        _reporter_for: &mut dyn FnMut(&str) -> Box<dyn Reporter>,
+        reporter_for: &mut dyn FnMut(&str) -> Box<dyn Reporter>,
     ) -> Vec<(String, Outcome)> {
-        Vec::new()
+        let mut out = Vec::new();
+        let Ok(envs) = fs::read_dir(&self.root) else {
+            return out;
+        };
+        for env in envs.flatten() {
+            let Ok(projects) = fs::read_dir(env.path().join("srv").join("projects")) else {
+                continue;
+            };
+            for project in projects.flatten() {
+                let layout = ProjectLayout::new(project.path());
+                let Ok(Some(journal)) = DeployJournal::load(&layout) else {
+                    continue;
+                };
+                let holder = LockHolder {
+                    user: "corpus-agent".into(),
+                    job_id: format!("recovery of {}", journal.job_id),
+                    started: now_rfc3339(),
+                    pid: std::process::id(),
+                };
+                let Ok(_lock) = ProjectLock::acquire(&layout.lock_file(), &holder) else {
+                    continue;
+                };
+                let mut reporter = reporter_for(&journal.job_id);
+                if let Some(outcome) = self.recover_locked(&layout, reporter.as_mut()) {
+                    out.push((journal.job_id.clone(), outcome));
+                }
+            }
+        }
+        out
+    }
+
+    /// Recovers the interrupted job of one project (its lock held by the caller).
+    fn recover_locked(
+        &self,
+        layout: &ProjectLayout,
+        reporter: &mut dyn Reporter,
+    ) -> Option<Outcome> {
+        let journal = DeployJournal::load(layout).ok()??;
+        if let Ok(entries) = fs::read_dir(&layout.dir) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(".paused-") {
+                    let _ = fs::remove_file(e.path());
+                }
+            }
+        }
+        let mut engine = Engine {
+            layout: layout.clone(),
+            spec: JobSpec::load(layout),
+            journal,
+            reporter,
+            pause: false,
+            limits: self.limits,
+            source: None,
+            release: None,
+            release_out: None,
+            started: Instant::now(),
+        };
+        let j = &engine.journal;
+        let outcome = match (j.kind.as_str(), j.phase, j.mode) {
+            ("rollback", _, _) | (_, Phase::Committed, _) => engine.resume(),
+            (_, Phase::RollingBack, _) => engine.undo(),
+            (_, Phase::Forward, Mode::Editable) => {
+                let step = j.step.clone();
+                engine.fail(StepFailure {
+                    step: step.clone(),
+                    state: String::new(),
+                    message: format!(
+                        "the agent stopped during step {step}; editable mode leaves the tree as is"
+                    ),
+                })
+            }
+            (_, Phase::Forward, _) => {
+                let step = j.step.clone();
+                engine.fail(StepFailure {
+                    step: step.clone(),
+                    state: String::new(),
+                    message: format!("the agent stopped during step {step}"),
+                })
+            }
+        };
+        Some(outcome)
     }
 
     /// The project's deployments, releases and disk use.
-    pub fn status(&self, _env_uuid: &str, _project: &str) -> ProjectState {
-        ProjectState::default()
+    pub fn status(&self, env_uuid: &str, project: &str) -> ProjectState {
+        let layout = ProjectLayout::new(self.project_dir(env_uuid, project));
+        if !layout.dir.is_dir() {
+            return ProjectState::default();
+        }
+        let live = layout.live_id();
+        let mut deployments: Vec<DeploymentInfo> = engine::list_archives(&layout)
+            .into_iter()
+            .filter_map(|id| {
+                let s = engine::read_status(&layout, &id)?;
+                let text = |k: &str| s.get(k).and_then(Value::as_str).unwrap_or("").to_string();
+                Some(DeploymentInfo {
+                    live: live.as_deref() == Some(id.as_str()),
+                    time: text("time"),
+                    commit: text("commit"),
+                    mode: serde_json::from_value(s.get("mode").cloned().unwrap_or(Value::Null))
+                        .unwrap_or(Mode::Cooking),
+                    result: text("result"),
+                    failed_step: text("failed_step"),
+                    failed_state: text("failed_state"),
+                    kind: text("kind"),
+                    id,
+                })
+            })
+            .collect();
+        deployments.sort_by(|a, b| b.id.cmp(&a.id));
+        let mut releases = engine::list_releases(&layout);
+        releases.sort_by(|a, b| b.cmp(a));
+        ProjectState {
+            exists: true,
+            locked_by: ProjectLock::holder(&layout.lock_file())
+                .map(|h| (h.user, h.job_id, h.started)),
+            live,
+            deployments,
+            releases,
+            disk_used: layout::disk_usage(&layout.dir),
+        }
     }
+}
+
+/// Checks a job before anything is touched: names, deploy id, and what the mode needs.
+fn validate_job(job: &Job) -> Result<(), String> {
+    corpus_proto::names::validate_project_name(&job.project).map_err(|e| e.to_string())?;
+    let env_ok = !job.env_uuid.is_empty()
+        && job.env_uuid.len() <= 64
+        && job
+            .env_uuid
+            .bytes()
+            .all(|c| c.is_ascii_alphanumeric() || c == b'-')
+        && !job.env_uuid.starts_with('-');
+    if !env_ok {
+        return Err(format!(
+            "environment id {:?} is invalid: use letters, digits and '-'",
+            job.env_uuid
+        ));
+    }
+    match &job.kind {
+        JobKind::Deploy => {
+            validate_deploy_id(&job.deploy_id)?;
+            match job.mode {
+                Mode::Final => {
+                    engine::check_release(job.release.as_deref(), &job.project)?;
+                }
+                Mode::Editable | Mode::Cooking => {
+                    let src = job.source.as_ref().ok_or(
+                        "no project source was given: editable and cooking modes deploy the \
+                         pushed git tree",
+                    )?;
+                    if !src.is_file() {
+                        return Err(format!("project source {} is missing", src.display()));
+                    }
+                }
+            }
+        }
+        JobKind::Rollback { to } => {
+            validate_deploy_id(&job.deploy_id)?;
+            if job.mode == Mode::Editable {
+                return Err("editable mode has no archives to roll back to".into());
+            }
+            if let Some(to) = to {
+                validate_deploy_id(to)?;
+            }
+        }
+        JobKind::Init | JobKind::Destroy => {}
+    }
+    Ok(())
+}
+
+/// Now, RFC 3339 UTC.
+pub fn now_rfc3339() -> String {
+    time::OffsetDateTime::now_utc()
+        .format(&time::format_description::well_known::Rfc3339)
+        .unwrap_or_default()
 }
 
 /// Checks the `<UTC DATETIME>-<UUID>` shape of a deploy id: `YYYYMMDDTHHMMSSZ-` then a
@@ -238,7 +700,11 @@ pub fn validate_deploy_id(id: &str) -> Result<(), String> {
             8 | 13 | 18 | 23 => *c == b'-',
             _ => c.is_ascii_digit() || (b'a'..=b'f').contains(c),
         });
-    if time_ok && uuid_ok { Ok(()) } else { Err(bad()) }
+    if time_ok && uuid_ok {
+        Ok(())
+    } else {
+        Err(bad())
+    }
 }
 
 /// A fresh deploy id for now, in the shape [`validate_deploy_id`] accepts.

@@ -1,0 +1,351 @@
+//! Release archives and source tarballs. A release is a zstd-compressed tar (level 3,
+//! multithreaded) whose first entry is `corpus-release.json` (the manifest) and whose tree sits
+//! under `tree/`. Unpacking refuses absolute paths, `..`, links leaving the tree, writing through
+//! a link, device files and FIFOs, and stops at the size and entry limits.
+
+use std::collections::HashSet;
+use std::fs::{self, File};
+use std::io::{self, BufReader, BufWriter, Read, Write};
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Component, Path, PathBuf};
+
+use serde_json::{Value, json};
+use sha2::{Digest, Sha256};
+
+use super::ReleaseArchive;
+
+/// The manifest entry's name inside a release archive.
+pub const MANIFEST_ENTRY: &str = "corpus-release.json";
+/// The prefix of the tree's entries inside a release archive.
+pub const TREE_PREFIX: &str = "tree";
+const ZSTD_MAGIC: [u8; 4] = [0x28, 0xb5, 0x2f, 0xfd];
+
+/// What an archive may unpack to.
+#[derive(Debug, Clone, Copy)]
+pub struct Limits {
+    /// Sum of the entries' sizes.
+    pub max_bytes: u64,
+    pub max_entries: u64,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_bytes: 20 << 30,
+            max_entries: 2_000_000,
+        }
+    }
+}
+
+/// A writer that hashes and counts what passes through it.
+struct HashingWriter<W: Write> {
+    inner: W,
+    hash: Sha256,
+    size: u64,
+}
+
+impl<W: Write> Write for HashingWriter<W> {
+    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
+        let n = self.inner.write(buf)?;
+        self.hash.update(&buf[..n]);
+        self.size += n as u64;
+        Ok(n)
+    }
+    fn flush(&mut self) -> io::Result<()> {
+        self.inner.flush()
+    }
+}
+
+/// Bundles `tree` into the release archive `out` (written via `out.partial`, then renamed),
+/// with `manifest` as its first entry. Returns the archive with sha256, size and the manifest
+/// completed by them.
+pub fn bundle(tree: &Path, out: &Path, mut manifest: Value) -> io::Result<ReleaseArchive> {
+    let partial = out.with_extension("partial");
+    let file = File::create(&partial)?;
+    let hashing = HashingWriter {
+        inner: BufWriter::with_capacity(1 << 20, file),
+        hash: Sha256::new(),
+        size: 0,
+    };
+    let mut enc = zstd::Encoder::new(hashing, 3)?;
+    let threads = std::thread::available_parallelism().map_or(1, |n| n.get()) as u32;
+    if threads > 1 {
+        // Multithreading is an optional libzstd feature; fall back to one thread.
+        let _ = enc.multithread(threads);
+    }
+    let mut builder = tar::Builder::new(enc);
+    builder.follow_symlinks(false);
+    let text = serde_json::to_vec_pretty(&manifest).map_err(io::Error::other)?;
+    let mut header = tar::Header::new_gnu();
+    header.set_size(text.len() as u64);
+    header.set_mode(0o644);
+    header.set_mtime(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_secs()),
+    );
+    header.set_cksum();
+    builder.append_data(&mut header, MANIFEST_ENTRY, text.as_slice())?;
+    builder.append_dir_all(TREE_PREFIX, tree)?;
+    let enc = builder.into_inner()?;
+    let mut hashing = enc.finish()?;
+    hashing.flush()?;
+    let file = hashing.inner.into_inner().map_err(|e| e.into_error())?;
+    file.sync_all()?;
+    fs::rename(&partial, out)?;
+    super::layout::sync_dir(out.parent().unwrap_or(Path::new(".")))?;
+    let sha256 = hex::encode(hashing.hash.finalize());
+    if let Value::Object(m) = &mut manifest {
+        m.insert("sha256".into(), json!(sha256));
+        m.insert("size".into(), json!(hashing.size));
+    }
+    Ok(ReleaseArchive {
+        path: out.to_path_buf(),
+        sha256,
+        size: hashing.size,
+        manifest,
+    })
+}
+
+/// Opens `path` as a tar stream, decompressing zstd when the file starts with its magic.
+pub fn open_tar(path: &Path) -> io::Result<Box<dyn Read>> {
+    let mut file = File::open(path)?;
+    let mut magic = [0u8; 4];
+    let n = file.read(&mut magic)?;
+    let file = {
+        use std::io::Seek;
+        file.rewind()?;
+        file
+    };
+    if n == 4 && magic == ZSTD_MAGIC {
+        Ok(Box::new(zstd::Decoder::new(file)?))
+    } else {
+        Ok(Box::new(BufReader::with_capacity(1 << 20, file)))
+    }
+}
+
+/// Reads the manifest of the release archive at `path` (its first entry).
+pub fn read_manifest(path: &Path) -> io::Result<Value> {
+    let mut archive = tar::Archive::new(open_tar(path)?);
+    let mut entries = archive.entries()?;
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!(
+                "{} is not a corpus release archive: its first entry must be {MANIFEST_ENTRY}",
+                path.display()
+            ),
+        )
+    };
+    let mut entry = entries.next().ok_or_else(bad)??;
+    if entry.path()?.as_ref() != Path::new(MANIFEST_ENTRY) {
+        return Err(bad());
+    }
+    let mut text = Vec::new();
+    entry.by_ref().take(1 << 20).read_to_end(&mut text)?;
+    serde_json::from_slice(&text).map_err(|e| {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("manifest of {}: {e}", path.display()),
+        )
+    })
+}
+
+/// An unsafe or over-limit archive.
+fn refused(what: impl std::fmt::Display) -> io::Error {
+    io::Error::new(io::ErrorKind::InvalidData, format!("refused: {what}"))
+}
+
+/// Checks an entry path: relative, only normal components. Returns it cleaned.
+fn safe_relative(path: &Path) -> io::Result<PathBuf> {
+    let mut out = PathBuf::new();
+    for c in path.components() {
+        match c {
+            Component::Normal(p) => out.push(p),
+            Component::CurDir => {}
+            Component::ParentDir => {
+                return Err(refused(format!("entry {} contains ..", path.display())));
+            }
+            Component::RootDir | Component::Prefix(_) => {
+                return Err(refused(format!("entry {} is absolute", path.display())));
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// Whether a symlink at `link` (relative to the tree) pointing to `target` stays in the tree.
+fn link_stays_inside(link: &Path, target: &Path) -> bool {
+    if target.is_absolute() {
+        return false;
+    }
+    let mut depth: i64 = link.components().count() as i64 - 1;
+    for c in target.components() {
+        match c {
+            Component::Normal(_) => depth += 1,
+            Component::CurDir => {}
+            Component::ParentDir => {
+                depth -= 1;
+                if depth < 0 {
+                    return false;
+                }
+            }
+            _ => return false,
+        }
+    }
+    true
+}
+
+/// Counts of what an unpack wrote.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct UnpackStats {
+    pub entries: u64,
+    pub bytes: u64,
+}
+
+/// Unpacks the tar stream `reader` into the new, empty directory `dst`. With `prefix`, only
+/// entries under it are unpacked (stripped of it) and `corpus-release.json` is skipped; any
+/// other entry is refused.
+pub fn unpack(
+    reader: impl Read,
+    dst: &Path,
+    prefix: Option<&str>,
+    limits: Limits,
+) -> io::Result<UnpackStats> {
+    fs::create_dir_all(dst)?;
+    let mut archive = tar::Archive::new(reader);
+    let mut stats = UnpackStats::default();
+    // Paths this archive made symlinks: nothing may be written through them.
+    let mut links: HashSet<PathBuf> = HashSet::new();
+    let mut dirs_made: HashSet<PathBuf> = HashSet::new();
+    // Directory modes are applied last, so a read-only directory does not block its entries.
+    let mut dir_modes: Vec<(PathBuf, u32)> = Vec::new();
+    let mut symlinks: Vec<PathBuf> = Vec::new();
+    for entry in archive.entries()? {
+        let mut entry = entry?;
+        let raw = entry.path()?.into_owned();
+        let rel = match prefix {
+            Some(prefix) => {
+                if raw.as_path() == Path::new(MANIFEST_ENTRY) {
+                    continue;
+                }
+                match raw.strip_prefix(prefix) {
+                    Ok(rest) => rest.to_path_buf(),
+                    Err(_) => {
+                        return Err(refused(format!(
+                            "entry {} is outside {prefix}/",
+                            raw.display()
+                        )));
+                    }
+                }
+            }
+            None => raw.clone(),
+        };
+        let rel = safe_relative(&rel)?;
+        stats.entries += 1;
+        stats.bytes += entry.header().size().unwrap_or(0);
+        if stats.entries > limits.max_entries {
+            return Err(refused(format!("more than {} entries", limits.max_entries)));
+        }
+        if stats.bytes > limits.max_bytes {
+            return Err(refused(format!("more than {} bytes", limits.max_bytes)));
+        }
+        if rel.as_os_str().is_empty() {
+            continue; // the root itself
+        }
+        let mut ancestor = rel.parent();
+        while let Some(a) = ancestor {
+            if links.contains(a) {
+                return Err(refused(format!(
+                    "entry {} is written through the link {}",
+                    raw.display(),
+                    a.display()
+                )));
+            }
+            ancestor = a.parent();
+        }
+        let target = dst.join(&rel);
+        if let Some(parent) = target.parent()
+            && !dirs_made.contains(parent)
+        {
+            fs::create_dir_all(parent)?;
+            dirs_made.insert(parent.to_path_buf());
+        }
+        let kind = entry.header().entry_type();
+        let mode = entry.header().mode().unwrap_or(0o644) & 0o777;
+        match kind {
+            tar::EntryType::Directory => {
+                if !target.is_dir() {
+                    fs::create_dir(&target)?;
+                }
+                dirs_made.insert(target.clone());
+                dir_modes.push((target, mode));
+            }
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
+                entry.set_preserve_permissions(false);
+                entry.set_preserve_mtime(true);
+                entry.set_unpack_xattrs(false);
+                entry.unpack(&target)?;
+            }
+            tar::EntryType::Symlink => {
+                let to = entry
+                    .link_name()?
+                    .ok_or_else(|| refused(format!("symlink {} has no target", raw.display())))?
+                    .into_owned();
+                if !link_stays_inside(&rel, &to) {
+                    return Err(refused(format!(
+                        "link {} -> {} leaves the tree",
+                        raw.display(),
+                        to.display()
+                    )));
+                }
+                let _ = fs::remove_file(&target);
+                symlink(&to, &target)?;
+                links.insert(rel.clone());
+                symlinks.push(target);
+            }
+            tar::EntryType::Link => {
+                let to = entry
+                    .link_name()?
+                    .ok_or_else(|| refused(format!("hard link {} has no target", raw.display())))?
+                    .into_owned();
+                let to = match prefix {
+                    Some(p) => to.strip_prefix(p).map(Path::to_path_buf).map_err(|_| {
+                        refused(format!("hard link {} leaves the tree", raw.display()))
+                    })?,
+                    None => to,
+                };
+                let to = safe_relative(&to)?;
+                if links.contains(&to) {
+                    return Err(refused(format!("hard link {} to a symlink", raw.display())));
+                }
+                let _ = fs::remove_file(&target);
+                fs::hard_link(dst.join(&to), &target)?;
+            }
+            tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => {}
+            other => {
+                return Err(refused(format!(
+                    "entry {} is a {other:?} (device files, FIFOs and sparse files are not \
+                     allowed)",
+                    raw.display()
+                )));
+            }
+        }
+    }
+    // A chain of in-tree links can still resolve outside: check every link by the kernel.
+    let root = fs::canonicalize(dst)?;
+    for link in symlinks {
+        if let Ok(real) = fs::canonicalize(&link)
+            && !real.starts_with(&root)
+        {
+            return Err(refused(format!(
+                "link {} resolves outside the tree",
+                link.strip_prefix(dst).unwrap_or(&link).display()
+            )));
+        }
+    }
+    for (dir, mode) in dir_modes.into_iter().rev() {
+        fs::set_permissions(&dir, fs::Permissions::from_mode(mode))?;
+    }
+    Ok(stats)
+}

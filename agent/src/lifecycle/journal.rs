@@ -1,0 +1,151 @@
+//! The deploy journal: `.corpus/journal.json`, rewritten (atomically, fsynced) before every
+//! step, plus `.corpus/job.json`, written once, with what recovery needs to run state files.
+//! Recovery reads both after a crash and either finishes the deploy or undoes it.
+
+use std::fs;
+use std::io;
+
+use serde::{Deserialize, Serialize};
+
+use super::layout::{ProjectLayout, write_atomic};
+use super::{Job, JobKind, Mode};
+
+/// Where a deploy stands.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    /// Running the mode's steps; a crash here is undone (or, editable, left as is).
+    Forward,
+    /// The deploy passed its health check; a crash here finishes it.
+    Committed,
+    /// Undoing a failure; a crash here undoes again (every move is idempotent).
+    RollingBack,
+}
+
+/// The journal of one running job.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct DeployJournal {
+    pub job_id: String,
+    /// `deploy` or `rollback`.
+    pub kind: String,
+    pub env_uuid: String,
+    pub project: String,
+    pub mode: Mode,
+    pub deploy_id: String,
+    pub commit: String,
+    pub requested_by: String,
+    /// RFC 3339 UTC.
+    pub started: String,
+    /// The step about to run, or running.
+    pub step: String,
+    pub phase: Phase,
+    /// The live tree before the job (`deploy/current`'s target).
+    pub previous_live: Option<String>,
+    /// `run/` was a real directory before the job (moved into the archive, restored as
+    /// `deploy/pre-<id>`).
+    pub run_was_dir: bool,
+    /// Whether `data/` is backed up into the archive (`backup_data`).
+    pub backup_data: bool,
+    /// Requested rollback: the deployment to return to and the archive holding its tree.
+    pub target: Option<String>,
+    pub source_archive: Option<String>,
+    /// Set when a step failed (or on recovery: the step that was interrupted).
+    pub failed_step: String,
+    pub failed_state: String,
+    pub message: String,
+}
+
+/// What recovery needs from the job to run state files and notify.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct JobSpec {
+    pub plans: corpus_states::ProjectPlan,
+    pub common: serde_json::Value,
+    pub pillar: serde_json::Value,
+    pub grains: serde_json::Value,
+}
+
+impl DeployJournal {
+    pub fn new(job: &Job, started: String) -> Self {
+        DeployJournal {
+            job_id: job.job_id.clone(),
+            kind: match job.kind {
+                JobKind::Rollback { .. } => "rollback",
+                _ => "deploy",
+            }
+            .into(),
+            env_uuid: job.env_uuid.clone(),
+            project: job.project.clone(),
+            mode: job.mode,
+            deploy_id: job.deploy_id.clone(),
+            commit: job.commit.clone(),
+            requested_by: job.requested_by.clone(),
+            started,
+            step: String::new(),
+            phase: Phase::Forward,
+            previous_live: None,
+            run_was_dir: false,
+            backup_data: true,
+            target: None,
+            source_archive: None,
+            failed_step: String::new(),
+            failed_state: String::new(),
+            message: String::new(),
+        }
+    }
+
+    pub fn save(&self, layout: &ProjectLayout) -> io::Result<()> {
+        let text = serde_json::to_vec_pretty(self).map_err(io::Error::other)?;
+        write_atomic(&layout.journal_file(), &text, 0o600)
+    }
+
+    pub fn load(layout: &ProjectLayout) -> io::Result<Option<DeployJournal>> {
+        match fs::read(layout.journal_file()) {
+            Ok(bytes) => serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                io::Error::new(
+                    io::ErrorKind::InvalidData,
+                    format!("{}: {e}", layout.journal_file().display()),
+                )
+            }),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+
+    /// The job is over: the journal goes (the job file with it).
+    pub fn remove(layout: &ProjectLayout) -> io::Result<()> {
+        let _ = fs::remove_file(layout.job_file());
+        match fs::remove_file(layout.journal_file()) {
+            Err(e) if e.kind() != io::ErrorKind::NotFound => Err(e),
+            _ => super::layout::sync_dir(&layout.state_dir()),
+        }
+    }
+}
+
+impl JobSpec {
+    pub fn of(job: &Job) -> Self {
+        JobSpec {
+            plans: job.plans.clone(),
+            common: job.common.clone(),
+            pillar: job.pillar.clone(),
+            grains: job.grains.clone(),
+        }
+    }
+
+    pub fn save(&self, layout: &ProjectLayout) -> io::Result<()> {
+        let text = serde_json::to_vec(self).map_err(io::Error::other)?;
+        write_atomic(&layout.job_file(), &text, 0o600)
+    }
+
+    /// The saved job, or an empty one (no state files) when it is missing or unreadable.
+    pub fn load(layout: &ProjectLayout) -> JobSpec {
+        fs::read(layout.job_file())
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or(JobSpec {
+                plans: Default::default(),
+                common: serde_json::Value::Null,
+                pillar: serde_json::Value::Null,
+                grains: serde_json::Value::Null,
+            })
+    }
+}

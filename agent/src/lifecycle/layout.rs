@@ -1,0 +1,280 @@
+//! The RFC project layout on disk, and the durable filesystem moves the lifecycle is built
+//! from: atomic writes, renames followed by a directory fsync, and atomic symlink swaps.
+//!
+//! `run/` is a symlink. In editable mode it points at `project/`; in cooking and final modes at
+//! `deploy/current`, itself a symlink to `deploy/<deploy id>`, the live tree. Switching the live
+//! tree is one `rename(2)` of a fresh symlink over `deploy/current`, whatever the tree's size.
+
+use std::fs::{self, File};
+use std::io::{self, ErrorKind, Write};
+use std::os::unix::fs::{PermissionsExt, symlink};
+use std::path::{Path, PathBuf};
+
+use super::Mode;
+
+/// The directories of one project, `ROOT/<env>/srv/projects/<project>/`.
+#[derive(Debug, Clone)]
+pub struct ProjectLayout {
+    pub dir: PathBuf,
+}
+
+/// The layout's directories, created by pre_install.
+pub const DIRS: &[&str] = &[
+    "project", "pillar", "data", "build", "deploy", "releases", "archives",
+];
+
+/// The symlink target of `run` in cooking and final modes.
+pub const RUN_TARGET: &str = "deploy/current";
+
+impl ProjectLayout {
+    pub fn new(dir: PathBuf) -> Self {
+        ProjectLayout { dir }
+    }
+    pub fn sub(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+    pub fn project(&self) -> PathBuf {
+        self.sub("project")
+    }
+    pub fn pillar(&self) -> PathBuf {
+        self.sub("pillar")
+    }
+    pub fn data(&self) -> PathBuf {
+        self.sub("data")
+    }
+    pub fn run(&self) -> PathBuf {
+        self.sub("run")
+    }
+    pub fn deploy(&self) -> PathBuf {
+        self.sub("deploy")
+    }
+    pub fn releases(&self) -> PathBuf {
+        self.sub("releases")
+    }
+    pub fn archives(&self) -> PathBuf {
+        self.sub("archives")
+    }
+    /// A deployment's tree while it is live (or being built/unpacked).
+    pub fn tree(&self, id: &str) -> PathBuf {
+        self.deploy().join(id)
+    }
+    /// `deploy/current`, the symlink naming the live tree.
+    pub fn current(&self) -> PathBuf {
+        self.deploy().join("current")
+    }
+    pub fn archive(&self, id: &str) -> PathBuf {
+        self.archives().join(id)
+    }
+    /// Where the lock file, the journal and the job of a running deploy live.
+    pub fn state_dir(&self) -> PathBuf {
+        self.sub(".corpus")
+    }
+    pub fn lock_file(&self) -> PathBuf {
+        self.state_dir().join("lock")
+    }
+    pub fn journal_file(&self) -> PathBuf {
+        self.state_dir().join("journal.json")
+    }
+    pub fn job_file(&self) -> PathBuf {
+        self.state_dir().join("job.json")
+    }
+
+    /// The id of the live tree (`deploy/current`'s target), if any.
+    pub fn live_id(&self) -> Option<String> {
+        let target = fs::read_link(self.current()).ok()?;
+        let name = target.file_name()?.to_str()?.to_string();
+        self.tree(&name).is_dir().then_some(name)
+    }
+
+    /// pre_install: creates the layout (idempotent) and points `run` for `mode`.
+    pub fn create(&self, mode: Mode) -> io::Result<()> {
+        fs::create_dir_all(&self.dir)?;
+        fs::create_dir_all(self.state_dir())?;
+        for d in DIRS {
+            let p = self.sub(d);
+            if !p.is_dir() {
+                fs::create_dir_all(&p)?;
+            }
+        }
+        fs::set_permissions(self.pillar(), fs::Permissions::from_mode(0o750))?;
+        fs::set_permissions(self.state_dir(), fs::Permissions::from_mode(0o700))?;
+        let run = self.run();
+        match fs::symlink_metadata(&run) {
+            // A real directory stays until the archive step moves it away (cooking/final).
+            Ok(m) if m.is_dir() => {}
+            _ => {
+                let target = match mode {
+                    Mode::Editable => "project",
+                    Mode::Cooking | Mode::Final => RUN_TARGET,
+                };
+                set_link(&run, Path::new(target))?;
+            }
+        }
+        sync_dir(&self.dir)
+    }
+
+    /// Points `deploy/current` at `deploy/<id>` (atomically), or removes it.
+    pub fn set_current(&self, id: Option<&str>) -> io::Result<()> {
+        match id {
+            Some(id) => set_link(&self.current(), Path::new(id)),
+            None => match fs::remove_file(self.current()) {
+                Err(e) if e.kind() != ErrorKind::NotFound => Err(e),
+                _ => sync_dir(&self.deploy()),
+            },
+        }
+    }
+
+    /// Writes the rendered pillar to `pillar/pillar.json`, read-only (0440).
+    pub fn write_pillar(&self, pillar: &serde_json::Value) -> io::Result<()> {
+        let text = serde_json::to_vec_pretty(pillar).map_err(io::Error::other)?;
+        write_atomic(&self.pillar().join("pillar.json"), &text, 0o440)
+    }
+}
+
+/// Makes `link` a symlink to `target`, atomically replacing a previous symlink (never a
+/// directory), then fsyncs the parent.
+pub fn set_link(link: &Path, target: &Path) -> io::Result<()> {
+    if fs::read_link(link).ok().as_deref() == Some(target) {
+        return Ok(());
+    }
+    let parent = parent_of(link)?;
+    let tmp = parent.join(format!(
+        ".{}.tmp-{}",
+        link.file_name().and_then(|n| n.to_str()).unwrap_or("link"),
+        std::process::id()
+    ));
+    let _ = fs::remove_file(&tmp);
+    symlink(target, &tmp)?;
+    fs::rename(&tmp, link)?;
+    sync_dir(parent)
+}
+
+/// `rename(2)` then fsync of both parents, so the move survives a crash.
+pub fn rename_durable(from: &Path, to: &Path) -> io::Result<()> {
+    fs::rename(from, to).map_err(|e| {
+        io::Error::new(
+            e.kind(),
+            format!("cannot move {} to {}: {e}", from.display(), to.display()),
+        )
+    })?;
+    sync_dir(parent_of(to)?)?;
+    let from_parent = parent_of(from)?;
+    if Some(from_parent) != to.parent() {
+        sync_dir(from_parent)?;
+    }
+    Ok(())
+}
+
+/// Writes `bytes` to `path` via a temporary file, fsync and rename.
+pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
+    let parent = parent_of(path)?;
+    let tmp = parent.join(format!(
+        ".{}.tmp-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("file"),
+        std::process::id()
+    ));
+    {
+        let mut f = File::create(&tmp)?;
+        f.write_all(bytes)?;
+        f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.sync_all()?;
+    }
+    fs::rename(&tmp, path)?;
+    sync_dir(parent)
+}
+
+pub fn sync_dir(dir: &Path) -> io::Result<()> {
+    File::open(dir)?.sync_all()
+}
+
+fn parent_of(path: &Path) -> io::Result<&Path> {
+    path.parent().ok_or_else(|| {
+        io::Error::new(
+            ErrorKind::InvalidInput,
+            format!("{} has no parent directory", path.display()),
+        )
+    })
+}
+
+/// Removes a tree without ever leaving it half-deleted under its own name: rename to a hidden
+/// sibling first, then delete.
+pub fn remove_tree(path: &Path) -> io::Result<()> {
+    if fs::symlink_metadata(path).is_err() {
+        return Ok(());
+    }
+    let parent = parent_of(path)?;
+    let trash = parent.join(format!(
+        ".trash-{}-{}",
+        path.file_name().and_then(|n| n.to_str()).unwrap_or("tree"),
+        uuid::Uuid::new_v4()
+    ));
+    fs::rename(path, &trash)?;
+    sync_dir(parent)?;
+    fs::remove_dir_all(&trash)
+}
+
+/// Deletes leftovers of [`remove_tree`] interrupted by a crash.
+pub fn sweep_trash(dir: &Path) {
+    if let Ok(entries) = fs::read_dir(dir) {
+        for e in entries.flatten() {
+            if e.file_name().to_string_lossy().starts_with(".trash-") {
+                let _ = fs::remove_dir_all(e.path());
+            }
+        }
+    }
+}
+
+/// Bytes used by files under `path` (allocated blocks, links not followed).
+pub fn disk_usage(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    let mut total = 0;
+    let mut stack = vec![path.to_path_buf()];
+    while let Some(p) = stack.pop() {
+        let Ok(meta) = fs::symlink_metadata(&p) else {
+            continue;
+        };
+        total += meta.blocks() * 512;
+        if meta.is_dir()
+            && let Ok(entries) = fs::read_dir(&p)
+        {
+            stack.extend(entries.flatten().map(|e| e.path()));
+        }
+    }
+    total
+}
+
+/// Copies `from` into the new directory `to` with `cp -a` (modes, owners, links, times;
+/// reflinks where the filesystem has them).
+pub fn copy_tree(from: &Path, to: &Path) -> io::Result<()> {
+    fs::create_dir_all(to)?;
+    let mut src = from.as_os_str().to_owned();
+    src.push("/.");
+    let out = std::process::Command::new("cp")
+        .arg("-a")
+        .arg("--reflink=auto")
+        .arg(&src)
+        .arg(to)
+        .output()?;
+    if !out.status.success() {
+        return Err(io::Error::other(format!(
+            "cannot copy {} to {}: {}",
+            from.display(),
+            to.display(),
+            String::from_utf8_lossy(&out.stderr).trim()
+        )));
+    }
+    // The copy must be on disk before the deploy relies on it.
+    sync_filesystem(to)
+}
+
+/// `syncfs(2)`: flushes the filesystem holding `path`, so a tree written with plain writes is
+/// on disk before a rename makes it live.
+pub fn sync_filesystem(path: &Path) -> io::Result<()> {
+    use std::os::fd::AsRawFd;
+    let f = File::open(path)?;
+    // SAFETY: syncfs takes a valid open descriptor and touches no memory of ours.
+    if unsafe { libc::syncfs(f.as_raw_fd()) } != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
