@@ -8,7 +8,7 @@ use std::time::Duration;
 use corpus_proto::admin_client::AdminClient;
 use corpus_proto::{
     AddUserRequest, AgentInfo, AgentList, AgentRef, CreateTokenRequest, Empty, EnrollmentToken,
-    User, UserList,
+    RenderRequest, RenderResponse, User, UserList,
 };
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
@@ -186,6 +186,38 @@ impl corpus_proto::admin_server::Admin for AdminService {
         );
         info!(agent = %id, "agent deleted by an operator");
         Ok(Response::new(state.agent_info(record)))
+    }
+
+    async fn render(
+        &self,
+        request: Request<RenderRequest>,
+    ) -> Result<Response<RenderResponse>, Status> {
+        let RenderRequest { agent_id, sls } = request.into_inner();
+        let state = self.state.clone();
+        let record = state.existing_agent(&agent_id)?;
+        let grains = record
+            .grains
+            .clone()
+            .unwrap_or_else(|| crate::store::Grains {
+                id: agent_id.clone(),
+                ..Default::default()
+            });
+        let rendered = tokio::task::spawn_blocking(move || {
+            crate::render::render_for_agent(
+                &state.file_root,
+                &state.pillar_root,
+                &agent_id,
+                &grains,
+                &sls,
+            )
+        })
+        .await
+        .map_err(internal)?
+        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        Ok(Response::new(RenderResponse {
+            plan_json: serde_json::to_vec(&rendered.plan).unwrap_or_default(),
+            sls: rendered.sls,
+        }))
     }
 }
 

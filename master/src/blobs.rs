@@ -27,7 +27,11 @@ pub enum BlobError {
 }
 
 pub fn validate_digest(digest: &str) -> Result<(), BlobError> {
-    if digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b)) {
+    if digest.len() == 64
+        && digest
+            .bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+    {
         Ok(())
     } else {
         Err(BlobError::BadDigest(digest.to_owned()))
@@ -141,9 +145,13 @@ impl BlobWriter {
         self.file.sync_all().await.map_err(io(&self.tmp))?;
         let path = self.store.path(&digest)?;
         if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent).await.map_err(io(parent))?;
+            tokio::fs::create_dir_all(parent)
+                .await
+                .map_err(io(parent))?;
         }
-        tokio::fs::rename(&self.tmp, &path).await.map_err(io(&path))?;
+        tokio::fs::rename(&self.tmp, &path)
+            .await
+            .map_err(io(&path))?;
         Ok((digest, self.size))
     }
 }
@@ -182,11 +190,20 @@ mod tests {
 
         let mut w = store.writer(1024).await?;
         w.write(b"tampered").await?;
-        assert!(matches!(w.finish(&expected, None).await, Err(BlobError::Mismatch { .. })));
+        assert!(matches!(
+            w.finish(&expected, None).await,
+            Err(BlobError::Mismatch { .. })
+        ));
 
         let mut w = store.writer(4).await?;
-        assert!(matches!(w.write(b"too long").await, Err(BlobError::TooLarge { .. })));
-        assert!(matches!(store.path("../etc/passwd"), Err(BlobError::BadDigest(_))));
+        assert!(matches!(
+            w.write(b"too long").await,
+            Err(BlobError::TooLarge { .. })
+        ));
+        assert!(matches!(
+            store.path("../etc/passwd"),
+            Err(BlobError::BadDigest(_))
+        ));
         Ok(())
     }
 }

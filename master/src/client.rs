@@ -4,18 +4,18 @@
 use std::sync::Arc;
 
 use corpus_proto::{
-    DestroyRequest, Environment, Host, InitEnvRequest, ListHostsRequest,
-    ListHostsResponse, LoginRequest, LoginResponse, ProjectQuota, ProjectRequest, PushRequest,
-    RollbackRequest, SetQuotaRequest, StatusRequest, StatusResponse, push_request,
+    DestroyRequest, Environment, Host, InitEnvRequest, ListHostsRequest, ListHostsResponse,
+    LoginRequest, LoginResponse, ProjectQuota, ProjectRequest, PushRequest, RollbackRequest,
+    SetQuotaRequest, StatusRequest, StatusResponse, push_request,
 };
 use tonic::{Request, Response, Status, Streaming};
 use tracing::info;
 
 use crate::MasterState;
 use crate::auth::AuthError;
-use crate::{deploys, render};
 use crate::status::internal;
 use crate::store::AgentStatus;
+use crate::{deploys, render};
 
 pub struct ClientService {
     pub state: Arc<MasterState>,
@@ -114,24 +114,40 @@ impl corpus_proto::client_server::Client for ClientService {
         Ok(Response::new(ListHostsResponse { hosts }))
     }
 
-    async fn init_env(&self, request: Request<InitEnvRequest>) -> Result<Response<Environment>, Status> {
+    async fn init_env(
+        &self,
+        request: Request<InitEnvRequest>,
+    ) -> Result<Response<Environment>, Status> {
         let user = session_user(&self.state, &request)?;
         let req = request.into_inner();
         let env = deploys::init_env(&self.state, &user, &req.platform, &req.host, &req.mode)?;
         Ok(Response::new(deploys::environment_message(&env)))
     }
 
-    async fn init_project(&self, request: Request<ProjectRequest>) -> Result<Response<Updates>, Status> {
+    async fn init_project(
+        &self,
+        request: Request<ProjectRequest>,
+    ) -> Result<Response<Updates>, Status> {
         let user = session_user(&self.state, &request)?;
         let req = request.into_inner();
-        Ok(Response::new(deploys::init_project(&self.state, &user, &req.env_uuid, &req.project)?))
+        Ok(Response::new(deploys::init_project(
+            &self.state,
+            &user,
+            &req.env_uuid,
+            &req.project,
+        )?))
     }
 
-    async fn push(&self, request: Request<Streaming<PushRequest>>) -> Result<Response<Updates>, Status> {
+    async fn push(
+        &self,
+        request: Request<Streaming<PushRequest>>,
+    ) -> Result<Response<Updates>, Status> {
         let user = session_user(&self.state, &request)?;
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
-            Some(PushRequest { body: Some(push_request::Body::Header(header)) }) => header,
+            Some(PushRequest {
+                body: Some(push_request::Body::Header(header)),
+            }) => header,
             _ => return Err(Status::invalid_argument("a push starts with its header")),
         };
         let env = deploys::check_push(&self.state, &user, &header)?;
@@ -143,7 +159,11 @@ impl corpus_proto::client_server::Client for ClientService {
                     .write(&chunk)
                     .await
                     .map_err(|e| Status::invalid_argument(e.to_string()))?,
-                _ => return Err(Status::invalid_argument("only source chunks may follow a push header")),
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "only source chunks may follow a push header",
+                    ));
+                }
             }
         }
         let expected_size = (header.source_size > 0).then_some(header.source_size);
@@ -157,19 +177,39 @@ impl corpus_proto::client_server::Client for ClientService {
             .map_err(internal)?
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         info!(user = %user, env = %env.uuid, project = %header.project, source = %digest, "push received");
-        Ok(Response::new(deploys::push(&self.state, &user, &header, &env, &digest, &salt)?))
+        Ok(Response::new(deploys::push(
+            &self.state,
+            &user,
+            &header,
+            &env,
+            &digest,
+            &salt,
+        )?))
     }
 
-    async fn rollback(&self, request: Request<RollbackRequest>) -> Result<Response<Updates>, Status> {
+    async fn rollback(
+        &self,
+        request: Request<RollbackRequest>,
+    ) -> Result<Response<Updates>, Status> {
         let user = session_user(&self.state, &request)?;
         let req = request.into_inner();
-        Ok(Response::new(deploys::rollback(&self.state, &user, &req.env_uuid, &req.project, &req.to_deploy_id)?))
+        Ok(Response::new(deploys::rollback(
+            &self.state,
+            &user,
+            &req.env_uuid,
+            &req.project,
+            &req.to_deploy_id,
+        )?))
     }
 
-    async fn status(&self, request: Request<StatusRequest>) -> Result<Response<StatusResponse>, Status> {
+    async fn status(
+        &self,
+        request: Request<StatusRequest>,
+    ) -> Result<Response<StatusResponse>, Status> {
         let user = session_user(&self.state, &request)?;
         let req = request.into_inner();
-        let (environment, projects) = deploys::status(&self.state, &user, &req.env_uuid, &req.project)?;
+        let (environment, projects) =
+            deploys::status(&self.state, &user, &req.env_uuid, &req.project)?;
         Ok(Response::new(StatusResponse {
             environment: Some(environment),
             projects,
@@ -179,12 +219,26 @@ impl corpus_proto::client_server::Client for ClientService {
     async fn destroy(&self, request: Request<DestroyRequest>) -> Result<Response<Updates>, Status> {
         let user = session_user(&self.state, &request)?;
         let req = request.into_inner();
-        Ok(Response::new(deploys::destroy(&self.state, &user, &req.env_uuid, &req.project)?))
+        Ok(Response::new(deploys::destroy(
+            &self.state,
+            &user,
+            &req.env_uuid,
+            &req.project,
+        )?))
     }
 
-    async fn set_quota(&self, request: Request<SetQuotaRequest>) -> Result<Response<ProjectQuota>, Status> {
+    async fn set_quota(
+        &self,
+        request: Request<SetQuotaRequest>,
+    ) -> Result<Response<ProjectQuota>, Status> {
         let user = session_user(&self.state, &request)?;
         let req = request.into_inner();
-        Ok(Response::new(deploys::set_quota(&self.state, &user, &req.env_uuid, &req.project, req.delta_bytes)?))
+        Ok(Response::new(deploys::set_quota(
+            &self.state,
+            &user,
+            &req.env_uuid,
+            &req.project,
+            req.delta_bytes,
+        )?))
     }
 }

@@ -64,14 +64,17 @@ pub fn new_deploy_id() -> String {
 }
 
 fn is_admin(state: &MasterState, user: &str) -> Result<bool, Status> {
-    Ok(state.store.user(user).map_err(internal)?.is_some_and(|u| u.admin))
+    Ok(state
+        .store
+        .user(user)
+        .map_err(internal)?
+        .is_some_and(|u| u.admin))
 }
 
 /// The environment, if `user` owns it, was granted it, or is an admin.
 pub fn authorize(state: &MasterState, user: &str, uuid: &str) -> Result<EnvironmentRecord, Status> {
-    uuid::Uuid::parse_str(uuid).map_err(|_| {
-        Status::invalid_argument(format!("environment id {uuid:?} is not a UUID"))
-    })?;
+    uuid::Uuid::parse_str(uuid)
+        .map_err(|_| Status::invalid_argument(format!("environment id {uuid:?} is not a UUID")))?;
     let env = state
         .store
         .environment(uuid)
@@ -86,7 +89,8 @@ pub fn authorize(state: &MasterState, user: &str, uuid: &str) -> Result<Environm
 }
 
 fn validate_project(name: &str) -> Result<(), Status> {
-    corpus_proto::names::validate_project_name(name).map_err(|e| Status::invalid_argument(e.to_string()))
+    corpus_proto::names::validate_project_name(name)
+        .map_err(|e| Status::invalid_argument(e.to_string()))
 }
 
 pub fn init_env(
@@ -104,7 +108,9 @@ pub fn init_env(
     let mode = match mode {
         "" => platform.default_mode(),
         m => Mode::parse(m).ok_or_else(|| {
-            Status::invalid_argument(format!("mode {m:?} is invalid: use editable, cooking or final"))
+            Status::invalid_argument(format!(
+                "mode {m:?} is invalid: use editable, cooking or final"
+            ))
         })?,
     };
     let free = |agent: &crate::store::AgentRecord| {
@@ -130,9 +136,13 @@ pub fn init_env(
             .agent(host)
             .map_err(internal)?
             .filter(|a| a.status == AgentStatus::Accepted)
-            .ok_or_else(|| Status::not_found(format!("no accepted host {host:?}: see corpus listhosts")))?;
+            .ok_or_else(|| {
+                Status::not_found(format!("no accepted host {host:?}: see corpus listhosts"))
+            })?;
         if free(&agent) == 0 {
-            return Err(Status::resource_exhausted(format!("host {host:?} has no free slot")));
+            return Err(Status::resource_exhausted(format!(
+                "host {host:?} has no free slot"
+            )));
         }
         agent
     };
@@ -151,7 +161,11 @@ pub fn init_env(
     Ok(env)
 }
 
-fn ensure_project(state: &MasterState, env: &EnvironmentRecord, name: &str) -> Result<ProjectRecord, Status> {
+fn ensure_project(
+    state: &MasterState,
+    env: &EnvironmentRecord,
+    name: &str,
+) -> Result<ProjectRecord, Status> {
     if let Some(p) = state.store.project(&env.uuid, name).map_err(internal)? {
         return Ok(p);
     }
@@ -218,7 +232,10 @@ fn dispatch(state: &MasterState, new: NewJob<'_>) -> Result<(String, Updates), S
         pillar: new.pillar.clone(),
     };
     for blob in [&new.source_blob, &new.release_blob].into_iter().flatten() {
-        state.store.grant_blob(&new.env.uuid, blob).map_err(internal)?;
+        state
+            .store
+            .grant_blob(&new.env.uuid, blob)
+            .map_err(internal)?;
     }
     let mut common = new.common;
     if let Value::Object(map) = &mut common {
@@ -248,7 +265,12 @@ fn dispatch_updates(state: &MasterState, new: NewJob<'_>) -> Result<Updates, Sta
     dispatch(state, new).map(|(_, updates)| updates)
 }
 
-pub fn init_project(state: &MasterState, user: &str, env_uuid: &str, project: &str) -> Result<Updates, Status> {
+pub fn init_project(
+    state: &MasterState,
+    user: &str,
+    env_uuid: &str,
+    project: &str,
+) -> Result<Updates, Status> {
     validate_project(project)?;
     let env = authorize(state, user, env_uuid)?;
     state.jobs.check_free(state, &env.uuid, project)?;
@@ -302,7 +324,12 @@ pub fn check_push(
 
 /// The release a final push deploys: the named one, else the latest cooked for this project
 /// in an environment the user may act on.
-fn find_release(state: &MasterState, user: &str, project: &str, id: &str) -> Result<ReleaseRecord, Status> {
+fn find_release(
+    state: &MasterState,
+    user: &str,
+    project: &str,
+    id: &str,
+) -> Result<ReleaseRecord, Status> {
     let releases: Vec<_> = state
         .store
         .releases(project)
@@ -344,7 +371,12 @@ pub fn push(
     let pillar = render::compile_pillar(&pillar_files, &env.agent, &grains_json, &env_json)
         .map_err(|e| Status::invalid_argument(e.to_string()))?;
     let release = match env.mode {
-        Mode::Final => Some(find_release(state, user, &header.project, &header.release_id)?),
+        Mode::Final => Some(find_release(
+            state,
+            user,
+            &header.project,
+            &header.release_id,
+        )?),
         _ => None,
     };
     let deploy_id = new_deploy_id();
@@ -409,7 +441,13 @@ fn deployments(state: &MasterState, env: &str, project: &str) -> Result<Vec<JobR
     Ok(jobs)
 }
 
-pub fn rollback(state: &MasterState, user: &str, env_uuid: &str, project: &str, to: &str) -> Result<Updates, Status> {
+pub fn rollback(
+    state: &MasterState,
+    user: &str,
+    env_uuid: &str,
+    project: &str,
+    to: &str,
+) -> Result<Updates, Status> {
     validate_project(project)?;
     let env = authorize(state, user, env_uuid)?;
     if env.mode == Mode::Editable {
@@ -419,7 +457,11 @@ pub fn rollback(state: &MasterState, user: &str, env_uuid: &str, project: &str, 
     }
     state.jobs.check_free(state, &env.uuid, project)?;
     let history = deployments(state, &env.uuid, project)?;
-    if !to.is_empty() && !history.iter().any(|j| j.deploy_id == to && j.state == JobState::Success) {
+    if !to.is_empty()
+        && !history
+            .iter()
+            .any(|j| j.deploy_id == to && j.state == JobState::Success)
+    {
         return Err(Status::not_found(format!(
             "no successful deployment {to:?} of project {project:?}: see corpus status"
         )));
@@ -429,7 +471,11 @@ pub fn rollback(state: &MasterState, user: &str, env_uuid: &str, project: &str, 
         .iter()
         .rev()
         .find(|j| j.state == JobState::Success || j.state == JobState::RolledBack)
-        .ok_or_else(|| Status::failed_precondition(format!("project {project:?} has no deployment to roll back")))?;
+        .ok_or_else(|| {
+            Status::failed_precondition(format!(
+                "project {project:?} has no deployment to roll back"
+            ))
+        })?;
     dispatch_updates(
         state,
         NewJob {
@@ -449,15 +495,27 @@ pub fn rollback(state: &MasterState, user: &str, env_uuid: &str, project: &str, 
     )
 }
 
-pub fn destroy(state: &MasterState, user: &str, env_uuid: &str, project: &str) -> Result<Updates, Status> {
+pub fn destroy(
+    state: &MasterState,
+    user: &str,
+    env_uuid: &str,
+    project: &str,
+) -> Result<Updates, Status> {
     if !project.is_empty() {
         validate_project(project)?;
     }
     let env = authorize(state, user, env_uuid)?;
     if !project.is_empty() {
         state.jobs.check_free(state, &env.uuid, project)?;
-        if state.store.project(&env.uuid, project).map_err(internal)?.is_none() {
-            return Err(Status::not_found(format!("no project {project:?} in environment {env_uuid}")));
+        if state
+            .store
+            .project(&env.uuid, project)
+            .map_err(internal)?
+            .is_none()
+        {
+            return Err(Status::not_found(format!(
+                "no project {project:?} in environment {env_uuid}"
+            )));
         }
     }
     dispatch_updates(
@@ -479,14 +537,22 @@ pub fn destroy(state: &MasterState, user: &str, env_uuid: &str, project: &str) -
     )
 }
 
-pub fn set_quota(state: &MasterState, user: &str, env_uuid: &str, project: &str, delta: i64) -> Result<ProjectQuota, Status> {
+pub fn set_quota(
+    state: &MasterState,
+    user: &str,
+    env_uuid: &str,
+    project: &str,
+    delta: i64,
+) -> Result<ProjectQuota, Status> {
     validate_project(project)?;
     let env = authorize(state, user, env_uuid)?;
     let mut record = state
         .store
         .project(&env.uuid, project)
         .map_err(internal)?
-        .ok_or_else(|| Status::not_found(format!("no project {project:?} in environment {env_uuid}")))?;
+        .ok_or_else(|| {
+            Status::not_found(format!("no project {project:?} in environment {env_uuid}"))
+        })?;
     let quota = i128::from(record.quota_bytes) + i128::from(delta);
     if quota <= 0 || quota < i128::from(record.used_bytes) {
         return Err(Status::failed_precondition(format!(
@@ -520,7 +586,9 @@ pub fn status(
         validate_project(project)?;
         projects.retain(|p| p.name == project);
         if projects.is_empty() {
-            return Err(Status::not_found(format!("no project {project:?} in environment {env_uuid}")));
+            return Err(Status::not_found(format!(
+                "no project {project:?} in environment {env_uuid}"
+            )));
         }
     }
     let mut out = Vec::new();

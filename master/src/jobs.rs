@@ -57,7 +57,10 @@ pub fn status_of(state: JobState) -> JobStatus {
 fn time_text(unix: i64) -> String {
     time::OffsetDateTime::from_unix_timestamp(unix)
         .ok()
-        .and_then(|t| t.format(&time::format_description::well_known::Rfc3339).ok())
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
         .unwrap_or_else(|| unix.to_string())
 }
 
@@ -94,7 +97,12 @@ impl Jobs {
     }
 
     /// Records the job, sends it to the agent and returns the client's update stream.
-    pub fn dispatch(&self, state: &MasterState, record: JobRecord, job: Job) -> Result<Updates, Status> {
+    pub fn dispatch(
+        &self,
+        state: &MasterState,
+        record: JobRecord,
+        job: Job,
+    ) -> Result<Updates, Status> {
         let key = project_key(&record.env_uuid, &record.project);
         {
             // Check and claim under one lock: of two racing pushes, one wins.
@@ -102,7 +110,9 @@ impl Jobs {
             if active.contains_key(&key) {
                 drop(active);
                 self.check_free(state, &record.env_uuid, &record.project)?;
-                return Err(Status::failed_precondition("project is locked by another deploy"));
+                return Err(Status::failed_precondition(
+                    "project is locked by another deploy",
+                ));
             }
             active.insert(key.clone(), record.id.clone());
         }
@@ -126,7 +136,11 @@ impl Jobs {
             body: Some(master_message::Body::Job(job)),
         };
         if link.try_send(Ok(message)).is_err() {
-            self.finish_locally(state, &record.id, "the agent's link closed before the job could be sent");
+            self.finish_locally(
+                state,
+                &record.id,
+                "the agent's link closed before the job could be sent",
+            );
         } else {
             info!(job = %record.id, env = %record.env_uuid, project = %record.project, agent = %record.agent, kind = ?record.kind, "job dispatched");
         }
@@ -157,7 +171,12 @@ impl Jobs {
         }
     }
 
-    pub fn on_event(&self, state: &MasterState, agent: &str, event: JobEvent) -> Result<(), Status> {
+    pub fn on_event(
+        &self,
+        state: &MasterState,
+        agent: &str,
+        event: JobEvent,
+    ) -> Result<(), Status> {
         Self::job_of(state, agent, &event.job_id)?;
         let result = match StepResult::try_from(event.result) {
             Ok(StepResult::Running) => "running",
@@ -176,7 +195,10 @@ impl Jobs {
             duration_ms: event.duration_ms,
             timestamp_ms: event.timestamp_unix_ms,
         };
-        state.store.put_event(&event.job_id, &record).map_err(internal)?;
+        state
+            .store
+            .put_event(&event.job_id, &record)
+            .map_err(internal)?;
         let sender = lock(&self.subscribers).get(&event.job_id).cloned();
         if let Some(sender) = sender {
             // A slow or departed client never blocks the agent's stream.
@@ -188,7 +210,12 @@ impl Jobs {
     }
 
     /// Records a finished job (idempotent: a result resent after a reconnect is applied once).
-    pub fn on_finished(&self, state: &MasterState, agent: &str, finished: JobFinished) -> Result<(), Status> {
+    pub fn on_finished(
+        &self,
+        state: &MasterState,
+        agent: &str,
+        finished: JobFinished,
+    ) -> Result<(), Status> {
         let mut job = Self::job_of(state, agent, &finished.job_id)?;
         let status = JobStatus::try_from(finished.status).unwrap_or(JobStatus::Failed);
         if job.state == JobState::Running {
@@ -216,13 +243,24 @@ impl Jobs {
         Ok(())
     }
 
-    fn update_project(&self, state: &MasterState, job: &JobRecord, finished: &JobFinished) -> Result<(), Status> {
+    fn update_project(
+        &self,
+        state: &MasterState,
+        job: &JobRecord,
+        finished: &JobFinished,
+    ) -> Result<(), Status> {
         match job.kind {
             JobKind::Destroy if job.state == JobState::Success => {
                 if job.project.is_empty() {
-                    state.store.delete_environment(&job.env_uuid).map_err(internal)?;
+                    state
+                        .store
+                        .delete_environment(&job.env_uuid)
+                        .map_err(internal)?;
                 } else {
-                    state.store.delete_project(&job.env_uuid, &job.project).map_err(internal)?;
+                    state
+                        .store
+                        .delete_project(&job.env_uuid, &job.project)
+                        .map_err(internal)?;
                 }
             }
             _ => {

@@ -8,8 +8,8 @@ pub mod admin;
 pub mod auth;
 pub mod blobs;
 pub mod client;
-pub mod deploys;
 pub mod db;
+pub mod deploys;
 pub mod enroll;
 pub mod jobs;
 pub mod link;
@@ -67,6 +67,9 @@ pub struct MasterState {
     pub enroll_lock: tokio::sync::Mutex<()>,
     /// How often agents heartbeat; a link silent for three periods is dropped.
     pub heartbeat: Duration,
+    /// Salt's file_roots and pillar_roots for `corpus-master render`.
+    pub file_root: PathBuf,
+    pub pillar_root: PathBuf,
 }
 
 impl MasterState {
@@ -107,6 +110,10 @@ pub fn init(data_dir: &Path, sans: &[String], force: bool) -> anyhow::Result<()>
 pub struct ServeOptions {
     pub data_dir: PathBuf,
     pub heartbeat: Duration,
+    /// Default: DATA_DIR/states.
+    pub file_root: Option<PathBuf>,
+    /// Default: DATA_DIR/pillar.
+    pub pillar_root: Option<PathBuf>,
 }
 
 /// Opens the data dir written by [`init`].
@@ -130,6 +137,14 @@ pub fn open(options: &ServeOptions) -> anyhow::Result<Arc<MasterState>> {
         blobs: blobs::BlobStore::open(dir.0.join("blobs"))?,
         enroll_lock: tokio::sync::Mutex::new(()),
         heartbeat: options.heartbeat,
+        file_root: options
+            .file_root
+            .clone()
+            .unwrap_or_else(|| dir.0.join("states")),
+        pillar_root: options
+            .pillar_root
+            .clone()
+            .unwrap_or_else(|| dir.0.join("pillar")),
     });
     jobs::Jobs::load(&state).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     Ok(state)

@@ -243,7 +243,11 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
         };
         let env = self.state.store.environment(&env_uuid).map_err(internal)?;
         if env.is_none_or(|e| e.agent != agent)
-            || !self.state.store.blob_granted(&env_uuid, &digest).map_err(internal)?
+            || !self
+                .state
+                .store
+                .blob_granted(&env_uuid, &digest)
+                .map_err(internal)?
         {
             warn!(agent = %agent, env = %env_uuid, "blob fetch refused");
             return Err(denied());
@@ -262,7 +266,13 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
                 match file.read(&mut buf).await {
                     Ok(0) => break,
                     Ok(n) => {
-                        if tx.send(Ok(BlobChunk { data: buf[..n].to_vec() })).await.is_err() {
+                        if tx
+                            .send(Ok(BlobChunk {
+                                data: buf[..n].to_vec(),
+                            }))
+                            .await
+                            .is_err()
+                        {
                             break;
                         }
                     }
@@ -302,7 +312,11 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
                     && j.mode == Mode::Cooking
                     && j.state == JobState::Running
             })
-            .ok_or_else(|| Status::failed_precondition("no running cooking job of this agent expects this upload"))?;
+            .ok_or_else(|| {
+                Status::failed_precondition(
+                    "no running cooking job of this agent expects this upload",
+                )
+            })?;
         let project = state
             .store
             .project(&job.env_uuid, &job.project)
@@ -315,7 +329,11 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
                     .write(&chunk)
                     .await
                     .map_err(|e| Status::invalid_argument(e.to_string()))?,
-                _ => return Err(Status::invalid_argument("only data may follow an upload header")),
+                _ => {
+                    return Err(Status::invalid_argument(
+                        "only data may follow an upload header",
+                    ));
+                }
             }
         }
         let (digest, size) = writer

@@ -69,6 +69,22 @@ enum Command {
         /// How long a graceful stop may take before the process exits anyway.
         #[arg(long, default_value = "10s", value_parser = corpus_runtime::parse_duration)]
         stop_deadline: Duration,
+        /// State tree for `render` (Salt's file_roots); default DATA_DIR/states.
+        #[arg(long)]
+        file_root: Option<PathBuf>,
+        /// Pillar tree for `render` (Salt's pillar_roots); default DATA_DIR/pillar.
+        #[arg(long)]
+        pillar_root: Option<PathBuf>,
+    },
+    /// Print the rendered, ordered plan for one agent without running it (Salt's state.show_sls).
+    Render {
+        #[command(flatten)]
+        console: Console,
+        /// The agent whose grains and pillar the plan is rendered for.
+        #[arg(long)]
+        agent: String,
+        /// SLS names; none renders the highstate from top.sls.
+        sls: Vec<String>,
     },
     /// Manage users.
     Users {
@@ -169,23 +185,30 @@ async fn run(command: Command) -> anyhow::Result<()> {
             listen,
             heartbeat,
             stop_deadline,
-        } => serve(dir.data_dir, &listen, heartbeat, stop_deadline).await,
+            file_root,
+            pillar_root,
+        } => {
+            let options = ServeOptions {
+                data_dir: dir.data_dir,
+                heartbeat,
+                file_root,
+                pillar_root,
+            };
+            serve(options, &listen, stop_deadline).await
+        }
+        Command::Render {
+            console,
+            agent,
+            sls,
+        } => render(console, agent, sls).await,
         Command::Users { command, console } => users(command, console).await,
         Command::Tokens { command, console } => tokens(command, console).await,
         Command::Agents { command, console } => agents(command, console).await,
     }
 }
 
-async fn serve(
-    data_dir: PathBuf,
-    listen: &str,
-    heartbeat: Duration,
-    stop_deadline: Duration,
-) -> anyhow::Result<()> {
-    let options = ServeOptions {
-        data_dir: data_dir.clone(),
-        heartbeat,
-    };
+async fn serve(options: ServeOptions, listen: &str, stop_deadline: Duration) -> anyhow::Result<()> {
+    let data_dir = options.data_dir.clone();
     let state = corpus_master::open(&options)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -378,6 +401,27 @@ async fn agents(command: AgentsCommand, console: Console) -> anyhow::Result<()> 
         print_json(&agent_json(&info));
     } else {
         println!("{verb} agent {}", info.id);
+    }
+    Ok(())
+}
+
+async fn render(console: Console, agent: String, sls: Vec<String>) -> anyhow::Result<()> {
+    corpus_proto::names::validate_agent_id(&agent)?;
+    let mut admin = admin::connect(&console.dir.data_dir).await?;
+    let response = admin
+        .render(corpus_proto::RenderRequest {
+            agent_id: agent,
+            sls,
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    let plan: corpus_states::Plan = serde_json::from_slice(&response.plan_json)
+        .map_err(|e| anyhow::anyhow!("the master sent an unreadable plan: {e}"))?;
+    if console.json {
+        println!("{}", serde_json::to_string_pretty(&plan)?);
+    } else {
+        print!("{}", corpus_states::show_sls(&plan));
     }
     Ok(())
 }

@@ -273,7 +273,10 @@ mod tests {
         let der = rustls_pem_der(&cert_pem)?;
         assert_eq!(common_name(&der).as_deref(), Some("node1"));
         assert_eq!(fingerprint(&der), fp);
-        assert_eq!(csr_public_key("node1", &pem)?, rcgen::PublicKeyData::der_bytes(&key).to_vec());
+        assert_eq!(
+            csr_public_key("node1", &pem)?,
+            rcgen::PublicKeyData::der_bytes(&key).to_vec()
+        );
         assert!(matches!(
             pki.sign_agent("node1", "garbage"),
             Err(PkiError::BadRequest { .. })

@@ -18,7 +18,9 @@ const MAX_SALT_FILE: u64 = 4 * 1024 * 1024;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
-    #[error("the project source has no .salt/ directory: corpus deploys need .salt/ with the lifecycle's SLS files (stop.sls, build.sls, start.sls, ...)")]
+    #[error(
+        "the project source has no .salt/ directory: corpus deploys need .salt/ with the lifecycle's SLS files (stop.sls, build.sls, start.sls, ...)"
+    )]
     NoSalt,
     #[error("the project source is not a readable tar archive: {0}")]
     BadArchive(String),
@@ -99,7 +101,10 @@ pub fn compile_pillar(
             ));
         }
         let top = json!({"base": {"*": names}});
-        files.insert("top.sls".into(), serde_json::to_string(&top).unwrap_or_default());
+        files.insert(
+            "top.sls".into(),
+            serde_json::to_string(&top).unwrap_or_default(),
+        );
     }
     PillarTree::new(Arc::new(tree(&files)))
         .compile(agent, grains, env)
@@ -149,7 +154,10 @@ pub fn render_project(
     pillar: &Value,
     ctx: &DeployContext<'_>,
 ) -> Result<Rendered, RenderError> {
-    let sample = match salt.get("PILLAR.sample").or_else(|| salt.get("PILLAR.sample.sls")) {
+    let sample = match salt
+        .get("PILLAR.sample")
+        .or_else(|| salt.get("PILLAR.sample.sls"))
+    {
         Some(text) => yaml_to_json(text).map_err(RenderError::Sample)?,
         None => json!({}),
     };
@@ -164,8 +172,16 @@ pub fn render_project(
         ctx.grains.root.as_str()
     };
     let base = format!("{root}/{}/srv/projects/{}", ctx.env.uuid, ctx.project);
-    let user = data.get("user").and_then(Value::as_str).unwrap_or("root").to_owned();
-    let group = data.get("group").and_then(Value::as_str).unwrap_or(&user).to_owned();
+    let user = data
+        .get("user")
+        .and_then(Value::as_str)
+        .unwrap_or("root")
+        .to_owned();
+    let group = data
+        .get("group")
+        .and_then(Value::as_str)
+        .unwrap_or(&user)
+        .to_owned();
     let common = json!({
         "name": ctx.project,
         "env": ctx.env.platform.as_str(),
@@ -207,6 +223,42 @@ pub fn render_project(
     Ok(Rendered { plan, common })
 }
 
+/// Salt's `state.show_sls` / highstate rendering for one agent from the master's own state and
+/// pillar trees (`serve --file-root/--pillar-root`).
+pub fn render_for_agent(
+    file_root: &Path,
+    pillar_root: &Path,
+    agent: &str,
+    grains: &Grains,
+    sls: &[String],
+) -> Result<corpus_states::RenderedPlan, RenderError> {
+    use corpus_pillar::DirTree;
+    let grains = serde_json::to_value(grains).unwrap_or_default();
+    let env = json!("base");
+    let pillar = if pillar_root.join("top.sls").exists() {
+        PillarTree::new(Arc::new(DirTree::new(pillar_root)))
+            .compile(agent, &grains, &env)
+            .map(|p| p.data)
+            .map_err(|e| RenderError::Pillar(format!("pillar: {e}")))?
+    } else {
+        json!({})
+    };
+    if !file_root.is_dir() {
+        return Err(RenderError::State(format!(
+            "state tree {} does not exist: pass --file-root to corpus-master serve",
+            file_root.display()
+        )));
+    }
+    let context = TemplateContext::new(pillar, grains, json!({}), env);
+    let states = StateTree::new(Arc::new(DirTree::new(file_root)));
+    let rendered = if sls.is_empty() {
+        states.render_highstate(agent, &context)
+    } else {
+        states.render_sls(sls, &context)
+    };
+    rendered.map_err(|e| RenderError::State(e.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -228,7 +280,10 @@ mod tests {
     #[test]
     fn common_merges_sample_env_defaults_and_pillar_and_phases_render() -> anyhow::Result<()> {
         let mut salt = BTreeMap::new();
-        salt.insert("PILLAR.sample".into(), "workers: 1\nport: 8080\nkeep_archives: 3\n".into());
+        salt.insert(
+            "PILLAR.sample".into(),
+            "workers: 1\nport: 8080\nkeep_archives: 3\n".into(),
+        );
         salt.insert(
             "build.sls".into(),
             "compile:\n  cmd.run:\n    - name: make -C {{ common.project_dir }} PORT={{ common.data.port }}\n".into(),
@@ -266,7 +321,10 @@ mod tests {
     #[test]
     fn render_errors_name_the_phase_file() {
         let mut salt = BTreeMap::new();
-        salt.insert("start.sls".into(), "x:\n  cmd.run:\n    - name: {{ nope(\n".into());
+        salt.insert(
+            "start.sls".into(),
+            "x:\n  cmd.run:\n    - name: {{ nope(\n".into(),
+        );
         let env = env();
         let grains = Grains::default();
         let ctx = DeployContext {
@@ -277,7 +335,9 @@ mod tests {
             commit: "abc",
             grains: &grains,
         };
-        let err = render_project(&salt, &json!({}), &ctx).err().map(|e| e.to_string());
+        let err = render_project(&salt, &json!({}), &ctx)
+            .err()
+            .map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains(".salt/start.sls")));
     }
 

@@ -481,7 +481,10 @@ impl Store {
 
     pub fn delete_environment(&self, uuid: &str) -> Result<(), StoreError> {
         self.db.delete(Tree::Environments, uuid.as_bytes())?;
-        for (key, _) in self.db.scan(Tree::Projects, format!("{uuid}/").as_bytes())? {
+        for (key, _) in self
+            .db
+            .scan(Tree::Projects, format!("{uuid}/").as_bytes())?
+        {
             self.db.delete(Tree::Projects, &key)?;
         }
         Ok(())
@@ -492,11 +495,16 @@ impl Store {
     }
 
     pub fn put_project(&self, project: &ProjectRecord) -> Result<(), StoreError> {
-        self.put(Tree::Projects, &project_key(&project.env_uuid, &project.name), project)
+        self.put(
+            Tree::Projects,
+            &project_key(&project.env_uuid, &project.name),
+            project,
+        )
     }
 
     pub fn delete_project(&self, env: &str, name: &str) -> Result<(), StoreError> {
-        self.db.delete(Tree::Projects, project_key(env, name).as_bytes())?;
+        self.db
+            .delete(Tree::Projects, project_key(env, name).as_bytes())?;
         Ok(())
     }
 
@@ -521,7 +529,11 @@ impl Store {
     }
 
     pub fn put_event(&self, job: &str, event: &EventRecord) -> Result<(), StoreError> {
-        self.put(Tree::Events, &format!("{job}/{:020}", event.sequence), event)
+        self.put(
+            Tree::Events,
+            &format!("{job}/{:020}", event.sequence),
+            event,
+        )
     }
 
     pub fn events(&self, job: &str) -> Result<Vec<EventRecord>, StoreError> {
@@ -533,7 +545,11 @@ impl Store {
     }
 
     pub fn put_release(&self, release: &ReleaseRecord) -> Result<(), StoreError> {
-        self.put(Tree::Releases, &format!("{}/{}", release.project, release.id), release)
+        self.put(
+            Tree::Releases,
+            &format!("{}/{}", release.project, release.id),
+            release,
+        )
     }
 
     /// Releases of a project, oldest first (ids start with their UTC time).
@@ -546,7 +562,8 @@ impl Store {
     }
 
     pub fn grant_blob(&self, env: &str, digest: &str) -> Result<(), StoreError> {
-        self.db.put(Tree::BlobGrants, format!("{env}/{digest}").as_bytes(), b"1")?;
+        self.db
+            .put(Tree::BlobGrants, format!("{env}/{digest}").as_bytes(), b"1")?;
         Ok(())
     }
 
@@ -558,7 +575,10 @@ impl Store {
     }
 
     pub fn put_pillar_revision(&self, revision: &PillarRevision) -> Result<(), StoreError> {
-        let key = format!("{}/{}/{}", revision.env_uuid, revision.project, revision.job_id);
+        let key = format!(
+            "{}/{}/{}",
+            revision.env_uuid, revision.project, revision.job_id
+        );
         self.put(Tree::PillarRevisions, &key, revision)
     }
 }

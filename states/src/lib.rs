@@ -14,8 +14,10 @@ mod compile;
 pub mod error;
 mod high;
 pub mod plan;
+mod show;
 
 pub use compile::{RenderedPlan, StateTree};
 pub use corpus_pillar::{DirTree, MemoryTree, SourceTree, TemplateContext, TreeError};
 pub use error::{Location, StateError};
 pub use plan::{Chunk, PHASES, Plan, ProjectPlan, Requisite, RequisiteKind};
+pub use show::show_sls;

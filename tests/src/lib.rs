@@ -104,6 +104,11 @@ pub struct Master {
 impl Master {
     /// `corpus-master init` then `serve` on an ephemeral loopback port.
     pub fn start(root: &Path) -> anyhow::Result<Master> {
+        Self::start_with(root, &[])
+    }
+
+    /// `init`, then `serve` with extra flags.
+    pub fn start_with(root: &Path, extra: &[&str]) -> anyhow::Result<Master> {
         let data_dir = root.join("master");
         let out = Command::new(bin("corpus-master"))
             .args(["init", "--data-dir"])
@@ -112,11 +117,16 @@ impl Master {
         if !out.status.success() {
             bail!("init failed: {}", String::from_utf8_lossy(&out.stderr));
         }
-        Self::serve(&data_dir, "127.0.0.1:0")
+        Self::serve_with(&data_dir, "127.0.0.1:0", extra)
     }
 
     /// `serve` on an existing data dir; `listen` may name a port to restart on.
     pub fn serve(data_dir: &Path, listen: &str) -> anyhow::Result<Master> {
+        Self::serve_with(data_dir, listen, &[])
+    }
+
+    /// `serve` with extra flags (e.g. `--file-root`).
+    pub fn serve_with(data_dir: &Path, listen: &str, extra: &[&str]) -> anyhow::Result<Master> {
         let log = data_dir.join(format!("serve-{}.log", unique()));
         let mut child = Command::new(bin("corpus-master"))
             .args([
@@ -128,6 +138,7 @@ impl Master {
                 "--data-dir",
             ])
             .arg(data_dir)
+            .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
             .stderr(stderr_file(&log)?)
