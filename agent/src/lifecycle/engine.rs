@@ -362,6 +362,12 @@ impl Engine<'_> {
         {
             let tree = l.tree(&prev);
             if tree.is_dir() && !dest.exists() {
+                // The tree's record travels with it, so a rollback to it can restore the
+                // record even after rotation removed `archives/<prev>`.
+                if let Ok(rec) = fs::read(l.archive(&prev).join("status.json")) {
+                    write_atomic(&arch.join("previous.json"), &rec, 0o644)
+                        .map_err(|e| e.to_string())?;
+                }
                 rename_durable(&tree, &dest).map_err(|e| e.to_string())?;
             }
             moved = format!("deploy/{prev} archived as {}", dest.display());
@@ -393,6 +399,13 @@ impl Engine<'_> {
             let src = l.archive(self.journal.source_archive.as_deref().unwrap_or_default());
             if src.join("run").is_dir() && !l.tree(&target).exists() {
                 rename_durable(&src.join("run"), &l.tree(&target)).map_err(|e| e.to_string())?;
+            }
+            let record = l.archive(&target).join("status.json");
+            if !record.exists()
+                && let Ok(rec) = fs::read(src.join("previous.json"))
+            {
+                fs::create_dir_all(l.archive(&target)).map_err(|e| e.to_string())?;
+                write_atomic(&record, &rec, 0o644).map_err(|e| e.to_string())?;
             }
             if src.join("data").is_dir() && !l.data().exists() {
                 rename_durable(&src.join("data"), &l.data()).map_err(|e| e.to_string())?;
@@ -516,7 +529,7 @@ impl Engine<'_> {
         let l = &self.layout;
         let live = l.live_id();
         let mut ids = list_archives(l);
-        ids.sort_unstable_by(|a, b| b.cmp(a));
+        sort_newest_first(l, &mut ids);
         let last_good_tree = ids
             .iter()
             .find(|id| l.archive(id).join("run").is_dir())
@@ -857,6 +870,34 @@ pub fn list_releases(l: &ProjectLayout) -> Vec<String> {
                 .collect()
         })
         .unwrap_or_default()
+}
+
+/// Sorts deployment ids newest first by their recorded start time (ids made in the same second
+/// do not sort by time), falling back on the id's own date.
+pub fn sort_newest_first(l: &ProjectLayout, ids: &mut [String]) {
+    let mut keyed: Vec<(String, String)> =
+        ids.iter().map(|id| (time_key(l, id), id.clone())).collect();
+    keyed.sort_unstable_by(|a, b| b.cmp(a));
+    for (slot, (_, id)) in ids.iter_mut().zip(keyed) {
+        *slot = id;
+    }
+}
+
+/// A sortable `YYYYMMDDhhmmss` + nanoseconds key for a deployment.
+pub fn time_key(l: &ProjectLayout, id: &str) -> String {
+    let from_status = read_status(l, id)
+        .and_then(|s| s.get("time").and_then(Value::as_str).map(str::to_string))
+        .and_then(|t| {
+            let t = time::OffsetDateTime::parse(&t, &time::format_description::well_known::Rfc3339)
+                .ok()?;
+            Some(t.unix_timestamp_nanos())
+        });
+    let nanos = from_status.or_else(|| {
+        let fmt = time::macros::format_description!("[year][month][day]T[hour][minute][second]Z");
+        let t = time::PrimitiveDateTime::parse(id.get(..16)?, &fmt).ok()?;
+        Some(t.assume_utc().unix_timestamp_nanos())
+    });
+    format!("{:030}", nanos.unwrap_or(0).max(0))
 }
 
 /// `archives/<id>/status.json`.

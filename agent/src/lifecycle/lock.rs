@@ -7,7 +7,12 @@ use std::io::{self, Read, Seek, Write};
 use std::os::fd::AsRawFd;
 use std::path::Path;
 
+use std::time::{Duration, Instant};
+
 use serde::{Deserialize, Serialize};
+
+/// How long a busy lock is retried before the job is refused.
+const RELEASE_GRACE: Duration = Duration::from_millis(200);
 
 /// Who holds a project's lock.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -44,15 +49,24 @@ impl ProjectLock {
             .truncate(false)
             .open(path)
             .map_err(LockError::Io)?;
-        // SAFETY: flock on a descriptor we own.
-        if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } != 0 {
+        // A process forked by another thread holds a copy of a released lock's descriptor
+        // until it execs (close-on-exec): a lock freed a moment ago may need a short retry.
+        let deadline = Instant::now() + RELEASE_GRACE;
+        loop {
+            // SAFETY: flock on a descriptor we own.
+            if unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) } == 0 {
+                break;
+            }
             let err = io::Error::last_os_error();
-            if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            if err.raw_os_error() != Some(libc::EWOULDBLOCK) {
+                return Err(LockError::Io(err));
+            }
+            if Instant::now() >= deadline {
                 let mut text = String::new();
                 let _ = file.read_to_string(&mut text);
                 return Err(LockError::Busy(serde_json::from_str(&text).ok()));
             }
-            return Err(LockError::Io(err));
+            std::thread::sleep(Duration::from_millis(10));
         }
         let text = serde_json::to_vec(holder).map_err(|e| LockError::Io(io::Error::other(e)))?;
         file.set_len(0).map_err(LockError::Io)?;

@@ -444,13 +444,14 @@ impl Lifecycle {
             return fail(msg);
         };
         let trees = engine::available_trees(&layout);
+        let live_key = engine::time_key(&layout, &live);
         let pick = match to {
             Some(to) => trees.iter().find(|(id, _)| id == to),
+            // The newest deployment that went live before the live one.
             None => trees
                 .iter()
-                .rev()
-                .find(|(id, _)| id.as_str() < live.as_str())
-                .or_else(|| trees.last()),
+                .filter(|(id, _)| engine::time_key(&layout, id) < live_key)
+                .max_by_key(|(id, _)| engine::time_key(&layout, id)),
         };
         let Some((target, source)) = pick.cloned() else {
             let have: Vec<&str> = trees.iter().map(|(id, _)| id.as_str()).collect();
@@ -607,7 +608,9 @@ impl Lifecycle {
                 })
             })
             .collect();
-        deployments.sort_by(|a, b| b.id.cmp(&a.id));
+        let mut order: Vec<String> = deployments.iter().map(|d| d.id.clone()).collect();
+        engine::sort_newest_first(&layout, &mut order);
+        deployments.sort_by_key(|d| order.iter().position(|id| *id == d.id));
         let mut releases = engine::list_releases(&layout);
         releases.sort_by(|a, b| b.cmp(a));
         ProjectState {
