@@ -72,7 +72,8 @@ fn key_and_csr(state_dir: &Path, id: &str) -> anyhow::Result<(String, String)> {
     let key = if key_path.exists() {
         let pem = std::fs::read_to_string(&key_path)
             .with_context(|| format!("cannot read {}", key_path.display()))?;
-        KeyPair::from_pem(&pem).with_context(|| format!("{} is not a valid key", key_path.display()))?
+        KeyPair::from_pem(&pem)
+            .with_context(|| format!("{} is not a valid key", key_path.display()))?
     } else {
         let key = KeyPair::generate().context("cannot generate the agent key")?;
         write_private(&key_path, &key.serialize_pem(), 0o600)?;
@@ -110,7 +111,11 @@ pub async fn ensure_identity(
     loop {
         let wait = match enroll_once(options, &csr_pem).await {
             Ok((AgentStatus::Accepted, certificate_pem, _)) => {
-                write_private(&path(&options.state_dir, CERT_FILE), &certificate_pem, 0o644)?;
+                write_private(
+                    &path(&options.state_dir, CERT_FILE),
+                    &certificate_pem,
+                    0o644,
+                )?;
                 info!("enrolled: the master accepted this agent");
                 return Ok(Some(AgentIdentity {
                     certificate_pem,
@@ -118,7 +123,10 @@ pub async fn ensure_identity(
                 }));
             }
             Ok((AgentStatus::Rejected, _, message)) => {
-                error!("{message}; retrying in {:?} in case an operator accepts it", options.rejected_poll);
+                error!(
+                    "{message}; retrying in {:?} in case an operator accepts it",
+                    options.rejected_poll
+                );
                 backoff.reset();
                 options.rejected_poll
             }

@@ -10,8 +10,8 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use corpus_proto::agent_link_client::AgentLinkClient;
 use corpus_proto::{
-    AgentMessage, BlobRef, FetchBlobRequest, JobEvent, JobFinished, JobKind as WireKind,
-    JobStatus, Mode as WireMode, StepResult, UploadBlobRequest, UploadHeader, agent_message,
+    AgentMessage, BlobRef, FetchBlobRequest, JobEvent, JobFinished, JobKind as WireKind, JobStatus,
+    Mode as WireMode, StepResult, UploadBlobRequest, UploadHeader, agent_message,
     upload_blob_request,
 };
 use sha2::{Digest, Sha256};
@@ -174,7 +174,8 @@ impl Reporter for OutboxReporter {
             changes_json: serde_json::to_vec(&changes).unwrap_or_default(),
             comment: comment.to_owned(),
             duration_ms: duration.as_millis() as u64,
-            timestamp_unix_ms: time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64 / 1_000_000,
+            timestamp_unix_ms: time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64
+                / 1_000_000,
         };
         let _ = self.outbox.send(AgentMessage {
             body: Some(agent_message::Body::Event(event)),
@@ -237,8 +238,12 @@ pub async fn run(ctx: Arc<JobContext>, job: corpus_proto::Job) {
             Ok(lifecycle_job) => {
                 let lc = ctx.lifecycle.clone();
                 let mut reporter = OutboxReporter::new(&job.job_id, ctx.outbox.clone());
-                let ran = tokio::task::spawn_blocking(move || lc.run(&lifecycle_job, &mut reporter)).await;
-                ran.unwrap_or_else(|e| failure(&job, "agent", format!("the lifecycle crashed: {e}")))
+                let ran =
+                    tokio::task::spawn_blocking(move || lc.run(&lifecycle_job, &mut reporter))
+                        .await;
+                ran.unwrap_or_else(|e| {
+                    failure(&job, "agent", format!("the lifecycle crashed: {e}"))
+                })
             }
         };
         let mut outcome = outcome;
@@ -249,7 +254,8 @@ pub async fn run(ctx: Arc<JobContext>, job: corpus_proto::Job) {
                 Err(e) => {
                     outcome.status = lifecycle::Status::Failed;
                     outcome.failed_step = "upload_release".into();
-                    outcome.message = format!("the release was built but could not be uploaded: {e:#}");
+                    outcome.message =
+                        format!("the release was built but could not be uploaded: {e:#}");
                 }
             }
         }
@@ -292,13 +298,15 @@ async fn prepare(
         if bytes.is_empty() {
             return Ok(serde_json::Value::Null);
         }
-        serde_json::from_slice(bytes).map_err(|e| bad(format!("the job's {what} is not valid JSON: {e}")))
+        serde_json::from_slice(bytes)
+            .map_err(|e| bad(format!("the job's {what} is not valid JSON: {e}")))
     };
     let plan_value = json(&job.plan_json, "plan")?;
     let plans = if plan_value.is_null() {
         corpus_states::ProjectPlan::default()
     } else {
-        serde_json::from_value(plan_value).map_err(|e| bad(format!("the job's plan is invalid: {e}")))?
+        serde_json::from_value(plan_value)
+            .map_err(|e| bad(format!("the job's plan is invalid: {e}")))?
     };
     let source = fetch(ctx, job, &job.source_blob, blob_dir)
         .await

@@ -81,7 +81,10 @@ enum Ended {
 
 enum AttachError {
     /// The master refused this certificate; `reason` says whether enrolling again can help.
-    Refused { reason: String, message: String },
+    Refused {
+        reason: String,
+        message: String,
+    },
     Other(String),
 }
 

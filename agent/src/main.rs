@@ -9,7 +9,11 @@ use clap::{Args, Parser, Subcommand};
 use corpus_agent::link::{self, LinkOptions};
 
 #[derive(Parser)]
-#[command(name = "corpus-agent", version, about = "corpus agent: applies projects on a compute node")]
+#[command(
+    name = "corpus-agent",
+    version,
+    about = "corpus agent: applies projects on a compute node"
+)]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -35,7 +39,11 @@ struct RunArgs {
     #[arg(long, env = "CORPUS_AGENT_ID")]
     id: Option<String>,
     /// Where the agent keeps its key and certificate.
-    #[arg(long, env = "CORPUS_STATE_DIR", default_value = "/var/lib/corpus-agent")]
+    #[arg(
+        long,
+        env = "CORPUS_STATE_DIR",
+        default_value = "/var/lib/corpus-agent"
+    )]
     state_dir: PathBuf,
     /// Single-use enrollment token (`corpus-master tokens create`): accepted at once.
     #[arg(long, env = "CORPUS_ENROLLMENT_TOKEN", hide_env_values = true)]

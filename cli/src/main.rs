@@ -169,11 +169,25 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let json = cli.json;
     match &cli.command {
         Command::Listhosts { .. } => commands::listhosts::run(session, json).await,
-        Command::InitEnv { platform, host, mode, .. } => {
+        Command::InitEnv {
+            platform,
+            host,
+            mode,
+            ..
+        } => {
             commands::init_env::run(session, platform, host.as_deref(), mode.as_deref(), json).await
         }
-        Command::Init { env, project, .. } => commands::init::run(session, env, project, json).await,
-        Command::Push { env, project, path, pillar, release, .. } => {
+        Command::Init { env, project, .. } => {
+            commands::init::run(session, env, project, json).await
+        }
+        Command::Push {
+            env,
+            project,
+            path,
+            pillar,
+            release,
+            ..
+        } => {
             let args = commands::push::PushArgs {
                 env,
                 project,
@@ -184,20 +198,20 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             };
             commands::push::run(session, args).await
         }
-        Command::Rollback { env, project, to, .. } => {
-            commands::rollback::run(session, env, project, to.as_deref(), json).await
-        }
+        Command::Rollback {
+            env, project, to, ..
+        } => commands::rollback::run(session, env, project, to.as_deref(), json).await,
         Command::Status { env, project, .. } => {
             commands::status::run(session, env, project.as_deref(), json).await
         }
         Command::Destroy { env, project, .. } => {
             commands::destroy::run(session, env, project.as_deref(), json).await
         }
-        Command::Trim { env, project, size, .. } => {
-            commands::quota::run(session, env, project, size, false, json).await
-        }
-        Command::Enlarge { env, project, size, .. } => {
-            commands::quota::run(session, env, project, size, true, json).await
-        }
+        Command::Trim {
+            env, project, size, ..
+        } => commands::quota::run(session, env, project, size, false, json).await,
+        Command::Enlarge {
+            env, project, size, ..
+        } => commands::quota::run(session, env, project, size, true, json).await,
     }
 }

@@ -92,9 +92,17 @@ pub async fn follow(
                         "failed" => "FAIL",
                         _ => "skip",
                     };
-                    let mut line = format!("  {mark} {:<14} {:<28} {:>9}", e.step, e.state_id, millis(e.duration_ms));
+                    let mut line = format!(
+                        "  {mark} {:<14} {:<28} {:>9}",
+                        e.step,
+                        e.state_id,
+                        millis(e.duration_ms)
+                    );
                     if result == "failed" && !e.comment.is_empty() {
-                        line.push_str(&format!("  {}", e.comment.lines().next().unwrap_or_default()));
+                        line.push_str(&format!(
+                            "  {}",
+                            e.comment.lines().next().unwrap_or_default()
+                        ));
                     }
                     say(line);
                 } else if let Some(bar) = &spinner {
@@ -144,7 +152,9 @@ pub async fn follow(
                 let at = match (f.failed_step.is_empty(), f.failed_state.is_empty()) {
                     (true, _) => String::new(),
                     (false, true) => format!(" at step {}", f.failed_step),
-                    (false, false) => format!(" at step {}, state {}", f.failed_step, f.failed_state),
+                    (false, false) => {
+                        format!(" at step {}, state {}", f.failed_step, f.failed_state)
+                    }
                 };
                 println!("{what} {}{at} after {took}", other.replace('_', " "));
                 if !f.message.is_empty() {
@@ -159,7 +169,11 @@ pub async fn follow(
         Err(anyhow::anyhow!(
             "{what} {}{}",
             status.replace('_', " "),
-            if f.failed_step.is_empty() { String::new() } else { format!(" ({})", f.failed_step) }
+            if f.failed_step.is_empty() {
+                String::new()
+            } else {
+                format!(" ({})", f.failed_step)
+            }
         ))
     }
 }

@@ -219,6 +219,7 @@ fn dispatch(state: &MasterState, new: NewJob<'_>) -> Result<(String, Updates), S
         agent: new.env.agent.clone(),
         commit: new.commit.clone(),
         created_at: now_unix(),
+        created_ms: (time::OffsetDateTime::now_utc().unix_timestamp_nanos() / 1_000_000) as i64,
         state: JobState::Running,
         failed_step: String::new(),
         failed_state: String::new(),
@@ -437,7 +438,7 @@ fn deployments(state: &MasterState, env: &str, project: &str) -> Result<Vec<JobR
         .into_iter()
         .filter(|j| j.env_uuid == env && j.project == project && j.kind == JobKind::Deploy)
         .collect();
-    jobs.sort_by(|a, b| (a.created_at, &a.deploy_id).cmp(&(b.created_at, &b.deploy_id)));
+    jobs.sort_by_key(|j| (j.created_at, j.created_ms));
     Ok(jobs)
 }
 

@@ -357,6 +357,11 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
             manifest: serde_json::from_slice(&header.manifest_json).unwrap_or_default(),
         };
         state.store.put_release(&release).map_err(internal)?;
+        // The environment that cooked it may fetch it again (a redeploy of its own release).
+        state
+            .store
+            .grant_blob(&job.env_uuid, &digest)
+            .map_err(internal)?;
         let mut job = job;
         job.release_blob = Some(digest.clone());
         state.store.put_job(&job).map_err(internal)?;

@@ -407,6 +407,9 @@ pub struct JobRecord {
     pub agent: String,
     pub commit: String,
     pub created_at: i64,
+    /// Creation time in milliseconds: orders deployments made within the same second.
+    #[serde(default)]
+    pub created_ms: i64,
     pub state: JobState,
     pub failed_step: String,
     pub failed_state: String,

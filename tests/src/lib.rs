@@ -271,6 +271,19 @@ impl Agent {
         id: &str,
         token: Option<&str>,
     ) -> anyhow::Result<Agent> {
+        Self::spawn(url, ca, root, id, token, &[])
+    }
+
+    /// Starts (or restarts, with the same state and environments) an agent; `env` adds
+    /// environment variables such as `CORPUS_TEST_PAUSE_AT`.
+    pub fn spawn(
+        url: &str,
+        ca: &Path,
+        root: &Path,
+        id: &str,
+        token: Option<&str>,
+        env: &[(&str, &str)],
+    ) -> anyhow::Result<Agent> {
         let state_dir = root.join(format!("agent-{id}"));
         std::fs::create_dir_all(&state_dir)?;
         let log = state_dir.join(format!("agent-{}.log", unique()));
@@ -280,6 +293,8 @@ impl Agent {
             .arg(ca)
             .arg("--state-dir")
             .arg(&state_dir)
+            .arg("--root")
+            .arg(state_dir.join("root"))
             .args([
                 "--enroll-poll",
                 "100ms",
@@ -289,6 +304,7 @@ impl Agent {
                 "1s",
             ])
             .env("RUST_LOG", "info")
+            .envs(env.iter().copied())
             .stdout(Stdio::null())
             .stderr(stderr_file(&log)?);
         if let Some(token) = token {
@@ -300,6 +316,16 @@ impl Agent {
             state_dir,
             proc: Proc { child, log },
         })
+    }
+
+    /// Where this agent keeps environments (`--root`).
+    pub fn root(&self) -> PathBuf {
+        self.state_dir.join("root")
+    }
+
+    /// `ROOT/<env>/srv/projects/<project>` on this agent.
+    pub fn project_dir(&self, env: &str, project: &str) -> PathBuf {
+        self.root().join(env).join("srv/projects").join(project)
     }
 
     /// The client certificate and key the agent was issued.
@@ -346,4 +372,204 @@ fn unique() -> String {
         std::process::id(),
         N.fetch_add(1, Ordering::Relaxed)
     )
+}
+
+/// A master, one accepted agent, a user and a client config: what lifecycle tests start from.
+pub struct Cluster {
+    pub root: tempfile::TempDir,
+    pub master: Master,
+    pub agent: Agent,
+    pub config: PathBuf,
+}
+
+impl Cluster {
+    pub fn start() -> anyhow::Result<Cluster> {
+        Self::start_with_agent_env(&[])
+    }
+
+    pub fn start_with_agent_env(env: &[(&str, &str)]) -> anyhow::Result<Cluster> {
+        let root = tempfile::tempdir()?;
+        let master = Master::start(root.path())?;
+        master.add_user("dev@example.com", "a-long-password")?;
+        let token = master.token("10m")?;
+        let agent = Agent::spawn(
+            &master.url(),
+            &master.ca(),
+            root.path(),
+            "node1",
+            Some(&token),
+            env,
+        )?;
+        master.wait_agent("node1", "accepted", true)?;
+        let config = client_config(
+            root.path(),
+            "local",
+            &master.url(),
+            "dev@example.com",
+            "a-long-password",
+            &master.ca(),
+        )?;
+        Ok(Cluster {
+            root,
+            master,
+            agent,
+            config,
+        })
+    }
+
+    /// Restarts the agent (same id, state and root), e.g. after killing it.
+    pub fn restart_agent(&mut self, env: &[(&str, &str)]) -> anyhow::Result<()> {
+        self.agent.proc.kill();
+        self.agent = Agent::spawn(
+            &self.master.url(),
+            &self.master.ca(),
+            self.root.path(),
+            "node1",
+            None,
+            env,
+        )?;
+        Ok(())
+    }
+
+    pub fn corpus(&self, args: &[&str]) -> anyhow::Result<Output> {
+        corpus(&self.config, args)
+    }
+
+    /// `corpus ARGS` as a background process (for pushes a test interrupts).
+    pub fn corpus_spawn(&self, args: &[&str]) -> anyhow::Result<Proc> {
+        let log = self.root.path().join(format!("corpus-{}.log", unique()));
+        let child = Command::new(bin("corpus"))
+            .args(args)
+            .env("CORPUS_CONFIG", &self.config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr_file(&log)?)
+            .spawn()?;
+        Ok(Proc { child, log })
+    }
+
+    /// `corpus init_env local PLATFORM`: the new environment's UUID.
+    pub fn init_env(&self, platform: &str) -> anyhow::Result<String> {
+        let out = self.corpus(&["init_env", "local", platform])?;
+        if !out.status.success() {
+            bail!("init_env failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(String::from_utf8(out.stdout)?.trim().to_owned())
+    }
+
+    /// `corpus push local ENV PROJECT --path PATH [extra]`.
+    pub fn push(
+        &self,
+        env: &str,
+        project: &str,
+        path: &Path,
+        extra: &[&str],
+    ) -> anyhow::Result<Output> {
+        let path = path.display().to_string();
+        let mut args = vec!["push", "local", env, project, "--path", &path];
+        args.extend_from_slice(extra);
+        self.corpus(&args)
+    }
+
+    /// `corpus status local ENV PROJECT --json`.
+    pub fn status(&self, env: &str, project: &str) -> anyhow::Result<Value> {
+        let out = self.corpus(&["status", "local", env, project, "--json"])?;
+        if !out.status.success() {
+            bail!("status failed: {}", String::from_utf8_lossy(&out.stderr));
+        }
+        Ok(serde_json::from_slice(&out.stdout)?)
+    }
+
+    pub fn project_dir(&self, env: &str, project: &str) -> PathBuf {
+        self.agent.project_dir(env, project)
+    }
+}
+
+/// Runs git in `dir` with a fixed identity.
+pub fn git(dir: &Path, args: &[&str]) -> anyhow::Result<()> {
+    let out = Command::new("git")
+        .arg("-C")
+        .arg(dir)
+        .args([
+            "-c",
+            "user.name=corpus tests",
+            "-c",
+            "user.email=tests@corpus.invalid",
+        ])
+        .args(args)
+        .output()?;
+    if !out.status.success() {
+        bail!("git {args:?}: {}", String::from_utf8_lossy(&out.stderr));
+    }
+    Ok(())
+}
+
+/// A sample project as a git repository: an app file, and `.salt/` with a build that copies
+/// the app into `run/`, start/stop/restore steps that leave traces, and the given overrides
+/// (file name under `.salt/` -> contents). Committed.
+pub fn sample_project(dir: &Path, version: &str, overrides: &[(&str, &str)]) -> anyhow::Result<()> {
+    std::fs::create_dir_all(dir.join(".salt"))?;
+    std::fs::create_dir_all(dir.join("app"))?;
+    if !dir.join(".git").exists() {
+        git(dir, &["init", "-q"])?;
+    }
+    std::fs::write(dir.join("app/index.html"), format!("hello {version}\n"))?;
+    let files: Vec<(&str, String)> = vec![
+        ("PILLAR.sample", "keep_archives: 3\n".to_owned()),
+        (
+            "build.sls",
+            "copy_app:\n  cmd.run:\n    - name: cp -a {{ common.project_dir }}/app/. {{ common.run_dir }}/ && echo {{ common.mode }} >> {{ common.project_root }}/builds.log\n".to_owned(),
+        ),
+        (
+            "stop.sls",
+            "stop_app:\n  cmd.run:\n    - name: echo stop >> {{ common.project_root }}/events.log\n".to_owned(),
+        ),
+        (
+            "start.sls",
+            "start_app:\n  cmd.run:\n    - name: echo start >> {{ common.project_root }}/events.log\n".to_owned(),
+        ),
+        (
+            "restore.sls",
+            "reload_dumps:\n  cmd.run:\n    - name: echo restore >> {{ common.project_root }}/events.log\n".to_owned(),
+        ),
+    ];
+    for (name, text) in &files {
+        std::fs::write(dir.join(".salt").join(name), text)?;
+    }
+    for (name, text) in overrides {
+        std::fs::write(dir.join(".salt").join(name), text)?;
+    }
+    git(dir, &["add", "-A"])?;
+    git(dir, &["commit", "-q", "--allow-empty", "-m", version])?;
+    Ok(())
+}
+
+/// Every regular file below `dir` (following a top-level symlink) with its contents: two
+/// snapshots are equal when the trees are byte-identical.
+pub fn snapshot(dir: &Path) -> anyhow::Result<std::collections::BTreeMap<String, Vec<u8>>> {
+    let mut out = std::collections::BTreeMap::new();
+    let base = std::fs::canonicalize(dir)?;
+    let mut stack = vec![base.clone()];
+    while let Some(d) = stack.pop() {
+        for entry in std::fs::read_dir(&d)? {
+            let entry = entry?;
+            let path = entry.path();
+            let kind = entry.file_type()?;
+            let rel = path.strip_prefix(&base)?.display().to_string();
+            if kind.is_dir() {
+                stack.push(path);
+            } else if kind.is_symlink() {
+                out.insert(
+                    rel,
+                    std::fs::read_link(&path)?
+                        .display()
+                        .to_string()
+                        .into_bytes(),
+                );
+            } else {
+                out.insert(rel, std::fs::read(&path)?);
+            }
+        }
+    }
+    Ok(out)
 }

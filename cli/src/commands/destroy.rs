@@ -5,7 +5,12 @@ use corpus_proto::DestroyRequest;
 use crate::progress;
 use crate::session::{Session, rpc_error};
 
-pub async fn run(mut session: Session, env: &str, project: Option<&str>, json: bool) -> anyhow::Result<()> {
+pub async fn run(
+    mut session: Session,
+    env: &str,
+    project: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
     if let Some(project) = project {
         corpus_proto::names::validate_project_name(project)?;
     }

@@ -5,7 +5,13 @@ use corpus_proto::InitEnvRequest;
 
 use crate::session::{Session, rpc_error};
 
-pub async fn run(mut session: Session, platform: &str, host: Option<&str>, mode: Option<&str>, json: bool) -> anyhow::Result<()> {
+pub async fn run(
+    mut session: Session,
+    platform: &str,
+    host: Option<&str>,
+    mode: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
     if !matches!(platform, "dev" | "staging" | "prod") {
         anyhow::bail!("platform type {platform:?} is invalid: use dev, staging or prod");
     }

@@ -74,27 +74,38 @@ fn archive_source(path: &Path) -> anyhow::Result<(String, tempfile::NamedTempFil
 /// it, by relative path (a `top.sls` there targets like Salt's pillar_roots).
 fn read_pillar(path: &Path) -> anyhow::Result<HashMap<String, String>> {
     let read = |p: &Path| -> anyhow::Result<String> {
-        let meta = std::fs::metadata(p).with_context(|| format!("cannot read pillar {}", p.display()))?;
+        let meta =
+            std::fs::metadata(p).with_context(|| format!("cannot read pillar {}", p.display()))?;
         if meta.len() > MAX_PILLAR_FILE {
-            anyhow::bail!("pillar file {} is larger than {MAX_PILLAR_FILE} bytes", p.display());
+            anyhow::bail!(
+                "pillar file {} is larger than {MAX_PILLAR_FILE} bytes",
+                p.display()
+            );
         }
         std::fs::read_to_string(p).with_context(|| format!("cannot read pillar {}", p.display()))
     };
     let mut files = HashMap::new();
-    let meta = std::fs::metadata(path).with_context(|| format!("cannot read pillar {}", path.display()))?;
+    let meta = std::fs::metadata(path)
+        .with_context(|| format!("cannot read pillar {}", path.display()))?;
     if meta.is_file() {
         files.insert("init.sls".to_owned(), read(path)?);
         return Ok(files);
     }
     let mut stack = vec![path.to_path_buf()];
     while let Some(dir) = stack.pop() {
-        for entry in std::fs::read_dir(&dir).with_context(|| format!("cannot read pillar dir {}", dir.display()))? {
+        for entry in std::fs::read_dir(&dir)
+            .with_context(|| format!("cannot read pillar dir {}", dir.display()))?
+        {
             let entry = entry?;
             let p = entry.path();
             if entry.file_type()?.is_dir() {
                 stack.push(p);
             } else if p.extension().is_some_and(|e| e == "sls") {
-                let rel = p.strip_prefix(path).unwrap_or(&p).to_string_lossy().into_owned();
+                let rel = p
+                    .strip_prefix(path)
+                    .unwrap_or(&p)
+                    .to_string_lossy()
+                    .into_owned();
                 files.insert(rel, read(&p)?);
             }
         }
@@ -135,8 +146,10 @@ pub async fn run(mut session: Session, args: PushArgs<'_>) -> anyhow::Result<()>
     let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {
         let bar = indicatif::ProgressBar::new(size);
         bar.set_style(
-            indicatif::ProgressStyle::with_template("uploading {bytes}/{total_bytes} {wide_bar} {eta}")
-                .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
+            indicatif::ProgressStyle::with_template(
+                "uploading {bytes}/{total_bytes} {wide_bar} {eta}",
+            )
+            .unwrap_or_else(|_| indicatif::ProgressStyle::default_bar()),
         );
         bar
     });
@@ -172,7 +185,13 @@ pub async fn run(mut session: Session, args: PushArgs<'_>) -> anyhow::Result<()>
         bar.finish_and_clear();
     }
     sender.await??;
-    let updates = response.map_err(|s| rpc_error(&session.endpoint, s))?.into_inner();
-    let what = format!("push of {} ({})", args.project, commit.get(..8).unwrap_or(&commit));
+    let updates = response
+        .map_err(|s| rpc_error(&session.endpoint, s))?
+        .into_inner();
+    let what = format!(
+        "push of {} ({})",
+        args.project,
+        commit.get(..8).unwrap_or(&commit)
+    );
     progress::follow(&session, &what, updates, args.json).await
 }

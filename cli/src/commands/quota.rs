@@ -16,9 +16,17 @@ pub fn parse_size(text: &str) -> anyhow::Result<u64> {
     Ok(size.as_u64())
 }
 
-pub async fn run(mut session: Session, env: &str, project: &str, size: &str, enlarge: bool, json: bool) -> anyhow::Result<()> {
+pub async fn run(
+    mut session: Session,
+    env: &str,
+    project: &str,
+    size: &str,
+    enlarge: bool,
+    json: bool,
+) -> anyhow::Result<()> {
     corpus_proto::names::validate_project_name(project)?;
-    let bytes = i64::try_from(parse_size(size)?).map_err(|_| anyhow::anyhow!("size {size:?} is too large"))?;
+    let bytes = i64::try_from(parse_size(size)?)
+        .map_err(|_| anyhow::anyhow!("size {size:?} is too large"))?;
     let quota = session
         .client
         .set_quota(SetQuotaRequest {
@@ -30,7 +38,10 @@ pub async fn run(mut session: Session, env: &str, project: &str, size: &str, enl
         .map_err(|s| rpc_error(&session.endpoint, s))?
         .into_inner();
     if json {
-        println!("{}", serde_json::json!({"project": quota.project, "quota_bytes": quota.quota_bytes, "used_bytes": quota.used_bytes}));
+        println!(
+            "{}",
+            serde_json::json!({"project": quota.project, "quota_bytes": quota.quota_bytes, "used_bytes": quota.used_bytes})
+        );
     } else {
         println!(
             "project {} quota: {} ({} used)",

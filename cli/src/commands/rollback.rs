@@ -6,7 +6,13 @@ use corpus_proto::RollbackRequest;
 use crate::progress;
 use crate::session::{Session, rpc_error};
 
-pub async fn run(mut session: Session, env: &str, project: &str, to: Option<&str>, json: bool) -> anyhow::Result<()> {
+pub async fn run(
+    mut session: Session,
+    env: &str,
+    project: &str,
+    to: Option<&str>,
+    json: bool,
+) -> anyhow::Result<()> {
     corpus_proto::names::validate_project_name(project)?;
     let updates = session
         .client

@@ -16,7 +16,12 @@ fn mode(m: i32) -> &'static str {
     }
 }
 
-pub async fn run(mut session: Session, env: &str, project: Option<&str>, json_out: bool) -> anyhow::Result<()> {
+pub async fn run(
+    mut session: Session,
+    env: &str,
+    project: Option<&str>,
+    json_out: bool,
+) -> anyhow::Result<()> {
     if let Some(project) = project {
         corpus_proto::names::validate_project_name(project)?;
     }
@@ -102,7 +107,10 @@ pub async fn run(mut session: Session, env: &str, project: Option<&str>, json_ou
             bytesize::ByteSize(quota.used_bytes),
             bytesize::ByteSize(quota.quota_bytes)
         );
-        println!("  {:<2} {:<54} {:<21} {:<9} {:<12} FAILED STEP", "", "DEPLOYMENT", "TIME", "COMMIT", "RESULT");
+        println!(
+            "  {:<2} {:<54} {:<21} {:<9} {:<12} FAILED STEP",
+            "", "DEPLOYMENT", "TIME", "COMMIT", "RESULT"
+        );
         for d in &p.deployments {
             let failed = match (d.failed_step.as_str(), d.failed_state.as_str()) {
                 ("", _) => String::new(),
@@ -124,7 +132,12 @@ pub async fn run(mut session: Session, env: &str, project: Option<&str>, json_ou
         } else {
             println!("  releases:");
             for r in &p.releases {
-                println!("    {}  {}  {}", r.id, bytesize::ByteSize(r.size), r.commit.get(..8).unwrap_or(&r.commit));
+                println!(
+                    "    {}  {}  {}",
+                    r.id,
+                    bytesize::ByteSize(r.size),
+                    r.commit.get(..8).unwrap_or(&r.commit)
+                );
             }
         }
     }

@@ -2,4 +2,5 @@
 
 mod apply_local;
 mod foundation;
+mod lifecycle;
 mod render;

@@ -1,0 +1,480 @@
+//! The project lifecycle end to end: real master, agent and `corpus` processes, a real git
+//! project, the editable / cooking / final modes, rollbacks, archives, locks and crashes.
+
+use std::path::Path;
+
+use anyhow::Context;
+use corpus_tests::{Cluster, sample_project, snapshot, wait_until};
+use serde_json::Value;
+
+const FAILING_BUILD: &str = "corrupt_data:\n  cmd.run:\n    - name: echo corrupted > {{ common.data_dir }}/state.db && echo partial > {{ common.run_dir }}/partial.html\nfail_here:\n  cmd.run:\n    - name: exit 3\n    - require:\n      - cmd: corrupt_data\n";
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+fn deployments(status: &Value) -> Vec<Value> {
+    status["deployments"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+}
+
+fn live(status: &Value) -> Option<String> {
+    deployments(status)
+        .into_iter()
+        .find(|d| d["live"] == true)
+        .and_then(|d| d["id"].as_str().map(str::to_owned))
+}
+
+/// A staging environment with one successful cooking deploy of `app` (version v1).
+fn cooked(cluster: &Cluster, source: &Path) -> anyhow::Result<String> {
+    sample_project(source, "v1", &[])?;
+    let staging = cluster.init_env("staging")?;
+    let out = cluster.push(&staging, "app", source, &[])?;
+    anyhow::ensure!(
+        out.status.success(),
+        "staging push failed: {}",
+        stderr(&out)
+    );
+    Ok(staging)
+}
+
+#[test]
+fn staging_push_builds_into_run_and_records_a_release_then_prod_deploys_it_without_building()
+-> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let source = cluster.root.path().join("src");
+    let staging = cooked(&cluster, &source)?;
+
+    // 1. staging: build output in run/, a release recorded on the master.
+    let dir = cluster.project_dir(&staging, "app");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("run/index.html"))?,
+        "hello v1\n"
+    );
+    let status = cluster.status(&staging, "app")?;
+    assert_eq!(deployments(&status)[0]["result"], "success");
+    assert!(live(&status).is_some());
+    let releases = status["releases"].as_array().cloned().unwrap_or_default();
+    assert_eq!(releases.len(), 1, "{status}");
+
+    // 2. prod: the release is deployed, build.sls never runs, data/ is untouched.
+    let prod = cluster.init_env("prod")?;
+    let init = cluster.corpus(&["init", "local", &prod, "app"])?;
+    assert!(init.status.success(), "{}", stderr(&init));
+    let prod_dir = cluster.project_dir(&prod, "app");
+    std::fs::write(prod_dir.join("data/state.db"), "precious")?;
+    let out = cluster.push(&prod, "app", &source, &[])?;
+    assert!(out.status.success(), "prod push failed: {}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(prod_dir.join("run/index.html"))?,
+        "hello v1\n"
+    );
+    assert_eq!(
+        std::fs::read_to_string(prod_dir.join("data/state.db"))?,
+        "precious"
+    );
+    assert!(
+        !prod_dir.join("builds.log").exists(),
+        "build.sls ran in final mode"
+    );
+    let events = std::fs::read_to_string(prod_dir.join("events.log"))?;
+    assert!(events.contains("start"), "{events}");
+    Ok(())
+}
+
+#[test]
+fn a_failing_build_in_staging_rolls_back_run_and_data_and_names_the_step() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let source = cluster.root.path().join("src");
+    let staging = cooked(&cluster, &source)?;
+    let dir = cluster.project_dir(&staging, "app");
+    std::fs::write(dir.join("data/state.db"), "good data")?;
+    let run_before = snapshot(&dir.join("run"))?;
+    let live_before = live(&cluster.status(&staging, "app")?);
+
+    sample_project(&source, "v2", &[("build.sls", FAILING_BUILD)])?;
+    let out = cluster.push(&staging, "app", &source, &[])?;
+    assert!(!out.status.success(), "a failed deploy must exit non-zero");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        text.contains("rolled back") && text.contains("fail_here"),
+        "{text}"
+    );
+
+    assert_eq!(snapshot(&dir.join("run"))?, run_before, "run/ changed");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("data/state.db"))?,
+        "good data"
+    );
+    let events = std::fs::read_to_string(dir.join("events.log"))?;
+    assert!(
+        events.contains("restore"),
+        "restore.sls did not run: {events}"
+    );
+    let status = cluster.status(&staging, "app")?;
+    let last = deployments(&status)
+        .last()
+        .cloned()
+        .context("no deployment")?;
+    assert_eq!(last["result"], "rolled_back");
+    assert_eq!(last["failed_step"], "build");
+    assert_eq!(last["failed_state"], "fail_here");
+    assert_eq!(live(&status), live_before);
+    Ok(())
+}
+
+#[test]
+fn a_failing_health_check_in_prod_rolls_back() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let source = cluster.root.path().join("src");
+    let _staging = cooked(&cluster, &source)?;
+    let prod = cluster.init_env("prod")?;
+    let out = cluster.push(&prod, "app", &source, &[])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dir = cluster.project_dir(&prod, "app");
+    std::fs::write(dir.join("data/state.db"), "good data")?;
+    let run_before = snapshot(&dir.join("run"))?;
+
+    let pillar = cluster.root.path().join("unhealthy.sls");
+    std::fs::write(
+        &pillar,
+        "healthcheck:\n  command: \"false\"\n  retries: 2\n  interval: 0\n",
+    )?;
+    let pillar_arg = pillar.display().to_string();
+    let out = cluster.push(&prod, "app", &source, &["--pillar", &pillar_arg])?;
+    assert!(!out.status.success());
+    assert_eq!(snapshot(&dir.join("run"))?, run_before);
+    assert_eq!(
+        std::fs::read_to_string(dir.join("data/state.db"))?,
+        "good data"
+    );
+    let status = cluster.status(&prod, "app")?;
+    let last = deployments(&status)
+        .last()
+        .cloned()
+        .context("no deployment")?;
+    assert_eq!(last["result"], "rolled_back");
+    assert_eq!(last["failed_step"], "healthcheck");
+    Ok(())
+}
+
+#[test]
+fn rollback_returns_to_the_previous_deployment_then_to_an_older_one() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let source = cluster.root.path().join("src");
+    let staging = cooked(&cluster, &source)?;
+    for version in ["v2", "v3"] {
+        sample_project(&source, version, &[])?;
+        let out = cluster.push(&staging, "app", &source, &[])?;
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let dir = cluster.project_dir(&staging, "app");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("run/index.html"))?,
+        "hello v3\n"
+    );
+    let ids: Vec<String> = deployments(&cluster.status(&staging, "app")?)
+        .iter()
+        .filter_map(|d| d["id"].as_str().map(str::to_owned))
+        .collect();
+    assert_eq!(ids.len(), 3);
+
+    let out = cluster.corpus(&["rollback", "local", &staging, "app"])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("run/index.html"))?,
+        "hello v2\n"
+    );
+    assert_eq!(
+        live(&cluster.status(&staging, "app")?).as_deref(),
+        Some(ids[1].as_str())
+    );
+
+    let out = cluster.corpus(&["rollback", "local", &staging, "app", "--to", &ids[0]])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("run/index.html"))?,
+        "hello v1\n"
+    );
+    assert_eq!(
+        live(&cluster.status(&staging, "app")?).as_deref(),
+        Some(ids[0].as_str())
+    );
+    Ok(())
+}
+
+#[test]
+fn archive_rotation_keeps_keep_archives_and_never_the_live_deployment() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let source = cluster.root.path().join("src");
+    let staging = cluster.init_env("staging")?;
+    for version in ["v1", "v2", "v3", "v4", "v5"] {
+        sample_project(&source, version, &[("PILLAR.sample", "keep_archives: 2\n")])?;
+        let out = cluster.push(&staging, "app", &source, &[])?;
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let dir = cluster.project_dir(&staging, "app");
+    let archives: Vec<String> = std::fs::read_dir(dir.join("archives"))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    assert!(archives.len() <= 2, "{archives:?}");
+    assert!(!archives.is_empty());
+    // The live deployment still serves, and rollback to the previous one still works.
+    assert_eq!(
+        std::fs::read_to_string(dir.join("run/index.html"))?,
+        "hello v5\n"
+    );
+    let out = cluster.corpus(&["rollback", "local", &staging, "app"])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("run/index.html"))?,
+        "hello v4\n"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_concurrent_push_is_refused_with_the_holders_details() -> anyhow::Result<()> {
+    let cluster = Cluster::start_with_agent_env(&[("CORPUS_TEST_PAUSE_AT", "build")])?;
+    let source = cluster.root.path().join("src");
+    sample_project(&source, "v1", &[])?;
+    let staging = cluster.init_env("staging")?;
+    let path = source.display().to_string();
+    let mut first = cluster.corpus_spawn(&["push", "local", &staging, "app", "--path", &path])?;
+    let dir = cluster.project_dir(&staging, "app");
+    wait_until("the first push to hold the project", || {
+        Ok(dir.join(".paused-build").exists())
+    })?;
+
+    let out = cluster.push(&staging, "app", &source, &[])?;
+    assert!(!out.status.success());
+    let err = stderr(&out);
+    assert!(
+        err.contains("locked") && err.contains("dev@example.com") && err.contains("job"),
+        "{err}"
+    );
+    first.kill();
+    Ok(())
+}
+
+/// The built-in and SLS steps of a cooking deploy, in order: the agent is killed at each.
+const COOKING_STEPS: &[&str] = &[
+    "pre_install",
+    "stop",
+    "backup_data",
+    "archive",
+    "sync",
+    "build",
+    "bundle",
+    "start",
+    "healthcheck",
+    "rotate",
+];
+
+#[test]
+fn an_agent_killed_at_each_step_boundary_recovers_to_a_complete_tree() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start()?;
+    let source = cluster.root.path().join("src");
+    let staging = cooked(&cluster, &source)?;
+    let dir = cluster.project_dir(&staging, "app");
+    std::fs::write(dir.join("data/state.db"), "good data")?;
+    let path = source.display().to_string();
+
+    for (n, step) in COOKING_STEPS.iter().enumerate() {
+        cluster.restart_agent(&[("CORPUS_TEST_PAUSE_AT", step)])?;
+        cluster.master.wait_agent("node1", "accepted", true)?;
+        sample_project(&source, &format!("crash{n}"), &[])?;
+        let mut push =
+            cluster.corpus_spawn(&["push", "local", &staging, "app", "--path", &path])?;
+        let marker = dir.join(format!(".paused-{step}"));
+        wait_until(&format!("the deploy to pause at {step}"), || {
+            Ok(marker.exists())
+        })?;
+        cluster.agent.proc.signal(libc::SIGKILL);
+        push.kill();
+
+        cluster.restart_agent(&[])?;
+        wait_until(
+            &format!("the master to learn how the deploy killed at {step} ended"),
+            || {
+                let status = cluster.status(&staging, "app")?;
+                Ok(deployments(&status)
+                    .last()
+                    .is_some_and(|d| d["result"] != "running"))
+            },
+        )?;
+        let index = std::fs::read_to_string(dir.join("run/index.html"))
+            .with_context(|| format!("run/ is not a complete tree after a crash at {step}"))?;
+        assert!(index.starts_with("hello "), "{step}: {index}");
+        assert_eq!(
+            std::fs::read_to_string(dir.join("data/state.db"))?,
+            "good data",
+            "{step}"
+        );
+        assert!(!marker.exists() || std::fs::remove_file(&marker).is_ok());
+    }
+    Ok(())
+}
+
+#[test]
+fn bad_pushes_fail_clearly_and_change_nothing_on_the_agent() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let source = cluster.root.path().join("src");
+    sample_project(&source, "v1", &[])?;
+
+    // A final push with no cooked release.
+    let prod = cluster.init_env("prod")?;
+    let out = cluster.push(&prod, "app", &source, &[])?;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no release"), "{}", stderr(&out));
+    assert!(!cluster.project_dir(&prod, "app").exists());
+
+    let staging = cluster.init_env("staging")?;
+    // A project without .salt/.
+    let bare = cluster.root.path().join("bare");
+    std::fs::create_dir_all(&bare)?;
+    std::fs::write(bare.join("README"), "no salt here")?;
+    corpus_tests::git(&bare, &["init", "-q"])?;
+    corpus_tests::git(&bare, &["add", "-A"])?;
+    corpus_tests::git(&bare, &["commit", "-q", "-m", "bare"])?;
+    let out = cluster.push(&staging, "app", &bare, &[])?;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains(".salt"), "{}", stderr(&out));
+
+    // An invalid project name.
+    let out = cluster.push(&staging, "../app", &source, &[])?;
+    assert!(!out.status.success());
+    assert!(
+        stderr(&out).contains("project name \"../app\" is invalid"),
+        "{}",
+        stderr(&out)
+    );
+
+    // A pillar with a YAML error.
+    let pillar = cluster.root.path().join("broken.sls");
+    std::fs::write(&pillar, "port: [8080\n")?;
+    let pillar_arg = pillar.display().to_string();
+    let out = cluster.push(&staging, "app", &source, &["--pillar", &pillar_arg])?;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("init.sls"), "{}", stderr(&out));
+
+    assert!(
+        !cluster.project_dir(&staging, "app").exists(),
+        "a failed validation touched the agent"
+    );
+    Ok(())
+}
+
+#[test]
+fn editable_mode_runs_from_the_project_and_leaves_failures_for_the_developer() -> anyhow::Result<()>
+{
+    let cluster = Cluster::start()?;
+    let source = cluster.root.path().join("src");
+    sample_project(&source, "v1", &[])?;
+    let dev = cluster.init_env("dev")?;
+    let out = cluster.push(&dev, "app", &source, &[])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dir = cluster.project_dir(&dev, "app");
+    assert_eq!(
+        std::fs::canonicalize(dir.join("run"))?,
+        std::fs::canonicalize(dir.join("project"))?
+    );
+    assert_eq!(
+        std::fs::read_to_string(dir.join("run/app/index.html"))?,
+        "hello v1\n"
+    );
+
+    sample_project(&source, "v2", &[("build.sls", FAILING_BUILD)])?;
+    let out = cluster.push(&dev, "app", &source, &[])?;
+    assert!(!out.status.success());
+    // Not rolled back: the developer's tree keeps the new source and what the build did.
+    assert_eq!(
+        std::fs::read_to_string(dir.join("run/app/index.html"))?,
+        "hello v2\n"
+    );
+    let status = cluster.status(&dev, "app")?;
+    assert_eq!(
+        deployments(&status).last().map(|d| d["result"].clone()),
+        Some(Value::from("failed"))
+    );
+    Ok(())
+}
+
+#[test]
+fn an_agent_cannot_fetch_the_blobs_of_an_environment_that_is_not_its_own() -> anyhow::Result<()> {
+    use corpus_proto::FetchBlobRequest;
+    use corpus_proto::agent_link_client::AgentLinkClient;
+
+    let cluster = Cluster::start()?;
+    let source = cluster.root.path().join("src");
+    let staging = cooked(&cluster, &source)?;
+    let releases = cluster.status(&staging, "app")?["releases"].clone();
+    let digest = releases[0]["digest"]
+        .as_str()
+        .context("release digest")?
+        .to_owned();
+
+    let token = cluster.master.token("10m")?;
+    let other = corpus_tests::Agent::spawn(
+        &cluster.master.url(),
+        &cluster.master.ca(),
+        cluster.root.path(),
+        "node2",
+        Some(&token),
+        &[],
+    )?;
+    cluster.master.wait_agent("node2", "accepted", true)?;
+    let out = cluster.corpus(&["init_env", "local", "staging", "node2"])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let own_env = String::from_utf8(out.stdout)?.trim().to_owned();
+
+    // Plans and pillar only ever travel on the hosting agent's own link; blobs are the one
+    // thing an agent asks for, so that is what must be refused.
+    corpus_runtime::install_crypto_provider();
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
+    let (cert, key) = other.identity()?;
+    let ca = cluster.master.ca_pem()?;
+    for env in [staging.as_str(), own_env.as_str()] {
+        let code = rt.block_on(async {
+            let channel =
+                corpus_runtime::tls::dial(&cluster.master.url(), &ca, Some((&cert, &key))).await?;
+            let result = AgentLinkClient::new(channel)
+                .fetch_blob(FetchBlobRequest {
+                    digest: digest.clone(),
+                    env_uuid: env.to_owned(),
+                })
+                .await;
+            anyhow::Ok(match result {
+                Err(status) => Some(status.code()),
+                Ok(mut stream) => stream.get_mut().message().await.err().map(|s| s.code()),
+            })
+        })?;
+        assert_eq!(code, Some(tonic::Code::PermissionDenied), "env {env}");
+    }
+
+    // The hosting agent itself may fetch it.
+    let (cert, key) = cluster.agent.identity()?;
+    let fetched = rt.block_on(async {
+        let channel =
+            corpus_runtime::tls::dial(&cluster.master.url(), &ca, Some((&cert, &key))).await?;
+        let mut stream = AgentLinkClient::new(channel)
+            .fetch_blob(FetchBlobRequest {
+                digest: digest.clone(),
+                env_uuid: staging.clone(),
+            })
+            .await?
+            .into_inner();
+        let mut bytes = 0usize;
+        while let Some(chunk) = stream.message().await? {
+            bytes += chunk.data.len();
+        }
+        anyhow::Ok(bytes)
+    })?;
+    assert!(fetched > 0);
+    Ok(())
+}
