@@ -119,7 +119,11 @@ mod tests {
     fn durations_parse_with_units_and_errors_name_the_input() {
         assert_eq!(parse_duration("1h"), Ok(Duration::from_secs(3600)));
         assert_eq!(parse_duration("250ms"), Ok(Duration::from_millis(250)));
-        assert!(parse_duration("3parsecs").unwrap_err().contains("\"3parsecs\""));
+        assert!(
+            parse_duration("3parsecs")
+                .unwrap_err()
+                .contains("\"3parsecs\"")
+        );
         assert!(parse_duration("soon").is_err());
     }
 }
