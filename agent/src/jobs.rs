@@ -233,17 +233,25 @@ pub async fn run(ctx: Arc<JobContext>, job: corpus_proto::Job) {
         let started = Instant::now();
         info!("job received");
         let blob_dir = ctx.state_dir.join("blobs");
-        let outcome = match prepare(&ctx, &job, &blob_dir).await {
-            Err(outcome) => outcome,
-            Ok(lifecycle_job) => {
-                let lc = ctx.lifecycle.clone();
-                let mut reporter = OutboxReporter::new(&job.job_id, ctx.outbox.clone());
-                let ran =
-                    tokio::task::spawn_blocking(move || lc.run(&lifecycle_job, &mut reporter))
-                        .await;
-                ran.unwrap_or_else(|e| {
-                    failure(&job, "agent", format!("the lifecycle crashed: {e}"))
-                })
+        let destroys_environment = job.kind == WireKind::Destroy as i32 && job.project.is_empty();
+        let outcome = if destroys_environment {
+            let (c, j) = (ctx.clone(), job.clone());
+            tokio::task::spawn_blocking(move || destroy_environment(&c, &j))
+                .await
+                .unwrap_or_else(|e| failure(&job, "agent", format!("destroy crashed: {e}")))
+        } else {
+            match prepare(&ctx, &job, &blob_dir).await {
+                Err(outcome) => outcome,
+                Ok(lifecycle_job) => {
+                    let lc = ctx.lifecycle.clone();
+                    let mut reporter = OutboxReporter::new(&job.job_id, ctx.outbox.clone());
+                    let ran =
+                        tokio::task::spawn_blocking(move || lc.run(&lifecycle_job, &mut reporter))
+                            .await;
+                    ran.unwrap_or_else(|e| {
+                        failure(&job, "agent", format!("the lifecycle crashed: {e}"))
+                    })
+                }
             }
         };
         let mut outcome = outcome;
@@ -270,6 +278,90 @@ pub async fn run(ctx: Arc<JobContext>, job: corpus_proto::Job) {
     }
     .instrument(span)
     .await
+}
+
+/// `corpus destroy ENV`: each project is destroyed through the lifecycle (its stop.sls runs
+/// with the plans of its latest deploy), then the environment's directory goes.
+fn destroy_environment(ctx: &JobContext, job: &corpus_proto::Job) -> Outcome {
+    if uuid::Uuid::parse_str(&job.env_uuid).is_err() {
+        return failure(
+            job,
+            "validate",
+            format!("environment id {:?} is not a UUID", job.env_uuid),
+        );
+    }
+    let plans: serde_json::Value = serde_json::from_slice(&job.plan_json).unwrap_or_default();
+    // ROOT/<env>/srv/projects/<p>: the projects dir is its parent, the env dir three up.
+    let some_project = ctx.lifecycle.project_dir(&job.env_uuid, "_");
+    let (Some(projects_dir), Some(env_dir)) =
+        (some_project.parent(), some_project.ancestors().nth(3))
+    else {
+        return failure(
+            job,
+            "validate",
+            "the agent's root has no room for environments".into(),
+        );
+    };
+    let (projects_dir, env_dir) = (projects_dir.to_path_buf(), env_dir.to_path_buf());
+    let mut names: Vec<String> = std::fs::read_dir(&projects_dir)
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_dir()))
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    let mode = match WireMode::try_from(job.mode) {
+        Ok(WireMode::Editable) => lifecycle::Mode::Editable,
+        Ok(WireMode::Final) => lifecycle::Mode::Final,
+        _ => lifecycle::Mode::Cooking,
+    };
+    let mut reporter = OutboxReporter::new(&job.job_id, ctx.outbox.clone());
+    for name in names {
+        let entry = &plans[&name];
+        let project_job = lifecycle::Job {
+            job_id: job.job_id.clone(),
+            kind: lifecycle::JobKind::Destroy,
+            env_uuid: job.env_uuid.clone(),
+            project: name.clone(),
+            mode,
+            deploy_id: String::new(),
+            plans: serde_json::from_value(entry["plan"].clone()).unwrap_or_default(),
+            common: entry["common"].clone(),
+            pillar: entry["pillar"].clone(),
+            grains: ctx.grains.clone(),
+            source: None,
+            release: None,
+            commit: String::new(),
+            requested_by: job.requested_by.clone(),
+        };
+        let outcome = ctx.lifecycle.run(&project_job, &mut reporter);
+        if outcome.status != lifecycle::Status::Success {
+            return Outcome {
+                message: format!("project {name:?}: {}", outcome.message),
+                ..outcome
+            };
+        }
+    }
+    if let Err(e) = std::fs::remove_dir_all(&env_dir)
+        && e.kind() != std::io::ErrorKind::NotFound
+    {
+        return failure(
+            job,
+            "destroy",
+            format!("cannot remove {}: {e}", env_dir.display()),
+        );
+    }
+    Outcome {
+        status: lifecycle::Status::Success,
+        failed_step: String::new(),
+        failed_state: String::new(),
+        message: String::new(),
+        deploy_id: String::new(),
+        release: None,
+    }
 }
 
 /// Converts the wire job and fetches its blobs.

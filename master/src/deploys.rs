@@ -519,6 +519,26 @@ pub fn destroy(
             )));
         }
     }
+    // Destroying a whole environment stops each project with its latest plans first.
+    let plan = if project.is_empty() {
+        let mut projects = serde_json::Map::new();
+        for p in state.store.projects(&env.uuid).map_err(internal)? {
+            let last = deployments(state, &env.uuid, &p.name)?
+                .into_iter()
+                .rev()
+                .find(|j| j.state == JobState::Success || j.state == JobState::RolledBack);
+            let entry = match last {
+                Some(j) => {
+                    serde_json::json!({"plan": j.plan, "common": j.common, "pillar": j.pillar})
+                }
+                None => serde_json::json!({}),
+            };
+            projects.insert(p.name.clone(), entry);
+        }
+        Value::Object(projects)
+    } else {
+        Value::Null
+    };
     dispatch_updates(
         state,
         NewJob {
@@ -528,7 +548,7 @@ pub fn destroy(
             user,
             deploy_id: String::new(),
             commit: String::new(),
-            plan: Value::Null,
+            plan,
             common: serde_json::json!({}),
             pillar: serde_json::json!({}),
             source_blob: None,

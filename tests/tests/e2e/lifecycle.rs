@@ -478,3 +478,75 @@ fn an_agent_cannot_fetch_the_blobs_of_an_environment_that_is_not_its_own() -> an
     assert!(fetched > 0);
     Ok(())
 }
+
+#[test]
+fn a_push_over_the_quota_fails_before_touching_anything_and_enlarge_lifts_it() -> anyhow::Result<()>
+{
+    let cluster = Cluster::start()?;
+    let source = cluster.root.path().join("src");
+    let staging = cooked(&cluster, &source)?;
+    let status = cluster.status(&staging, "app")?;
+    let quota = status["projects"][0]["quota_bytes"]
+        .as_u64()
+        .context("quota")?;
+    let used = status["projects"][0]["used_bytes"]
+        .as_u64()
+        .context("used")?;
+    assert_eq!(quota, 5_000_000_000, "the RFC's default quota is 5 GB");
+    assert!(used > 0);
+
+    // Leave 100 bytes of room: the next source upload cannot fit.
+    let trim = (quota - used - 100).to_string();
+    let out = cluster.corpus(&["trim", "local", &staging, "app", &trim])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dir = cluster.project_dir(&staging, "app");
+    let run_before = snapshot(&dir.join("run"))?;
+    let deployments_before = deployments(&cluster.status(&staging, "app")?).len();
+
+    sample_project(&source, "v2", &[])?;
+    let out = cluster.push(&staging, "app", &source, &[])?;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("quota"), "{}", stderr(&out));
+    assert_eq!(snapshot(&dir.join("run"))?, run_before);
+    assert_eq!(
+        deployments(&cluster.status(&staging, "app")?).len(),
+        deployments_before
+    );
+
+    // Trimming below what is used is refused; enlarging makes room again.
+    let out = cluster.corpus(&["trim", "local", &staging, "app", "1G"])?;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("uses"), "{}", stderr(&out));
+    let out = cluster.corpus(&["enlarge", "local", &staging, "app", "1G"])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let out = cluster.push(&staging, "app", &source, &[])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    Ok(())
+}
+
+#[test]
+fn destroy_frees_a_project_then_the_whole_environment() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let source = cluster.root.path().join("src");
+    let staging = cooked(&cluster, &source)?;
+    let dir = cluster.project_dir(&staging, "app");
+    assert!(dir.exists());
+
+    let out = cluster.corpus(&["destroy", "local", &staging, "app"])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!dir.exists(), "the project directory survived destroy");
+    let out = cluster.corpus(&["status", "local", &staging, "app"])?;
+    assert!(!out.status.success());
+    assert!(stderr(&out).contains("no project"), "{}", stderr(&out));
+
+    let out = cluster.corpus(&["destroy", "local", &staging])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert!(!cluster.agent.root().join(&staging).exists());
+    let out = cluster.corpus(&["status", "local", &staging])?;
+    assert!(stderr(&out).contains("no environment"), "{}", stderr(&out));
+    // The slot is free again.
+    let hosts = cluster.corpus(&["listhosts", "--json"])?;
+    let hosts: Value = serde_json::from_slice(&hosts.stdout)?;
+    assert_eq!(hosts[0]["slots_free"], hosts[0]["slots_total"]);
+    Ok(())
+}
