@@ -241,7 +241,7 @@ pub async fn run(ctx: Arc<JobContext>, job: corpus_proto::Job) {
                 .unwrap_or_else(|e| failure(&job, "agent", format!("destroy crashed: {e}")))
         } else {
             match prepare(&ctx, &job, &blob_dir).await {
-                Err(outcome) => outcome,
+                Err((step, message)) => failure(&job, step, message),
                 Ok(lifecycle_job) => {
                     let lc = ctx.lifecycle.clone();
                     let mut reporter = OutboxReporter::new(&job.job_id, ctx.outbox.clone());
@@ -369,8 +369,8 @@ async fn prepare(
     ctx: &JobContext,
     job: &corpus_proto::Job,
     blob_dir: &Path,
-) -> Result<lifecycle::Job, Outcome> {
-    let bad = |message: String| failure(job, "prepare", message);
+) -> Result<lifecycle::Job, (&'static str, String)> {
+    let bad = |message: String| ("prepare", message);
     let mode = match WireMode::try_from(job.mode) {
         Ok(WireMode::Editable) => lifecycle::Mode::Editable,
         Ok(WireMode::Cooking) => lifecycle::Mode::Cooking,
@@ -386,7 +386,7 @@ async fn prepare(
         Ok(WireKind::Destroy) => lifecycle::JobKind::Destroy,
         _ => return Err(bad(format!("unknown job kind {}", job.kind))),
     };
-    let json = |bytes: &[u8], what: &str| -> Result<serde_json::Value, Outcome> {
+    let json = |bytes: &[u8], what: &str| -> Result<serde_json::Value, (&'static str, String)> {
         if bytes.is_empty() {
             return Ok(serde_json::Value::Null);
         }
@@ -402,10 +402,10 @@ async fn prepare(
     };
     let source = fetch(ctx, job, &job.source_blob, blob_dir)
         .await
-        .map_err(|e| failure(job, "fetch_source", format!("{e:#}")))?;
+        .map_err(|e| ("fetch_source", format!("{e:#}")))?;
     let release = fetch(ctx, job, &job.release_blob, blob_dir)
         .await
-        .map_err(|e| failure(job, "fetch_release", format!("{e:#}")))?;
+        .map_err(|e| ("fetch_release", format!("{e:#}")))?;
     Ok(lifecycle::Job {
         job_id: job.job_id.clone(),
         kind,
