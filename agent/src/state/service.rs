@@ -17,7 +17,7 @@ pub trait ServiceControl: Send + Sync {
     fn available(&self) -> Result<(), String>;
     fn is_active(&self, name: &str) -> Result<bool, String>;
     fn is_enabled(&self, name: &str) -> Result<bool, String>;
-    /// Runs `systemctl <verb> <name>` (`start`, `stop`, `restart`, `enable`, `disable`).
+    /// Runs `systemctl <verb> <name>` (`start`, `stop`, `restart`, `reload`, `enable`, `disable`).
     fn control(&self, verb: &str, name: &str) -> Result<(), String>;
 }
 
@@ -223,10 +223,13 @@ pub fn mod_watch(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, String> {
     let name = &chunk.name;
     let (verb, done) = match chunk.function.as_str() {
         "running" => {
-            if ctx.services.is_active(name)? {
-                ("restart", "restarted")
-            } else {
+            if !ctx.services.is_active(name)? {
                 ("start", "started")
+            } else if Args(&chunk.args).bool("reload", false)? {
+                // Salt's `reload: True`: a watched change reloads instead of restarting.
+                ("reload", "reloaded")
+            } else {
+                ("restart", "restarted")
             }
         }
         "dead" => {
@@ -386,7 +389,12 @@ mod tests {
             call(mod_watch, &svc, false, &c).comment,
             "Service restarted"
         );
-        assert_eq!(svc.calls(), ["start app", "restart app"]);
+        let reload = chunk("service.running", "app", json!({"reload": true}));
+        assert_eq!(
+            call(mod_watch, &svc, false, &reload).comment,
+            "Service reloaded"
+        );
+        assert_eq!(svc.calls(), ["start app", "restart app", "reload app"]);
         let e = chunk("service.enabled", "app", json!({}));
         assert_eq!(call(mod_watch, &svc, false, &e).result, Some(false));
     }

@@ -87,7 +87,7 @@ impl ServiceControl for FakeServices {
             return Err("poisoned".into());
         };
         match verb {
-            "start" | "restart" => {
+            "start" | "restart" | "reload" => {
                 active.insert(name.to_string());
             }
             "stop" => {
