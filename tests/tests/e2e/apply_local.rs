@@ -264,3 +264,72 @@ fn apply_local_fails_when_a_state_fails_and_names_the_requisite() -> anyhow::Res
     assert!(String::from_utf8_lossy(&out.stderr).contains("corpus push"));
     Ok(())
 }
+
+/// Every file, directory and link under `root`: relative path, mode, and content or target.
+fn snapshot(root: &Path) -> anyhow::Result<Vec<String>> {
+    let mut out = Vec::new();
+    let mut stack = vec![root.to_path_buf()];
+    while let Some(dir) = stack.pop() {
+        for entry in fs::read_dir(&dir)? {
+            let path = entry?.path();
+            let rel = path.strip_prefix(root)?.display().to_string();
+            let meta = fs::symlink_metadata(&path)?;
+            let mode = meta.permissions().mode() & 0o7777;
+            if meta.file_type().is_symlink() {
+                let target = fs::read_link(&path)?.display().to_string();
+                out.push(format!(
+                    "{rel} -> {}",
+                    target.replace(&root.display().to_string(), "ROOT")
+                ));
+            } else if meta.is_dir() {
+                out.push(format!("{rel}/ {mode:o}"));
+                stack.push(path);
+            } else {
+                out.push(format!("{rel} {mode:o} {:?}", fs::read_to_string(&path)?));
+            }
+        }
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Opt-in parity check against Salt itself: set `CORPUS_SALT_CALL` to a `salt-call` (e.g. from
+/// the venv `bench/apply/run.sh` installs) and the fixture is applied by both; the trees they
+/// write must be identical. Skipped (passes) without it.
+#[test]
+fn apply_local_writes_what_salt_writes() -> anyhow::Result<()> {
+    let Some(salt_call) = std::env::var_os("CORPUS_SALT_CALL") else {
+        eprintln!("CORPUS_SALT_CALL is not set: skipping the Salt parity check");
+        return Ok(());
+    };
+    let corpus = Sandbox::new()?;
+    let root = fixture().join("salt");
+    let (code, results) = corpus.apply_json(&root, &[])?;
+    assert_eq!(code, 0, "{results:#}");
+
+    let salt = Sandbox::new()?;
+    let conf = salt.dir.path().join("conf");
+    fs::create_dir(&conf)?;
+    fs::write(
+        conf.join("minion"),
+        format!(
+            "id: web1\nfile_client: local\nroot_dir: {}\nfile_roots:\n  base:\n    - {}\npillar_roots:\n  base:\n    - {}\n",
+            salt.dir.path().join("salt-root").display(),
+            root.display(),
+            salt.dir.path().join("pillar").display(),
+        ),
+    )?;
+    let out = std::process::Command::new(salt_call)
+        .arg("--local")
+        .arg("-c")
+        .arg(&conf)
+        .args(["state.apply", "--out", "json"])
+        .output()?;
+    assert!(
+        out.status.success(),
+        "salt-call failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(snapshot(&corpus.out(""))?, snapshot(&salt.out(""))?);
+    Ok(())
+}
