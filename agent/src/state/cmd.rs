@@ -207,7 +207,9 @@ fn spec_for(args: &Args, command: &str) -> Result<CommandSpec, String> {
         // Salt's default: the home of the user the command runs as.
         None => match &runas {
             Some(u) if Path::new(&u.home).is_dir() => PathBuf::from(&u.home),
-            _ => std::env::var_os("HOME")
+            // Another user could not enter our home: start from the root instead.
+            Some(_) => PathBuf::from("/"),
+            None => std::env::var_os("HOME")
                 .map(PathBuf::from)
                 .filter(|p| p.is_dir())
                 .unwrap_or_else(|| PathBuf::from("/")),
@@ -447,7 +449,7 @@ mod tests {
         let c = chunk(
             "cmd.run",
             "r",
-            json!({"name": "id -u; id -G; echo $USER", "runas": "nobody", "cwd": "/"}),
+            json!({"name": "id -u; id -G; echo $USER", "runas": "nobody"}),
         );
         let out = run_state(&c, false);
         assert_eq!(out.result, Some(true), "{}", out.comment);
