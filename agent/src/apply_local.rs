@@ -13,7 +13,6 @@ use corpus_pillar::{DirTree, PillarTree, SourceTree, TemplateContext, TemplateEn
 use corpus_states::StateTree;
 use serde_json::{Map, Value, json};
 
-use crate::grains::Grains;
 use crate::state::{Executor, JinjaRenderer, KeyedResult, LocalFileSources, Report, Systemctl};
 
 /// Exit status when the run completed but a state failed (Salt's `--retcode-passthrough` uses 2
@@ -65,7 +64,7 @@ fn host_name() -> anyhow::Result<String> {
 /// This machine's grains, with Salt's names for the common ones (`host`, `num_cpus`,
 /// `kernelrelease`) alongside the agent's own.
 fn local_grains(id: &str) -> Value {
-    let mut grains = Grains::collect(id, 0).to_json();
+    let mut grains = crate::grains::to_json(&crate::grains::collect(id, 0));
     if let Value::Object(map) = &mut grains {
         let hostname = map.get("hostname").cloned().unwrap_or(Value::Null);
         let short = hostname

@@ -1,27 +1,6 @@
 //! Grains: what the agent tells the master (and templates) about its machine.
 
-use serde::Serialize;
-
-/// What this agent runs on. Read once at start and sent in every Hello.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
-pub struct Grains {
-    pub id: String,
-    pub hostname: String,
-    pub os: String,
-    pub kernel: String,
-    pub cpus: u32,
-    pub memory_bytes: u64,
-    /// Non-loopback addresses first, so `listhosts` shows the useful one.
-    pub ip_addresses: Vec<String>,
-    /// Environments this agent is willing to host.
-    pub slots: u32,
-    /// How environments are isolated: `dir` (a directory per environment).
-    pub guest_type: String,
-    pub version: String,
-    /// Where environments live (`corpus-agent run --root`); the master builds `common`'s
-    /// paths from it.
-    pub root: String,
-}
+pub use corpus_proto::grains::Grains;
 
 fn read_trimmed(path: &str) -> Option<String> {
     std::fs::read_to_string(path)
@@ -54,50 +33,26 @@ fn ip_addresses() -> Vec<String> {
     addrs.into_iter().map(|a| a.ip().to_string()).collect()
 }
 
-impl Grains {
-    pub fn collect(id: &str, slots: u32) -> Grains {
-        Grains {
-            id: id.to_owned(),
-            hostname: read_trimmed("/proc/sys/kernel/hostname").unwrap_or_default(),
-            os: os_name(),
-            kernel: read_trimmed("/proc/sys/kernel/osrelease").unwrap_or_default(),
-            cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
-            memory_bytes: memory_bytes(),
-            ip_addresses: ip_addresses(),
-            slots,
-            guest_type: "dir".to_owned(),
-            version: env!("CARGO_PKG_VERSION").to_owned(),
-            root: String::new(),
-        }
-    }
-
-    pub fn with_root(mut self, root: &std::path::Path) -> Grains {
-        self.root = root.display().to_string();
-        self
-    }
-
-    /// The grains as templates see them (`grains['os']`).
-    pub fn to_json(&self) -> serde_json::Value {
-        serde_json::to_value(self).unwrap_or_default()
+/// The grains of this machine for agent `id`.
+pub fn collect(id: &str, slots: u32) -> Grains {
+    Grains {
+        id: id.to_owned(),
+        hostname: read_trimmed("/proc/sys/kernel/hostname").unwrap_or_default(),
+        os: os_name(),
+        kernel: read_trimmed("/proc/sys/kernel/osrelease").unwrap_or_default(),
+        cpus: std::thread::available_parallelism().map_or(1, |n| n.get() as u32),
+        memory_bytes: memory_bytes(),
+        ip_addresses: ip_addresses(),
+        slots,
+        guest_type: "dir".to_owned(),
+        version: env!("CARGO_PKG_VERSION").to_owned(),
+        root: String::new(),
     }
 }
 
-impl From<Grains> for corpus_proto::Grains {
-    fn from(g: Grains) -> Self {
-        corpus_proto::Grains {
-            id: g.id,
-            hostname: g.hostname,
-            os: g.os,
-            kernel: g.kernel,
-            cpus: g.cpus,
-            memory_bytes: g.memory_bytes,
-            ip_addresses: g.ip_addresses,
-            slots: g.slots,
-            guest_type: g.guest_type,
-            version: g.version,
-            root: g.root,
-        }
-    }
+/// The grains as templates see them (`grains['os']`).
+pub fn to_json(grains: &Grains) -> serde_json::Value {
+    serde_json::to_value(grains).unwrap_or_default()
 }
 
 #[cfg(test)]
@@ -106,12 +61,12 @@ mod tests {
 
     #[test]
     fn grains_describe_this_machine() {
-        let g = Grains::collect("node1", 4);
+        let g = collect("node1", 4);
         assert_eq!(g.id, "node1");
         assert!(g.cpus >= 1);
         assert!(g.memory_bytes > 0);
         assert!(!g.kernel.is_empty());
         assert_eq!(g.guest_type, "dir");
-        assert_eq!(g.to_json()["slots"], 4);
+        assert_eq!(to_json(&g)["slots"], 4);
     }
 }

@@ -90,7 +90,8 @@ enum AttachError {
 
 /// Runs the agent's link until `stop` says stop.
 pub async fn run(options: LinkOptions, mut stop: watch::Receiver<Signal>) -> anyhow::Result<()> {
-    let grains = Grains::collect(&options.id, options.slots).with_root(&options.root);
+    let mut grains = crate::grains::collect(&options.id, options.slots);
+    grains.root = options.root.display().to_string();
     let lifecycle = Arc::new(Lifecycle::new(options.root.clone()));
     let (outbox, mut outbox_rx) = mpsc::unbounded_channel();
     // Deploys a crash interrupted are finished (or undone) before anything else.
@@ -106,7 +107,7 @@ pub async fn run(options: LinkOptions, mut stop: watch::Receiver<Signal>) -> any
             master: options.master.clone(),
             ca_pem: options.ca_pem.clone(),
             identity: identity.clone(),
-            grains: grains.to_json(),
+            grains: crate::grains::to_json(&grains),
             outbox: outbox.clone(),
         });
         let attached = attach_once(&options, &ctx, &grains, &mut outbox_rx, &mut stop).await;

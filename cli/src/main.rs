@@ -121,20 +121,6 @@ impl Command {
     }
 }
 
-/// Unix time as RFC 3339, or "never".
-pub fn format_time(unix: i64) -> String {
-    if unix <= 0 {
-        return "never".to_owned();
-    }
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix.to_string())
-}
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     corpus_runtime::init_logging("warn");

@@ -54,16 +54,6 @@ pub fn status_of(state: JobState) -> JobStatus {
     }
 }
 
-fn time_text(unix: i64) -> String {
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix.to_string())
-}
-
 impl Jobs {
     /// Rebuilds the index of running jobs after a restart.
     pub fn load(state: &MasterState) -> Result<(), Status> {
@@ -85,7 +75,7 @@ impl Jobs {
                     "{} (job {}, started {})",
                     job.requested_by,
                     job.id,
-                    time_text(job.created_at)
+                    corpus_runtime::format_unix_time(job.created_at)
                 ),
                 None => format!("job {holder}"),
             };

@@ -74,42 +74,6 @@ pub fn authenticate_agent<T>(state: &MasterState, request: &Request<T>) -> Resul
     }
 }
 
-impl From<corpus_proto::Grains> for Grains {
-    fn from(g: corpus_proto::Grains) -> Self {
-        Grains {
-            id: g.id,
-            hostname: g.hostname,
-            os: g.os,
-            kernel: g.kernel,
-            cpus: g.cpus,
-            memory_bytes: g.memory_bytes,
-            ip_addresses: g.ip_addresses,
-            slots: g.slots,
-            guest_type: g.guest_type,
-            version: g.version,
-            root: g.root,
-        }
-    }
-}
-
-impl From<Grains> for corpus_proto::Grains {
-    fn from(g: Grains) -> Self {
-        corpus_proto::Grains {
-            id: g.id,
-            hostname: g.hostname,
-            os: g.os,
-            kernel: g.kernel,
-            cpus: g.cpus,
-            memory_bytes: g.memory_bytes,
-            ip_addresses: g.ip_addresses,
-            slots: g.slots,
-            guest_type: g.guest_type,
-            version: g.version,
-            root: g.root,
-        }
-    }
-}
-
 type MasterStream = ReceiverStream<Result<MasterMessage, Status>>;
 type BlobStream = ReceiverStream<Result<BlobChunk, Status>>;
 

@@ -347,19 +347,6 @@ fn agent_json(a: &AgentInfo) -> serde_json::Value {
     })
 }
 
-fn format_time(unix: i64) -> String {
-    if unix <= 0 {
-        return "never".to_owned();
-    }
-    time::OffsetDateTime::from_unix_timestamp(unix)
-        .ok()
-        .and_then(|t| {
-            t.format(&time::format_description::well_known::Rfc3339)
-                .ok()
-        })
-        .unwrap_or_else(|| unix.to_string())
-}
-
 async fn agents(command: AgentsCommand, console: Console) -> anyhow::Result<()> {
     let mut admin = admin::connect(&console.dir.data_dir).await?;
     let (verb, info) = match command {
@@ -385,7 +372,7 @@ async fn agents(command: AgentsCommand, console: Console) -> anyhow::Result<()> 
                         a.id,
                         status_name(a.status),
                         if a.connected { "yes" } else { "no" },
-                        format_time(a.last_seen_unix),
+                        corpus_runtime::format_unix_time(a.last_seen_unix),
                         a.address
                     );
                 }

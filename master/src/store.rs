@@ -41,22 +41,7 @@ impl AgentStatus {
 }
 
 /// What the agent reports about its machine in its Hello.
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-pub struct Grains {
-    pub id: String,
-    pub hostname: String,
-    pub os: String,
-    pub kernel: String,
-    pub cpus: u32,
-    pub memory_bytes: u64,
-    pub ip_addresses: Vec<String>,
-    pub slots: u32,
-    pub guest_type: String,
-    pub version: String,
-    /// Where the agent keeps environments; `common`'s paths start there.
-    #[serde(default)]
-    pub root: String,
-}
+pub use corpus_proto::grains::Grains;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AgentRecord {

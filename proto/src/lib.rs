@@ -19,4 +19,5 @@ pub const MAX_MESSAGE_BYTES: usize = 16 * 1024 * 1024;
 /// Size of one chunk of a blob transfer.
 pub const BLOB_CHUNK_BYTES: usize = 256 * 1024;
 
+pub mod grains;
 pub mod names;

@@ -104,6 +104,20 @@ pub fn notify_stopping() {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
 }
 
+/// Unix seconds as RFC 3339 UTC, or "never" for zero (a host never seen, say).
+pub fn format_unix_time(unix: i64) -> String {
+    if unix <= 0 {
+        return "never".to_owned();
+    }
+    time::OffsetDateTime::from_unix_timestamp(unix)
+        .ok()
+        .and_then(|t| {
+            t.format(&time::format_description::well_known::Rfc3339)
+                .ok()
+        })
+        .unwrap_or_else(|| unix.to_string())
+}
+
 /// Parses durations the way every corpus flag does: `500ms`, `10s`, `1h`, `7d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
     humantime::parse_duration(text.trim()).map_err(|e| {

@@ -36,7 +36,10 @@ pub async fn run(mut session: Session, json: bool) -> anyhow::Result<()> {
             if h.connected {
                 "connected".to_owned()
             } else {
-                format!("last seen {}", crate::format_time(h.last_seen_unix))
+                format!(
+                    "last seen {}",
+                    corpus_runtime::format_unix_time(h.last_seen_unix)
+                )
             }
         );
     }

@@ -121,7 +121,7 @@ pub async fn run(
                 "  {:<2} {:<54} {:<21} {:<9} {:<12} {}",
                 if d.live { "*" } else { "" },
                 d.id,
-                crate::format_time(d.started_at_unix),
+                corpus_runtime::format_unix_time(d.started_at_unix),
                 d.commit.get(..8).unwrap_or(&d.commit),
                 job_status(d.result),
                 failed
