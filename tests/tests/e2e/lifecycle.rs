@@ -550,3 +550,67 @@ fn destroy_frees_a_project_then_the_whole_environment() -> anyhow::Result<()> {
     assert_eq!(hosts[0]["slots_free"], hosts[0]["slots_total"]);
     Ok(())
 }
+
+/// Accepts one HTTP request on `listener`, answers 200, and returns its body.
+fn receive_webhook(listener: std::net::TcpListener) -> anyhow::Result<Value> {
+    use std::io::{BufRead, BufReader, Read, Write};
+    let (stream, _) = listener.accept()?;
+    stream.set_read_timeout(Some(std::time::Duration::from_secs(30)))?;
+    let mut reader = BufReader::new(stream.try_clone()?);
+    let mut length = 0usize;
+    let mut request_line = String::new();
+    reader.read_line(&mut request_line)?;
+    anyhow::ensure!(request_line.starts_with("POST /hook"), "{request_line}");
+    loop {
+        let mut line = String::new();
+        reader.read_line(&mut line)?;
+        if line.trim().is_empty() {
+            break;
+        }
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            length = v.trim().parse()?;
+        }
+    }
+    let mut body = vec![0u8; length];
+    reader.read_exact(&mut body)?;
+    let mut stream = stream;
+    stream.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 0\r\nconnection: close\r\n\r\n")?;
+    Ok(serde_json::from_slice(&body)?)
+}
+
+#[test]
+fn webhooks_receive_a_json_event_per_finished_deploy() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let listener = std::net::TcpListener::bind("127.0.0.1:0")?;
+    let url = format!("http://{}/hook", listener.local_addr()?);
+    let receiver = std::thread::spawn(move || receive_webhook(listener));
+
+    let source = cluster.root.path().join("src");
+    sample_project(
+        &source,
+        "v1",
+        &[(
+            "PILLAR.sample",
+            &format!("notify:\n  webhooks:\n    - {url}\n"),
+        )],
+    )?;
+    let staging = cluster.init_env("staging")?;
+    let out = cluster.push(&staging, "app", &source, &[])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    let event = receiver
+        .join()
+        .map_err(|_| anyhow::anyhow!("webhook thread panicked"))??;
+    assert_eq!(event["status"], "success", "{event}");
+    assert_eq!(event["project"], "app");
+    assert_eq!(event["env"], staging.as_str());
+    assert!(
+        event["commit"].as_str().is_some_and(|c| c.len() == 40),
+        "{event}"
+    );
+    assert!(
+        event.get("failed_step").is_some() && event.get("duration").is_some(),
+        "{event}"
+    );
+    Ok(())
+}
