@@ -6,7 +6,7 @@ use std::fs::{self, Metadata};
 use std::io::{ErrorKind, Write};
 use std::os::unix::fs::{MetadataExt, PermissionsExt};
 use std::path::{Component, Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, OnceLock};
 
 use corpus_states::Chunk;
 use serde_json::{Map, Value, json};
@@ -333,6 +333,17 @@ fn ensure_parent(
     Ok(())
 }
 
+/// This process's umask, read once from /proc (reading it with umask(2) would race other
+/// threads); `None` when /proc is not there.
+fn process_umask() -> Option<u32> {
+    static UMASK: OnceLock<Option<u32>> = OnceLock::new();
+    *UMASK.get_or_init(|| {
+        let status = fs::read_to_string("/proc/self/status").ok()?;
+        let line = status.lines().find_map(|l| l.strip_prefix("Umask:"))?;
+        u32::from_str_radix(line.trim(), 8).ok()
+    })
+}
+
 /// Writes `content` to `path` through a temporary file in the same directory and a rename.
 fn write_atomically(
     path: &Path,
@@ -343,14 +354,18 @@ fn write_atomically(
     let dir = path.parent().unwrap_or(Path::new("/"));
     let mut builder = tempfile::Builder::new();
     builder.prefix(".corpus-").suffix(".tmp");
-    // A new file gets 0666 minus the umask, like `open(2)` would give it.
-    builder.permissions(fs::Permissions::from_mode(0o666));
+    // Without a mode, a new file gets 0666 minus the umask, like `open(2)` would give it. With
+    // one the umask does not touch, create it with that mode and save a chmod per file.
+    let exact = mode.filter(|m| m & !0o777 == 0 && process_umask().is_some_and(|u| m & u == 0));
+    builder.permissions(fs::Permissions::from_mode(exact.unwrap_or(0o666)));
     let mut tmp = builder
         .tempfile_in(dir)
         .map_err(|e| format!("cannot create a temporary file in {}: {e}", dir.display()))?;
     let err = |e: std::io::Error| format!("cannot write {}: {e}", path.display());
     tmp.write_all(content).map_err(err)?;
-    if let Some(mode) = mode {
+    if let Some(mode) = mode
+        && exact.is_none()
+    {
         tmp.as_file()
             .set_permissions(fs::Permissions::from_mode(mode))
             .map_err(err)?;
@@ -720,6 +735,21 @@ mod tests {
             again,
             Outcome::ok(format!("File {name} is in the correct state"))
         );
+    }
+
+    #[test]
+    fn managed_sets_exact_modes_whatever_the_umask() {
+        let fx = Fixture::new();
+        for (i, mode) in [0o777u32, 0o600, 0o4755, 0o644].into_iter().enumerate() {
+            let name = fx.path(&format!("m{i}"));
+            let c = chunk(
+                "file.managed",
+                "m",
+                json!({"name": name, "contents": "x", "mode": format!("{mode:o}")}),
+            );
+            assert_eq!(fx.run(managed, false, &c).result, Some(true));
+            assert_eq!(mode_of(&name), mode, "{name}");
+        }
     }
 
     #[test]
