@@ -436,7 +436,9 @@ fn deployments(state: &MasterState, env: &str, project: &str) -> Result<Vec<JobR
         .jobs()
         .map_err(internal)?
         .into_iter()
+        // A job refused at the project lock never deployed anything.
         .filter(|j| j.env_uuid == env && j.project == project && j.kind == JobKind::Deploy)
+        .filter(|j| j.state != JobState::Refused)
         .collect();
     jobs.sort_by_key(|j| (j.created_at, j.created_ms));
     Ok(jobs)
