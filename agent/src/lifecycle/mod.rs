@@ -6,6 +6,18 @@
 //! Everything here is synchronous: filesystem and processes (state files run through
 //! [`crate::state::Executor`]); the only network use is the webhook POST and the HTTP health
 //! check. The agent's link calls [`Lifecycle::run`] in `spawn_blocking`.
+//!
+//! Step names (events and `CORPUS_TEST_PAUSE_AT`) are [`EDITABLE_STEPS`], [`COOKING_STEPS`],
+//! [`FINAL_STEPS`] and [`ROLLBACK_STEPS`]; the undo after a failure reports `rollback`, then
+//! [`UNDO_STEPS`], and pauses at `rollback_<step>`. Outside steps: `validate`, `lock`,
+//! `webhook` (one per URL), `destroy`. The pause writes `<project_dir>/.paused-<step>` and
+//! sleeps forever at that boundary, after the journal names the step.
+//!
+//! On disk (`ProjectLayout`): `run -> deploy/current -> <deploy id>` (cooking, final) or
+//! `run -> project` (editable); `archives/<id>/` holds `status.json`, `data/` (the backup taken
+//! before deploy `<id>`), `run/` (the tree that was live before `<id>`, with its record as
+//! `previous.json`), and after a failure `run.failed/` and `data.failed/`; `.corpus/` holds the
+//! lock, `journal.json` and `job.json` of the running job.
 
 mod archive;
 mod checks;
