@@ -11,7 +11,7 @@ use anyhow::Context;
 use corpus_proto::agent_link_client::AgentLinkClient;
 use corpus_proto::{
     AgentMessage, BlobRef, FetchBlobRequest, JobEvent, JobFinished, JobKind as WireKind, JobStatus,
-    Mode as WireMode, StepResult, UploadBlobRequest, UploadHeader, agent_message,
+    Mode as WireMode, ProjectUsage, StepResult, UploadBlobRequest, UploadHeader, agent_message,
     upload_blob_request,
 };
 use sha2::{Digest, Sha256};
@@ -199,7 +199,11 @@ fn finished_message(
     release: Option<BlobRef>,
     started: Instant,
 ) -> JobFinished {
-    let state = ctx.lifecycle.status(&job.env_uuid, &job.project);
+    let live = if job.project.is_empty() {
+        None
+    } else {
+        ctx.lifecycle.live(&job.env_uuid, &job.project)
+    };
     JobFinished {
         job_id: job.job_id.clone(),
         status: wire_status(outcome.status) as i32,
@@ -209,8 +213,8 @@ fn finished_message(
         deploy_id: outcome.deploy_id.clone(),
         release,
         duration_ms: started.elapsed().as_millis() as u64,
-        used_bytes: state.disk_used,
-        live_deploy_id: state.live.unwrap_or_default(),
+        used_bytes: 0,
+        live_deploy_id: live.unwrap_or_default(),
     }
 }
 
@@ -275,9 +279,28 @@ pub async fn run(ctx: Arc<JobContext>, job: corpus_proto::Job) {
         info!(status = ?outcome.status, step = %outcome.failed_step, "job finished");
         let finished = finished_message(&ctx, &job, &outcome, release_ref, started);
         deliver(&ctx.state_dir, &ctx.outbox, finished);
+        if !job.project.is_empty() && outcome.status != lifecycle::Status::Refused {
+            report_usage(&ctx, &job.env_uuid, &job.project).await;
+        }
     }
     .instrument(span)
     .await
+}
+
+/// After a job: deletes what it discarded and tells the master the project's disk use.
+async fn report_usage(ctx: &Arc<JobContext>, env: &str, project: &str) {
+    let lifecycle = ctx.lifecycle.clone();
+    let (e, p) = (env.to_owned(), project.to_owned());
+    let Ok(used_bytes) = tokio::task::spawn_blocking(move || lifecycle.sweep(&e, &p)).await else {
+        return;
+    };
+    let _ = ctx.outbox.send(AgentMessage {
+        body: Some(agent_message::Body::Usage(ProjectUsage {
+            env_uuid: env.to_owned(),
+            project: project.to_owned(),
+            used_bytes,
+        })),
+    });
 }
 
 /// `corpus destroy ENV`: each project is destroyed through the lifecycle (its stop.sls runs

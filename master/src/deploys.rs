@@ -486,7 +486,8 @@ pub fn rollback(
             env: &env,
             project,
             user,
-            deploy_id: last.deploy_id.clone(),
+            // A rollback is a deployment of its own: its archive records what it replaced.
+            deploy_id: new_deploy_id(),
             commit: last.commit.clone(),
             plan: last.plan.clone(),
             common: last.common.clone(),

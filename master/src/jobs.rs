@@ -6,8 +6,8 @@ use std::collections::HashMap;
 use std::sync::Mutex;
 
 use corpus_proto::{
-    Job, JobEvent, JobFinished, JobStatus, JobUpdate, MasterMessage, StepResult, job_update,
-    master_message,
+    Job, JobEvent, JobFinished, JobStatus, JobUpdate, MasterMessage, ProjectUsage, StepResult,
+    job_update, master_message,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
@@ -229,6 +229,31 @@ impl Jobs {
             let _ = sender.try_send(Ok(JobUpdate {
                 body: Some(job_update::Body::Finished(finished)),
             }));
+        }
+        Ok(())
+    }
+
+    /// A project's disk use as its agent measured it after a job.
+    pub fn on_usage(
+        &self,
+        state: &MasterState,
+        agent: &str,
+        usage: ProjectUsage,
+    ) -> Result<(), Status> {
+        let env = state.store.environment(&usage.env_uuid).map_err(internal)?;
+        if env.is_none_or(|e| e.agent != agent) {
+            return Err(Status::permission_denied(format!(
+                "environment {:?} is not hosted by agent {agent:?}",
+                usage.env_uuid
+            )));
+        }
+        if let Some(mut project) = state
+            .store
+            .project(&usage.env_uuid, &usage.project)
+            .map_err(internal)?
+        {
+            project.used_bytes = usage.used_bytes;
+            state.store.put_project(&project).map_err(internal)?;
         }
         Ok(())
     }

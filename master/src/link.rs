@@ -163,6 +163,11 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
                                 Some(agent_message::Body::Finished(finished)) => {
                                     record_finished(&state, &id, finished);
                                 }
+                                Some(agent_message::Body::Usage(usage)) => {
+                                    if let Err(status) = state.jobs.on_usage(&state, &id, usage) {
+                                        warn!(error = %status.message(), "usage report refused");
+                                    }
+                                }
                                 Some(agent_message::Body::Hello(_)) => {
                                     warn!("a second Hello on the same link: ignored");
                                 }

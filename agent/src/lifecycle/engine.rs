@@ -541,7 +541,8 @@ impl Engine<'_> {
                 || Some(id) == last_good_tree.as_ref()
                 || id == self.id()
                 || Some(id) == self.journal.target.as_ref();
-            if !protected && remove_tree(&l.archive(id)).is_ok() {
+            // Renamed away now, deleted after the job's result is out (`Lifecycle::sweep`).
+            if !protected && super::layout::discard_tree(&l.archive(id)).is_ok() {
                 removed.push(id.clone());
             }
         }

@@ -199,8 +199,18 @@ fn parent_of(path: &Path) -> io::Result<&Path> {
 /// Removes a tree without ever leaving it half-deleted under its own name: rename to a hidden
 /// sibling first, then delete.
 pub fn remove_tree(path: &Path) -> io::Result<()> {
+    match discard_tree(path)? {
+        Some(trash) => fs::remove_dir_all(trash),
+        None => Ok(()),
+    }
+}
+
+/// Moves a tree out of the way (a durable rename to a hidden `.trash-*` sibling) and leaves the
+/// deletion, which is as slow as the tree is large, to a later [`sweep_trash`]. Returns where
+/// it went, or None when there was nothing.
+pub fn discard_tree(path: &Path) -> io::Result<Option<PathBuf>> {
     if fs::symlink_metadata(path).is_err() {
-        return Ok(());
+        return Ok(None);
     }
     let parent = parent_of(path)?;
     let trash = parent.join(format!(
@@ -210,7 +220,7 @@ pub fn remove_tree(path: &Path) -> io::Result<()> {
     ));
     fs::rename(path, &trash)?;
     sync_dir(parent)?;
-    fs::remove_dir_all(&trash)
+    Ok(Some(trash))
 }
 
 /// Deletes leftovers of [`remove_tree`] interrupted by a crash.

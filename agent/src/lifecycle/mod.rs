@@ -595,6 +595,23 @@ impl Lifecycle {
     }
 
     /// The project's deployments, releases and disk use.
+    /// The deployment `run/` serves, read from one symlink: cheap enough for every result.
+    pub fn live(&self, env_uuid: &str, project: &str) -> Option<String> {
+        ProjectLayout::new(self.project_dir(env_uuid, project)).live_id()
+    }
+
+    /// Deletes trees that rotation and failed deploys renamed away, then returns the project's
+    /// disk use. Slow on large trees: run it after the job's result is delivered.
+    pub fn sweep(&self, env_uuid: &str, project: &str) -> u64 {
+        let layout = ProjectLayout::new(self.project_dir(env_uuid, project));
+        if !layout.dir.is_dir() {
+            return 0;
+        }
+        layout::sweep_trash(&layout.deploy());
+        layout::sweep_trash(&layout.archives());
+        layout::disk_usage(&layout.dir)
+    }
+
     pub fn status(&self, env_uuid: &str, project: &str) -> ProjectState {
         let layout = ProjectLayout::new(self.project_dir(env_uuid, project));
         if !layout.dir.is_dir() {

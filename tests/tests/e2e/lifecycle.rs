@@ -202,6 +202,18 @@ fn rollback_returns_to_the_previous_deployment_then_to_an_older_one() -> anyhow:
         live(&cluster.status(&staging, "app")?).as_deref(),
         Some(ids[0].as_str())
     );
+
+    // And forward again, to the newest deployment rolled away from.
+    let out = cluster.corpus(&["rollback", "local", &staging, "app", "--to", &ids[2]])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(
+        std::fs::read_to_string(dir.join("run/index.html"))?,
+        "hello v3\n"
+    );
+    assert_eq!(
+        live(&cluster.status(&staging, "app")?).as_deref(),
+        Some(ids[2].as_str())
+    );
     Ok(())
 }
 
@@ -485,7 +497,14 @@ fn a_push_over_the_quota_fails_before_touching_anything_and_enlarge_lifts_it() -
     let cluster = Cluster::start()?;
     let source = cluster.root.path().join("src");
     let staging = cooked(&cluster, &source)?;
-    let status = cluster.status(&staging, "app")?;
+    // Disk use is measured after the job's result, and reported right behind it.
+    let mut status = Value::Null;
+    wait_until("the agent to report the project's disk use", || {
+        status = cluster.status(&staging, "app")?;
+        Ok(status["projects"][0]["used_bytes"]
+            .as_u64()
+            .is_some_and(|u| u > 0))
+    })?;
     let quota = status["projects"][0]["quota_bytes"]
         .as_u64()
         .context("quota")?;
