@@ -40,7 +40,15 @@ pub const CATALOGUE: &[StateFunction] = &[
         module: "cmd",
         function: "run",
         args: &[
-            "cwd", "env", "runas", "creates", "unless", "onlyif", "timeout", "shell",
+            "cwd",
+            "env",
+            "runas",
+            "creates",
+            "unless",
+            "onlyif",
+            "timeout",
+            "shell",
+            "success_retcodes",
         ],
     },
     StateFunction {
@@ -61,6 +69,37 @@ pub const CATALOGUE: &[StateFunction] = &[
     StateFunction {
         module: "service",
         function: "enabled",
+        args: &[],
+    },
+    StateFunction {
+        module: "service",
+        function: "disabled",
+        args: &[],
+    },
+    // Salt's test states: placeholders and wiring checks in real trees.
+    StateFunction {
+        module: "test",
+        function: "nop",
+        args: &[],
+    },
+    StateFunction {
+        module: "test",
+        function: "succeed_without_changes",
+        args: &[],
+    },
+    StateFunction {
+        module: "test",
+        function: "succeed_with_changes",
+        args: &[],
+    },
+    StateFunction {
+        module: "test",
+        function: "fail_without_changes",
+        args: &[],
+    },
+    StateFunction {
+        module: "test",
+        function: "fail_with_changes",
         args: &[],
     },
 ];
@@ -100,10 +139,10 @@ mod tests {
     fn catalogue_answers_lookups() {
         assert!(lookup("file", "managed").is_some());
         assert!(lookup("file", "manage").is_none());
-        assert_eq!(modules(), ["file", "cmd", "service"]);
+        assert_eq!(modules(), ["file", "cmd", "service", "test"]);
         assert_eq!(
             functions_of("service"),
-            ["running", "dead", "restarted", "enabled"]
+            ["running", "dead", "restarted", "enabled", "disabled"]
         );
         assert!(functions_of("pkg").is_empty());
     }

@@ -9,17 +9,6 @@ use corpus_states::{Chunk, Plan, RequisiteKind};
 use super::result::{KeyedResult, Outcome, Report, StateResult};
 use super::{FileSources, ServiceControl, StateContext, cmd, file, service, test};
 
-/// The functions of each state module corpus knows, for "unknown function" errors.
-pub const MODULES: &[(&str, &[&str])] = &[
-    ("file", &["managed", "directory", "symlink", "absent"]),
-    ("cmd", &["run"]),
-    (
-        "service",
-        &["running", "dead", "restarted", "enabled", "disabled"],
-    ),
-    ("test", test::FUNCTIONS),
-];
-
 /// Runs plans against this host.
 pub struct Executor<'a> {
     /// Salt's `test=True`: nothing is changed, result is `None` where a change would happen.
@@ -91,16 +80,15 @@ fn gate(chunk: &Chunk, plan: &Plan, results: &[KeyedResult]) -> Gate {
 
 fn unknown_function(chunk: &Chunk) -> Outcome {
     let what = format!("{}.{}", chunk.module, chunk.function);
-    let known = match MODULES.iter().find(|(m, _)| *m == chunk.module) {
-        Some((m, fns)) => format!("known {m} functions: {}", fns.join(", ")),
-        None => format!(
+    // The catalogue in corpus-states is the one list of what SLS may use.
+    let functions = corpus_states::catalogue::functions_of(&chunk.module);
+    let known = if functions.is_empty() {
+        format!(
             "known modules: {}",
-            MODULES
-                .iter()
-                .map(|(m, _)| *m)
-                .collect::<Vec<_>>()
-                .join(", ")
-        ),
+            corpus_states::catalogue::modules().join(", ")
+        )
+    } else {
+        format!("known {} functions: {}", chunk.module, functions.join(", "))
     };
     Outcome::fail(format!(
         "State '{what}' was not found in SLS '{}'\nReason: '{what}' is not available ({known})",
@@ -376,6 +364,27 @@ mod tests {
 
     fn plan(chunks: Vec<Chunk>) -> Plan {
         Plan { chunks }
+    }
+
+    #[test]
+    fn every_catalogue_function_is_dispatched_by_the_executor() {
+        for f in corpus_states::catalogue::CATALOGUE {
+            let args = json!({"contents": "", "target": "/nonexistent/target"});
+            let c = chunk(
+                &format!("{}.{}", f.module, f.function),
+                "/nonexistent/corpus-probe",
+                args,
+            );
+            // Test mode: nothing is written, nothing runs.
+            let report = run(&plan(vec![c]), true, &FakeServices::default());
+            let comment = &report.results[0].result.comment;
+            assert!(
+                !comment.contains("was not found"),
+                "{}.{}: {comment}",
+                f.module,
+                f.function
+            );
+        }
     }
 
     #[test]
