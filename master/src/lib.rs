@@ -150,8 +150,10 @@ pub fn open(options: &ServeOptions) -> anyhow::Result<Arc<MasterState>> {
     Ok(state)
 }
 
-/// Binds the admin socket, refusing to steal it from a running master.
-fn bind_admin_socket(path: &Path) -> anyhow::Result<UnixListener> {
+/// Binds the admin socket `DATA_DIR/admin.sock` (0600), refusing to steal it from a running
+/// master. Bind it before announcing readiness: the console needs it from then on.
+pub fn bind_admin_socket(data_dir: &Path) -> anyhow::Result<UnixListener> {
+    let path = &admin::socket_path(data_dir);
     if path.exists() {
         if std::os::unix::net::UnixStream::connect(path).is_ok() {
             anyhow::bail!(
@@ -169,16 +171,16 @@ fn bind_admin_socket(path: &Path) -> anyhow::Result<UnixListener> {
     Ok(listener)
 }
 
-/// Serves gRPC over TLS on `listener` and the console on the admin socket until `shutdown`
-/// resolves; then closes agent links and stops.
+/// Serves gRPC over TLS on `listener` and the console on `admin_listener` (from
+/// [`bind_admin_socket`]) until `shutdown` resolves; then closes agent links and stops.
 pub async fn serve(
     state: Arc<MasterState>,
     data_dir: &Path,
     listener: TcpListener,
+    admin_listener: UnixListener,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> anyhow::Result<()> {
     let dir = DataDir(data_dir.to_owned());
-    let admin_listener = bind_admin_socket(&dir.socket())?;
 
     let tls = ServerTlsConfig::new()
         .identity(Identity::from_pem(

@@ -214,6 +214,7 @@ async fn serve(options: ServeOptions, listen: &str, stop_deadline: Duration) -> 
         .await
         .with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
+    let admin_listener = corpus_master::bind_admin_socket(&data_dir)?;
     let signals = corpus_runtime::handle_signals(stop_deadline, || {
         tracing::info!("SIGHUP: the master has no reloadable configuration yet; nothing changed");
     })?;
@@ -222,7 +223,14 @@ async fn serve(options: ServeOptions, listen: &str, stop_deadline: Duration) -> 
     std::io::stdout().flush().ok();
     tracing::info!(%local, data_dir = %data_dir.display(), "master ready");
     corpus_runtime::notify_ready();
-    corpus_master::serve(state, &data_dir, listener, corpus_runtime::stopped(signals)).await
+    corpus_master::serve(
+        state,
+        &data_dir,
+        listener,
+        admin_listener,
+        corpus_runtime::stopped(signals),
+    )
+    .await
 }
 
 fn read_password(id: &str) -> anyhow::Result<String> {

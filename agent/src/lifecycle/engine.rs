@@ -254,8 +254,20 @@ impl Engine<'_> {
             );
             return Ok(());
         }
-        let sources =
-            LocalFileSources::new(Some(self.layout.project()), Some(self.file_renderer()));
+        let file_root = match self.file_root() {
+            Ok(root) => root,
+            Err(message) => {
+                return Err(StepFailure {
+                    step: phase.to_string(),
+                    state: String::new(),
+                    message,
+                });
+            }
+        };
+        let sources = LocalFileSources::new(
+            Some(file_root.clone()),
+            Some(self.file_renderer(&file_root)),
+        );
         let services = Systemctl::default();
         let executor = Executor {
             test: false,
@@ -293,9 +305,45 @@ impl Engine<'_> {
         }
     }
 
-    fn file_renderer(&self) -> JinjaRenderer {
+    /// Where `salt://` sources and template imports resolve: the project's source tree.
+    /// Editable and cooking modes have it synced in `project/`. Final mode never syncs, so the
+    /// pushed source is unpacked once per deploy into scratch space under `build/`, with the
+    /// same safety checks as a sync.
+    fn file_root(&self) -> Result<PathBuf, String> {
+        let Some(src) = self
+            .source
+            .clone()
+            .filter(|_| self.journal.mode == Mode::Final)
+        else {
+            return Ok(self.layout.project());
+        };
+        let build = self.layout.sub("build");
+        let dir = build.join(format!(".source-{}", self.id()));
+        if dir.is_dir() {
+            return Ok(dir);
+        }
+        // Sources of earlier deploys are stale scratch: keep only this one.
+        if let Ok(entries) = fs::read_dir(&build) {
+            for e in entries.flatten() {
+                if e.file_name().to_string_lossy().starts_with(".source-") {
+                    let _ = fs::remove_dir_all(e.path());
+                }
+            }
+        }
+        let partial = build.join(format!(".source-{}.partial", self.id()));
+        let _ = fs::remove_dir_all(&partial);
+        let reader =
+            archive::open_tar(&src).map_err(|e| format!("cannot open {}: {e}", src.display()))?;
+        archive::unpack(reader, &partial, None, self.limits)
+            .map_err(|e| format!("source {}: {e}", src.display()))?;
+        fs::rename(&partial, &dir)
+            .map_err(|e| format!("cannot move the source into {}: {e}", dir.display()))?;
+        Ok(dir)
+    }
+
+    fn file_renderer(&self, file_root: &Path) -> JinjaRenderer {
         let tree: Arc<dyn corpus_pillar::SourceTree> =
-            Arc::new(corpus_pillar::DirTree::new(self.layout.project()));
+            Arc::new(corpus_pillar::DirTree::new(file_root));
         let engine = corpus_pillar::TemplateEngine::new(tree);
         let env = self.spec.common.get("env").cloned().unwrap_or(Value::Null);
         let ctx = corpus_pillar::TemplateContext::new(

@@ -633,3 +633,35 @@ fn webhooks_receive_a_json_event_per_finished_deploy() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+#[test]
+fn final_mode_renders_salt_sources_from_the_pushed_source_on_a_fresh_environment()
+-> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let source = cluster.root.path().join("src");
+    let start = "config:\n  file.managed:\n    - name: {{ common.data_dir }}/app.conf\n    - source: salt://app/app.conf.j2\n    - template: jinja\n";
+    std::fs::create_dir_all(source.join("app"))?;
+    std::fs::write(
+        source.join("app/app.conf.j2"),
+        "mode={{ common.mode }} port={{ salt['pillar.get']('port', 80) }}\n",
+    )?;
+    sample_project(&source, "v1", &[("start.sls", start)])?;
+    let staging = cluster.init_env("staging")?;
+    let out = cluster.push(&staging, "app", &source, &[])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+
+    // prod has never had project/ synced: the template comes from the pushed source.
+    let prod = cluster.init_env("prod")?;
+    let out = cluster.push(&prod, "app", &source, &[])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let dir = cluster.project_dir(&prod, "app");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("data/app.conf"))?,
+        "mode=final port=80\n"
+    );
+    assert!(
+        !dir.join("project/app").exists(),
+        "final mode synced the source into project/"
+    );
+    Ok(())
+}
