@@ -34,6 +34,33 @@ pub struct JobContext {
     pub identity: AgentIdentity,
     pub grains: serde_json::Value,
     pub outbox: Outbox,
+    /// Jobs received and not finished yet (their results then live in `results/`).
+    pub running: RunningJobs,
+}
+
+/// Ids of the jobs this agent is running; shared by every link it has over its life.
+pub type RunningJobs = Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>;
+
+/// What the agent tells the master it knows of: jobs it runs, and jobs whose result the master
+/// has not acknowledged yet.
+pub fn known_jobs(running: &RunningJobs, state_dir: &Path) -> Vec<String> {
+    let mut known: std::collections::BTreeSet<String> =
+        running.lock().map(|set| set.clone()).unwrap_or_default();
+    if let Ok(entries) = std::fs::read_dir(results_dir(state_dir)) {
+        for e in entries.flatten() {
+            if let Some(id) = e.file_name().to_string_lossy().strip_suffix(".json") {
+                known.insert(id.to_owned());
+            }
+        }
+    }
+    known.into_iter().collect()
+}
+
+/// Marks a job as running before its task starts, so no heartbeat can miss it.
+pub fn start(ctx: &JobContext, job_id: &str) {
+    if let Ok(mut set) = ctx.running.lock() {
+        set.insert(job_id.to_owned());
+    }
 }
 
 fn results_dir(state_dir: &Path) -> PathBuf {
@@ -278,7 +305,11 @@ pub async fn run(ctx: Arc<JobContext>, job: corpus_proto::Job) {
         }
         info!(status = ?outcome.status, step = %outcome.failed_step, "job finished");
         let finished = finished_message(&ctx, &job, &outcome, release_ref, started);
+        // Kept on disk before leaving the running set: the master always sees the job in one.
         deliver(&ctx.state_dir, &ctx.outbox, finished);
+        if let Ok(mut set) = ctx.running.lock() {
+            set.remove(&job.job_id);
+        }
         if !job.project.is_empty() && outcome.status != lifecycle::Status::Refused {
             report_usage(&ctx, &job.env_uuid, &job.project).await;
         }

@@ -94,6 +94,7 @@ pub async fn run(options: LinkOptions, mut stop: watch::Receiver<Signal>) -> any
     grains.root = options.root.display().to_string();
     let lifecycle = Arc::new(Lifecycle::new(options.root.clone()));
     let (outbox, mut outbox_rx) = mpsc::unbounded_channel();
+    let running = jobs::RunningJobs::default();
     // Deploys a crash interrupted are finished (or undone) before anything else.
     jobs::recover(lifecycle.clone(), options.state_dir.clone(), outbox.clone()).await;
     let mut backoff = Backoff::new(options.reconnect_min, options.reconnect_max);
@@ -109,6 +110,7 @@ pub async fn run(options: LinkOptions, mut stop: watch::Receiver<Signal>) -> any
             identity: identity.clone(),
             grains: crate::grains::to_json(&grains),
             outbox: outbox.clone(),
+            running: running.clone(),
         });
         let attached = attach_once(&options, &ctx, &grains, &mut outbox_rx, &mut stop).await;
         let delay = match attached {
@@ -164,6 +166,7 @@ async fn attach_once(
         body: Some(agent_message::Body::Hello(Hello {
             grains: Some(grains.clone().into()),
             unacknowledged: jobs::unacknowledged(&options.state_dir),
+            running_jobs: jobs::known_jobs(&ctx.running, &options.state_dir),
         })),
     };
     // The channel is fresh and has room: this cannot fail.
@@ -208,7 +211,7 @@ async fn attach_once(
                 let beat = AgentMessage {
                     body: Some(agent_message::Body::Heartbeat(Heartbeat {
                         sequence,
-                        running_jobs: Vec::new(),
+                        running_jobs: jobs::known_jobs(&ctx.running, &options.state_dir),
                     })),
                 };
                 if tx.send(beat).await.is_err() {
@@ -224,6 +227,7 @@ async fn attach_once(
             message = inbound.message() => match message {
                 Ok(Some(message)) => match message.body {
                     Some(master_message::Body::Job(job)) => {
+                        jobs::start(ctx, &job.job_id);
                         tokio::spawn(jobs::run(ctx.clone(), job));
                     }
                     Some(master_message::Body::Ack(ack)) => {

@@ -26,8 +26,18 @@ type UpdateSender = mpsc::Sender<Result<JobUpdate, Status>>;
 #[derive(Default)]
 pub struct Jobs {
     subscribers: Mutex<HashMap<String, UpdateSender>>,
-    /// `<env>/<project>` -> job id of the job holding it.
-    active: Mutex<HashMap<String, String>>,
+    /// `<env>/<project>` -> the job holding it.
+    active: Mutex<HashMap<String, ActiveJob>>,
+}
+
+/// A running job, as the lock and the reconciliation with its agent see it.
+#[derive(Debug, Clone)]
+struct ActiveJob {
+    id: String,
+    agent: String,
+    /// When it was dispatched (or found running at start-up): a job is only declared lost
+    /// once its agent had time to report it.
+    since: std::time::Instant,
 }
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
@@ -60,7 +70,15 @@ impl Jobs {
         let mut active = lock(&state.jobs.active);
         for job in state.store.jobs().map_err(internal)? {
             if job.state == JobState::Running {
-                active.insert(project_key(&job.env_uuid, &job.project), job.id);
+                let key = project_key(&job.env_uuid, &job.project);
+                active.insert(
+                    key,
+                    ActiveJob {
+                        id: job.id,
+                        agent: job.agent,
+                        since: std::time::Instant::now(),
+                    },
+                );
             }
         }
         Ok(())
@@ -68,7 +86,9 @@ impl Jobs {
 
     /// Refuses at once when another job holds the project.
     pub fn check_free(&self, state: &MasterState, env: &str, project: &str) -> Result<(), Status> {
-        let holder = lock(&self.active).get(&project_key(env, project)).cloned();
+        let holder = lock(&self.active)
+            .get(&project_key(env, project))
+            .map(|a| a.id.clone());
         if let Some(holder) = holder {
             let detail = match state.store.job(&holder).map_err(internal)? {
                 Some(job) => format!(
@@ -104,7 +124,14 @@ impl Jobs {
                     "project is locked by another deploy",
                 ));
             }
-            active.insert(key.clone(), record.id.clone());
+            active.insert(
+                key.clone(),
+                ActiveJob {
+                    id: record.id.clone(),
+                    agent: record.agent.clone(),
+                    since: std::time::Instant::now(),
+                },
+            );
         }
         let Some(link) = state.links.sender(&record.agent) else {
             lock(&self.active).remove(&key);
@@ -221,7 +248,7 @@ impl Jobs {
         let key = project_key(&job.env_uuid, &job.project);
         {
             let mut active = lock(&self.active);
-            if active.get(&key) == Some(&job.id) {
+            if active.get(&key).is_some_and(|a| a.id == job.id) {
                 active.remove(&key);
             }
         }
@@ -231,6 +258,40 @@ impl Jobs {
             }));
         }
         Ok(())
+    }
+
+    /// Fails the running jobs of `agent` that it no longer knows (neither running nor holding
+    /// a result of): they were lost before they started, e.g. the link broke right after the
+    /// dispatch. Without this the project would stay locked forever. `grace` spares jobs
+    /// dispatched too recently for the agent's report to include them.
+    pub fn reconcile(
+        &self,
+        state: &MasterState,
+        agent: &str,
+        known: &[String],
+        grace: std::time::Duration,
+    ) {
+        let lost: Vec<String> = lock(&self.active)
+            .values()
+            .filter(|a| a.agent == agent && a.since.elapsed() > grace)
+            .filter(|a| !known.contains(&a.id))
+            .map(|a| a.id.clone())
+            .collect();
+        for job_id in lost {
+            warn!(job = %job_id, agent, "the agent no longer knows this job: failing it");
+            let finished = JobFinished {
+                job_id: job_id.clone(),
+                status: JobStatus::Failed as i32,
+                failed_step: "dispatch".into(),
+                message: format!(
+                    "agent {agent:?} never ran job {job_id} (it was lost before it started, e.g. when the link broke); nothing changed: push again"
+                ),
+                ..Default::default()
+            };
+            if let Err(status) = self.on_finished(state, agent, finished) {
+                warn!(job = %job_id, error = %status.message(), "cannot fail a lost job");
+            }
+        }
     }
 
     /// A project's disk use as its agent measured it after a job.
@@ -296,6 +357,79 @@ impl Jobs {
                 state.store.put_project(&project).map_err(internal)?;
             }
         }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::{JobKind, Mode};
+
+    fn running_job(id: &str, agent: &str) -> JobRecord {
+        JobRecord {
+            id: id.into(),
+            kind: JobKind::Deploy,
+            env_uuid: "env".into(),
+            project: "app".into(),
+            mode: Mode::Cooking,
+            deploy_id: String::new(),
+            requested_by: "alice".into(),
+            agent: agent.into(),
+            commit: String::new(),
+            created_at: 0,
+            created_ms: 0,
+            state: JobState::Running,
+            failed_step: String::new(),
+            failed_state: String::new(),
+            message: String::new(),
+            finished_at: None,
+            source_blob: None,
+            release_blob: None,
+            target_deploy_id: None,
+            plan: serde_json::Value::Null,
+            common: serde_json::Value::Null,
+            pillar: serde_json::Value::Null,
+        }
+    }
+
+    #[test]
+    fn a_job_its_agent_no_longer_knows_is_failed_and_frees_the_project() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        crate::init(dir.path(), &[], false)?;
+        let state = crate::open(&crate::ServeOptions {
+            data_dir: dir.path().to_owned(),
+            heartbeat: Duration::from_secs(1),
+            file_root: None,
+            pillar_root: None,
+        })?;
+        state.store.put_job(&running_job("j1", "node1"))?;
+        Jobs::load(&state).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        let state_of_j1 = || -> anyhow::Result<JobState> {
+            Ok(state.store.job("j1")?.map_or(JobState::Failed, |j| j.state))
+        };
+
+        // Too recent, known to its agent, or asked about another agent: left alone.
+        state
+            .jobs
+            .reconcile(&state, "node1", &[], Duration::from_secs(3600));
+        state
+            .jobs
+            .reconcile(&state, "node1", &["j1".into()], Duration::ZERO);
+        state.jobs.reconcile(&state, "node2", &[], Duration::ZERO);
+        assert_eq!(state_of_j1()?, JobState::Running);
+        assert!(state.jobs.check_free(&state, "env", "app").is_err());
+
+        // Its agent does not know it any more: failed, and the project is free again.
+        state.jobs.reconcile(&state, "node1", &[], Duration::ZERO);
+        assert_eq!(state_of_j1()?, JobState::Failed);
+        assert_eq!(
+            state.store.job("j1")?.map(|j| j.failed_step),
+            Some("dispatch".to_owned())
+        );
+        assert!(state.jobs.check_free(&state, "env", "app").is_ok());
         Ok(())
     }
 }

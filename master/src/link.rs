@@ -106,6 +106,7 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
             }
         };
         let unacknowledged = hello.unacknowledged;
+        let known_jobs = hello.running_jobs;
         let grains: Grains = hello.grains.unwrap_or_default().into();
         if grains.id != id {
             return Err(Status::invalid_argument(format!(
@@ -138,6 +139,8 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
         for finished in unacknowledged {
             record_finished(&state, &id, finished);
         }
+        let grace = state.heartbeat * 3;
+        state.jobs.reconcile(&state, &id, &known_jobs, grace);
 
         let heartbeat_deadline = state.heartbeat * 3;
         let span = info_span!("link", agent = %id);
@@ -154,6 +157,7 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
                             match message.body {
                                 Some(agent_message::Body::Heartbeat(hb)) => {
                                     debug!(sequence = hb.sequence, "heartbeat");
+                                    state.jobs.reconcile(&state, &id, &hb.running_jobs, grace);
                                 }
                                 Some(agent_message::Body::Event(event)) => {
                                     if let Err(status) = state.jobs.on_event(&state, &id, event) {

@@ -53,6 +53,7 @@ async fn attach_as(
                 ..Default::default()
             }),
             unacknowledged: vec![],
+            running_jobs: vec![],
         })),
     };
     let result = AgentLinkClient::new(channel)
