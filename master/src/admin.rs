@@ -7,8 +7,10 @@ use std::time::Duration;
 
 use corpus_proto::admin_client::AdminClient;
 use corpus_proto::{
-    AddUserRequest, AgentInfo, AgentList, AgentRef, CreateTokenRequest, Empty, EnrollmentToken,
-    RenderRequest, RenderResponse, User, UserList,
+    AddUserRequest, AgentInfo, AgentList, AgentRef, CreateTokenRequest, DefaultsRequest, Empty,
+    EnrollmentToken, Environment, EnvironmentList, GrantRequest, JobDetail, JobList, JobRef,
+    JobSummary, JobsRequest, PillarFiles, ProjectRequest, RenderRequest, RenderResponse, User,
+    UserList,
 };
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
@@ -218,6 +220,189 @@ impl corpus_proto::admin_server::Admin for AdminService {
             plan_json: serde_json::to_vec(&rendered.plan).unwrap_or_default(),
             sls: rendered.sls,
         }))
+    }
+
+    async fn list_environments(
+        &self,
+        _: Request<Empty>,
+    ) -> Result<Response<EnvironmentList>, Status> {
+        let environments = self
+            .state
+            .store
+            .environments()
+            .map_err(internal)?
+            .iter()
+            .map(crate::deploys::environment_message)
+            .collect();
+        Ok(Response::new(EnvironmentList { environments }))
+    }
+
+    async fn grant_environment(
+        &self,
+        request: Request<GrantRequest>,
+    ) -> Result<Response<Environment>, Status> {
+        let GrantRequest { env_uuid, user } = request.into_inner();
+        let state = &self.state;
+        let mut env = state.existing_environment(&env_uuid)?;
+        if state.store.user(&user).map_err(internal)?.is_none() {
+            return Err(Status::not_found(format!(
+                "no user {user:?}: add it with `corpus-master users add`"
+            )));
+        }
+        if env.owner != user && !env.grants.contains(&user) {
+            env.grants.push(user.clone());
+            state.store.put_environment(&env).map_err(internal)?;
+        }
+        info!(env = %env.uuid, user = %user, "environment shared");
+        Ok(Response::new(crate::deploys::environment_message(&env)))
+    }
+
+    async fn set_environment_defaults(
+        &self,
+        request: Request<DefaultsRequest>,
+    ) -> Result<Response<Environment>, Status> {
+        let DefaultsRequest { env_uuid, yaml } = request.into_inner();
+        let state = &self.state;
+        let mut env = state.existing_environment(&env_uuid)?;
+        let defaults = crate::render::yaml_mapping(&yaml)
+            .map_err(|e| Status::invalid_argument(format!("environment defaults: {e}")))?;
+        env.defaults = defaults;
+        state.store.put_environment(&env).map_err(internal)?;
+        info!(env = %env.uuid, "environment defaults set");
+        Ok(Response::new(crate::deploys::environment_message(&env)))
+    }
+
+    async fn list_jobs(&self, request: Request<JobsRequest>) -> Result<Response<JobList>, Status> {
+        let env = request.into_inner().env_uuid;
+        let mut jobs: Vec<_> = self
+            .state
+            .store
+            .jobs()
+            .map_err(internal)?
+            .into_iter()
+            .filter(|j| env.is_empty() || j.env_uuid == env)
+            .collect();
+        jobs.sort_by_key(|j| (j.created_at, j.created_ms));
+        Ok(Response::new(JobList {
+            jobs: jobs.iter().map(job_summary).collect(),
+        }))
+    }
+
+    async fn get_job(&self, request: Request<JobRef>) -> Result<Response<JobDetail>, Status> {
+        let job = self.state.existing_job(&request.into_inner().job_id)?;
+        Ok(Response::new(self.state.job_detail(&job)?))
+    }
+
+    async fn fail_job(&self, request: Request<JobRef>) -> Result<Response<JobDetail>, Status> {
+        let state = &self.state;
+        let job = state.existing_job(&request.into_inner().job_id)?;
+        if job.state != crate::store::JobState::Running {
+            return Err(Status::failed_precondition(format!(
+                "job {} is not running (it is {})",
+                job.id,
+                job.state.as_str()
+            )));
+        }
+        let finished = corpus_proto::JobFinished {
+            job_id: job.id.clone(),
+            status: corpus_proto::JobStatus::Failed as i32,
+            failed_step: "operator".into(),
+            message: "failed by an operator (corpus-master jobs fail)".into(),
+            ..Default::default()
+        };
+        state.jobs.on_finished(state, &job.agent, finished)?;
+        info!(job = %job.id, "job failed by an operator");
+        let job = state.existing_job(&job.id)?;
+        Ok(Response::new(state.job_detail(&job)?))
+    }
+
+    async fn show_pillar(
+        &self,
+        request: Request<ProjectRequest>,
+    ) -> Result<Response<PillarFiles>, Status> {
+        let ProjectRequest { env_uuid, project } = request.into_inner();
+        let revision = self
+            .state
+            .store
+            .pillar_revisions(&env_uuid, &project)
+            .map_err(internal)?
+            .pop()
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no pillar was pushed for {project:?} in environment {env_uuid}"
+                ))
+            })?;
+        Ok(Response::new(PillarFiles {
+            job_id: revision.job_id,
+            created_at_unix: revision.created_at,
+            files: revision.files.into_iter().collect(),
+        }))
+    }
+}
+
+fn job_summary(j: &crate::store::JobRecord) -> JobSummary {
+    JobSummary {
+        job_id: j.id.clone(),
+        kind: format!("{:?}", j.kind).to_lowercase(),
+        env_uuid: j.env_uuid.clone(),
+        project: j.project.clone(),
+        deploy_id: j.deploy_id.clone(),
+        agent: j.agent.clone(),
+        requested_by: j.requested_by.clone(),
+        status: crate::jobs::status_of(j.state) as i32,
+        failed_step: j.failed_step.clone(),
+        failed_state: j.failed_state.clone(),
+        message: j.message.clone(),
+        created_at_unix: j.created_at,
+    }
+}
+
+impl MasterState {
+    fn existing_environment(&self, uuid: &str) -> Result<crate::store::EnvironmentRecord, Status> {
+        self.store
+            .environment(uuid)
+            .map_err(internal)?
+            .ok_or_else(|| {
+                Status::not_found(format!(
+                    "no environment {uuid:?}: see `corpus-master envs list`"
+                ))
+            })
+    }
+
+    fn existing_job(&self, id: &str) -> Result<crate::store::JobRecord, Status> {
+        self.store.job(id).map_err(internal)?.ok_or_else(|| {
+            Status::not_found(format!("no job {id:?}: see `corpus-master jobs list`"))
+        })
+    }
+
+    fn job_detail(&self, job: &crate::store::JobRecord) -> Result<JobDetail, Status> {
+        let events = self
+            .store
+            .events(&job.id)
+            .map_err(internal)?
+            .into_iter()
+            .map(|e| corpus_proto::JobEvent {
+                job_id: job.id.clone(),
+                sequence: e.sequence,
+                step: e.step,
+                state_id: e.state_id,
+                result: match e.result.as_str() {
+                    "running" => corpus_proto::StepResult::Running,
+                    "success" => corpus_proto::StepResult::Success,
+                    "failed" => corpus_proto::StepResult::Failed,
+                    "skipped" => corpus_proto::StepResult::Skipped,
+                    _ => corpus_proto::StepResult::Unspecified,
+                } as i32,
+                changes_json: serde_json::to_vec(&e.changes).unwrap_or_default(),
+                comment: e.comment,
+                duration_ms: e.duration_ms,
+                timestamp_unix_ms: e.timestamp_ms,
+            })
+            .collect();
+        Ok(JobDetail {
+            job: Some(job_summary(job)),
+            events,
+        })
     }
 }
 

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 pub mod blobs;
 pub mod client;
+pub mod console;
 pub mod db;
 pub mod deploys;
 pub mod enroll;

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
-use corpus_master::{ServeOptions, admin};
+use corpus_master::{ServeOptions, admin, console};
 use corpus_proto::{AddUserRequest, AgentInfo, AgentRef, AgentStatus, CreateTokenRequest, Empty};
 
 #[derive(Parser)]
@@ -107,6 +107,27 @@ enum Command {
         #[command(flatten)]
         console: Console,
     },
+    /// Inspect and share environments, set their default project settings.
+    Envs {
+        #[command(subcommand)]
+        command: EnvsCommand,
+        #[command(flatten)]
+        console: Console,
+    },
+    /// Inspect jobs and their events; fail a job whose agent is gone for good.
+    Jobs {
+        #[command(subcommand)]
+        command: JobsCommand,
+        #[command(flatten)]
+        console: Console,
+    },
+    /// Show the pillar pushed for a project (its values are secrets: mind where you print them).
+    Pillar {
+        #[command(subcommand)]
+        command: PillarCommand,
+        #[command(flatten)]
+        console: Console,
+    },
 }
 
 #[derive(Subcommand)]
@@ -130,6 +151,37 @@ enum TokensCommand {
         #[arg(long, default_value = "1h", value_parser = corpus_runtime::parse_duration)]
         ttl: Duration,
     },
+}
+
+#[derive(Subcommand)]
+enum EnvsCommand {
+    /// List environments.
+    List,
+    /// Let another user act on an environment.
+    Grant { env: String, user: String },
+    /// Set the environment's default project settings from YAML on standard input (between
+    /// `.salt/PILLAR.sample` and the pushed pillar).
+    Defaults { env: String },
+}
+
+#[derive(Subcommand)]
+enum JobsCommand {
+    /// List jobs, oldest first.
+    List {
+        /// Only the jobs of this environment.
+        #[arg(long)]
+        env: Option<String>,
+    },
+    /// One job with every step event.
+    Show { id: String },
+    /// Mark a running job failed (its agent is gone for good), freeing its project.
+    Fail { id: String },
+}
+
+#[derive(Subcommand)]
+enum PillarCommand {
+    /// The latest pillar pushed for a project.
+    Show { env: String, project: String },
 }
 
 #[derive(Subcommand)]
@@ -204,6 +256,30 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Users { command, console } => users(command, console).await,
         Command::Tokens { command, console } => tokens(command, console).await,
         Command::Agents { command, console } => agents(command, console).await,
+        Command::Envs { command, console } => {
+            let dir = &console.dir.data_dir;
+            match command {
+                EnvsCommand::List => console::envs_list(dir, console.json).await,
+                EnvsCommand::Grant { env, user } => {
+                    console::envs_grant(dir, env, user, console.json).await
+                }
+                EnvsCommand::Defaults { env } => {
+                    console::envs_defaults(dir, env, console.json).await
+                }
+            }
+        }
+        Command::Jobs { command, console } => {
+            let dir = &console.dir.data_dir;
+            match command {
+                JobsCommand::List { env } => console::jobs_list(dir, env, console.json).await,
+                JobsCommand::Show { id } => console::jobs_show(dir, id, console.json).await,
+                JobsCommand::Fail { id } => console::jobs_fail(dir, id, console.json).await,
+            }
+        }
+        Command::Pillar { command, console } => {
+            let PillarCommand::Show { env, project } = command;
+            console::pillar_show(&console.dir.data_dir, env, project, console.json).await
+        }
     }
 }
 

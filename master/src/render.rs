@@ -138,6 +138,16 @@ fn project_settings(pillar: &Value, project: &str) -> Value {
         .unwrap_or_else(|| pillar.clone())
 }
 
+/// A YAML document that must be a mapping (or empty), as JSON.
+pub fn yaml_mapping(text: &str) -> Result<Value, String> {
+    let value = yaml_to_json(text)?;
+    if value.is_object() {
+        Ok(value)
+    } else {
+        Err("expected a mapping of settings".to_owned())
+    }
+}
+
 fn yaml_to_json(text: &str) -> Result<Value, String> {
     let value: serde_yaml::Value = serde_yaml::from_str(text).map_err(|e| {
         e.location()

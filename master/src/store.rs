@@ -562,6 +562,25 @@ impl Store {
             .is_some())
     }
 
+    /// The pillar revisions pushed for a project, newest last.
+    pub fn pillar_revisions(
+        &self,
+        env: &str,
+        project: &str,
+    ) -> Result<Vec<PillarRevision>, StoreError> {
+        let mut revisions: Vec<PillarRevision> = self
+            .db
+            .scan(
+                Tree::PillarRevisions,
+                format!("{env}/{project}/").as_bytes(),
+            )?
+            .into_iter()
+            .map(|(k, v)| decode("pillar revision", &String::from_utf8_lossy(&k), &v))
+            .collect::<Result<_, _>>()?;
+        revisions.sort_by_key(|r| r.created_at);
+        Ok(revisions)
+    }
+
     pub fn put_pillar_revision(&self, revision: &PillarRevision) -> Result<(), StoreError> {
         let key = format!(
             "{}/{}/{}",
