@@ -204,10 +204,11 @@ impl corpus_proto::admin_server::Admin for AdminService {
                 id: agent_id.clone(),
                 ..Default::default()
             });
+        let settings = state.settings();
         let rendered = tokio::task::spawn_blocking(move || {
             crate::render::render_for_agent(
-                &state.file_root,
-                &state.pillar_root,
+                &settings.file_root,
+                &settings.pillar_root,
                 &agent_id,
                 &grains,
                 &sls,

@@ -401,9 +401,7 @@ mod tests {
         crate::init(dir.path(), &[], false)?;
         let state = crate::open(&crate::ServeOptions {
             data_dir: dir.path().to_owned(),
-            heartbeat: Duration::from_secs(1),
-            file_root: None,
-            pillar_root: None,
+            settings: Default::default(),
         })?;
         state.store.put_job(&running_job("j1", "node1"))?;
         Jobs::load(&state).map_err(|s| anyhow::anyhow!("{}", s.message()))?;

@@ -17,6 +17,7 @@ pub mod link;
 pub mod links;
 pub mod pki;
 pub mod render;
+pub mod settings;
 pub mod status;
 pub mod store;
 
@@ -66,11 +67,11 @@ pub struct MasterState {
     pub blobs: blobs::BlobStore,
     /// Serialises enrollment decisions (enroll, accept, reject, delete) so they never interleave.
     pub enroll_lock: tokio::sync::Mutex<()>,
-    /// How often agents heartbeat; a link silent for three periods is dropped.
-    pub heartbeat: Duration,
-    /// Salt's file_roots and pillar_roots for `corpus-master render`.
-    pub file_root: PathBuf,
-    pub pillar_root: PathBuf,
+    /// What SIGHUP may change; read through [`MasterState::settings`].
+    settings: std::sync::RwLock<settings::Settings>,
+    /// Where the settings come from, to re-read them on SIGHUP.
+    settings_source: settings::SettingsSource,
+    data_dir: PathBuf,
 }
 
 impl MasterState {
@@ -83,6 +84,25 @@ impl MasterState {
         record.decided_at = Some(now_unix());
         self.store.put_agent(record)?;
         Ok(())
+    }
+
+    /// The settings in force now.
+    pub fn settings(&self) -> settings::Settings {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// SIGHUP: re-reads the settings; on any error the running ones stay and the error says
+    /// why. Returns the settings now in force.
+    pub fn reload(&self) -> anyhow::Result<settings::Settings> {
+        if self.settings_source.config.is_none() {
+            anyhow::bail!("no --config file: nothing to reload");
+        }
+        let new = self.settings_source.load(&self.data_dir)?;
+        *self.settings.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
+        Ok(new)
     }
 
     /// Environments hosted on an agent, for slot accounting.
@@ -110,11 +130,8 @@ pub fn init(data_dir: &Path, sans: &[String], force: bool) -> anyhow::Result<()>
 #[derive(Debug, Clone)]
 pub struct ServeOptions {
     pub data_dir: PathBuf,
-    pub heartbeat: Duration,
-    /// Default: DATA_DIR/states.
-    pub file_root: Option<PathBuf>,
-    /// Default: DATA_DIR/pillar.
-    pub pillar_root: Option<PathBuf>,
+    /// Flags and the optional `--config` file.
+    pub settings: settings::SettingsSource,
 }
 
 /// Opens the data dir written by [`init`].
@@ -137,15 +154,9 @@ pub fn open(options: &ServeOptions) -> anyhow::Result<Arc<MasterState>> {
         jobs: jobs::Jobs::default(),
         blobs: blobs::BlobStore::open(dir.0.join("blobs"))?,
         enroll_lock: tokio::sync::Mutex::new(()),
-        heartbeat: options.heartbeat,
-        file_root: options
-            .file_root
-            .clone()
-            .unwrap_or_else(|| dir.0.join("states")),
-        pillar_root: options
-            .pillar_root
-            .clone()
-            .unwrap_or_else(|| dir.0.join("pillar")),
+        settings: std::sync::RwLock::new(options.settings.load(&options.data_dir)?),
+        settings_source: options.settings.clone(),
+        data_dir: options.data_dir.clone(),
     });
     jobs::Jobs::load(&state).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
     Ok(state)

@@ -123,10 +123,12 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
             state.store.put_agent(&record).map_err(internal)?;
         }
 
+        // Fixed for this link's life; a reload applies to links attached after it.
+        let heartbeat = state.settings().heartbeat;
         let (tx, rx) = mpsc::channel(64);
         let welcome = MasterMessage {
             body: Some(master_message::Body::Welcome(Welcome {
-                heartbeat_seconds: state.heartbeat.as_secs().max(1) as u32,
+                heartbeat_seconds: heartbeat.as_secs().max(1) as u32,
                 master_version: env!("CARGO_PKG_VERSION").to_owned(),
             })),
         };
@@ -139,10 +141,10 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
         for finished in unacknowledged {
             record_finished(&state, &id, finished);
         }
-        let grace = state.heartbeat * 3;
+        let grace = heartbeat * 3;
         state.jobs.reconcile(&state, &id, &known_jobs, grace);
 
-        let heartbeat_deadline = state.heartbeat * 3;
+        let heartbeat_deadline = heartbeat * 3;
         let span = info_span!("link", agent = %id);
         tokio::spawn(
             async move {

@@ -63,9 +63,13 @@ enum Command {
         /// Address to listen on.
         #[arg(long, default_value = "0.0.0.0:4505")]
         listen: String,
-        /// How often agents send heartbeats; a link silent for three periods is dropped.
-        #[arg(long, default_value = "10s", value_parser = corpus_runtime::parse_duration)]
-        heartbeat: Duration,
+        /// YAML settings (heartbeat, file_root, pillar_root), re-read on SIGHUP; flags win.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// How often agents send heartbeats (default 10s); a link silent for three periods is
+        /// dropped.
+        #[arg(long, value_parser = corpus_runtime::parse_duration)]
+        heartbeat: Option<Duration>,
         /// How long a graceful stop may take before the process exits anyway.
         #[arg(long, default_value = "10s", value_parser = corpus_runtime::parse_duration)]
         stop_deadline: Duration,
@@ -235,6 +239,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Serve {
             dir,
             listen,
+            config,
             heartbeat,
             stop_deadline,
             file_root,
@@ -242,9 +247,12 @@ async fn run(command: Command) -> anyhow::Result<()> {
         } => {
             let options = ServeOptions {
                 data_dir: dir.data_dir,
-                heartbeat,
-                file_root,
-                pillar_root,
+                settings: corpus_master::settings::SettingsSource {
+                    config,
+                    heartbeat,
+                    file_root,
+                    pillar_root,
+                },
             };
             serve(options, &listen, stop_deadline).await
         }
@@ -291,9 +299,12 @@ async fn serve(options: ServeOptions, listen: &str, stop_deadline: Duration) -> 
         .with_context(|| format!("cannot listen on {listen}"))?;
     let local = listener.local_addr()?;
     let admin_listener = corpus_master::bind_admin_socket(&data_dir)?;
-    let signals = corpus_runtime::handle_signals(stop_deadline, || {
-        tracing::info!("SIGHUP: the master has no reloadable configuration yet; nothing changed");
-    })?;
+    let reloading = state.clone();
+    let signals =
+        corpus_runtime::handle_signals(stop_deadline, move || match reloading.reload() {
+            Ok(settings) => tracing::info!(?settings, "SIGHUP: settings reloaded"),
+            Err(e) => tracing::error!("SIGHUP: {e:#}; keeping the previous settings"),
+        })?;
     // Tests and scripts read this line to learn the bound port.
     println!("corpus-master listening on {local}");
     std::io::stdout().flush().ok();

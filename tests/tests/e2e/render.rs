@@ -55,3 +55,52 @@ fn render_prints_the_ordered_plan_for_an_agent_without_running_it() -> anyhow::R
     assert!(String::from_utf8_lossy(&out.stderr).contains("missing"));
     Ok(())
 }
+
+#[test]
+fn sighup_reloads_the_settings_and_keeps_them_when_the_new_file_is_invalid() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    for (tree, id) in [("a", "from_a"), ("b", "from_b")] {
+        let dir = root.path().join(tree);
+        std::fs::create_dir_all(&dir)?;
+        std::fs::write(dir.join("web.sls"), format!("{id}:\n  test.nop: []\n"))?;
+    }
+    let config = root.path().join("master.yaml");
+    std::fs::write(
+        &config,
+        format!("file_root: {}\n", root.path().join("a").display()),
+    )?;
+    let config_arg = config.display().to_string();
+    let master = Master::start_with(root.path(), &["--config", &config_arg])?;
+    let token = master.token("10m")?;
+    let _agent = Agent::start(&master, root.path(), "node1", Some(&token))?;
+    master.wait_agent("node1", "accepted", true)?;
+    let first_id = |master: &Master| -> anyhow::Result<String> {
+        let plan = master.console_json(&["render", "--agent", "node1", "web"])?;
+        Ok(plan["chunks"][0]["id"]
+            .as_str()
+            .unwrap_or_default()
+            .to_owned())
+    };
+    assert_eq!(first_id(&master)?, "from_a");
+
+    std::fs::write(
+        &config,
+        format!("file_root: {}\n", root.path().join("b").display()),
+    )?;
+    master.proc.signal(libc::SIGHUP);
+    corpus_tests::wait_until("the master to reload its settings", || {
+        Ok(first_id(&master)? == "from_b")
+    })?;
+
+    std::fs::write(&config, "file_root: [broken\n")?;
+    master.proc.signal(libc::SIGHUP);
+    corpus_tests::wait_until("the master to refuse the broken file", || {
+        Ok(master
+            .proc
+            .log_text()
+            .contains("keeping the previous settings"))
+    })?;
+    assert_eq!(first_id(&master)?, "from_b");
+    assert!(master.proc.child.id() > 0 && master.agent("node1")?.is_some());
+    Ok(())
+}
