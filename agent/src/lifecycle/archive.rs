@@ -265,6 +265,11 @@ pub fn unpack(
             ancestor = a.parent();
         }
         let target = dst.join(&rel);
+        // An earlier entry may have made this very path a symlink: never write through it.
+        if fs::symlink_metadata(&target).is_ok_and(|m| m.file_type().is_symlink()) {
+            fs::remove_file(&target)?;
+            links.remove(&rel);
+        }
         if let Some(parent) = target.parent()
             && !dirs_made.contains(parent)
         {
@@ -316,11 +321,21 @@ pub fn unpack(
                     None => to,
                 };
                 let to = safe_relative(&to)?;
-                if links.contains(&to) {
-                    return Err(refused(format!("hard link {} to a symlink", raw.display())));
+                // The source must be a regular file of the tree reached through no link: a
+                // hard link to a symlink (link(2) does not follow it) or through one would
+                // plant a link the checks above never saw.
+                let through_link = to.ancestors().any(|a| links.contains(a));
+                let source = dst.join(&to);
+                let regular = fs::symlink_metadata(&source).is_ok_and(|m| m.file_type().is_file());
+                if through_link || !regular {
+                    return Err(refused(format!(
+                        "hard link {} -> {} is not to a regular file of the tree",
+                        raw.display(),
+                        to.display()
+                    )));
                 }
                 let _ = fs::remove_file(&target);
-                fs::hard_link(dst.join(&to), &target)?;
+                fs::hard_link(&source, &target)?;
             }
             tar::EntryType::XGlobalHeader | tar::EntryType::XHeader => {}
             other => {

@@ -671,6 +671,25 @@ fn unsafe_archive_entries_are_refused() {
         ("device", &[("dev", T::Char, "")]),
         ("fifo", &[("p", T::Fifo, "")]),
         ("hard link out", &[("h", T::Link, "../../etc/passwd")]),
+        (
+            // link(2) does not follow a symlink: the hard link would be a new, unchecked
+            // symlink pointing three levels up, and the next entry would be written there.
+            "hard link to a symlink",
+            &[
+                ("x", T::Symlink, "."),
+                ("d1/d2/d3/z", T::Symlink, "../../.."),
+                ("h", T::Link, "x/d1/d2/d3/z"),
+                ("h/evil", T::Regular, ""),
+            ],
+        ),
+        (
+            "hard link to a symlink, directly",
+            &[
+                ("d1/d2/z", T::Symlink, "../.."),
+                ("h", T::Link, "d1/d2/z"),
+                ("h/evil", T::Regular, ""),
+            ],
+        ),
     ];
     for (what, entries) in cases {
         let tmp = tempfile::tempdir().unwrap();
