@@ -133,7 +133,17 @@ impl Jobs {
                 },
             );
         }
-        let Some(link) = state.links.sender(&record.agent) else {
+        let accepted = state
+            .store
+            .agent(&record.agent)
+            .map_err(internal)?
+            .is_some_and(|a| a.status == crate::store::AgentStatus::Accepted);
+        let link = if accepted {
+            state.links.sender(&record.agent)
+        } else {
+            None
+        };
+        let Some(link) = link else {
             lock(&self.active).remove(&key);
             return Err(Status::unavailable(format!(
                 "agent {:?} hosting environment {} is not connected: try again when it is (corpus listhosts)",

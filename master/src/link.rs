@@ -41,9 +41,8 @@ fn refused(reason: &'static str, message: String) -> Status {
     status
 }
 
-/// The agent id of the client certificate on this request, if that exact certificate is the
-/// one issued to an accepted agent.
-pub fn authenticate_agent<T>(state: &MasterState, request: &Request<T>) -> Result<String, Status> {
+/// The agent id and certificate fingerprint of the client certificate on this request.
+fn certificate_identity<T>(request: &Request<T>) -> Result<(String, String), Status> {
     let certs = request.peer_certs().ok_or_else(|| {
         Status::unauthenticated("a client certificate is required: enroll the agent first")
     })?;
@@ -52,8 +51,16 @@ pub fn authenticate_agent<T>(state: &MasterState, request: &Request<T>) -> Resul
         .ok_or_else(|| Status::unauthenticated("a client certificate is required"))?;
     let id = common_name(der)
         .ok_or_else(|| Status::unauthenticated("client certificate has no common name"))?;
-    let record = state.store.agent(&id).map_err(internal)?;
-    match record {
+    Ok((id, fingerprint(der)))
+}
+
+/// Refuses unless `id` is an accepted agent whose current certificate has `fp`.
+fn check_agent(
+    state: &MasterState,
+    id: &str,
+    fp: &str,
+) -> Result<crate::store::AgentRecord, Status> {
+    match state.store.agent(id).map_err(internal)? {
         None => Err(refused(
             "unknown",
             format!("agent {id:?} is not known to the master (deleted?): enroll again"),
@@ -66,12 +73,20 @@ pub fn authenticate_agent<T>(state: &MasterState, request: &Request<T>) -> Resul
             "pending",
             format!("agent {id:?} is pending acceptance"),
         )),
-        Some(r) if r.fingerprint.as_deref() != Some(fingerprint(der).as_str()) => Err(refused(
+        Some(r) if r.fingerprint.as_deref() != Some(fp) => Err(refused(
             "superseded",
             format!("the certificate of agent {id:?} is no longer valid: enroll again"),
         )),
-        Some(_) => Ok(id),
+        Some(r) => Ok(r),
     }
+}
+
+/// The agent id of the client certificate on this request, if that exact certificate is the
+/// one issued to an accepted agent.
+pub fn authenticate_agent<T>(state: &MasterState, request: &Request<T>) -> Result<String, Status> {
+    let (id, fp) = certificate_identity(request)?;
+    check_agent(state, &id, &fp)?;
+    Ok(id)
 }
 
 type MasterStream = ReceiverStream<Result<MasterMessage, Status>>;
@@ -87,7 +102,9 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
         request: Request<Streaming<AgentMessage>>,
     ) -> Result<Response<MasterStream>, Status> {
         let state = self.state.clone();
-        let id = authenticate_agent(&state, &request)?;
+        let (id, fp) = certificate_identity(&request)?;
+        check_agent(&state, &id, &fp)?;
+        info!(agent = %id, "agent certificate accepted; awaiting its hello");
         let address = request
             .remote_addr()
             .map(|a| a.ip().to_string())
@@ -116,13 +133,6 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
         }
 
         let now = now_unix();
-        if let Some(mut record) = state.store.agent(&id).map_err(internal)? {
-            record.grains = Some(grains);
-            record.last_seen = Some(now);
-            record.address = Some(address.clone());
-            state.store.put_agent(&record).map_err(internal)?;
-        }
-
         // Fixed for this link's life; a reload applies to links attached after it.
         let heartbeat = state.settings().heartbeat;
         let (tx, rx) = mpsc::channel(64);
@@ -132,10 +142,19 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
                 master_version: env!("CARGO_PKG_VERSION").to_owned(),
             })),
         };
-        tx.send(Ok(welcome))
-            .await
-            .map_err(|_| Status::cancelled("agent went away"))?;
-        let (generation, closed, last_seen) = state.links.register(&id, tx, address.clone(), now);
+        // The channel is fresh: the welcome always fits.
+        let _ = tx.try_send(Ok(welcome));
+        // Checked again and registered under the lock reject and delete take: an operator's
+        // decision made while the Hello was awaited can never be undone by this link.
+        let (generation, closed, last_seen) = {
+            let _guard = state.enroll_lock.lock().await;
+            let mut record = check_agent(&state, &id, &fp)?;
+            record.grains = Some(grains);
+            record.last_seen = Some(now);
+            record.address = Some(address.clone());
+            state.store.put_agent(&record).map_err(internal)?;
+            state.links.register(&id, tx, address.clone(), now)
+        };
         info!(agent = %id, %address, "agent attached");
         // Results the agent finished while the master was away.
         for finished in unacknowledged {
@@ -195,6 +214,8 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
                     }
                 }
                 state.links.unregister(&id, generation);
+                // Under the enrollment lock: never write back over a reject or delete.
+                let _guard = state.enroll_lock.lock().await;
                 if let Ok(Some(mut record)) = state.store.agent(&id) {
                     record.last_seen = Some(last_seen.load(Ordering::Relaxed));
                     let _ = state.store.put_agent(&record);

@@ -452,3 +452,66 @@ fn init_refuses_to_overwrite_a_ca_and_console_needs_a_running_master() -> anyhow
     }
     Ok(())
 }
+
+#[test]
+fn an_agent_rejected_while_its_hello_is_awaited_does_not_get_a_link() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let master = Master::start(root.path())?;
+    let token = master.token("10m")?;
+    let mut agent = Agent::start(&master, root.path(), "node1", Some(&token))?;
+    master.wait_agent("node1", "accepted", true)?;
+    let (cert, key) = agent.identity()?;
+    agent.proc.kill();
+    master.wait_agent("node1", "accepted", false)?;
+
+    // Multi-threaded: the attach runs while this thread waits on the master's log.
+    corpus_runtime::install_crypto_provider();
+    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let ca = master.ca_pem()?;
+    let log_before = master.proc.log_text();
+    let code = rt.block_on(async {
+        let channel = corpus_runtime::tls::dial(&master.url(), &ca, Some((&cert, &key))).await?;
+        let (tx, rx) = tokio::sync::mpsc::channel::<AgentMessage>(1);
+        let attach = tokio::spawn(async move {
+            AgentLinkClient::new(channel)
+                .attach(tokio_stream::wrappers::ReceiverStream::new(rx))
+                .await
+        });
+        // The master has authenticated the certificate and now waits for the Hello; the
+        // operator rejects the agent in that window.
+        let awaiting = |log: &str| log.matches("awaiting its hello").count();
+        let before = awaiting(&log_before);
+        wait_until("the master to await the hello", || {
+            Ok(awaiting(&master.proc.log_text()) > before)
+        })?;
+        let out = master.console(&["agents", "reject", "node1"], None)?;
+        anyhow::ensure!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let hello = AgentMessage {
+            body: Some(agent_message::Body::Hello(Hello {
+                grains: Some(Grains {
+                    id: "node1".into(),
+                    ..Default::default()
+                }),
+                unacknowledged: vec![],
+                running_jobs: vec![],
+            })),
+        };
+        tx.send(hello).await?;
+        let result = attach.await?;
+        anyhow::Ok(match result {
+            Err(status) => Some(status.code()),
+            Ok(mut stream) => stream.get_mut().message().await.err().map(|s| s.code()),
+        })
+    })?;
+    assert_eq!(code, Some(Code::PermissionDenied));
+    assert_eq!(master.agent("node1")?.context("node1")?["connected"], false);
+    assert_eq!(
+        master.agent("node1")?.context("node1")?["status"],
+        "rejected"
+    );
+    Ok(())
+}
