@@ -300,7 +300,7 @@ pub async fn run(ctx: Arc<JobContext>, job: corpus_proto::Job) {
         }
         for digest in [&job.source_blob, &job.release_blob] {
             if !digest.is_empty() && valid_hex(digest) {
-                let _ = tokio::fs::remove_file(blob_dir.join(digest)).await;
+                let _ = tokio::fs::remove_file(blob_file(&blob_dir, &job.job_id, digest)).await;
             }
         }
         info!(status = ?outcome.status, step = %outcome.failed_step, "job finished");
@@ -478,6 +478,11 @@ async fn prepare(
     })
 }
 
+/// Where a job keeps a fetched blob: `STATE_DIR/blobs/<job id>-<digest>`.
+fn blob_file(blob_dir: &Path, job_id: &str, digest: &str) -> PathBuf {
+    blob_dir.join(format!("{job_id}-{digest}"))
+}
+
 fn valid_hex(digest: &str) -> bool {
     digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())
 }
@@ -505,9 +510,13 @@ async fn fetch(
     if !valid_hex(digest) {
         anyhow::bail!("blob digest {digest:?} is invalid");
     }
+    if !valid_id(&job.job_id) {
+        anyhow::bail!("job id {:?} is invalid", job.job_id);
+    }
     tokio::fs::create_dir_all(blob_dir).await?;
-    let path = blob_dir.join(digest);
-    let part = blob_dir.join(format!("{digest}.part"));
+    // Per job: two jobs fetching the same blob never share (or delete) each other's file.
+    let path = blob_file(blob_dir, &job.job_id, digest);
+    let part = path.with_extension("part");
     let mut stream = client(ctx)
         .await?
         .fetch_blob(FetchBlobRequest {

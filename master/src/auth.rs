@@ -19,6 +19,8 @@ pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
 const FREE_FAILURES: u32 = 5;
 /// Longest lock-out after repeated failures.
 const MAX_LOCKOUT: Duration = Duration::from_secs(15 * 60);
+/// Ids tracked for failed logins before the ones not locked out are forgotten.
+const MAX_TRACKED_IDS: usize = 10_000;
 /// Shortest accepted password for new users.
 pub const MIN_PASSWORD_LEN: usize = 8;
 
@@ -117,48 +119,52 @@ impl Auth {
         Ok(user)
     }
 
-    fn check_lockout(&self, id: &str) -> Result<(), AuthError> {
-        let failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(until) = failures.get(id).and_then(|f| f.locked_until) {
-            let now = Instant::now();
-            if until > now {
-                return Err(AuthError::RateLimited {
-                    id: id.to_owned(),
-                    retry_in_secs: (until - now).as_secs().max(1),
-                });
-            }
+    /// Counts an attempt for `id` before its password is verified, refusing it when the id is
+    /// locked out. Counting first means concurrent guesses cannot all slip past the limit while
+    /// their (slow) verifications run; a success clears the count.
+    fn reserve_attempt(&self, id: &str) -> Result<(), AuthError> {
+        let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
+        let now = Instant::now();
+        if failures.len() > MAX_TRACKED_IDS {
+            // Forget ids that are not locked out: the map cannot grow without bound.
+            failures.retain(|_, f| f.locked_until.is_some_and(|t| t > now));
+        }
+        let entry = failures.entry(id.to_owned()).or_default();
+        if let Some(until) = entry.locked_until
+            && until > now
+        {
+            return Err(AuthError::RateLimited {
+                id: id.to_owned(),
+                retry_in_secs: (until - now).as_secs().max(1),
+            });
+        }
+        entry.count += 1;
+        if entry.count >= FREE_FAILURES {
+            // 1 s, 2 s, 4 s, ... doubling with each attempt past the free ones.
+            let exp = (entry.count - FREE_FAILURES).min(20);
+            let lockout = Duration::from_secs(1u64 << exp).min(MAX_LOCKOUT);
+            entry.locked_until = Some(now + lockout);
         }
         Ok(())
     }
 
-    fn record(&self, id: &str, ok: bool) {
+    fn clear_attempts(&self, id: &str) {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        if ok {
-            failures.remove(id);
-            return;
-        }
-        let entry = failures.entry(id.to_owned()).or_default();
-        entry.count += 1;
-        if entry.count >= FREE_FAILURES {
-            // 1 s, 2 s, 4 s, ... doubling with each failure past the free ones.
-            let exp = (entry.count - FREE_FAILURES).min(20);
-            let lockout = Duration::from_secs(1u64 << exp).min(MAX_LOCKOUT);
-            entry.locked_until = Some(Instant::now() + lockout);
-        }
+        failures.remove(id);
     }
 
     /// Checks id/password and opens a session. Blocking (argon2): call from a blocking task.
     pub fn login(&self, id: &str, password: &str) -> Result<(String, i64), AuthError> {
-        self.check_lockout(id)?;
+        self.reserve_attempt(id)?;
         let user = self.store.user(id)?;
         let phc = user
             .as_ref()
             .map_or(decoy_hash(), |u| u.password_hash.as_str());
         let ok = verify_password(password, phc) && user.is_some();
-        self.record(id, ok);
         if !ok {
             return Err(AuthError::BadCredentials);
         }
+        self.clear_attempts(id);
         let token = new_secret();
         let expires_at = now_unix() + SESSION_TTL.as_secs() as i64;
         self.store.put_session(
@@ -245,6 +251,39 @@ mod tests {
         assert!(matches!(
             auth.login("bob", "whatever1"),
             Err(AuthError::BadCredentials)
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn concurrent_guesses_cannot_slip_past_the_lockout() -> anyhow::Result<()> {
+        let (_dir, auth) = auth()?;
+        auth.add_user("alice", "correct horse", false)?;
+        let verified: usize = std::thread::scope(|scope| {
+            let handles: Vec<_> = (0..32)
+                .map(|_| {
+                    scope.spawn(|| {
+                        !matches!(
+                            auth.login("alice", "guess"),
+                            Err(AuthError::RateLimited { .. })
+                        )
+                    })
+                })
+                .collect();
+            handles
+                .into_iter()
+                .filter_map(|h| h.join().ok())
+                .filter(|verified| *verified)
+                .count()
+        });
+        // Only the free attempts were ever verified, however many ran at once.
+        assert!(
+            verified <= FREE_FAILURES as usize,
+            "{verified} guesses were verified"
+        );
+        assert!(matches!(
+            auth.login("alice", "correct horse"),
+            Err(AuthError::RateLimited { .. })
         ));
         Ok(())
     }

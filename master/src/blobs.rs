@@ -84,6 +84,7 @@ impl BlobStore {
             hasher: Sha256::new(),
             size: 0,
             limit,
+            done: false,
         })
     }
 
@@ -105,6 +106,16 @@ pub struct BlobWriter {
     hasher: Sha256,
     size: u64,
     limit: u64,
+    /// Set once the upload is in place; otherwise dropping the writer removes its temp file.
+    done: bool,
+}
+
+impl Drop for BlobWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
 }
 
 impl BlobWriter {

@@ -64,6 +64,12 @@ impl corpus_proto::client_server::Client for ClientService {
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         let state = self.state.clone();
         let user = id.clone();
+        let _slot = self
+            .state
+            .login_slots
+            .acquire()
+            .await
+            .map_err(|_| Status::unavailable("the master is stopping"))?;
         let (token, expires_at_unix) =
             tokio::task::spawn_blocking(move || state.auth.login(&user, &password))
                 .await
@@ -150,8 +156,8 @@ impl corpus_proto::client_server::Client for ClientService {
             }) => header,
             _ => return Err(Status::invalid_argument("a push starts with its header")),
         };
-        let env = deploys::check_push(&self.state, &user, &header)?;
-        let limit = deploys::MAX_SOURCE_BYTES;
+        let (env, room) = deploys::check_push(&self.state, &user, &header)?;
+        let limit = deploys::MAX_SOURCE_BYTES.min(room);
         let mut writer = self.state.blobs.writer(limit).await.map_err(internal)?;
         while let Some(message) = stream.message().await? {
             match message.body {
@@ -167,24 +173,27 @@ impl corpus_proto::client_server::Client for ClientService {
             }
         }
         let expected_size = (header.source_size > 0).then_some(header.source_size);
-        let (digest, _) = writer
+        let (digest, size) = writer
             .finish(&header.source_digest, expected_size)
             .await
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        // The announced size may have been a lie: the quota holds for what arrived.
+        deploys::check_quota(&self.state, &env.uuid, &header.project, size)?;
         let archive = self.state.blobs.path(&digest).map_err(internal)?;
         let salt = tokio::task::spawn_blocking(move || render::read_salt_tree(&archive))
             .await
             .map_err(internal)?
             .map_err(|e| Status::invalid_argument(e.to_string()))?;
         info!(user = %user, env = %env.uuid, project = %header.project, source = %digest, "push received");
-        Ok(Response::new(deploys::push(
-            &self.state,
-            &user,
-            &header,
-            &env,
-            &digest,
-            &salt,
-        )?))
+        // Rendering runs user templates: off the async workers, so a slow one never stalls
+        // heartbeats or logins (fuel bounds how long it can take).
+        let state = self.state.clone();
+        let updates = tokio::task::spawn_blocking(move || {
+            deploys::push(&state, &user, &header, &env, &digest, &salt)
+        })
+        .await
+        .map_err(internal)??;
+        Ok(Response::new(updates))
     }
 
     async fn rollback(

@@ -295,32 +295,42 @@ pub fn init_project(
     )
 }
 
-/// Checks everything a push can check before its upload is read.
+/// Checks everything a push can check before its upload is read. Returns the environment and
+/// the bytes the upload may take (what is left of the project's quota).
 pub fn check_push(
     state: &MasterState,
     user: &str,
     header: &PushHeader,
-) -> Result<EnvironmentRecord, Status> {
+) -> Result<(EnvironmentRecord, u64), Status> {
     validate_project(&header.project)?;
     let env = authorize(state, user, &header.env_uuid)?;
     state.jobs.check_free(state, &env.uuid, &header.project)?;
-    let project = state
-        .store
-        .project(&env.uuid, &header.project)
-        .map_err(internal)?;
-    let (quota, used) = project
-        .as_ref()
-        .map_or((DEFAULT_QUOTA_BYTES, 0), |p| (p.quota_bytes, p.used_bytes));
-    if used.saturating_add(header.source_size) > quota {
-        return Err(Status::resource_exhausted(format!(
-            "deploy would exceed the quota of project {:?}: {used} bytes used + {} pushed > {quota} bytes (corpus enlarge ... to raise it)",
-            header.project, header.source_size
-        )));
-    }
+    let room = check_quota(state, &env.uuid, &header.project, header.source_size)?;
     if env.mode == Mode::Final {
         find_release(state, user, &header.project, &header.release_id)?;
     }
-    Ok(env)
+    Ok((env, room))
+}
+
+/// Refuses a push of `size` bytes that would exceed the project's quota; returns the room
+/// left. Checked on the announced size before the upload and on the real one after it.
+pub fn check_quota(
+    state: &MasterState,
+    env: &str,
+    project: &str,
+    size: u64,
+) -> Result<u64, Status> {
+    let (quota, used) = state
+        .store
+        .project(env, project)
+        .map_err(internal)?
+        .map_or((DEFAULT_QUOTA_BYTES, 0), |p| (p.quota_bytes, p.used_bytes));
+    if used.saturating_add(size) > quota {
+        return Err(Status::resource_exhausted(format!(
+            "deploy would exceed the quota of project {project:?}: {used} bytes used + {size} pushed > {quota} bytes (corpus enlarge ... to raise it)"
+        )));
+    }
+    Ok(quota - used)
 }
 
 /// The release a final push deploys: the named one, else the latest cooked for this project

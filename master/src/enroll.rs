@@ -13,6 +13,20 @@ use crate::pki::csr_public_key;
 use crate::status::internal;
 use crate::store::{AgentRecord, AgentStatus};
 
+/// Most agents that may wait for acceptance at once: enrollment is unauthenticated, so
+/// without a bound anyone could fill the master with pending records.
+const MAX_PENDING: usize = 1000;
+
+fn pending_count(state: &MasterState) -> Result<usize, Status> {
+    Ok(state
+        .store
+        .agents()
+        .map_err(internal)?
+        .iter()
+        .filter(|a| a.status == AgentStatus::Pending)
+        .count())
+}
+
 /// Largest CSR accepted; a real one is well under 2 KiB.
 const MAX_CSR_BYTES: usize = 16 * 1024;
 
@@ -58,12 +72,34 @@ impl corpus_proto::enrollment_server::Enrollment for EnrollmentService {
             Some(record) => {
                 let known_key = csr_public_key(&id, &record.csr_pem).map_err(internal)?;
                 if known_key != key {
-                    warn!(agent = %id, "enrollment refused: id already enrolled with another key");
-                    return Err(Status::permission_denied(format!(
-                        "agent id {id:?} is already enrolled with another key: an operator must delete it first (corpus-master agents delete {id})"
-                    )));
+                    // A pending id proves nothing (anyone can enroll any id); a valid token
+                    // does, so its holder takes the id over instead of being locked out by a
+                    // squatter. An accepted or rejected id keeps its key.
+                    let takes_over = record.status == AgentStatus::Pending
+                        && !req.token.is_empty()
+                        && state
+                            .auth
+                            .consume_enrollment_token(&req.token)
+                            .map_err(internal)?;
+                    if !takes_over {
+                        warn!(agent = %id, "enrollment refused: id already enrolled with another key");
+                        return Err(Status::permission_denied(format!(
+                            "agent id {id:?} is already enrolled with another key: an operator must delete it first (corpus-master agents delete {id})"
+                        )));
+                    }
+                    warn!(agent = %id, "a token holder took over a pending id enrolled with another key");
+                    let mut record = record;
+                    record.csr_pem = req.csr_pem.clone();
+                    state.accept(&mut record).map_err(internal)?;
+                    record
+                } else {
+                    record
                 }
-                record
+            }
+            None if req.token.is_empty() && pending_count(state)? >= MAX_PENDING => {
+                return Err(Status::resource_exhausted(format!(
+                    "{MAX_PENDING} agents already wait for acceptance: an operator must accept or reject some first (corpus-master agents list), or enroll with a token"
+                )));
             }
             None => AgentRecord {
                 id: id.clone(),

@@ -65,6 +65,9 @@ pub struct MasterState {
     pub links: Links,
     pub jobs: jobs::Jobs,
     pub blobs: blobs::BlobStore,
+    /// Bounds concurrent password verifications: each argon2 run takes ~19 MiB and a core, so
+    /// a flood of logins queues instead of exhausting the master.
+    pub login_slots: tokio::sync::Semaphore,
     /// Serialises enrollment decisions (enroll, accept, reject, delete) so they never interleave.
     pub enroll_lock: tokio::sync::Mutex<()>,
     /// What SIGHUP may change; read through [`MasterState::settings`].
@@ -153,6 +156,9 @@ pub fn open(options: &ServeOptions) -> anyhow::Result<Arc<MasterState>> {
         links: Links::default(),
         jobs: jobs::Jobs::default(),
         blobs: blobs::BlobStore::open(dir.0.join("blobs"))?,
+        login_slots: tokio::sync::Semaphore::new(
+            2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
+        ),
         enroll_lock: tokio::sync::Mutex::new(()),
         settings: std::sync::RwLock::new(options.settings.load(&options.data_dir)?),
         settings_source: options.settings.clone(),

@@ -15,6 +15,9 @@ use crate::store::{EnvironmentRecord, Grains, Mode};
 
 /// Largest single file read out of `.salt/`.
 const MAX_SALT_FILE: u64 = 4 * 1024 * 1024;
+/// Largest `.salt/` read into the master's memory, in bytes and in files.
+const MAX_SALT_BYTES: u64 = 64 * 1024 * 1024;
+const MAX_SALT_FILES: usize = 10_000;
 
 #[derive(Debug, thiserror::Error)]
 pub enum RenderError {
@@ -39,6 +42,7 @@ pub fn read_salt_tree(archive: &Path) -> Result<BTreeMap<String, String>, Render
     let mut tar = tar::Archive::new(file);
     let mut files = BTreeMap::new();
     let mut has_salt = false;
+    let mut total = 0u64;
     for entry in tar.entries().map_err(bad)? {
         let mut entry = entry.map_err(bad)?;
         let path = entry.path().map_err(bad)?.to_string_lossy().into_owned();
@@ -57,6 +61,12 @@ pub fn read_salt_tree(archive: &Path) -> Result<BTreeMap<String, String>, Render
         if entry.size() > MAX_SALT_FILE {
             return Err(RenderError::BadArchive(format!(
                 ".salt/{rel} is larger than {MAX_SALT_FILE} bytes"
+            )));
+        }
+        total += entry.size();
+        if total > MAX_SALT_BYTES || files.len() >= MAX_SALT_FILES {
+            return Err(RenderError::BadArchive(format!(
+                ".salt/ is larger than {MAX_SALT_BYTES} bytes or {MAX_SALT_FILES} files"
             )));
         }
         let mut text = String::new();

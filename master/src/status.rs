@@ -6,5 +6,5 @@ use tonic::Status;
 /// An unexpected failure (storage, signing): logged in full, reported briefly.
 pub fn internal(err: impl std::fmt::Display) -> Status {
     tracing::error!(error = %err, "internal error");
-    Status::internal(format!("master error: {err}"))
+    Status::internal("internal master error: the master's log has the details")
 }

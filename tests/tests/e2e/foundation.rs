@@ -466,7 +466,9 @@ fn an_agent_rejected_while_its_hello_is_awaited_does_not_get_a_link() -> anyhow:
 
     // Multi-threaded: the attach runs while this thread waits on the master's log.
     corpus_runtime::install_crypto_provider();
-    let rt = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()?;
     let ca = master.ca_pem()?;
     let log_before = master.proc.log_text();
     let code = rt.block_on(async {
@@ -512,6 +514,28 @@ fn an_agent_rejected_while_its_hello_is_awaited_does_not_get_a_link() -> anyhow:
     assert_eq!(
         master.agent("node1")?.context("node1")?["status"],
         "rejected"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_token_holder_takes_over_an_id_a_squatter_left_pending() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let master = Master::start(root.path())?;
+    // Anyone may enroll any id without a token: it only ever waits.
+    let squat_root = root.path().join("squatter");
+    let _squatter = Agent::start(&master, &squat_root, "node1", None)?;
+    master.wait_agent("node1", "pending", false)?;
+    let squatter_fp = master.agent("node1")?.context("node1")?["fingerprint"].clone();
+
+    let token = master.token("10m")?;
+    let real = Agent::start(&master, root.path(), "node1", Some(&token))?;
+    master.wait_agent("node1", "accepted", true)?;
+    assert!(real.state_dir.join("agent.crt").exists());
+    assert!(!squat_root.join("agent-node1/agent.crt").exists());
+    assert_ne!(
+        master.agent("node1")?.context("node1")?["fingerprint"],
+        squatter_fp
     );
     Ok(())
 }
