@@ -487,6 +487,8 @@ impl Engine<'_> {
             .clone()
             .ok_or("no project source was given: editable and cooking modes need one")?;
         let l = &self.layout;
+        super::layout::restore_project(&l.dir)
+            .map_err(|e| format!("cannot restore project/: {e}"))?;
         let fresh = l.dir.join(".project.new");
         let _ = fs::remove_dir_all(&fresh);
         let reader =

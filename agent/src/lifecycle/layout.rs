@@ -223,6 +223,29 @@ pub fn discard_tree(path: &Path) -> io::Result<Option<PathBuf>> {
     Ok(Some(trash))
 }
 
+/// Undoes a sync a crash cut between its two renames (`project/` moved to `.project.old-*`,
+/// the new tree not yet in place): puts the old `project/` back. When `project/` exists, the
+/// leftovers of an earlier sync are removed instead.
+pub fn restore_project(dir: &Path) -> io::Result<()> {
+    let project = dir.join("project");
+    let mut old: Vec<PathBuf> = fs::read_dir(dir)?
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".project.old-"))
+        .map(|e| e.path())
+        .collect();
+    if !project.exists()
+        && let Some(previous) = old.pop()
+    {
+        fs::rename(&previous, &project)?;
+        sync_dir(dir)?;
+    }
+    for leftover in old {
+        let _ = fs::remove_dir_all(leftover);
+    }
+    let _ = fs::remove_dir_all(dir.join(".project.new"));
+    Ok(())
+}
+
 /// Deletes leftovers of [`remove_tree`] interrupted by a crash.
 pub fn sweep_trash(dir: &Path) {
     if let Ok(entries) = fs::read_dir(dir) {
@@ -287,4 +310,28 @@ pub fn sync_filesystem(path: &Path) -> io::Result<()> {
         return Err(io::Error::last_os_error());
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod restore_tests {
+    use super::*;
+
+    #[test]
+    fn a_sync_cut_between_its_renames_gets_its_old_project_back() -> io::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let dir = tmp.path();
+        fs::create_dir_all(dir.join(".project.old-1234"))?;
+        fs::write(dir.join(".project.old-1234/app.py"), "old")?;
+        fs::create_dir_all(dir.join(".project.new"))?;
+        restore_project(dir)?;
+        assert_eq!(fs::read_to_string(dir.join("project/app.py"))?, "old");
+        assert!(!dir.join(".project.new").exists());
+
+        // With project/ in place, leftovers just go.
+        fs::create_dir_all(dir.join(".project.old-5678"))?;
+        restore_project(dir)?;
+        assert!(!dir.join(".project.old-5678").exists());
+        assert_eq!(fs::read_to_string(dir.join("project/app.py"))?, "old");
+        Ok(())
+    }
 }

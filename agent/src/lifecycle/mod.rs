@@ -549,6 +549,8 @@ impl Lifecycle {
         reporter: &mut dyn Reporter,
     ) -> Option<Outcome> {
         let journal = DeployJournal::load(layout).ok()??;
+        // A crash inside the sync step must not leave the project without its source tree.
+        let _ = layout::restore_project(&layout.dir);
         if let Ok(entries) = fs::read_dir(&layout.dir) {
             for e in entries.flatten() {
                 if e.file_name().to_string_lossy().starts_with(".paused-") {
