@@ -9,8 +9,7 @@ use corpus_proto::admin_client::AdminClient;
 use corpus_proto::{
     AddUserRequest, AgentInfo, AgentList, AgentRef, CreateTokenRequest, DefaultsRequest, Empty,
     EnrollmentToken, Environment, EnvironmentList, GrantRequest, JobDetail, JobList, JobRef,
-    JobSummary, JobsRequest, PillarFiles, ProjectRequest, RenderRequest, RenderResponse, User,
-    UserList,
+    JobsRequest, PillarFiles, ProjectRequest, RenderRequest, RenderResponse, User, UserList,
 };
 use hyper_util::rt::TokioIo;
 use tonic::transport::{Channel, Endpoint};
@@ -19,8 +18,11 @@ use tracing::info;
 
 use crate::MasterState;
 use crate::auth::now_unix;
-use crate::status::internal;
-use crate::store::{AgentRecord, AgentStatus};
+use crate::error::{MasterError, MasterResult};
+use crate::jobs::JobOutcome;
+use crate::link_registry::LinkClosed;
+use crate::store::{AgentRecord, AgentStatus, JobRecord, JobState};
+use crate::wire::{self, internal};
 
 /// Socket file name inside the data dir.
 pub const SOCKET: &str = "admin.sock";
@@ -32,36 +34,34 @@ pub struct AdminService {
     pub state: Arc<MasterState>,
 }
 
-fn wire_status(status: AgentStatus) -> corpus_proto::AgentStatus {
-    match status {
-        AgentStatus::Pending => corpus_proto::AgentStatus::Pending,
-        AgentStatus::Accepted => corpus_proto::AgentStatus::Accepted,
-        AgentStatus::Rejected => corpus_proto::AgentStatus::Rejected,
+/// An agent as the console lists it: the stored record, with the live link's view when the
+/// agent is connected.
+fn agent_info(state: &MasterState, record: AgentRecord) -> AgentInfo {
+    let peer = state.links.peer(&record.id);
+    AgentInfo {
+        status: wire::agent_status(record.status) as i32,
+        connected: peer.is_some(),
+        last_seen_unix: peer.as_ref().map(|p| p.1).or(record.last_seen).unwrap_or(0),
+        enrolled_at_unix: record.enrolled_at,
+        fingerprint: record.fingerprint.unwrap_or_default(),
+        grains: record.grains.map(Into::into),
+        address: peer.map(|p| p.0).or(record.address).unwrap_or_default(),
+        id: record.id,
     }
 }
 
-impl MasterState {
-    fn agent_info(&self, record: AgentRecord) -> AgentInfo {
-        let peer = self.links.peer(&record.id);
-        AgentInfo {
-            status: wire_status(record.status) as i32,
-            connected: peer.is_some(),
-            last_seen_unix: peer.as_ref().map(|p| p.1).or(record.last_seen).unwrap_or(0),
-            enrolled_at_unix: record.enrolled_at,
-            fingerprint: record.fingerprint.unwrap_or_default(),
-            grains: record.grains.map(Into::into),
-            address: peer.map(|p| p.0).or(record.address).unwrap_or_default(),
-            id: record.id,
-        }
-    }
-
-    fn existing_agent(&self, id: &str) -> Result<AgentRecord, Status> {
-        self.store.agent(id).map_err(internal)?.ok_or_else(|| {
-            Status::not_found(format!(
-                "no agent {id:?}: see `corpus-master agents list` for the known ones"
-            ))
-        })
-    }
+/// A job with its stored events.
+fn job_detail(state: &MasterState, job: &JobRecord) -> MasterResult<JobDetail> {
+    let events = state
+        .store
+        .events(&job.id)?
+        .into_iter()
+        .map(|e| wire::job_event_out(&job.id, e))
+        .collect();
+    Ok(JobDetail {
+        job: Some(wire::job_summary(job)),
+        events,
+    })
 }
 
 #[tonic::async_trait]
@@ -72,12 +72,11 @@ impl corpus_proto::admin_server::Admin for AdminService {
             password,
             admin,
         } = request.into_inner();
-        corpus_proto::names::validate_user_id(&id)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let state = self.state.clone();
-        let user = tokio::task::spawn_blocking(move || state.auth.add_user(&id, &password, admin))
-            .await
-            .map_err(internal)??;
+        corpus_proto::names::validate_user_id(&id).map_err(MasterError::from)?;
+        let user = self
+            .state
+            .blocking(move |s| Ok(s.auth.add_user(&id, &password, admin)?))
+            .await?;
         info!(user = %user.id, admin = user.admin, "user added");
         Ok(Response::new(User {
             id: user.id,
@@ -89,9 +88,8 @@ impl corpus_proto::admin_server::Admin for AdminService {
     async fn list_users(&self, _: Request<Empty>) -> Result<Response<UserList>, Status> {
         let users = self
             .state
-            .store
-            .users()
-            .map_err(internal)?
+            .blocking(|s| Ok(s.store.users()?))
+            .await?
             .into_iter()
             .map(|u| User {
                 id: u.id,
@@ -117,7 +115,10 @@ impl corpus_proto::admin_server::Admin for AdminService {
                 humantime::format_duration(MAX_TOKEN_TTL)
             )));
         }
-        let (token, expires_at_unix) = self.state.auth.create_enrollment_token(ttl)?;
+        let (token, expires_at_unix) = self
+            .state
+            .blocking(move |s| Ok(s.auth.create_enrollment_token(ttl)?))
+            .await?;
         info!(ttl = %humantime::format_duration(ttl), "enrollment token created");
         Ok(Response::new(EnrollmentToken {
             token,
@@ -128,11 +129,10 @@ impl corpus_proto::admin_server::Admin for AdminService {
     async fn list_agents(&self, _: Request<Empty>) -> Result<Response<AgentList>, Status> {
         let agents = self
             .state
-            .store
-            .agents()
-            .map_err(internal)?
+            .blocking(|s| Ok(s.store.agents()?))
+            .await?
             .into_iter()
-            .map(|a| self.state.agent_info(a))
+            .map(|a| agent_info(&self.state, a))
             .collect();
         Ok(Response::new(AgentList { agents }))
     }
@@ -144,12 +144,17 @@ impl corpus_proto::admin_server::Admin for AdminService {
         let id = request.into_inner().id;
         let state = &self.state;
         let _guard = state.enroll_lock.lock().await;
-        let mut record = state.existing_agent(&id)?;
-        if record.status != AgentStatus::Accepted {
-            state.accept(&mut record).map_err(internal)?;
-            info!(agent = %id, "agent accepted by an operator");
-        }
-        Ok(Response::new(state.agent_info(record)))
+        let record = state
+            .blocking(move |state| {
+                let mut record = state.existing_agent(&id)?;
+                if record.status != AgentStatus::Accepted {
+                    state.accept(&mut record)?;
+                    info!(agent = %id, "agent accepted by an operator");
+                }
+                Ok(record)
+            })
+            .await?;
+        Ok(Response::new(agent_info(state, record)))
     }
 
     async fn reject_agent(
@@ -159,18 +164,22 @@ impl corpus_proto::admin_server::Admin for AdminService {
         let id = request.into_inner().id;
         let state = &self.state;
         let _guard = state.enroll_lock.lock().await;
-        let mut record = state.existing_agent(&id)?;
-        record.status = AgentStatus::Rejected;
-        record.certificate_pem = None;
-        record.fingerprint = None;
-        record.decided_at = Some(now_unix());
-        state.store.put_agent(&record).map_err(internal)?;
-        state.links.close(
-            &id,
-            Status::permission_denied("agent was rejected by an operator"),
-        );
-        info!(agent = %id, "agent rejected by an operator");
-        Ok(Response::new(state.agent_info(record)))
+        let record = state
+            .blocking(move |state| {
+                let mut record = state.existing_agent(&id)?;
+                record.status = AgentStatus::Rejected;
+                record.certificate_pem = None;
+                record.fingerprint = None;
+                record.decided_at = Some(now_unix());
+                state.store.put_agent(&record)?;
+                Ok(record)
+            })
+            .await?;
+        state
+            .links
+            .close(&record.id, LinkClosed::RejectedByOperator);
+        info!(agent = %record.id, "agent rejected by an operator");
+        Ok(Response::new(agent_info(state, record)))
     }
 
     async fn delete_agent(
@@ -180,14 +189,16 @@ impl corpus_proto::admin_server::Admin for AdminService {
         let id = request.into_inner().id;
         let state = &self.state;
         let _guard = state.enroll_lock.lock().await;
-        let record = state.existing_agent(&id)?;
-        state.store.delete_agent(&id).map_err(internal)?;
-        state.links.close(
-            &id,
-            Status::permission_denied("agent was deleted by an operator"),
-        );
-        info!(agent = %id, "agent deleted by an operator");
-        Ok(Response::new(state.agent_info(record)))
+        let record = state
+            .blocking(move |state| {
+                let record = state.existing_agent(&id)?;
+                state.store.delete_agent(&id)?;
+                Ok(record)
+            })
+            .await?;
+        state.links.close(&record.id, LinkClosed::DeletedByOperator);
+        info!(agent = %record.id, "agent deleted by an operator");
+        Ok(Response::new(agent_info(state, record)))
     }
 
     async fn render(
@@ -229,11 +240,10 @@ impl corpus_proto::admin_server::Admin for AdminService {
     ) -> Result<Response<EnvironmentList>, Status> {
         let environments = self
             .state
-            .store
-            .environments()
-            .map_err(internal)?
+            .blocking(|s| Ok(s.store.environments()?))
+            .await?
             .iter()
-            .map(crate::deploys::environment_message)
+            .map(wire::environment)
             .collect();
         Ok(Response::new(EnvironmentList { environments }))
     }
@@ -243,19 +253,26 @@ impl corpus_proto::admin_server::Admin for AdminService {
         request: Request<GrantRequest>,
     ) -> Result<Response<Environment>, Status> {
         let GrantRequest { env_uuid, user } = request.into_inner();
-        let state = &self.state;
-        let mut env = state.existing_environment(&env_uuid)?;
-        if state.store.user(&user).map_err(internal)?.is_none() {
-            return Err(Status::not_found(format!(
-                "no user {user:?}: add it with `corpus-master users add`"
-            )));
-        }
-        if env.owner != user && !env.grants.contains(&user) {
-            env.grants.push(user.clone());
-            state.store.put_environment(&env).map_err(internal)?;
-        }
-        info!(env = %env.uuid, user = %user, "environment shared");
-        Ok(Response::new(crate::deploys::environment_message(&env)))
+        let env = self
+            .state
+            .blocking(move |state| {
+                let mut env = state.existing_environment(&env_uuid)?;
+                if state.store.user(&user)?.is_none() {
+                    return Err(MasterError::not_found(
+                        "user",
+                        format!("{user:?}"),
+                        ": add it with `corpus-master users add`",
+                    ));
+                }
+                if env.owner != user && !env.grants.contains(&user) {
+                    env.grants.push(user.clone());
+                    state.store.put_environment(&env)?;
+                }
+                info!(env = %env.uuid, user = %user, "environment shared");
+                Ok(env)
+            })
+            .await?;
+        Ok(Response::new(wire::environment(&env)))
     }
 
     async fn set_environment_defaults(
@@ -263,58 +280,71 @@ impl corpus_proto::admin_server::Admin for AdminService {
         request: Request<DefaultsRequest>,
     ) -> Result<Response<Environment>, Status> {
         let DefaultsRequest { env_uuid, yaml } = request.into_inner();
-        let state = &self.state;
-        let mut env = state.existing_environment(&env_uuid)?;
-        let defaults = crate::render::yaml_mapping(&yaml)
-            .map_err(|e| Status::invalid_argument(format!("environment defaults: {e}")))?;
-        env.defaults = defaults;
-        state.store.put_environment(&env).map_err(internal)?;
-        info!(env = %env.uuid, "environment defaults set");
-        Ok(Response::new(crate::deploys::environment_message(&env)))
+        let env = self
+            .state
+            .blocking(move |state| {
+                let mut env = state.existing_environment(&env_uuid)?;
+                env.defaults = crate::render::yaml_mapping(&yaml)
+                    .map_err(|e| MasterError::invalid(format!("environment defaults: {e}")))?;
+                state.store.put_environment(&env)?;
+                info!(env = %env.uuid, "environment defaults set");
+                Ok(env)
+            })
+            .await?;
+        Ok(Response::new(wire::environment(&env)))
     }
 
     async fn list_jobs(&self, request: Request<JobsRequest>) -> Result<Response<JobList>, Status> {
         let env = request.into_inner().env_uuid;
-        let mut jobs: Vec<_> = self
+        let mut jobs = self
             .state
-            .store
-            .jobs()
-            .map_err(internal)?
-            .into_iter()
-            .filter(|j| env.is_empty() || j.env_uuid == env)
-            .collect();
+            .blocking(move |s| {
+                Ok(if env.is_empty() {
+                    s.store.jobs()?
+                } else {
+                    s.store.environment_jobs(&env)?
+                })
+            })
+            .await?;
         jobs.sort_by_key(|j| (j.created_at, j.created_ms));
         Ok(Response::new(JobList {
-            jobs: jobs.iter().map(job_summary).collect(),
+            jobs: jobs.iter().map(wire::job_summary).collect(),
         }))
     }
 
     async fn get_job(&self, request: Request<JobRef>) -> Result<Response<JobDetail>, Status> {
-        let job = self.state.existing_job(&request.into_inner().job_id)?;
-        Ok(Response::new(self.state.job_detail(&job)?))
+        let id = request.into_inner().job_id;
+        let detail = self
+            .state
+            .blocking(move |state| job_detail(state, &state.existing_job(&id)?))
+            .await?;
+        Ok(Response::new(detail))
     }
 
     async fn fail_job(&self, request: Request<JobRef>) -> Result<Response<JobDetail>, Status> {
-        let state = &self.state;
-        let job = state.existing_job(&request.into_inner().job_id)?;
-        if job.state != crate::store::JobState::Running {
-            return Err(Status::failed_precondition(format!(
-                "job {} is not running (it is {})",
-                job.id,
-                job.state.as_str()
-            )));
-        }
-        let finished = corpus_proto::JobFinished {
-            job_id: job.id.clone(),
-            status: corpus_proto::JobStatus::Failed as i32,
-            failed_step: "operator".into(),
-            message: "failed by an operator (corpus-master jobs fail)".into(),
-            ..Default::default()
-        };
-        state.jobs.on_finished(state, &job.agent, finished)?;
-        info!(job = %job.id, "job failed by an operator");
-        let job = state.existing_job(&job.id)?;
-        Ok(Response::new(state.job_detail(&job)?))
+        let id = request.into_inner().job_id;
+        let detail = self
+            .state
+            .blocking(move |state| {
+                let job = state.existing_job(&id)?;
+                if job.state != JobState::Running {
+                    return Err(MasterError::Refused(format!(
+                        "job {} is not running (it is {})",
+                        job.id,
+                        job.state.as_str()
+                    )));
+                }
+                let outcome = JobOutcome::failed(
+                    &job.id,
+                    "operator",
+                    "failed by an operator (corpus-master jobs fail)".to_owned(),
+                );
+                state.jobs.on_finished(state, &job.agent, outcome)?;
+                info!(job = %job.id, "job failed by an operator");
+                job_detail(state, &state.existing_job(&job.id)?)
+            })
+            .await?;
+        Ok(Response::new(detail))
     }
 
     async fn show_pillar(
@@ -324,86 +354,24 @@ impl corpus_proto::admin_server::Admin for AdminService {
         let ProjectRequest { env_uuid, project } = request.into_inner();
         let revision = self
             .state
-            .store
-            .pillar_revisions(&env_uuid, &project)
-            .map_err(internal)?
-            .pop()
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "no pillar was pushed for {project:?} in environment {env_uuid}"
-                ))
-            })?;
+            .blocking(move |s| {
+                s.store
+                    .pillar_revisions(&env_uuid, &project)?
+                    .pop()
+                    .ok_or_else(|| {
+                        MasterError::not_found(
+                            "pillar was pushed for",
+                            format!("{project:?}"),
+                            format!(" in environment {env_uuid}"),
+                        )
+                    })
+            })
+            .await?;
         Ok(Response::new(PillarFiles {
             job_id: revision.job_id,
             created_at_unix: revision.created_at,
             files: revision.files.into_iter().collect(),
         }))
-    }
-}
-
-fn job_summary(j: &crate::store::JobRecord) -> JobSummary {
-    JobSummary {
-        job_id: j.id.clone(),
-        kind: format!("{:?}", j.kind).to_lowercase(),
-        env_uuid: j.env_uuid.clone(),
-        project: j.project.clone(),
-        deploy_id: j.deploy_id.clone(),
-        agent: j.agent.clone(),
-        requested_by: j.requested_by.clone(),
-        status: crate::jobs::status_of(j.state) as i32,
-        failed_step: j.failed_step.clone(),
-        failed_state: j.failed_state.clone(),
-        message: j.message.clone(),
-        created_at_unix: j.created_at,
-    }
-}
-
-impl MasterState {
-    fn existing_environment(&self, uuid: &str) -> Result<crate::store::EnvironmentRecord, Status> {
-        self.store
-            .environment(uuid)
-            .map_err(internal)?
-            .ok_or_else(|| {
-                Status::not_found(format!(
-                    "no environment {uuid:?}: see `corpus-master envs list`"
-                ))
-            })
-    }
-
-    fn existing_job(&self, id: &str) -> Result<crate::store::JobRecord, Status> {
-        self.store.job(id).map_err(internal)?.ok_or_else(|| {
-            Status::not_found(format!("no job {id:?}: see `corpus-master jobs list`"))
-        })
-    }
-
-    fn job_detail(&self, job: &crate::store::JobRecord) -> Result<JobDetail, Status> {
-        let events = self
-            .store
-            .events(&job.id)
-            .map_err(internal)?
-            .into_iter()
-            .map(|e| corpus_proto::JobEvent {
-                job_id: job.id.clone(),
-                sequence: e.sequence,
-                step: e.step,
-                state_id: e.state_id,
-                result: match e.result.as_str() {
-                    "running" => corpus_proto::StepResult::Running,
-                    "success" => corpus_proto::StepResult::Success,
-                    "failed" => corpus_proto::StepResult::Failed,
-                    "skipped" => corpus_proto::StepResult::Skipped,
-                    _ => corpus_proto::StepResult::Unspecified,
-                } as i32,
-                changes_json: serde_json::to_vec(&e.changes).unwrap_or_default(),
-                comment: e.comment,
-                duration_ms: e.duration_ms,
-                timestamp_unix_ms: e.timestamp_ms,
-            })
-            .collect();
-        Ok(JobDetail {
-            job: Some(job_summary(job)),
-            events,
-        })
     }
 }
 

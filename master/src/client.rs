@@ -1,68 +1,66 @@
 //! The Client service: what the `corpus` command talks to. Login is the only call without a
 //! session token; every other call carries `authorization: Bearer <token>`.
+//!
+//! Each call converts its request from the wire, runs the domain operation on a blocking
+//! thread ([`MasterState::blocking`]) and converts the answer back; errors become statuses in
+//! [`crate::wire`].
 
+use std::pin::Pin;
 use std::sync::Arc;
 
 use corpus_proto::{
-    DestroyRequest, Environment, Host, InitEnvRequest, ListHostsRequest, ListHostsResponse,
-    LoginRequest, LoginResponse, ProjectQuota, ProjectRequest, PushRequest, RollbackRequest,
-    SetQuotaRequest, StatusRequest, StatusResponse, push_request,
+    DestroyRequest, Environment, Host, InitEnvRequest, JobUpdate, ListHostsRequest,
+    ListHostsResponse, LoginRequest, LoginResponse, ProjectQuota, ProjectRequest, PushRequest,
+    RollbackRequest, SetQuotaRequest, StatusRequest, StatusResponse, push_request,
 };
+use tokio_stream::{Stream, StreamExt};
 use tonic::{Request, Response, Status, Streaming};
 use tracing::info;
 
-use crate::MasterState;
-use crate::auth::AuthError;
-use crate::status::internal;
+use crate::error::MasterError;
 use crate::store::AgentStatus;
-use crate::{deploys, render};
+use crate::{MasterState, deploys, environments, jobs, render, wire};
 
 pub struct ClientService {
     pub state: Arc<MasterState>,
 }
 
-impl From<AuthError> for Status {
-    fn from(e: AuthError) -> Self {
-        match e {
-            AuthError::BadCredentials | AuthError::BadSession => {
-                Status::unauthenticated(e.to_string())
-            }
-            AuthError::RateLimited { .. } => Status::resource_exhausted(e.to_string()),
-            AuthError::WeakPassword => Status::invalid_argument(e.to_string()),
-            AuthError::UserExists(_) => Status::already_exists(e.to_string()),
-            AuthError::Store(_) | AuthError::Hash(_) => internal(e),
-        }
-    }
+/// A job's updates as the client receives them.
+pub type UpdateStream = Pin<Box<dyn Stream<Item = Result<JobUpdate, Status>> + Send>>;
+
+fn update_stream(updates: jobs::Updates) -> Response<UpdateStream> {
+    Response::new(Box::pin(updates.map(wire::job_update)))
 }
 
 /// The user behind the request's bearer token.
-pub fn session_user<T>(state: &MasterState, request: &Request<T>) -> Result<String, Status> {
+pub async fn session_user<T>(
+    state: &Arc<MasterState>,
+    request: &Request<T>,
+) -> Result<String, Status> {
     let header = request
         .metadata()
         .get(corpus_proto::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| Status::unauthenticated("not logged in: no session token on the request"))?;
-    let token = header.strip_prefix("Bearer ").unwrap_or(header);
-    Ok(state.auth.session_user(token)?)
+    let token = header.strip_prefix("Bearer ").unwrap_or(header).to_owned();
+    Ok(state
+        .blocking(move |s| Ok(s.auth.session_user(&token)?))
+        .await?)
 }
-
-use crate::jobs::Updates;
 
 #[tonic::async_trait]
 impl corpus_proto::client_server::Client for ClientService {
-    type InitProjectStream = Updates;
-    type PushStream = Updates;
-    type RollbackStream = Updates;
-    type DestroyStream = Updates;
+    type InitProjectStream = UpdateStream;
+    type PushStream = UpdateStream;
+    type RollbackStream = UpdateStream;
+    type DestroyStream = UpdateStream;
 
     async fn login(
         &self,
         request: Request<LoginRequest>,
     ) -> Result<Response<LoginResponse>, Status> {
         let LoginRequest { id, password } = request.into_inner();
-        corpus_proto::names::validate_user_id(&id)
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let state = self.state.clone();
+        corpus_proto::names::validate_user_id(&id).map_err(MasterError::from)?;
         let user = id.clone();
         let _slot = self
             .state
@@ -70,10 +68,10 @@ impl corpus_proto::client_server::Client for ClientService {
             .acquire()
             .await
             .map_err(|_| Status::unavailable("the master is stopping"))?;
-        let (token, expires_at_unix) =
-            tokio::task::spawn_blocking(move || state.auth.login(&user, &password))
-                .await
-                .map_err(internal)??;
+        let (token, expires_at_unix) = self
+            .state
+            .blocking(move |s| Ok(s.auth.login(&user, &password)?))
+            .await?;
         info!(user = %id, "user logged in");
         Ok(Response::new(LoginResponse {
             token,
@@ -85,38 +83,41 @@ impl corpus_proto::client_server::Client for ClientService {
         &self,
         request: Request<ListHostsRequest>,
     ) -> Result<Response<ListHostsResponse>, Status> {
-        session_user(&self.state, &request)?;
-        let state = &self.state;
-        let hosts = state
-            .store
-            .agents()
-            .map_err(internal)?
-            .into_iter()
-            .filter(|a| a.status == AgentStatus::Accepted)
-            .map(|a| {
-                let peer = state.links.peer(&a.id);
-                let grains = a.grains.clone().unwrap_or_default();
-                let ip = grains
-                    .ip_addresses
-                    .first()
-                    .cloned()
-                    .or_else(|| peer.as_ref().map(|p| p.0.clone()))
-                    .or(a.address.clone())
-                    .unwrap_or_default();
-                let slots_total = grains.slots;
-                let used = state.environments_on(&a.id);
-                Host {
-                    id: a.id.clone(),
-                    ip,
-                    slots_total,
-                    slots_free: slots_total.saturating_sub(used),
-                    guest_type: grains.guest_type.clone(),
-                    connected: peer.is_some(),
-                    last_seen_unix: peer.map(|p| p.1).or(a.last_seen).unwrap_or(0),
-                    grains: Some(grains.into()),
-                }
+        session_user(&self.state, &request).await?;
+        let hosts = self
+            .state
+            .blocking(|state| {
+                Ok(state
+                    .store
+                    .agents()?
+                    .into_iter()
+                    .filter(|a| a.status == AgentStatus::Accepted)
+                    .map(|a| {
+                        let peer = state.links.peer(&a.id);
+                        let grains = a.grains.clone().unwrap_or_default();
+                        let ip = grains
+                            .ip_addresses
+                            .first()
+                            .cloned()
+                            .or_else(|| peer.as_ref().map(|p| p.0.clone()))
+                            .or(a.address.clone())
+                            .unwrap_or_default();
+                        let slots_total = grains.slots;
+                        let used = state.environments_on(&a.id);
+                        Host {
+                            id: a.id.clone(),
+                            ip,
+                            slots_total,
+                            slots_free: slots_total.saturating_sub(used),
+                            guest_type: grains.guest_type.clone(),
+                            connected: peer.is_some(),
+                            last_seen_unix: peer.map(|p| p.1).or(a.last_seen).unwrap_or(0),
+                            grains: Some(grains.into()),
+                        }
+                    })
+                    .collect())
             })
-            .collect();
+            .await?;
         Ok(Response::new(ListHostsResponse { hosts }))
     }
 
@@ -124,47 +125,60 @@ impl corpus_proto::client_server::Client for ClientService {
         &self,
         request: Request<InitEnvRequest>,
     ) -> Result<Response<Environment>, Status> {
-        let user = session_user(&self.state, &request)?;
+        let user = session_user(&self.state, &request).await?;
         let req = request.into_inner();
-        let env = deploys::init_env(&self.state, &user, &req.platform, &req.host, &req.mode)?;
-        Ok(Response::new(deploys::environment_message(&env)))
+        let env = self
+            .state
+            .blocking(move |s| {
+                environments::init_env(s, &user, &req.platform, &req.host, &req.mode)
+            })
+            .await?;
+        Ok(Response::new(wire::environment(&env)))
     }
 
     async fn init_project(
         &self,
         request: Request<ProjectRequest>,
-    ) -> Result<Response<Updates>, Status> {
-        let user = session_user(&self.state, &request)?;
+    ) -> Result<Response<UpdateStream>, Status> {
+        let user = session_user(&self.state, &request).await?;
         let req = request.into_inner();
-        Ok(Response::new(deploys::init_project(
-            &self.state,
-            &user,
-            &req.env_uuid,
-            &req.project,
-        )?))
+        let updates = self
+            .state
+            .blocking(move |s| deploys::init_project(s, &user, &req.env_uuid, &req.project))
+            .await?;
+        Ok(update_stream(updates))
     }
 
     async fn push(
         &self,
         request: Request<Streaming<PushRequest>>,
-    ) -> Result<Response<Updates>, Status> {
-        let user = session_user(&self.state, &request)?;
+    ) -> Result<Response<UpdateStream>, Status> {
+        let user = session_user(&self.state, &request).await?;
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
             Some(PushRequest {
                 body: Some(push_request::Body::Header(header)),
-            }) => header,
+            }) => wire::push_request(header),
             _ => return Err(Status::invalid_argument("a push starts with its header")),
         };
-        let (env, room) = deploys::check_push(&self.state, &user, &header)?;
+        let (env, room) = {
+            let (user, header) = (user.clone(), header.clone());
+            self.state
+                .blocking(move |s| deploys::check_push(s, &user, &header))
+                .await?
+        };
         let limit = deploys::MAX_SOURCE_BYTES.min(room);
-        let mut writer = self.state.blobs.writer(limit).await.map_err(internal)?;
+        let mut writer = self
+            .state
+            .blobs
+            .writer(limit)
+            .await
+            .map_err(MasterError::from)?;
         while let Some(message) = stream.message().await? {
             match message.body {
-                Some(push_request::Body::SourceChunk(chunk)) => writer
-                    .write(&chunk)
-                    .await
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
+                Some(push_request::Body::SourceChunk(chunk)) => {
+                    writer.write(&chunk).await.map_err(MasterError::from)?
+                }
                 _ => {
                     return Err(Status::invalid_argument(
                         "only source chunks may follow a push header",
@@ -176,78 +190,79 @@ impl corpus_proto::client_server::Client for ClientService {
         let (digest, size) = writer
             .finish(&header.source_digest, expected_size)
             .await
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        // The announced size may have been a lie: the quota holds for what arrived.
-        deploys::check_quota(&self.state, &env.uuid, &header.project, size)?;
-        let archive = self.state.blobs.path(&digest).map_err(internal)?;
-        let salt = tokio::task::spawn_blocking(move || render::read_salt_tree(&archive))
-            .await
-            .map_err(internal)?
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
+            .map_err(MasterError::from)?;
+        let archive = self.state.blobs.path(&digest).map_err(MasterError::from)?;
         info!(user = %user, env = %env.uuid, project = %header.project, source = %digest, "push received");
         // Rendering runs user templates: off the async workers, so a slow one never stalls
         // heartbeats or logins (fuel bounds how long it can take).
-        let state = self.state.clone();
-        let updates = tokio::task::spawn_blocking(move || {
-            deploys::push(&state, &user, &header, &env, &digest, &salt)
-        })
-        .await
-        .map_err(internal)??;
-        Ok(Response::new(updates))
+        let updates = self
+            .state
+            .blocking(move |s| {
+                // The announced size may have been a lie: the quota holds for what arrived.
+                environments::check_quota(s, &env.uuid, &header.project, size)?;
+                let salt = render::read_salt_tree(&archive)?;
+                deploys::push(s, &user, &header, &env, &digest, &salt)
+            })
+            .await?;
+        Ok(update_stream(updates))
     }
 
     async fn rollback(
         &self,
         request: Request<RollbackRequest>,
-    ) -> Result<Response<Updates>, Status> {
-        let user = session_user(&self.state, &request)?;
+    ) -> Result<Response<UpdateStream>, Status> {
+        let user = session_user(&self.state, &request).await?;
         let req = request.into_inner();
-        Ok(Response::new(deploys::rollback(
-            &self.state,
-            &user,
-            &req.env_uuid,
-            &req.project,
-            &req.to_deploy_id,
-        )?))
+        let updates = self
+            .state
+            .blocking(move |s| {
+                deploys::rollback(s, &user, &req.env_uuid, &req.project, &req.to_deploy_id)
+            })
+            .await?;
+        Ok(update_stream(updates))
     }
 
     async fn status(
         &self,
         request: Request<StatusRequest>,
     ) -> Result<Response<StatusResponse>, Status> {
-        let user = session_user(&self.state, &request)?;
+        let user = session_user(&self.state, &request).await?;
         let req = request.into_inner();
-        let (environment, projects) =
-            deploys::status(&self.state, &user, &req.env_uuid, &req.project)?;
+        let (environment, projects) = self
+            .state
+            .blocking(move |s| deploys::status(s, &user, &req.env_uuid, &req.project))
+            .await?;
         Ok(Response::new(StatusResponse {
-            environment: Some(environment),
-            projects,
+            environment: Some(wire::environment(&environment)),
+            projects: projects.into_iter().map(wire::project_status).collect(),
         }))
     }
 
-    async fn destroy(&self, request: Request<DestroyRequest>) -> Result<Response<Updates>, Status> {
-        let user = session_user(&self.state, &request)?;
+    async fn destroy(
+        &self,
+        request: Request<DestroyRequest>,
+    ) -> Result<Response<UpdateStream>, Status> {
+        let user = session_user(&self.state, &request).await?;
         let req = request.into_inner();
-        Ok(Response::new(deploys::destroy(
-            &self.state,
-            &user,
-            &req.env_uuid,
-            &req.project,
-        )?))
+        let updates = self
+            .state
+            .blocking(move |s| deploys::destroy(s, &user, &req.env_uuid, &req.project))
+            .await?;
+        Ok(update_stream(updates))
     }
 
     async fn set_quota(
         &self,
         request: Request<SetQuotaRequest>,
     ) -> Result<Response<ProjectQuota>, Status> {
-        let user = session_user(&self.state, &request)?;
+        let user = session_user(&self.state, &request).await?;
         let req = request.into_inner();
-        Ok(Response::new(deploys::set_quota(
-            &self.state,
-            &user,
-            &req.env_uuid,
-            &req.project,
-            req.delta_bytes,
-        )?))
+        let project = self
+            .state
+            .blocking(move |s| {
+                environments::set_quota(s, &user, &req.env_uuid, &req.project, req.delta_bytes)
+            })
+            .await?;
+        Ok(Response::new(wire::quota(&project)))
     }
 }

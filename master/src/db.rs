@@ -7,6 +7,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
+use sled::transaction::{ConflictableTransactionError, TransactionError, Transactional};
+
 /// The keyspaces the master uses. Each maps to one sled tree.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Tree {
@@ -23,6 +25,14 @@ pub enum Tree {
     /// Which environment may read which blob: `<env uuid>/<digest>`.
     BlobGrants,
     PillarRevisions,
+    /// The plans, `common` and pillar a job carried, keyed by job id: large, and read only by a
+    /// rollback or destroy that replays them, so the job summaries in [`Tree::Jobs`] stay small.
+    JobPayloads,
+    /// `<env uuid>/<project>/<job id>` -> empty: a project's (or environment's) jobs without
+    /// reading every job. An environment's own jobs (destroy) have an empty project.
+    JobsByProject,
+    /// Format markers of the database (which migrations ran).
+    Meta,
 }
 
 impl Tree {
@@ -39,6 +49,9 @@ impl Tree {
             Tree::Releases => "releases",
             Tree::BlobGrants => "blob_grants",
             Tree::PillarRevisions => "pillar_revisions",
+            Tree::JobPayloads => "job_payloads",
+            Tree::JobsByProject => "jobs_by_project",
+            Tree::Meta => "meta",
         }
     }
 }
@@ -63,6 +76,43 @@ impl From<sled::Error> for DbError {
 
 pub type KeyValue = (Vec<u8>, Vec<u8>);
 
+/// One write of a [`Db::batch`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Write {
+    Put {
+        tree: Tree,
+        key: Vec<u8>,
+        value: Vec<u8>,
+    },
+    Delete {
+        tree: Tree,
+        key: Vec<u8>,
+    },
+}
+
+impl Write {
+    pub fn put(tree: Tree, key: impl Into<Vec<u8>>, value: impl Into<Vec<u8>>) -> Write {
+        Write::Put {
+            tree,
+            key: key.into(),
+            value: value.into(),
+        }
+    }
+
+    pub fn delete(tree: Tree, key: impl Into<Vec<u8>>) -> Write {
+        Write::Delete {
+            tree,
+            key: key.into(),
+        }
+    }
+
+    fn tree(&self) -> Tree {
+        match self {
+            Write::Put { tree, .. } | Write::Delete { tree, .. } => *tree,
+        }
+    }
+}
+
 /// Key-value storage with durable writes.
 pub trait Db: Send + Sync + 'static {
     fn get(&self, tree: Tree, key: &[u8]) -> Result<Option<Vec<u8>>, DbError>;
@@ -81,6 +131,10 @@ pub trait Db: Send + Sync + 'static {
     ) -> Result<bool, DbError>;
     /// Every entry whose key starts with `prefix`, in key order.
     fn scan(&self, tree: Tree, prefix: &[u8]) -> Result<Vec<KeyValue>, DbError>;
+    /// Applies every write or none, across trees, durably (one flush). A logical operation that
+    /// writes several records (a job and its index entry, a project and its environment) goes
+    /// through here so a crash never leaves half of it.
+    fn batch(&self, writes: Vec<Write>) -> Result<(), DbError>;
 }
 
 /// sled 0.34, the embedded default.
@@ -152,6 +206,44 @@ impl Db for SledDb {
             })
             .collect()
     }
+
+    fn batch(&self, writes: Vec<Write>) -> Result<(), DbError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
+        // A sled transaction takes each tree once; writes refer to theirs by position.
+        let mut names: Vec<Tree> = Vec::new();
+        for write in &writes {
+            if !names.contains(&write.tree()) {
+                names.push(write.tree());
+            }
+        }
+        let trees = names
+            .iter()
+            .map(|t| self.tree(*t))
+            .collect::<Result<Vec<_>, _>>()?;
+        let position = |tree: Tree| names.iter().position(|t| *t == tree).unwrap_or(0);
+        trees[..]
+            .transaction(|views| {
+                for write in &writes {
+                    let view = &views[position(write.tree())];
+                    match write {
+                        Write::Put { key, value, .. } => {
+                            view.insert(key.as_slice(), value.as_slice())?;
+                        }
+                        Write::Delete { key, .. } => {
+                            view.remove(key.as_slice())?;
+                        }
+                    }
+                }
+                Ok::<(), ConflictableTransactionError<()>>(())
+            })
+            .map_err(|e: TransactionError<()>| match e {
+                TransactionError::Storage(e) => DbError::from(e),
+                TransactionError::Abort(()) => DbError::Backend("batch aborted".to_owned()),
+            })?;
+        self.flush()
+    }
 }
 
 #[cfg(test)]
@@ -175,6 +267,29 @@ mod tests {
         assert_eq!(db.get(Tree::Users, b"bob")?, None);
         assert_eq!(db.get(Tree::Sessions, b"t")?, None);
         assert_eq!(db.scan(Tree::Users, b"")?.len(), 1);
+        Ok(())
+    }
+
+    #[test]
+    fn a_batch_writes_across_trees_and_survives_reopen() -> Result<(), DbError> {
+        let dir = tempfile::tempdir().map_err(|e| DbError::Backend(e.to_string()))?;
+        {
+            let db = SledDb::open(dir.path())?;
+            db.put(Tree::Projects, b"e/old", b"x")?;
+            db.batch(vec![
+                Write::put(Tree::Jobs, "j1", "summary"),
+                Write::put(Tree::JobPayloads, "j1", "plan"),
+                Write::put(Tree::JobsByProject, "e/app/j1", ""),
+                Write::delete(Tree::Projects, "e/old"),
+                Write::put(Tree::Jobs, "j2", "second"),
+            ])?;
+        }
+        let db = SledDb::open(dir.path())?;
+        assert_eq!(db.get(Tree::Jobs, b"j1")?, Some(b"summary".to_vec()));
+        assert_eq!(db.get(Tree::Jobs, b"j2")?, Some(b"second".to_vec()));
+        assert_eq!(db.get(Tree::JobPayloads, b"j1")?, Some(b"plan".to_vec()));
+        assert_eq!(db.scan(Tree::JobsByProject, b"e/app/")?.len(), 1);
+        assert_eq!(db.get(Tree::Projects, b"e/old")?, None);
         Ok(())
     }
 }

@@ -1,26 +1,114 @@
 //! Jobs: dispatched to the agent hosting their environment over its link, every event stored
 //! and relayed to the waiting client, the outcome recorded. One job per project at a time: a
 //! second is refused at once, naming the holder.
+//!
+//! What flows here (events, outcomes, orders to agents, updates to clients) is domain data;
+//! the services convert it from and to the wire in [`crate::wire`].
 
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use corpus_proto::{
-    Job, JobEvent, JobFinished, JobStatus, JobUpdate, MasterMessage, ProjectUsage, StepResult,
-    job_update, master_message,
-};
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
-use tonic::Status;
 use tracing::{info, warn};
 
 use crate::MasterState;
 use crate::auth::now_unix;
-use crate::status::internal;
-use crate::store::{EventRecord, JobKind, JobRecord, JobState, project_key};
+use crate::error::{LockHolder, MasterError, MasterResult};
+use crate::link_registry::ToAgent;
+use crate::store::{
+    AgentStatus, EventRecord, JobKind, JobPayload, JobRecord, JobState, PillarRevision,
+    ProjectChange, project_key,
+};
 
-pub type Updates = ReceiverStream<Result<JobUpdate, Status>>;
-type UpdateSender = mpsc::Sender<Result<JobUpdate, Status>>;
+/// A step of a running job as its agent reported it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobEvent {
+    pub job_id: String,
+    pub event: EventRecord,
+}
+
+/// A release archive a cooking deploy produced.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ReleaseRef {
+    pub digest: String,
+    pub size: u64,
+}
+
+/// How a job ended, as its agent (or the master, for a job its agent never ran) reports it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobOutcome {
+    pub job_id: String,
+    pub state: JobState,
+    pub failed_step: String,
+    pub failed_state: String,
+    pub message: String,
+    pub deploy_id: String,
+    pub release: Option<ReleaseRef>,
+    pub duration_ms: u64,
+    /// Disk used by the project after the job, for quotas (0: not measured).
+    pub used_bytes: u64,
+    /// The deployment `run/` points at after the job (empty: unchanged).
+    pub live_deploy_id: String,
+}
+
+impl JobOutcome {
+    /// A failure the master decides on its own (the agent never ran the job, an operator).
+    pub fn failed(job_id: &str, failed_step: &str, message: String) -> JobOutcome {
+        JobOutcome {
+            job_id: job_id.to_owned(),
+            state: JobState::Failed,
+            failed_step: failed_step.to_owned(),
+            failed_state: String::new(),
+            message,
+            deploy_id: String::new(),
+            release: None,
+            duration_ms: 0,
+            used_bytes: 0,
+            live_deploy_id: String::new(),
+        }
+    }
+}
+
+/// A project's disk use as its agent measured it after a job.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectUsage {
+    pub env_uuid: String,
+    pub project: String,
+    pub used_bytes: u64,
+}
+
+/// What the agent receives: the job's summary and what it runs. `common` carries the agent's
+/// grains, which the stored payload does not.
+#[derive(Debug, Clone, PartialEq)]
+pub struct JobOrder {
+    pub job: JobRecord,
+    pub plan: serde_json::Value,
+    pub common: serde_json::Value,
+    pub pillar: serde_json::Value,
+}
+
+/// What the client that started a job is told, in order: its id, its events, its outcome.
+#[derive(Debug, Clone, PartialEq)]
+pub enum JobUpdate {
+    Started(String),
+    Event(JobEvent),
+    Finished(JobOutcome),
+}
+
+pub type Updates = ReceiverStream<JobUpdate>;
+type UpdateSender = mpsc::Sender<JobUpdate>;
+
+/// A job ready to be recorded and sent, with what is recorded along with it.
+pub struct NewDispatch {
+    pub order: JobOrder,
+    /// The payload as stored (without grains).
+    pub payload: JobPayload,
+    /// Blobs the job's environment may fetch from now on.
+    pub blob_grants: Vec<String>,
+    /// The pillar a push brought, kept for `corpus-master pillar show`.
+    pub pillar_revision: Option<PillarRevision>,
+}
 
 /// In-memory view of running jobs: who waits for their events, which project they hold.
 #[derive(Default)]
@@ -44,31 +132,11 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-pub fn state_of(status: JobStatus) -> JobState {
-    match status {
-        JobStatus::Success => JobState::Success,
-        JobStatus::RolledBack => JobState::RolledBack,
-        JobStatus::Refused => JobState::Refused,
-        JobStatus::Running => JobState::Running,
-        _ => JobState::Failed,
-    }
-}
-
-pub fn status_of(state: JobState) -> JobStatus {
-    match state {
-        JobState::Running => JobStatus::Running,
-        JobState::Success => JobStatus::Success,
-        JobState::Failed => JobStatus::Failed,
-        JobState::RolledBack => JobStatus::RolledBack,
-        JobState::Refused => JobStatus::Refused,
-    }
-}
-
 impl Jobs {
     /// Rebuilds the index of running jobs after a restart.
-    pub fn load(state: &MasterState) -> Result<(), Status> {
+    pub fn load(state: &MasterState) -> MasterResult<()> {
         let mut active = lock(&state.jobs.active);
-        for job in state.store.jobs().map_err(internal)? {
+        for job in state.store.jobs()? {
             if job.state == JobState::Running {
                 let key = project_key(&job.env_uuid, &job.project);
                 active.insert(
@@ -84,44 +152,47 @@ impl Jobs {
         Ok(())
     }
 
+    /// The refusal naming the job that holds a project.
+    fn locked(state: &MasterState, env: &str, project: &str, holder: String) -> MasterError {
+        // The holder's details are a courtesy: a storage error here must not hide the refusal.
+        let job = state.store.job(&holder).ok().flatten();
+        MasterError::Locked {
+            env: env.to_owned(),
+            project: project.to_owned(),
+            holder: LockHolder {
+                user: job.as_ref().map(|j| j.requested_by.clone()),
+                started: job.as_ref().map(|j| j.created_at),
+                job: holder,
+            },
+        }
+    }
+
     /// Refuses at once when another job holds the project.
-    pub fn check_free(&self, state: &MasterState, env: &str, project: &str) -> Result<(), Status> {
+    pub fn check_free(&self, state: &MasterState, env: &str, project: &str) -> MasterResult<()> {
         let holder = lock(&self.active)
             .get(&project_key(env, project))
             .map(|a| a.id.clone());
-        if let Some(holder) = holder {
-            let detail = match state.store.job(&holder).map_err(internal)? {
-                Some(job) => format!(
-                    "{} (job {}, started {})",
-                    job.requested_by,
-                    job.id,
-                    corpus_runtime::format_unix_time(job.created_at)
-                ),
-                None => format!("job {holder}"),
-            };
-            return Err(Status::failed_precondition(format!(
-                "project {project:?} in environment {env} is locked by a deploy of {detail}: try again when it finishes"
-            )));
+        match holder {
+            Some(holder) => Err(Self::locked(state, env, project, holder)),
+            None => Ok(()),
         }
-        Ok(())
     }
 
-    /// Records the job, sends it to the agent and returns the client's update stream.
-    pub fn dispatch(
-        &self,
-        state: &MasterState,
-        record: JobRecord,
-        job: Job,
-    ) -> Result<Updates, Status> {
+    /// Records the job (with its payload, blob grants and pillar revision, in one batch),
+    /// sends it to the agent and returns the client's update stream.
+    pub fn dispatch(&self, state: &MasterState, new: NewDispatch) -> MasterResult<Updates> {
+        let record = &new.order.job;
         let key = project_key(&record.env_uuid, &record.project);
         {
             // Check and claim under one lock: of two racing pushes, one wins.
             let mut active = lock(&self.active);
-            if active.contains_key(&key) {
+            if let Some(holder) = active.get(&key).map(|a| a.id.clone()) {
                 drop(active);
-                self.check_free(state, &record.env_uuid, &record.project)?;
-                return Err(Status::failed_precondition(
-                    "project is locked by another deploy",
+                return Err(Self::locked(
+                    state,
+                    &record.env_uuid,
+                    &record.project,
+                    holder,
                 ));
             }
             active.insert(
@@ -133,105 +204,84 @@ impl Jobs {
                 },
             );
         }
-        let accepted = state
-            .store
-            .agent(&record.agent)
-            .map_err(internal)?
-            .is_some_and(|a| a.status == crate::store::AgentStatus::Accepted);
+        let release = || {
+            lock(&self.active).remove(&key);
+        };
+        let accepted = match state.store.agent(&record.agent) {
+            Ok(agent) => agent.is_some_and(|a| a.status == AgentStatus::Accepted),
+            Err(e) => {
+                release();
+                return Err(e.into());
+            }
+        };
         let link = if accepted {
             state.links.sender(&record.agent)
         } else {
             None
         };
         let Some(link) = link else {
-            lock(&self.active).remove(&key);
-            return Err(Status::unavailable(format!(
+            release();
+            return Err(MasterError::AgentOffline(format!(
                 "agent {:?} hosting environment {} is not connected: try again when it is (corpus listhosts)",
                 record.agent, record.env_uuid
             )));
         };
-        if let Err(e) = state.store.put_job(&record) {
-            lock(&self.active).remove(&key);
-            return Err(internal(e));
+        if let Err(e) = state.store.record_job(
+            record,
+            &new.payload,
+            &new.blob_grants,
+            new.pillar_revision.as_ref(),
+        ) {
+            release();
+            return Err(e.into());
         }
         let (tx, rx) = mpsc::channel(1024);
-        let _ = tx.try_send(Ok(JobUpdate {
-            body: Some(job_update::Body::JobId(record.id.clone())),
-        }));
+        let _ = tx.try_send(JobUpdate::Started(record.id.clone()));
         lock(&self.subscribers).insert(record.id.clone(), tx);
-        let message = MasterMessage {
-            body: Some(master_message::Body::Job(job)),
-        };
-        if link.try_send(Ok(message)).is_err() {
+        let (id, env, project, agent, kind) = (
+            record.id.clone(),
+            record.env_uuid.clone(),
+            record.project.clone(),
+            record.agent.clone(),
+            record.kind,
+        );
+        if link.try_send(ToAgent::Job(Box::new(new.order))).is_err() {
             self.finish_locally(
                 state,
-                &record.id,
+                &id,
                 "the agent's link closed before the job could be sent",
             );
         } else {
-            info!(job = %record.id, env = %record.env_uuid, project = %record.project, agent = %record.agent, kind = ?record.kind, "job dispatched");
+            info!(job = %id, %env, %project, %agent, ?kind, "job dispatched");
         }
         Ok(ReceiverStream::new(rx))
     }
 
     /// Fails a job the agent never received.
     fn finish_locally(&self, state: &MasterState, job_id: &str, message: &str) {
-        let finished = JobFinished {
-            job_id: job_id.to_owned(),
-            status: JobStatus::Failed as i32,
-            message: message.to_owned(),
-            ..Default::default()
-        };
+        let outcome = JobOutcome::failed(job_id, "", message.to_owned());
         if let Ok(Some(job)) = state.store.job(job_id) {
-            let agent = job.agent.clone();
-            let _ = self.on_finished(state, &agent, finished);
+            let _ = self.on_finished(state, &job.agent, outcome);
         }
     }
 
     /// The job, if it belongs to `agent`.
-    fn job_of(state: &MasterState, agent: &str, job_id: &str) -> Result<JobRecord, Status> {
-        match state.store.job(job_id).map_err(internal)? {
+    fn job_of(state: &MasterState, agent: &str, job_id: &str) -> MasterResult<JobRecord> {
+        match state.store.job(job_id)? {
             Some(job) if job.agent == agent => Ok(job),
-            _ => Err(Status::permission_denied(format!(
+            _ => Err(MasterError::Forbidden(format!(
                 "job {job_id:?} is not a job of agent {agent:?}"
             ))),
         }
     }
 
-    pub fn on_event(
-        &self,
-        state: &MasterState,
-        agent: &str,
-        event: JobEvent,
-    ) -> Result<(), Status> {
+    pub fn on_event(&self, state: &MasterState, agent: &str, event: JobEvent) -> MasterResult<()> {
         Self::job_of(state, agent, &event.job_id)?;
-        let result = match StepResult::try_from(event.result) {
-            Ok(StepResult::Running) => "running",
-            Ok(StepResult::Success) => "success",
-            Ok(StepResult::Failed) => "failed",
-            Ok(StepResult::Skipped) => "skipped",
-            _ => "unknown",
-        };
-        let record = EventRecord {
-            sequence: event.sequence,
-            step: event.step.clone(),
-            state_id: event.state_id.clone(),
-            result: result.to_owned(),
-            changes: serde_json::from_slice(&event.changes_json).unwrap_or_default(),
-            comment: event.comment.clone(),
-            duration_ms: event.duration_ms,
-            timestamp_ms: event.timestamp_unix_ms,
-        };
-        state
-            .store
-            .put_event(&event.job_id, &record)
-            .map_err(internal)?;
+        state.store.put_event(&event.job_id, &event.event)?;
         let sender = lock(&self.subscribers).get(&event.job_id).cloned();
         if let Some(sender) = sender {
             // A slow or departed client never blocks the agent's stream.
-            let _ = sender.try_send(Ok(JobUpdate {
-                body: Some(job_update::Body::Event(event)),
-            }));
+            let _ = sender.try_send(JobUpdate::Event(event));
         }
         Ok(())
     }
@@ -241,18 +291,17 @@ impl Jobs {
         &self,
         state: &MasterState,
         agent: &str,
-        finished: JobFinished,
-    ) -> Result<(), Status> {
-        let mut job = Self::job_of(state, agent, &finished.job_id)?;
-        let status = JobStatus::try_from(finished.status).unwrap_or(JobStatus::Failed);
+        outcome: JobOutcome,
+    ) -> MasterResult<()> {
+        let mut job = Self::job_of(state, agent, &outcome.job_id)?;
         if job.state == JobState::Running {
-            job.state = state_of(status);
-            job.failed_step = finished.failed_step.clone();
-            job.failed_state = finished.failed_state.clone();
-            job.message = finished.message.clone();
+            job.state = outcome.state;
+            job.failed_step = outcome.failed_step.clone();
+            job.failed_state = outcome.failed_state.clone();
+            job.message = outcome.message.clone();
             job.finished_at = Some(now_unix());
-            state.store.put_job(&job).map_err(internal)?;
-            self.update_project(state, &job, &finished)?;
+            let change = Self::project_change(state, &job, &outcome)?;
+            state.store.finish_job(&job, change)?;
             info!(job = %job.id, state = job.state.as_str(), step = %job.failed_step, "job finished");
         }
         let key = project_key(&job.env_uuid, &job.project);
@@ -263,9 +312,7 @@ impl Jobs {
             }
         }
         if let Some(sender) = lock(&self.subscribers).remove(&job.id) {
-            let _ = sender.try_send(Ok(JobUpdate {
-                body: Some(job_update::Body::Finished(finished)),
-            }));
+            let _ = sender.try_send(JobUpdate::Finished(outcome));
         }
         Ok(())
     }
@@ -289,17 +336,15 @@ impl Jobs {
             .collect();
         for job_id in lost {
             warn!(job = %job_id, agent, "the agent no longer knows this job: failing it");
-            let finished = JobFinished {
-                job_id: job_id.clone(),
-                status: JobStatus::Failed as i32,
-                failed_step: "dispatch".into(),
-                message: format!(
+            let outcome = JobOutcome::failed(
+                &job_id,
+                "dispatch",
+                format!(
                     "agent {agent:?} never ran job {job_id} (it was lost before it started, e.g. when the link broke); nothing changed: push again"
                 ),
-                ..Default::default()
-            };
-            if let Err(status) = self.on_finished(state, agent, finished) {
-                warn!(job = %job_id, error = %status.message(), "cannot fail a lost job");
+            );
+            if let Err(e) = self.on_finished(state, agent, outcome) {
+                warn!(job = %job_id, error = %e, "cannot fail a lost job");
             }
         }
     }
@@ -310,64 +355,52 @@ impl Jobs {
         state: &MasterState,
         agent: &str,
         usage: ProjectUsage,
-    ) -> Result<(), Status> {
-        let env = state.store.environment(&usage.env_uuid).map_err(internal)?;
+    ) -> MasterResult<()> {
+        let env = state.store.environment(&usage.env_uuid)?;
         if env.is_none_or(|e| e.agent != agent) {
-            return Err(Status::permission_denied(format!(
+            return Err(MasterError::Forbidden(format!(
                 "environment {:?} is not hosted by agent {agent:?}",
                 usage.env_uuid
             )));
         }
-        if let Some(mut project) = state
-            .store
-            .project(&usage.env_uuid, &usage.project)
-            .map_err(internal)?
-        {
+        if let Some(mut project) = state.store.project(&usage.env_uuid, &usage.project)? {
             project.used_bytes = usage.used_bytes;
-            state.store.put_project(&project).map_err(internal)?;
+            state.store.put_project(&project)?;
         }
         Ok(())
     }
 
-    fn update_project(
-        &self,
+    /// What a finished job does to its project's record.
+    fn project_change(
         state: &MasterState,
         job: &JobRecord,
-        finished: &JobFinished,
-    ) -> Result<(), Status> {
-        match job.kind {
+        outcome: &JobOutcome,
+    ) -> MasterResult<ProjectChange> {
+        Ok(match job.kind {
             JobKind::Destroy if job.state == JobState::Success => {
                 if job.project.is_empty() {
-                    state
-                        .store
-                        .delete_environment(&job.env_uuid)
-                        .map_err(internal)?;
+                    ProjectChange::DeleteEnvironment(job.env_uuid.clone())
                 } else {
-                    state
-                        .store
-                        .delete_project(&job.env_uuid, &job.project)
-                        .map_err(internal)?;
+                    ProjectChange::DeleteProject {
+                        env: job.env_uuid.clone(),
+                        name: job.project.clone(),
+                    }
                 }
             }
             _ => {
-                let Some(mut project) = state
-                    .store
-                    .project(&job.env_uuid, &job.project)
-                    .map_err(internal)?
-                else {
+                let Some(mut project) = state.store.project(&job.env_uuid, &job.project)? else {
                     warn!(job = %job.id, "finished job of a project that no longer exists");
-                    return Ok(());
+                    return Ok(ProjectChange::None);
                 };
-                if finished.used_bytes > 0 {
-                    project.used_bytes = finished.used_bytes;
+                if outcome.used_bytes > 0 {
+                    project.used_bytes = outcome.used_bytes;
                 }
-                if !finished.live_deploy_id.is_empty() {
-                    project.live_deploy = Some(finished.live_deploy_id.clone());
+                if !outcome.live_deploy_id.is_empty() {
+                    project.live_deploy = Some(outcome.live_deploy_id.clone());
                 }
-                state.store.put_project(&project).map_err(internal)?;
+                ProjectChange::Update(project)
             }
-        }
-        Ok(())
+        })
     }
 }
 
@@ -399,9 +432,6 @@ mod tests {
             source_blob: None,
             release_blob: None,
             target_deploy_id: None,
-            plan: serde_json::Value::Null,
-            common: serde_json::Value::Null,
-            pillar: serde_json::Value::Null,
         }
     }
 
@@ -414,7 +444,7 @@ mod tests {
             settings: Default::default(),
         })?;
         state.store.put_job(&running_job("j1", "node1"))?;
-        Jobs::load(&state).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+        Jobs::load(&state)?;
         let state_of_j1 = || -> anyhow::Result<JobState> {
             Ok(state.store.job("j1")?.map_or(JobState::Failed, |j| j.state))
         };

@@ -12,14 +12,17 @@ pub mod console;
 pub mod db;
 pub mod deploys;
 pub mod enroll;
+pub mod environments;
+pub mod error;
 pub mod jobs;
 pub mod link;
-pub mod links;
+pub mod link_registry;
 pub mod pki;
+pub mod records;
 pub mod render;
 pub mod settings;
-pub mod status;
 pub mod store;
+pub mod wire;
 
 use std::future::Future;
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
@@ -37,9 +40,10 @@ use tracing::info;
 
 use crate::auth::{Auth, now_unix};
 use crate::db::SledDb;
-use crate::links::Links;
+use crate::error::{MasterError, MasterResult};
+use crate::link_registry::LinkRegistry;
 use crate::pki::Pki;
-use crate::store::{AgentRecord, AgentStatus, Store};
+use crate::store::{AgentRecord, AgentStatus, EnvironmentRecord, JobRecord, Store};
 
 /// The layout of the master's data dir.
 #[derive(Debug, Clone)]
@@ -62,7 +66,8 @@ pub struct MasterState {
     pub store: Store,
     pub auth: Auth,
     pub pki: Pki,
-    pub links: Links,
+    /// The agents connected now, and the way to send them jobs.
+    pub links: LinkRegistry,
     pub jobs: jobs::Jobs,
     pub blobs: blobs::BlobStore,
     /// Bounds concurrent password verifications: each argon2 run takes ~19 MiB and a core, so
@@ -78,8 +83,21 @@ pub struct MasterState {
 }
 
 impl MasterState {
+    /// Runs store calls (and anything else that blocks: signing, rendering) off the async
+    /// workers, so a slow disk never stalls heartbeats or logins.
+    pub async fn blocking<T, F>(self: &Arc<Self>, work: F) -> MasterResult<T>
+    where
+        T: Send + 'static,
+        F: FnOnce(&MasterState) -> MasterResult<T> + Send + 'static,
+    {
+        let state = self.clone();
+        tokio::task::spawn_blocking(move || work(&state))
+            .await
+            .map_err(MasterError::internal)?
+    }
+
     /// Signs the agent's CSR and records it as accepted.
-    pub fn accept(&self, record: &mut AgentRecord) -> anyhow::Result<()> {
+    pub fn accept(&self, record: &mut AgentRecord) -> MasterResult<()> {
         let (pem, fingerprint) = self.pki.sign_agent(&record.id, &record.csr_pem)?;
         record.status = AgentStatus::Accepted;
         record.certificate_pem = Some(pem);
@@ -106,6 +124,32 @@ impl MasterState {
         let new = self.settings_source.load(&self.data_dir)?;
         *self.settings.write().unwrap_or_else(|p| p.into_inner()) = new.clone();
         Ok(new)
+    }
+
+    pub fn existing_agent(&self, id: &str) -> MasterResult<AgentRecord> {
+        self.store.agent(id)?.ok_or_else(|| {
+            MasterError::not_found(
+                "agent",
+                format!("{id:?}"),
+                ": see `corpus-master agents list` for the known ones",
+            )
+        })
+    }
+
+    pub fn existing_environment(&self, uuid: &str) -> MasterResult<EnvironmentRecord> {
+        self.store.environment(uuid)?.ok_or_else(|| {
+            MasterError::not_found(
+                "environment",
+                format!("{uuid:?}"),
+                ": see `corpus-master envs list`",
+            )
+        })
+    }
+
+    pub fn existing_job(&self, id: &str) -> MasterResult<JobRecord> {
+        self.store.job(id)?.ok_or_else(|| {
+            MasterError::not_found("job", format!("{id:?}"), ": see `corpus-master jobs list`")
+        })
     }
 
     /// Environments hosted on an agent, for slot accounting.
@@ -148,12 +192,12 @@ pub fn open(options: &ServeOptions) -> anyhow::Result<Arc<MasterState>> {
         );
     }
     let pki = Pki::load(&dir.pki())?;
-    let store = Store::new(SledDb::open(&dir.db())?);
+    let store = Store::open(SledDb::open(&dir.db())?)?;
     let state = Arc::new(MasterState {
         auth: Auth::new(store.clone()),
         store,
         pki,
-        links: Links::default(),
+        links: LinkRegistry::default(),
         jobs: jobs::Jobs::default(),
         blobs: blobs::BlobStore::open(dir.0.join("blobs"))?,
         login_slots: tokio::sync::Semaphore::new(
@@ -164,7 +208,7 @@ pub fn open(options: &ServeOptions) -> anyhow::Result<Arc<MasterState>> {
         settings_source: options.settings.clone(),
         data_dir: options.data_dir.clone(),
     });
-    jobs::Jobs::load(&state).map_err(|s| anyhow::anyhow!("{}", s.message()))?;
+    jobs::Jobs::load(&state)?;
     Ok(state)
 }
 

@@ -1,26 +1,31 @@
 //! The AgentLink service: mutual-TLS streams from accepted agents. Only the certificate the
 //! master issued last to an accepted agent may attach; the agent's first message is its Hello
-//! (grains), then heartbeats.
+//! (grains), then heartbeats. Messages are converted here, at the edge: the jobs logic and the
+//! link registry only see domain values.
 
+use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use corpus_proto::{
-    Ack, AgentMessage, BlobChunk, BlobRef, FetchBlobRequest, JobFinished, MasterMessage,
+    AgentMessage, BlobChunk, BlobRef, FetchBlobRequest, JobFinished, MasterMessage,
     UploadBlobRequest, Welcome, agent_message, master_message, upload_blob_request,
 };
 use tokio::sync::mpsc;
 use tokio_stream::wrappers::ReceiverStream;
+use tokio_stream::{Stream, StreamExt};
 use tonic::metadata::MetadataValue;
 use tonic::{Request, Response, Status, Streaming};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::MasterState;
 use crate::auth::now_unix;
+use crate::error::{MasterError, MasterResult};
+use crate::link_registry::ToAgent;
 use crate::pki::{common_name, fingerprint};
-use crate::status::internal;
-use crate::store::{AgentStatus, Grains, JobKind, JobState, Mode, ReleaseRecord};
+use crate::store::{AgentRecord, AgentStatus, Grains, JobKind, JobState, Mode, ReleaseRecord};
+use crate::wire::{self, internal};
 
 /// Metadata key on a refused attach telling the agent why, so it knows whether enrolling again
 /// can help (`unknown`, `superseded`) or not (`rejected`, `pending`).
@@ -55,12 +60,8 @@ fn certificate_identity<T>(request: &Request<T>) -> Result<(String, String), Sta
 }
 
 /// Refuses unless `id` is an accepted agent whose current certificate has `fp`.
-fn check_agent(
-    state: &MasterState,
-    id: &str,
-    fp: &str,
-) -> Result<crate::store::AgentRecord, Status> {
-    match state.store.agent(id).map_err(internal)? {
+fn check_agent(state: &MasterState, id: &str, fp: &str) -> Result<AgentRecord, Status> {
+    match state.store.agent(id).map_err(MasterError::from)? {
         None => Err(refused(
             "unknown",
             format!("agent {id:?} is not known to the master (deleted?): enroll again"),
@@ -83,13 +84,18 @@ fn check_agent(
 
 /// The agent id of the client certificate on this request, if that exact certificate is the
 /// one issued to an accepted agent.
-pub fn authenticate_agent<T>(state: &MasterState, request: &Request<T>) -> Result<String, Status> {
+pub async fn authenticate_agent<T>(
+    state: &Arc<MasterState>,
+    request: &Request<T>,
+) -> Result<String, Status> {
     let (id, fp) = certificate_identity(request)?;
-    check_agent(state, &id, &fp)?;
-    Ok(id)
+    let state = state.clone();
+    tokio::task::spawn_blocking(move || check_agent(&state, &id, &fp).map(|_| id))
+        .await
+        .map_err(internal)?
 }
 
-type MasterStream = ReceiverStream<Result<MasterMessage, Status>>;
+type MasterStream = Pin<Box<dyn Stream<Item = Result<MasterMessage, Status>> + Send>>;
 type BlobStream = ReceiverStream<Result<BlobChunk, Status>>;
 
 #[tonic::async_trait]
@@ -103,7 +109,7 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
     ) -> Result<Response<MasterStream>, Status> {
         let state = self.state.clone();
         let (id, fp) = certificate_identity(&request)?;
-        check_agent(&state, &id, &fp)?;
+        authenticate_agent(&state, &request).await?;
         info!(agent = %id, "agent certificate accepted; awaiting its hello");
         let address = request
             .remote_addr()
@@ -142,26 +148,45 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
                 master_version: env!("CARGO_PKG_VERSION").to_owned(),
             })),
         };
-        // The channel is fresh: the welcome always fits.
-        let _ = tx.try_send(Ok(welcome));
+        // The welcome goes first, then whatever the registry sends (jobs, acks, a close).
+        let outbound: MasterStream = Box::pin(
+            tokio_stream::once(Ok(welcome)).chain(ReceiverStream::new(rx).map(wire::to_agent)),
+        );
         // Checked again and registered under the lock reject and delete take: an operator's
         // decision made while the Hello was awaited can never be undone by this link.
         let (generation, closed, last_seen) = {
             let _guard = state.enroll_lock.lock().await;
-            let mut record = check_agent(&state, &id, &fp)?;
-            record.grains = Some(grains);
-            record.last_seen = Some(now);
-            record.address = Some(address.clone());
-            state.store.put_agent(&record).map_err(internal)?;
-            state.links.register(&id, tx, address.clone(), now)
+            let (agent, fp, peer_address) = (id.clone(), fp.clone(), address.clone());
+            let record = tokio::task::spawn_blocking({
+                let state = state.clone();
+                move || -> Result<AgentRecord, Status> {
+                    let mut record = check_agent(&state, &agent, &fp)?;
+                    record.grains = Some(grains);
+                    record.last_seen = Some(now);
+                    record.address = Some(peer_address);
+                    state.store.put_agent(&record).map_err(MasterError::from)?;
+                    Ok(record)
+                }
+            })
+            .await
+            .map_err(internal)??;
+            state.links.register(&record.id, tx, address.clone(), now)
         };
         info!(agent = %id, %address, "agent attached");
-        // Results the agent finished while the master was away.
-        for finished in unacknowledged {
-            record_finished(&state, &id, finished);
-        }
         let grace = heartbeat * 3;
-        state.jobs.reconcile(&state, &id, &known_jobs, grace);
+        {
+            let agent = id.clone();
+            state
+                .blocking(move |state| {
+                    // Results the agent finished while the master was away.
+                    for finished in unacknowledged {
+                        record_finished(state, &agent, finished);
+                    }
+                    state.jobs.reconcile(state, &agent, &known_jobs, grace);
+                    Ok(())
+                })
+                .await?;
+        }
 
         let heartbeat_deadline = heartbeat * 3;
         let span = info_span!("link", agent = %id);
@@ -175,28 +200,18 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
                     match next {
                         Ok(Ok(Some(message))) => {
                             last_seen.store(now_unix(), Ordering::Relaxed);
-                            match message.body {
-                                Some(agent_message::Body::Heartbeat(hb)) => {
-                                    debug!(sequence = hb.sequence, "heartbeat");
-                                    state.jobs.reconcile(&state, &id, &hb.running_jobs, grace);
+                            if let Some(body) = message.body {
+                                let agent = id.clone();
+                                // In order, one at a time: a job's events precede its result.
+                                let handled = state
+                                    .blocking(move |state| {
+                                        handle_message(state, &agent, body, grace);
+                                        Ok(())
+                                    })
+                                    .await;
+                                if let Err(e) = handled {
+                                    warn!(error = %e, "agent message not handled");
                                 }
-                                Some(agent_message::Body::Event(event)) => {
-                                    if let Err(status) = state.jobs.on_event(&state, &id, event) {
-                                        warn!(error = %status.message(), "event refused");
-                                    }
-                                }
-                                Some(agent_message::Body::Finished(finished)) => {
-                                    record_finished(&state, &id, finished);
-                                }
-                                Some(agent_message::Body::Usage(usage)) => {
-                                    if let Err(status) = state.jobs.on_usage(&state, &id, usage) {
-                                        warn!(error = %status.message(), "usage report refused");
-                                    }
-                                }
-                                Some(agent_message::Body::Hello(_)) => {
-                                    warn!("a second Hello on the same link: ignored");
-                                }
-                                None => {}
                             }
                         }
                         Ok(Ok(None)) => {
@@ -216,37 +231,43 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
                 state.links.unregister(&id, generation);
                 // Under the enrollment lock: never write back over a reject or delete.
                 let _guard = state.enroll_lock.lock().await;
-                if let Ok(Some(mut record)) = state.store.agent(&id) {
-                    record.last_seen = Some(last_seen.load(Ordering::Relaxed));
-                    let _ = state.store.put_agent(&record);
-                }
+                let seen = last_seen.load(Ordering::Relaxed);
+                let _ = state
+                    .blocking(move |state| {
+                        if let Some(mut record) = state.store.agent(&id)? {
+                            record.last_seen = Some(seen);
+                            state.store.put_agent(&record)?;
+                        }
+                        Ok(())
+                    })
+                    .await;
             }
             .instrument(span),
         );
-        Ok(Response::new(ReceiverStream::new(rx)))
+        Ok(Response::new(outbound))
     }
 
     async fn fetch_blob(
         &self,
         request: Request<FetchBlobRequest>,
     ) -> Result<Response<BlobStream>, Status> {
-        let agent = authenticate_agent(&self.state, &request)?;
+        let agent = authenticate_agent(&self.state, &request).await?;
         let FetchBlobRequest { digest, env_uuid } = request.into_inner();
-        let denied = || {
-            Status::permission_denied(format!(
-                "blob {digest:?} is not available to agent {agent:?} for environment {env_uuid:?}"
-            ))
+        let granted = {
+            let (agent, env_uuid, digest) = (agent.clone(), env_uuid.clone(), digest.clone());
+            self.state
+                .blocking(move |state| {
+                    let env = state.store.environment(&env_uuid)?;
+                    Ok(env.is_some_and(|e| e.agent == agent)
+                        && state.store.blob_granted(&env_uuid, &digest)?)
+                })
+                .await?
         };
-        let env = self.state.store.environment(&env_uuid).map_err(internal)?;
-        if env.is_none_or(|e| e.agent != agent)
-            || !self
-                .state
-                .store
-                .blob_granted(&env_uuid, &digest)
-                .map_err(internal)?
-        {
+        if !granted {
             warn!(agent = %agent, env = %env_uuid, "blob fetch refused");
-            return Err(denied());
+            return Err(Status::permission_denied(format!(
+                "blob {digest:?} is not available to agent {agent:?} for environment {env_uuid:?}"
+            )));
         }
         let (mut file, _size) = self
             .state
@@ -287,7 +308,7 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
         request: Request<Streaming<UploadBlobRequest>>,
     ) -> Result<Response<BlobRef>, Status> {
         let state = &self.state;
-        let agent = authenticate_agent(state, &request)?;
+        let agent = authenticate_agent(state, &request).await?;
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
             Some(UploadBlobRequest {
@@ -295,36 +316,18 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
             }) => h,
             _ => return Err(Status::invalid_argument("an upload starts with its header")),
         };
-        // Only a running cooking deploy of this agent may upload, and only its release.
-        let job = state
-            .store
-            .job(&header.job_id)
-            .map_err(internal)?
-            .filter(|j| {
-                j.agent == agent
-                    && j.env_uuid == header.env_uuid
-                    && j.project == header.project
-                    && j.kind == JobKind::Deploy
-                    && j.mode == Mode::Cooking
-                    && j.state == JobState::Running
-            })
-            .ok_or_else(|| {
-                Status::failed_precondition(
-                    "no running cooking job of this agent expects this upload",
-                )
-            })?;
-        let project = state
-            .store
-            .project(&job.env_uuid, &job.project)
-            .map_err(internal)?;
-        let limit = project.map_or(crate::store::DEFAULT_QUOTA_BYTES, |p| p.quota_bytes);
-        let mut writer = state.blobs.writer(limit).await.map_err(internal)?;
+        let (job, limit) = {
+            let (agent, header) = (agent.clone(), header.clone());
+            state
+                .blocking(move |state| uploading_job(state, &agent, &header))
+                .await?
+        };
+        let mut writer = state.blobs.writer(limit).await.map_err(MasterError::from)?;
         while let Some(message) = stream.message().await? {
             match message.body {
-                Some(upload_blob_request::Body::Data(chunk)) => writer
-                    .write(&chunk)
-                    .await
-                    .map_err(|e| Status::invalid_argument(e.to_string()))?,
+                Some(upload_blob_request::Body::Data(chunk)) => {
+                    writer.write(&chunk).await.map_err(MasterError::from)?
+                }
                 _ => {
                     return Err(Status::invalid_argument(
                         "only data may follow an upload header",
@@ -335,48 +338,115 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
         let (digest, size) = writer
             .finish(&header.digest, Some(header.size))
             .await
-            .map_err(|e| Status::invalid_argument(e.to_string()))?;
-        let env = state
-            .store
-            .environment(&job.env_uuid)
-            .map_err(internal)?
-            .ok_or_else(|| Status::not_found("the job's environment is gone"))?;
-        let release = ReleaseRecord {
-            id: job.deploy_id.clone(),
-            project: job.project.clone(),
-            env_uuid: job.env_uuid.clone(),
-            owner: env.owner,
-            digest: digest.clone(),
-            size,
-            commit: job.commit.clone(),
-            created_at: crate::auth::now_unix(),
-            manifest: serde_json::from_slice(&header.manifest_json).unwrap_or_default(),
+            .map_err(MasterError::from)?;
+        let manifest = serde_json::from_slice(&header.manifest_json).unwrap_or_default();
+        let release = {
+            let digest = digest.clone();
+            state
+                .blocking(move |state| record_release(state, job, digest, size, manifest))
+                .await?
         };
-        state.store.put_release(&release).map_err(internal)?;
-        // The environment that cooked it may fetch it again (a redeploy of its own release).
-        state
-            .store
-            .grant_blob(&job.env_uuid, &digest)
-            .map_err(internal)?;
-        let mut job = job;
-        job.release_blob = Some(digest.clone());
-        state.store.put_job(&job).map_err(internal)?;
         info!(agent = %agent, project = %release.project, release = %release.id, size, "release uploaded");
         Ok(Response::new(BlobRef { digest, size }))
+    }
+}
+
+/// The running cooking deploy of `agent` an upload belongs to, and the most it may upload.
+/// Only such a job may upload, and only its release.
+fn uploading_job(
+    state: &MasterState,
+    agent: &str,
+    header: &corpus_proto::UploadHeader,
+) -> MasterResult<(crate::store::JobRecord, u64)> {
+    let job = state
+        .store
+        .job(&header.job_id)?
+        .filter(|j| {
+            j.agent == agent
+                && j.env_uuid == header.env_uuid
+                && j.project == header.project
+                && j.kind == JobKind::Deploy
+                && j.mode == Mode::Cooking
+                && j.state == JobState::Running
+        })
+        .ok_or_else(|| {
+            MasterError::Refused(
+                "no running cooking job of this agent expects this upload".to_owned(),
+            )
+        })?;
+    let project = state.store.project(&job.env_uuid, &job.project)?;
+    let limit = project.map_or(crate::store::DEFAULT_QUOTA_BYTES, |p| p.quota_bytes);
+    Ok((job, limit))
+}
+
+/// Records a release a cooking job uploaded, with the cooking environment's right to fetch it
+/// again (a redeploy of its own release) and the job's reference to it.
+fn record_release(
+    state: &MasterState,
+    job: crate::store::JobRecord,
+    digest: String,
+    size: u64,
+    manifest: serde_json::Value,
+) -> MasterResult<ReleaseRecord> {
+    let env = state.store.environment(&job.env_uuid)?.ok_or_else(|| {
+        MasterError::not_found(
+            "environment",
+            job.env_uuid.clone(),
+            " (the job's environment is gone)",
+        )
+    })?;
+    let release = ReleaseRecord {
+        id: job.deploy_id.clone(),
+        project: job.project.clone(),
+        env_uuid: job.env_uuid.clone(),
+        owner: env.owner,
+        digest: digest.clone(),
+        size,
+        commit: job.commit.clone(),
+        created_at: now_unix(),
+        manifest,
+    };
+    // The job may have finished while the archive was uploaded: update what is stored now.
+    let mut job = state.store.job(&job.id)?.unwrap_or(job);
+    job.release_blob = Some(digest);
+    state.store.record_release(&release, &job)?;
+    Ok(release)
+}
+
+/// One message of an agent's link, after its Hello. Blocking (store writes).
+fn handle_message(state: &MasterState, agent: &str, body: agent_message::Body, grace: Duration) {
+    match body {
+        agent_message::Body::Heartbeat(hb) => {
+            debug!(sequence = hb.sequence, "heartbeat");
+            state.jobs.reconcile(state, agent, &hb.running_jobs, grace);
+        }
+        agent_message::Body::Event(event) => {
+            if let Err(e) = state.jobs.on_event(state, agent, wire::job_event_in(event)) {
+                warn!(error = %e, "event refused");
+            }
+        }
+        agent_message::Body::Finished(finished) => record_finished(state, agent, finished),
+        agent_message::Body::Usage(usage) => {
+            if let Err(e) = state.jobs.on_usage(state, agent, wire::usage_in(usage)) {
+                warn!(error = %e, "usage report refused");
+            }
+        }
+        agent_message::Body::Hello(_) => warn!("a second Hello on the same link: ignored"),
     }
 }
 
 /// Applies a job result and acknowledges it, so the agent forgets it.
 fn record_finished(state: &MasterState, agent: &str, finished: JobFinished) {
     let job_id = finished.job_id.clone();
-    match state.jobs.on_finished(state, agent, finished) {
+    match state
+        .jobs
+        .on_finished(state, agent, wire::job_outcome_in(finished))
+    {
         Ok(()) => {
             if let Some(link) = state.links.sender(agent) {
-                let _ = link.try_send(Ok(MasterMessage {
-                    body: Some(master_message::Body::Ack(Ack { job_id })),
-                }));
+                let _ = link.try_send(ToAgent::Ack(job_id));
             }
         }
-        Err(status) => warn!(job = %job_id, error = %status.message(), "job result refused"),
+        Err(e) => warn!(job = %job_id, error = %e, "job result refused"),
     }
 }

@@ -29,10 +29,70 @@ pub enum RenderError {
     BadArchive(String),
     #[error("{0}")]
     Pillar(String),
+    /// The pushed pillar does not compile; the source says which file and line.
+    #[error("pillar: {0}")]
+    PushedPillar(#[source] Box<corpus_pillar::PillarError>),
     #[error(".salt/PILLAR.sample is invalid: {0}")]
     Sample(String),
     #[error("{0}")]
     State(String),
+    /// A lifecycle phase (`.salt/<phase>.sls`) does not render or plan.
+    #[error(".salt/{phase}.sls: {source}")]
+    Phase {
+        phase: String,
+        #[source]
+        source: Box<corpus_states::StateError>,
+    },
+}
+
+/// Where in the pushed tree a render error is, as far as it is known.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ErrorLocation {
+    pub file: Option<String>,
+    pub line: Option<usize>,
+    pub state_id: Option<String>,
+}
+
+impl RenderError {
+    /// The file, line and state id the error is about, for callers that show them apart from
+    /// the message.
+    pub fn location(&self) -> ErrorLocation {
+        use corpus_pillar::PillarError;
+        use corpus_states::StateError;
+        let at = |file: &str, line: Option<usize>, state_id: Option<String>| ErrorLocation {
+            file: Some(file.to_owned()),
+            line,
+            state_id,
+        };
+        match self {
+            RenderError::NoSalt => at(".salt", None, None),
+            RenderError::Sample(_) => at(".salt/PILLAR.sample", None, None),
+            RenderError::PushedPillar(e) => match e.as_ref() {
+                PillarError::Render(r) => at(&r.file, r.line, None),
+                PillarError::Yaml(y) => at(&y.file, y.line, None),
+                PillarError::Invalid { file, .. } => at(file, None, None),
+                _ => ErrorLocation::default(),
+            },
+            RenderError::Phase { phase, source } => {
+                let location = match source.as_ref() {
+                    StateError::Render { at, .. }
+                    | StateError::Yaml { at, .. }
+                    | StateError::Invalid { at, .. }
+                    | StateError::UnknownModule { at, .. }
+                    | StateError::UnknownFunction { at, .. }
+                    | StateError::Dangling { at, .. } => Some(at),
+                    _ => None,
+                };
+                match location {
+                    Some(l) => at(&format!(".salt/{}", l.file), l.line, l.state.clone()),
+                    None => at(&format!(".salt/{phase}.sls"), None, None),
+                }
+            }
+            RenderError::BadArchive(_) | RenderError::Pillar(_) | RenderError::State(_) => {
+                ErrorLocation::default()
+            }
+        }
+    }
 }
 
 /// The files of the project's `.salt/` directory, paths relative to it.
@@ -119,7 +179,7 @@ pub fn compile_pillar(
     PillarTree::new(Arc::new(tree(&files)))
         .compile(agent, grains, env)
         .map(|p| p.data)
-        .map_err(|e| RenderError::Pillar(format!("pillar: {e}")))
+        .map_err(|e| RenderError::PushedPillar(Box::new(e)))
 }
 
 /// What a deploy needs to know to build `common`.
@@ -235,9 +295,13 @@ pub fn render_project(
         if !salt.contains_key(&format!("{phase}.sls")) {
             continue;
         }
-        let rendered = states
-            .render_sls(&[*phase], &context)
-            .map_err(|e| RenderError::State(format!(".salt/{phase}.sls: {e}")))?;
+        let rendered =
+            states
+                .render_sls(&[*phase], &context)
+                .map_err(|source| RenderError::Phase {
+                    phase: (*phase).to_owned(),
+                    source: Box::new(source),
+                })?;
         plan.phases.insert((*phase).to_owned(), rendered.plan);
     }
     Ok(Rendered { plan, common })

@@ -1,16 +1,38 @@
 //! The registry of live agent links: one long-lived stream per connected agent. Jobs are sent
-//! through it; an operator's reject or delete closes it.
+//! through it; an operator's reject or delete closes it. What goes down a link is domain data
+//! ([`ToAgent`]); the AgentLink service (`link.rs`) puts it on the wire.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::sync::Mutex;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
 
-use corpus_proto::MasterMessage;
 use tokio::sync::{Notify, mpsc};
-use tonic::Status;
 
-pub type LinkSender = mpsc::Sender<Result<MasterMessage, Status>>;
+use crate::jobs::JobOrder;
+
+/// What the master sends an agent over its link.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ToAgent {
+    Job(Box<JobOrder>),
+    /// The job's result is recorded: the agent may forget it.
+    Ack(String),
+    /// The link is over; the agent is told why.
+    Close(LinkClosed),
+}
+
+/// Why the master closes a link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LinkClosed {
+    /// A newer connection of the same agent took over.
+    Replaced,
+    RejectedByOperator,
+    DeletedByOperator,
+    /// The master is stopping; agents reconnect to its successor.
+    MasterStopping,
+}
+
+pub type LinkSender = mpsc::Sender<ToAgent>;
 
 /// One connected agent.
 pub struct Link {
@@ -25,12 +47,12 @@ pub struct Link {
 }
 
 #[derive(Default)]
-pub struct Links {
+pub struct LinkRegistry {
     links: Mutex<HashMap<String, Link>>,
     generations: AtomicU64,
 }
 
-impl Links {
+impl LinkRegistry {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Link>> {
         self.links.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -54,10 +76,7 @@ impl Links {
             last_seen: last_seen.clone(),
         };
         if let Some(old) = self.lock().insert(agent.to_owned(), link) {
-            close(
-                old,
-                Status::aborted("replaced by a newer connection of the same agent"),
-            );
+            close(old, LinkClosed::Replaced);
         }
         (generation, closed, last_seen)
     }
@@ -70,11 +89,11 @@ impl Links {
         }
     }
 
-    /// Closes an agent's link with `status`; false when it was not connected.
-    pub fn close(&self, agent: &str, status: Status) -> bool {
+    /// Closes an agent's link, telling it why; false when it was not connected.
+    pub fn close(&self, agent: &str, why: LinkClosed) -> bool {
         match self.lock().remove(agent) {
             Some(link) => {
-                close(link, status);
+                close(link, why);
                 true
             }
             None => false,
@@ -101,17 +120,17 @@ impl Links {
     }
 }
 
-fn close(link: Link, status: Status) {
+fn close(link: Link, why: LinkClosed) {
     // The receiver may be gone already; either way the link is over.
-    let _ = link.sender.try_send(Err(status));
+    let _ = link.sender.try_send(ToAgent::Close(why));
     link.closed.notify_one();
 }
 
-impl Links {
+impl LinkRegistry {
     /// Closes every link: the master is stopping; agents reconnect to its successor.
     pub fn close_all(&self) {
         for (_, link) in self.lock().drain() {
-            close(link, Status::unavailable("master is stopping"));
+            close(link, LinkClosed::MasterStopping);
         }
     }
 }
