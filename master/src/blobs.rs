@@ -97,8 +97,8 @@ impl BlobStore {
     }
 }
 
-/// An upload in progress. Dropping it without `finish` leaves only a temp file, removed at the
-/// next start.
+/// An upload in progress. Dropping it without a successful `finish` removes its temp file; a
+/// crash leaves one, removed at the next start.
 pub struct BlobWriter {
     store: BlobStore,
     file: tokio::fs::File,
@@ -106,7 +106,8 @@ pub struct BlobWriter {
     hasher: Sha256,
     size: u64,
     limit: u64,
-    /// Set once the upload is in place; otherwise dropping the writer removes its temp file.
+    /// Set by `finish` once the upload is renamed into place: there is no temp file left to
+    /// remove on drop.
     done: bool,
 }
 
@@ -163,6 +164,7 @@ impl BlobWriter {
         tokio::fs::rename(&self.tmp, &path)
             .await
             .map_err(io(&path))?;
+        self.done = true;
         Ok((digest, self.size))
     }
 }

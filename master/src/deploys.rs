@@ -437,3 +437,90 @@ pub fn status(
     }
     Ok((env, out))
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::error::LockHolder;
+    use crate::store::Platform;
+
+    #[test]
+    fn a_push_to_a_locked_project_is_refused_naming_the_holder() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        crate::init(dir.path(), &[], false)?;
+        let state = crate::open(&crate::ServeOptions {
+            data_dir: dir.path().to_owned(),
+            settings: Default::default(),
+        })?;
+        let env = EnvironmentRecord {
+            uuid: uuid::Uuid::new_v4().to_string(),
+            platform: Platform::Staging,
+            mode: Mode::Cooking,
+            agent: "node1".into(),
+            owner: "alice".into(),
+            grants: vec!["bob".into()],
+            defaults: serde_json::json!({}),
+            created_at: 0,
+        };
+        state.store.put_environment(&env)?;
+        let holder = JobRecord {
+            id: "j1".into(),
+            kind: JobKind::Deploy,
+            env_uuid: env.uuid.clone(),
+            project: "app".into(),
+            mode: Mode::Cooking,
+            deploy_id: "d1".into(),
+            requested_by: "bob".into(),
+            agent: "node1".into(),
+            commit: String::new(),
+            created_at: 1_700_000_000,
+            created_ms: 0,
+            state: JobState::Running,
+            failed_step: String::new(),
+            failed_state: String::new(),
+            message: String::new(),
+            finished_at: None,
+            source_blob: None,
+            release_blob: None,
+            target_deploy_id: None,
+        };
+        state
+            .store
+            .record_job(&holder, &JobPayload::default(), &[], None)?;
+        crate::jobs::Jobs::load(&state)?;
+
+        let request = PushRequest {
+            env_uuid: env.uuid.clone(),
+            project: "app".into(),
+            ..Default::default()
+        };
+        match check_push(&state, "alice", &request) {
+            Err(e @ MasterError::Locked { .. }) => {
+                let message = e.to_string();
+                let MasterError::Locked { holder, .. } = e else {
+                    unreachable!()
+                };
+                assert_eq!(
+                    holder,
+                    LockHolder {
+                        job: "j1".into(),
+                        user: Some("bob".into()),
+                        started: Some(1_700_000_000),
+                    }
+                );
+                assert!(
+                    message.contains("locked by a deploy of bob (job j1, started"),
+                    "{message}"
+                );
+            }
+            other => panic!("expected Locked, got {other:?}"),
+        }
+        // Another project of the environment is free.
+        let other = PushRequest {
+            project: "web".into(),
+            ..request
+        };
+        assert!(check_push(&state, "alice", &other).is_ok());
+        Ok(())
+    }
+}

@@ -167,3 +167,83 @@ impl From<corpus_proto::names::InvalidName> for MasterError {
         MasterError::invalid(e.to_string())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::BTreeMap;
+
+    use super::*;
+    use crate::render::{DeployContext, render_project};
+    use crate::store::{EnvironmentRecord, Grains, Mode, Platform};
+
+    fn render_error(phase: &str, text: &str) -> MasterError {
+        let env = EnvironmentRecord {
+            uuid: "e1".into(),
+            platform: Platform::Dev,
+            mode: Mode::Editable,
+            agent: "node1".into(),
+            owner: "alice".into(),
+            grants: vec![],
+            defaults: serde_json::json!({}),
+            created_at: 0,
+        };
+        let grains = Grains::default();
+        let ctx = DeployContext {
+            project: "web",
+            env: &env,
+            mode: Mode::Editable,
+            deploy_id: "d1",
+            commit: "abc",
+            grains: &grains,
+        };
+        let salt = BTreeMap::from([(format!("{phase}.sls"), text.to_owned())]);
+        match render_project(&salt, &serde_json::json!({}), &ctx) {
+            Err(e) => e.into(),
+            Ok(_) => MasterError::invalid("rendered without error"),
+        }
+    }
+
+    #[test]
+    fn an_invalid_render_keeps_its_file_line_and_state_id_as_data() {
+        let err = render_error(
+            "start",
+            "ok:\n  cmd.run:\n    - name: true\nbroken:\n  nosuch.module:\n    - name: x\n",
+        );
+        match &err {
+            MasterError::Invalid {
+                message,
+                file,
+                state_id,
+                ..
+            } => {
+                assert_eq!(file.as_deref(), Some(".salt/start.sls"));
+                assert_eq!(state_id.as_deref(), Some("broken"));
+                assert!(message.contains("nosuch"), "{message}");
+            }
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+
+        let err = render_error("build", "a:\n  cmd.run:\n    - name: {{ nope( }}\n");
+        match &err {
+            MasterError::Invalid {
+                message,
+                file,
+                line,
+                ..
+            } => {
+                assert_eq!(file.as_deref(), Some(".salt/build.sls"));
+                assert_eq!(*line, Some(3), "{message}");
+                assert!(message.starts_with(".salt/build.sls"), "{message}");
+            }
+            other => panic!("expected Invalid, got {other:?}"),
+        }
+    }
+
+    #[test]
+    fn internal_errors_keep_their_source_for_the_log() {
+        let err = MasterError::internal(std::io::Error::other("disk on fire"));
+        assert!(matches!(&err, MasterError::Internal(_)));
+        let source = std::error::Error::source(&err).map(|s| s.to_string());
+        assert_eq!(source.as_deref(), Some("disk on fire"));
+    }
+}
