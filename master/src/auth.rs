@@ -204,6 +204,14 @@ impl Auth {
         Ok((token, expires_at))
     }
 
+    /// Whether `token` is an existing, unexpired, unused enrollment token (nothing is spent).
+    pub fn enrollment_token_usable(&self, token: &str) -> Result<bool, AuthError> {
+        Ok(self
+            .store
+            .enrollment_token(&secret_hash(token))?
+            .is_some_and(|t| t.expires_at > now_unix()))
+    }
+
     /// Consumes an enrollment token: true only for an existing, unexpired, unused one. A token
     /// is spent even when it turns out to be expired.
     pub fn consume_enrollment_token(&self, token: &str) -> Result<bool, AuthError> {

@@ -88,12 +88,11 @@ fn decide(
                 // A pending id proves nothing (anyone can enroll any id); a valid token
                 // does, so its holder takes the id over instead of being locked out by a
                 // squatter. An accepted or rejected id keeps its key.
+                let mut claimed = record.clone();
+                claimed.csr_pem = req.csr_pem.clone();
                 let takes_over = record.status == AgentStatus::Pending
                     && !req.token.is_empty()
-                    && state
-                        .auth
-                        .consume_enrollment_token(&req.token)
-                        .map_err(MasterError::from)?;
+                    && state.accept_with_token(&mut claimed, &req.token)?;
                 if !takes_over {
                     warn!(agent = %id, "enrollment refused: id already enrolled with another key");
                     return Err(Status::permission_denied(format!(
@@ -101,10 +100,7 @@ fn decide(
                     )));
                 }
                 warn!(agent = %id, "a token holder took over a pending id enrolled with another key");
-                let mut record = record;
-                record.csr_pem = req.csr_pem.clone();
-                state.accept(&mut record)?;
-                record
+                claimed
             } else {
                 record
             }
@@ -131,13 +127,8 @@ fn decide(
     let mut message = String::new();
     if record.status == AgentStatus::Pending {
         if !req.token.is_empty() {
-            if state
-                .auth
-                .consume_enrollment_token(&req.token)
-                .map_err(MasterError::from)?
-            {
+            if state.accept_with_token(&mut record, &req.token)? {
                 info!(agent = %id, "agent accepted with an enrollment token");
-                state.accept(&mut record)?;
             } else {
                 warn!(agent = %id, "enrollment token invalid, expired or already used");
                 message = format!(

@@ -98,12 +98,39 @@ impl MasterState {
 
     /// Signs the agent's CSR and records it as accepted.
     pub fn accept(&self, record: &mut AgentRecord) -> MasterResult<()> {
+        self.sign(record)?;
+        self.store.put_agent(record)?;
+        Ok(())
+    }
+
+    /// Accepts the agent if `token` is a valid enrollment token, spending the token and
+    /// recording the agent in one batch; false (and nothing recorded) otherwise. An expired
+    /// token is spent all the same. Call under `enroll_lock`, which keeps two enrollments from
+    /// redeeming one token between its check and its spending.
+    pub fn accept_with_token(&self, record: &mut AgentRecord, token: &str) -> MasterResult<bool> {
+        if !self.auth.enrollment_token_usable(token)? {
+            self.auth.consume_enrollment_token(token)?;
+            return Ok(false);
+        }
+        let mut accepted = record.clone();
+        self.sign(&mut accepted)?;
+        if !self
+            .store
+            .put_agent_spending_token(&auth::secret_hash(token), &accepted)?
+        {
+            return Ok(false);
+        }
+        *record = accepted;
+        Ok(true)
+    }
+
+    /// Signs the agent's CSR into its record, marking it accepted (not stored).
+    fn sign(&self, record: &mut AgentRecord) -> MasterResult<()> {
         let (pem, fingerprint) = self.pki.sign_agent(&record.id, &record.csr_pem)?;
         record.status = AgentStatus::Accepted;
         record.certificate_pem = Some(pem);
         record.fingerprint = Some(fingerprint);
         record.decided_at = Some(now_unix());
-        self.store.put_agent(record)?;
         Ok(())
     }
 
@@ -301,4 +328,67 @@ pub async fn serve(
     let _ = std::fs::remove_file(dir.socket());
     result.context("server failed")?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::*;
+
+    fn pending_agent(id: &str) -> anyhow::Result<AgentRecord> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, id);
+        Ok(AgentRecord {
+            id: id.into(),
+            status: AgentStatus::Pending,
+            csr_pem: params.serialize_request(&key)?.pem()?,
+            certificate_pem: None,
+            fingerprint: None,
+            enrolled_at: 0,
+            decided_at: None,
+            grains: None,
+            last_seen: None,
+            address: None,
+        })
+    }
+
+    #[test]
+    fn a_token_admits_one_agent_and_is_spent_with_its_acceptance() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        init(dir.path(), &[], false)?;
+        let state = open(&ServeOptions {
+            data_dir: dir.path().to_owned(),
+            settings: Default::default(),
+        })?;
+        let (token, _) = state
+            .auth
+            .create_enrollment_token(Duration::from_secs(60))?;
+
+        let mut first = pending_agent("node1")?;
+        assert!(state.accept_with_token(&mut first, &token)?);
+        assert_eq!(first.status, AgentStatus::Accepted);
+        assert_eq!(state.store.agent("node1")?, Some(first));
+        assert!(!state.auth.enrollment_token_usable(&token)?);
+
+        // Spent: the next agent stays as it was and nothing is recorded for it.
+        let mut second = pending_agent("node2")?;
+        assert!(!state.accept_with_token(&mut second, &token)?);
+        assert_eq!(second.status, AgentStatus::Pending);
+        assert_eq!(state.store.agent("node2")?, None);
+
+        // An expired token admits nobody and is spent all the same.
+        let (expired, _) = state.auth.create_enrollment_token(Duration::ZERO)?;
+        assert!(!state.accept_with_token(&mut second, &expired)?);
+        assert!(
+            state
+                .store
+                .enrollment_token(&auth::secret_hash(&expired))?
+                .is_none()
+        );
+        Ok(())
+    }
 }

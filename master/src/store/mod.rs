@@ -131,6 +131,35 @@ impl Store {
         self.put(Tree::EnrollmentTokens, token_hash, token)
     }
 
+    pub fn enrollment_token(
+        &self,
+        token_hash: &str,
+    ) -> Result<Option<EnrollmentTokenRecord>, StoreError> {
+        self.get(Tree::EnrollmentTokens, "enrollment token", token_hash)
+    }
+
+    /// Spends the enrollment token and stores the agent it admits, in one batch; false (and
+    /// nothing written) when the token is gone. Callers serialise enrollments, so the token
+    /// cannot be spent by another between the check and the batch.
+    pub fn put_agent_spending_token(
+        &self,
+        token_hash: &str,
+        agent: &AgentRecord,
+    ) -> Result<bool, StoreError> {
+        if self
+            .db
+            .get(Tree::EnrollmentTokens, token_hash.as_bytes())?
+            .is_none()
+        {
+            return Ok(false);
+        }
+        self.db.batch(vec![
+            Write::delete(Tree::EnrollmentTokens, token_hash),
+            Write::put(Tree::Agents, agent.id.as_str(), encode(agent)),
+        ])?;
+        Ok(true)
+    }
+
     /// Removes the token atomically and returns it: of two agents racing with one token, only
     /// one gets it back.
     pub fn take_enrollment_token(
