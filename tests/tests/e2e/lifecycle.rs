@@ -228,6 +228,12 @@ fn archive_rotation_keeps_keep_archives_and_never_the_live_deployment() -> anyho
         assert!(out.status.success(), "{}", stderr(&out));
     }
     let dir = cluster.project_dir(&staging, "app");
+    // The agent sweeps discarded archives (renamed to `.trash-*`) after it reports the result.
+    wait_until("the discarded archives to be swept", || {
+        Ok(!std::fs::read_dir(dir.join("archives"))?
+            .flatten()
+            .any(|e| e.file_name().to_string_lossy().starts_with(".trash-")))
+    })?;
     let archives: Vec<String> = std::fs::read_dir(dir.join("archives"))?
         .flatten()
         .map(|e| e.file_name().to_string_lossy().into_owned())
