@@ -20,7 +20,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::enroll::AgentIdentity;
-use crate::lifecycle::{self, Lifecycle, Outcome, Reporter, StepStatus};
+use crate::lifecycle::{self, JobOutcome, Lifecycle, Reporter, Step, StepStatus};
 
 /// Messages for the master, queued across reconnects.
 pub type Outbox = UnboundedSender<AgentMessage>;
@@ -178,7 +178,7 @@ impl OutboxReporter {
 impl Reporter for OutboxReporter {
     fn step(
         &mut self,
-        step: &str,
+        step: Step,
         state_id: &str,
         status: StepStatus,
         changes: serde_json::Value,
@@ -195,7 +195,7 @@ impl Reporter for OutboxReporter {
         let event = JobEvent {
             job_id: self.job_id.clone(),
             sequence: self.sequence,
-            step: step.to_owned(),
+            step: step.as_str().to_owned(),
             state_id: state_id.to_owned(),
             result: result as i32,
             changes_json: serde_json::to_vec(&changes).unwrap_or_default(),
@@ -212,6 +212,7 @@ impl Reporter for OutboxReporter {
 
 fn wire_status(status: lifecycle::Status) -> JobStatus {
     match status {
+        lifecycle::Status::Running => JobStatus::Running,
         lifecycle::Status::Success => JobStatus::Success,
         lifecycle::Status::Failed => JobStatus::Failed,
         lifecycle::Status::RolledBack => JobStatus::RolledBack,
@@ -222,7 +223,7 @@ fn wire_status(status: lifecycle::Status) -> JobStatus {
 fn finished_message(
     ctx: &JobContext,
     job: &corpus_proto::Job,
-    outcome: &Outcome,
+    outcome: &JobOutcome,
     release: Option<BlobRef>,
     started: Instant,
 ) -> JobFinished {
@@ -245,8 +246,8 @@ fn finished_message(
     }
 }
 
-fn failure(job: &corpus_proto::Job, step: &str, message: String) -> Outcome {
-    Outcome {
+fn failure(job: &corpus_proto::Job, step: &str, message: String) -> JobOutcome {
+    JobOutcome {
         status: lifecycle::Status::Failed,
         failed_step: step.to_owned(),
         failed_state: String::new(),
@@ -336,7 +337,7 @@ async fn report_usage(ctx: &Arc<JobContext>, env: &str, project: &str) {
 
 /// `corpus destroy ENV`: each project is destroyed through the lifecycle (its stop.sls runs
 /// with the plans of its latest deploy), then the environment's directory goes.
-fn destroy_environment(ctx: &JobContext, job: &corpus_proto::Job) -> Outcome {
+fn destroy_environment(ctx: &JobContext, job: &corpus_proto::Job) -> JobOutcome {
     if uuid::Uuid::parse_str(&job.env_uuid).is_err() {
         return failure(
             job,
@@ -393,7 +394,7 @@ fn destroy_environment(ctx: &JobContext, job: &corpus_proto::Job) -> Outcome {
         };
         let outcome = ctx.lifecycle.run(&project_job, &mut reporter);
         if outcome.status != lifecycle::Status::Success {
-            return Outcome {
+            return JobOutcome {
                 message: format!("project {name:?}: {}", outcome.message),
                 ..outcome
             };
@@ -408,7 +409,7 @@ fn destroy_environment(ctx: &JobContext, job: &corpus_proto::Job) -> Outcome {
             format!("cannot remove {}: {e}", env_dir.display()),
         );
     }
-    Outcome {
+    JobOutcome {
         status: lifecycle::Status::Success,
         failed_step: String::new(),
         failed_state: String::new(),

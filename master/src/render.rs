@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use corpus_pillar::{MemoryTree, PillarTree, defaults_chain};
-use corpus_states::{PHASES, ProjectPlan, StateTree, TemplateContext};
+use corpus_states::{Phase, ProjectPlan, ProjectSettings, StateTree, TemplateContext};
 use serde_json::{Value, json};
 
 use crate::store::{EnvironmentRecord, Grains, Mode};
@@ -186,6 +186,8 @@ pub fn render_project(
         ctx.env.defaults.clone(),
         project_settings(pillar, ctx.project),
     );
+    // A typo in a setting the agent acts on fails the push here, before any job exists.
+    ProjectSettings::from_data(&data).map_err(|e| RenderError::Pillar(e.to_string()))?;
     let root = if ctx.grains.root.is_empty() {
         "/srv/corpus"
     } else {
@@ -231,14 +233,14 @@ pub fn render_project(
     );
     let states = StateTree::new(Arc::new(tree(salt)));
     let mut plan = ProjectPlan::default();
-    for phase in PHASES {
-        if !salt.contains_key(&format!("{phase}.sls")) {
+    for phase in Phase::ALL {
+        if !salt.contains_key(&phase.sls_file()) {
             continue;
         }
         let rendered = states
-            .render_sls(&[*phase], &context)
+            .render_sls(&[phase.as_str()], &context)
             .map_err(|e| RenderError::State(format!(".salt/{phase}.sls: {e}")))?;
-        plan.phases.insert((*phase).to_owned(), rendered.plan);
+        plan.phases.insert(phase.as_str().to_owned(), rendered.plan);
     }
     Ok(Rendered { plan, common })
 }

@@ -11,6 +11,7 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
 use super::Mode;
+use super::error::StepError;
 
 /// The directories of one project, `ROOT/<env>/srv/projects/<project>/`.
 #[derive(Debug, Clone)]
@@ -149,20 +150,23 @@ pub fn set_link(link: &Path, target: &Path) -> io::Result<()> {
     sync_dir(parent)
 }
 
-/// `rename(2)` then fsync of both parents, so the move survives a crash.
-pub fn rename_durable(from: &Path, to: &Path) -> io::Result<()> {
-    fs::rename(from, to).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot move {} to {}: {e}", from.display(), to.display()),
-        )
-    })?;
-    sync_dir(parent_of(to)?)?;
-    let from_parent = parent_of(from)?;
-    if Some(from_parent) != to.parent() {
-        sync_dir(from_parent)?;
-    }
-    Ok(())
+/// `rename(2)` then fsync of both parents, so the move survives a crash. The error names both
+/// paths.
+pub fn rename_durable(from: &Path, to: &Path) -> Result<(), StepError> {
+    let moved = || -> io::Result<()> {
+        fs::rename(from, to)?;
+        sync_dir(parent_of(to)?)?;
+        let from_parent = parent_of(from)?;
+        if Some(from_parent) != to.parent() {
+            sync_dir(from_parent)?;
+        }
+        Ok(())
+    };
+    moved().map_err(|source| StepError::Move {
+        from: from.to_path_buf(),
+        to: to.to_path_buf(),
+        source,
+    })
 }
 
 /// Writes `bytes` to `path` via a temporary file, fsync and rename.

@@ -17,7 +17,7 @@ struct Recorder {
 }
 
 impl Reporter for Recorder {
-    fn step(&mut self, step: &str, id: &str, st: StepStatus, _: Value, comment: &str, _: Duration) {
+    fn step(&mut self, step: Step, id: &str, st: StepStatus, _: Value, comment: &str, _: Duration) {
         self.events
             .push((step.to_string(), id.to_string(), st, comment.to_string()));
     }
@@ -116,7 +116,7 @@ impl Fixture {
     }
 
     /// A cooking deploy whose build copies the version into run/ and writes data/.
-    fn cook(&self, version: &str, extra: &[(&str, &str, &str)], data: Value) -> (Job, Outcome) {
+    fn cook(&self, version: &str, extra: &[(&str, &str, &str)], data: Value) -> (Job, JobOutcome) {
         let mut states = vec![
             (
                 "build",
@@ -184,7 +184,7 @@ fn cooking_deploy_builds_run_and_bundles_a_release() {
     let st = f.lc.status(&f.env, PROJECT);
     assert_eq!(st.live.as_deref(), Some(job.deploy_id.as_str()));
     assert_eq!(st.releases, vec![job.deploy_id.clone()]);
-    assert_eq!(st.deployments[0].result, "success");
+    assert_eq!(st.deployments[0].result, Status::Success);
     assert!(st.deployments[0].live);
     assert!(st.disk_used > 0);
     // The pillar is there, read-only.
@@ -319,7 +319,7 @@ fn failed_build_restores_run_and_data_and_runs_restore_sls() {
         .iter()
         .find(|d| d.id == job.deploy_id)
         .unwrap();
-    assert_eq!(d.result, "rolled_back");
+    assert_eq!(d.result, Status::RolledBack);
     assert_eq!(d.failed_step, "build");
     assert_eq!(d.failed_state, "compile");
     assert_eq!(st.live.as_deref(), Some(first.deploy_id.as_str()));
@@ -445,7 +445,7 @@ fn rotation_keeps_keep_archives_and_never_the_live_or_last_good() {
         assert_eq!(out.status, Status::Success, "{}", out.message);
         ids.push(job.deploy_id);
     }
-    let archives = engine::list_archives(&ProjectLayout::new(f.dir()));
+    let archives = history::list_archives(&ProjectLayout::new(f.dir()));
     assert_eq!(archives.len(), 2, "{archives:?}");
     assert!(archives.contains(&ids[4]), "the live one stays");
     assert!(archives.contains(&ids[3]));
@@ -855,7 +855,7 @@ fn crash_and_recover(step: &str, failing_build: bool) {
 #[test]
 fn crash_at_each_step_boundary_recovers() {
     for step in COOKING_STEPS {
-        crash_and_recover(step, false);
+        crash_and_recover(step.as_str(), false);
     }
 }
 
