@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 
 use corpus_states::{Phase, SettingsError};
 
+use super::checks::CheckError;
 use super::step::Step;
 
 /// A step's failure.
@@ -45,7 +46,7 @@ pub enum StepError {
         comment: String,
     },
     #[error("health check failed: {0}")]
-    HealthCheck(String),
+    HealthCheck(#[source] CheckError),
     #[error(transparent)]
     Settings(#[from] SettingsError),
     /// The job lacks what the step needs, or what it was given is unusable.
@@ -97,8 +98,8 @@ impl StepFailure {
 /// A job refused before anything was touched.
 #[derive(Debug, thiserror::Error)]
 pub enum InvalidJob {
-    #[error("{0}")]
-    Name(String),
+    #[error(transparent)]
+    Name(#[from] corpus_proto::names::InvalidName),
     #[error("environment id {0:?} is invalid: use letters, digits and '-'")]
     Environment(String),
     #[error(

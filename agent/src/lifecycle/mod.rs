@@ -52,6 +52,7 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use archive::{Limits, MANIFEST_ENTRY};
+pub use checks::CheckError;
 pub use error::{InvalidJob, StepError};
 pub use journal::JournalKind;
 pub use layout::ProjectLayout;
@@ -425,8 +426,7 @@ impl Lifecycle {
         let t = Instant::now();
         let res = layout
             .create(job.mode)
-            .and_then(|_| layout.write_pillar(&job.pillar))
-            .at("create the layout under", &layout.dir);
+            .and_then(|_| layout.write_pillar(&job.pillar));
         let (status, st, msg) = match res {
             Ok(()) => (
                 Status::Success,

@@ -78,11 +78,10 @@ impl Engine<'_> {
 
     pub(super) fn pre_install(&mut self) -> Result<String, StepError> {
         let l = &self.layout;
-        l.create(self.journal.mode)
-            .at("create the layout under", &l.dir)?;
+        l.create(self.journal.mode)?;
         super::layout::sweep_trash(&l.deploy());
         super::layout::sweep_trash(&l.archives());
-        l.write_pillar(&self.spec.pillar).at("write", l.pillar())?;
+        l.write_pillar(&self.spec.pillar)?;
         if self.journal.mode != Mode::Editable {
             let arch = self.archive_dir();
             fs::create_dir_all(&arch).at("create", &arch)?;
@@ -293,7 +292,7 @@ impl Engine<'_> {
         };
         checks::run_healthcheck(&check, &cwd)
             .map(Some)
-            .map_err(|e| StepError::HealthCheck(e.to_string()))
+            .map_err(StepError::HealthCheck)
     }
 
     /// Keeps the newest `keep_archives` archives, the live one and the last one holding a tree

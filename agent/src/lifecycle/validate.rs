@@ -9,8 +9,7 @@ use super::{Job, JobKind, Mode};
 
 /// Checks a job before anything is touched, and returns the project settings it carries.
 pub(super) fn validate_job(job: &Job) -> Result<ProjectSettings, InvalidJob> {
-    corpus_proto::names::validate_project_name(&job.project)
-        .map_err(|e| InvalidJob::Name(e.to_string()))?;
+    corpus_proto::names::validate_project_name(&job.project)?;
     let env_ok = !job.env_uuid.is_empty()
         && job.env_uuid.len() <= 64
         && job
