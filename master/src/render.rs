@@ -364,6 +364,34 @@ mod tests {
     }
 
     #[test]
+    fn a_misspelt_project_setting_fails_the_push_naming_the_key() {
+        let env = env();
+        let grains = Grains::default();
+        let ctx = DeployContext {
+            project: "web",
+            env: &env,
+            mode: Mode::Cooking,
+            deploy_id: "d1",
+            commit: "abc",
+            grains: &grains,
+        };
+        let mut salt = BTreeMap::new();
+        salt.insert(
+            "PILLAR.sample".into(),
+            "healthcheck:\n  comand: true\n".into(),
+        );
+        let err = render_project(&salt, &json!({}), &ctx)
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("`healthcheck`") && e.contains("comand")));
+        let pillar = json!({"makina-projects": {"web": {"keep_archives": "x"}}});
+        let err = render_project(&BTreeMap::new(), &pillar, &ctx)
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("`keep_archives`")));
+    }
+
+    #[test]
     fn pillar_yaml_errors_name_the_file() {
         let mut files = BTreeMap::new();
         files.insert("init.sls".into(), "a: [unclosed\n".into());
