@@ -150,7 +150,11 @@ pub fn deliver(state_dir: &Path, outbox: &Outbox, finished: JobFinished) {
             .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
             .and_then(|_| std::fs::rename(&tmp, &path));
         if let Err(e) = written {
-            warn!(job = %finished.job_id, "cannot keep the job result on disk: {e}");
+            warn!(
+                job = %finished.job_id,
+                "cannot keep the job result on disk as {}: {e}",
+                path.display()
+            );
         }
     }
     let _ = outbox.send(AgentMessage {
@@ -341,7 +345,7 @@ fn destroy_environment(ctx: &JobContext, job: &corpus_proto::Job) -> JobOutcome 
     if uuid::Uuid::parse_str(&job.env_uuid).is_err() {
         return failure(
             job,
-            "validate",
+            Step::Validate.as_str(),
             format!("environment id {:?} is not a UUID", job.env_uuid),
         );
     }
@@ -353,7 +357,7 @@ fn destroy_environment(ctx: &JobContext, job: &corpus_proto::Job) -> JobOutcome 
     else {
         return failure(
             job,
-            "validate",
+            Step::Validate.as_str(),
             "the agent's root has no room for environments".into(),
         );
     };
@@ -405,7 +409,7 @@ fn destroy_environment(ctx: &JobContext, job: &corpus_proto::Job) -> JobOutcome 
     {
         return failure(
             job,
-            "destroy",
+            Step::Destroy.as_str(),
             format!("cannot remove {}: {e}", env_dir.display()),
         );
     }
@@ -514,7 +518,9 @@ async fn fetch(
     if !valid_id(&job.job_id) {
         anyhow::bail!("job id {:?} is invalid", job.job_id);
     }
-    tokio::fs::create_dir_all(blob_dir).await?;
+    tokio::fs::create_dir_all(blob_dir)
+        .await
+        .with_context(|| format!("cannot create {}", blob_dir.display()))?;
     // Per job: two jobs fetching the same blob never share (or delete) each other's file.
     let path = blob_file(blob_dir, &job.job_id, digest);
     let part = path.with_extension("part");
@@ -537,15 +543,21 @@ async fn fetch(
         .map_err(|s| anyhow::anyhow!("blob {digest} transfer failed: {}", s.message()))?
     {
         hasher.update(&chunk.data);
-        file.write_all(&chunk.data).await?;
+        file.write_all(&chunk.data)
+            .await
+            .with_context(|| format!("cannot write {}", part.display()))?;
     }
-    file.sync_all().await?;
+    file.sync_all()
+        .await
+        .with_context(|| format!("cannot write {}", part.display()))?;
     let actual = hex::encode(hasher.finalize());
     if actual != digest {
         let _ = tokio::fs::remove_file(&part).await;
         anyhow::bail!("blob {digest} arrived corrupt (sha256 {actual})");
     }
-    tokio::fs::rename(&part, &path).await?;
+    tokio::fs::rename(&part, &path)
+        .await
+        .with_context(|| format!("cannot move {} to {}", part.display(), path.display()))?;
     Ok(Some(path))
 }
 

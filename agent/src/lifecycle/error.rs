@@ -55,9 +55,6 @@ pub enum StepError {
     /// Recovery found the job cut short during `step`.
     #[error("the agent stopped during step {step}{note}")]
     Interrupted { step: String, note: &'static str },
-    /// A failure recorded in a journal before a crash, read back as text.
-    #[error("{0}")]
-    Recorded(String),
 }
 
 /// Attaches an operation and a path to an I/O error.
