@@ -3,13 +3,13 @@
 //! machine's grains, executes the plan and prints Salt's highstate output (text or JSON).
 
 use std::fmt::Write as _;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use corpus_pillar::{DirTree, PillarTree, SourceTree, TemplateContext, TemplateEngine};
+use corpus_pillar::{DirTree, PillarTree, SourceTree, TemplateContext};
 use corpus_states::StateTree;
 use serde_json::{Map, Value, json};
 
@@ -81,27 +81,10 @@ fn local_grains(id: &str) -> Value {
     grains
 }
 
-/// A Jinja renderer for `file.managed` templates: the same dialect and context as the SLS,
-/// plus the state's `defaults`/`context` and Salt's `tplpath`/`tpldir`.
+/// A Jinja renderer for `file.managed` templates: the one the lifecycle uses too
+/// ([`crate::state::file_renderer`]), so `tpldir` and imports behave the same on push.
 fn file_renderer(tree: Arc<dyn SourceTree>, ctx: TemplateContext) -> JinjaRenderer {
-    let engine = TemplateEngine::new(tree);
-    Box::new(move |name: &str, text: &str, extra: &Map<String, Value>| {
-        let path = name.strip_prefix("salt://").unwrap_or(name);
-        let mut ctx = ctx.clone();
-        if path != name {
-            let dir = Path::new(path)
-                .parent()
-                .map(|p| p.display().to_string())
-                .unwrap_or_default();
-            ctx = ctx
-                .with_var("tplpath", json!(path))
-                .with_var("tpldir", json!(dir));
-        }
-        for (key, value) in extra {
-            ctx = ctx.with_var(key, value.clone());
-        }
-        engine.render(path, text, &ctx).map_err(|e| e.to_string())
-    })
+    crate::state::file_renderer(tree, ctx)
 }
 
 /// Runs `corpus-agent apply`, printing to stdout; exit 0 only when every state succeeded.
@@ -292,6 +275,8 @@ pub fn format_text(report: &Report, test: bool) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::path::Path;
+
     use super::*;
     use crate::state::StateResult;
 

@@ -20,7 +20,7 @@ use tokio::sync::mpsc::UnboundedSender;
 use tracing::{Instrument, info, info_span, warn};
 
 use crate::enroll::AgentIdentity;
-use crate::lifecycle::{self, Lifecycle, Outcome, Reporter, StepStatus};
+use crate::lifecycle::{self, JobOutcome, Lifecycle, Reporter, Step, StepStatus};
 
 /// Messages for the master, queued across reconnects.
 pub type Outbox = UnboundedSender<AgentMessage>;
@@ -150,7 +150,11 @@ pub fn deliver(state_dir: &Path, outbox: &Outbox, finished: JobFinished) {
             .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
             .and_then(|_| std::fs::rename(&tmp, &path));
         if let Err(e) = written {
-            warn!(job = %finished.job_id, "cannot keep the job result on disk: {e}");
+            warn!(
+                job = %finished.job_id,
+                "cannot keep the job result on disk as {}: {e}",
+                path.display()
+            );
         }
     }
     let _ = outbox.send(AgentMessage {
@@ -178,7 +182,7 @@ impl OutboxReporter {
 impl Reporter for OutboxReporter {
     fn step(
         &mut self,
-        step: &str,
+        step: Step,
         state_id: &str,
         status: StepStatus,
         changes: serde_json::Value,
@@ -195,7 +199,7 @@ impl Reporter for OutboxReporter {
         let event = JobEvent {
             job_id: self.job_id.clone(),
             sequence: self.sequence,
-            step: step.to_owned(),
+            step: step.as_str().to_owned(),
             state_id: state_id.to_owned(),
             result: result as i32,
             changes_json: serde_json::to_vec(&changes).unwrap_or_default(),
@@ -212,6 +216,7 @@ impl Reporter for OutboxReporter {
 
 fn wire_status(status: lifecycle::Status) -> JobStatus {
     match status {
+        lifecycle::Status::Running => JobStatus::Running,
         lifecycle::Status::Success => JobStatus::Success,
         lifecycle::Status::Failed => JobStatus::Failed,
         lifecycle::Status::RolledBack => JobStatus::RolledBack,
@@ -222,7 +227,7 @@ fn wire_status(status: lifecycle::Status) -> JobStatus {
 fn finished_message(
     ctx: &JobContext,
     job: &corpus_proto::Job,
-    outcome: &Outcome,
+    outcome: &JobOutcome,
     release: Option<BlobRef>,
     started: Instant,
 ) -> JobFinished {
@@ -245,8 +250,8 @@ fn finished_message(
     }
 }
 
-fn failure(job: &corpus_proto::Job, step: &str, message: String) -> Outcome {
-    Outcome {
+fn failure(job: &corpus_proto::Job, step: &str, message: String) -> JobOutcome {
+    JobOutcome {
         status: lifecycle::Status::Failed,
         failed_step: step.to_owned(),
         failed_state: String::new(),
@@ -336,11 +341,11 @@ async fn report_usage(ctx: &Arc<JobContext>, env: &str, project: &str) {
 
 /// `corpus destroy ENV`: each project is destroyed through the lifecycle (its stop.sls runs
 /// with the plans of its latest deploy), then the environment's directory goes.
-fn destroy_environment(ctx: &JobContext, job: &corpus_proto::Job) -> Outcome {
+fn destroy_environment(ctx: &JobContext, job: &corpus_proto::Job) -> JobOutcome {
     if uuid::Uuid::parse_str(&job.env_uuid).is_err() {
         return failure(
             job,
-            "validate",
+            Step::Validate.as_str(),
             format!("environment id {:?} is not a UUID", job.env_uuid),
         );
     }
@@ -352,7 +357,7 @@ fn destroy_environment(ctx: &JobContext, job: &corpus_proto::Job) -> Outcome {
     else {
         return failure(
             job,
-            "validate",
+            Step::Validate.as_str(),
             "the agent's root has no room for environments".into(),
         );
     };
@@ -393,7 +398,7 @@ fn destroy_environment(ctx: &JobContext, job: &corpus_proto::Job) -> Outcome {
         };
         let outcome = ctx.lifecycle.run(&project_job, &mut reporter);
         if outcome.status != lifecycle::Status::Success {
-            return Outcome {
+            return JobOutcome {
                 message: format!("project {name:?}: {}", outcome.message),
                 ..outcome
             };
@@ -404,11 +409,11 @@ fn destroy_environment(ctx: &JobContext, job: &corpus_proto::Job) -> Outcome {
     {
         return failure(
             job,
-            "destroy",
+            Step::Destroy.as_str(),
             format!("cannot remove {}: {e}", env_dir.display()),
         );
     }
-    Outcome {
+    JobOutcome {
         status: lifecycle::Status::Success,
         failed_step: String::new(),
         failed_state: String::new(),
@@ -513,7 +518,9 @@ async fn fetch(
     if !valid_id(&job.job_id) {
         anyhow::bail!("job id {:?} is invalid", job.job_id);
     }
-    tokio::fs::create_dir_all(blob_dir).await?;
+    tokio::fs::create_dir_all(blob_dir)
+        .await
+        .with_context(|| format!("cannot create {}", blob_dir.display()))?;
     // Per job: two jobs fetching the same blob never share (or delete) each other's file.
     let path = blob_file(blob_dir, &job.job_id, digest);
     let part = path.with_extension("part");
@@ -536,15 +543,21 @@ async fn fetch(
         .map_err(|s| anyhow::anyhow!("blob {digest} transfer failed: {}", s.message()))?
     {
         hasher.update(&chunk.data);
-        file.write_all(&chunk.data).await?;
+        file.write_all(&chunk.data)
+            .await
+            .with_context(|| format!("cannot write {}", part.display()))?;
     }
-    file.sync_all().await?;
+    file.sync_all()
+        .await
+        .with_context(|| format!("cannot write {}", part.display()))?;
     let actual = hex::encode(hasher.finalize());
     if actual != digest {
         let _ = tokio::fs::remove_file(&part).await;
         anyhow::bail!("blob {digest} arrived corrupt (sha256 {actual})");
     }
-    tokio::fs::rename(&part, &path).await?;
+    tokio::fs::rename(&part, &path)
+        .await
+        .with_context(|| format!("cannot move {} to {}", part.display(), path.display()))?;
     Ok(Some(path))
 }
 

@@ -8,7 +8,7 @@ use std::path::Path;
 use std::sync::Arc;
 
 use corpus_pillar::{MemoryTree, PillarTree, defaults_chain};
-use corpus_states::{PHASES, ProjectPlan, StateTree, TemplateContext};
+use corpus_states::{Phase, ProjectPlan, ProjectSettings, StateTree, TemplateContext};
 use serde_json::{Value, json};
 
 use crate::store::{EnvironmentRecord, Grains, Mode};
@@ -246,6 +246,8 @@ pub fn render_project(
         ctx.env.defaults.clone(),
         project_settings(pillar, ctx.project),
     );
+    // A typo in a setting the agent acts on fails the push here, before any job exists.
+    ProjectSettings::from_data(&data).map_err(|e| RenderError::Pillar(e.to_string()))?;
     let root = if ctx.grains.root.is_empty() {
         "/srv/corpus"
     } else {
@@ -291,18 +293,17 @@ pub fn render_project(
     );
     let states = StateTree::new(Arc::new(tree(salt)));
     let mut plan = ProjectPlan::default();
-    for phase in PHASES {
-        if !salt.contains_key(&format!("{phase}.sls")) {
+    for phase in Phase::ALL {
+        if !salt.contains_key(&phase.sls_file()) {
             continue;
         }
-        let rendered =
-            states
-                .render_sls(&[*phase], &context)
-                .map_err(|source| RenderError::Phase {
-                    phase: (*phase).to_owned(),
-                    source: Box::new(source),
-                })?;
-        plan.phases.insert((*phase).to_owned(), rendered.plan);
+        let rendered = states
+            .render_sls(&[phase.as_str()], &context)
+            .map_err(|source| RenderError::Phase {
+                phase: phase.as_str().to_owned(),
+                source: Box::new(source),
+            })?;
+        plan.phases.insert(phase.as_str().to_owned(), rendered.plan);
     }
     Ok(Rendered { plan, common })
 }
@@ -423,6 +424,34 @@ mod tests {
             .err()
             .map(|e| e.to_string());
         assert!(err.is_some_and(|e| e.contains(".salt/start.sls")));
+    }
+
+    #[test]
+    fn a_misspelt_project_setting_fails_the_push_naming_the_key() {
+        let env = env();
+        let grains = Grains::default();
+        let ctx = DeployContext {
+            project: "web",
+            env: &env,
+            mode: Mode::Cooking,
+            deploy_id: "d1",
+            commit: "abc",
+            grains: &grains,
+        };
+        let mut salt = BTreeMap::new();
+        salt.insert(
+            "PILLAR.sample".into(),
+            "healthcheck:\n  comand: true\n".into(),
+        );
+        let err = render_project(&salt, &json!({}), &ctx)
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("`healthcheck`") && e.contains("comand")));
+        let pillar = json!({"makina-projects": {"web": {"keep_archives": "x"}}});
+        let err = render_project(&BTreeMap::new(), &pillar, &ctx)
+            .err()
+            .map(|e| e.to_string());
+        assert!(err.is_some_and(|e| e.contains("`keep_archives`")));
     }
 
     #[test]

@@ -14,10 +14,12 @@ mod compile;
 pub mod error;
 mod high;
 pub mod plan;
+pub mod settings;
 mod show;
 
 pub use compile::{RenderedPlan, StateTree};
 pub use corpus_pillar::{DirTree, MemoryTree, SourceTree, TemplateContext, TreeError};
 pub use error::{Location, StateError};
-pub use plan::{Chunk, PHASES, Plan, ProjectPlan, Requisite, RequisiteKind};
+pub use plan::{Chunk, Phase, Plan, ProjectPlan, Requisite, RequisiteKind};
+pub use settings::{HealthCheck, HealthProbe, NotifySettings, ProjectSettings, SettingsError};
 pub use show::show_sls;

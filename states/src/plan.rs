@@ -63,31 +63,107 @@ impl Chunk {
     }
 }
 
-/// The project lifecycle's SLS phases, in the order the lifecycle may run them. Each maps to
-/// `.salt/<phase>.sls` in the project; a missing file is an empty plan.
-pub const PHASES: &[&str] = &[
-    "stop",
-    "backup",
-    "configure",
-    "build",
-    "post_build",
-    "start",
-    "upgrade",
-    "post_deploy",
-    "post_install",
-    "restore",
-    "notify",
-];
+/// A project lifecycle's SLS phase. Each maps to `.salt/<phase>.sls` in the project; a missing
+/// file is an empty plan. The names are part of the protocol (plan keys, job events, journals),
+/// so [`Phase::as_str`] never changes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, PartialOrd, Ord, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Phase {
+    Stop,
+    Backup,
+    Configure,
+    Build,
+    PostBuild,
+    Start,
+    Upgrade,
+    PostDeploy,
+    PostInstall,
+    Restore,
+    Notify,
+}
 
-/// A project's rendered plans, one per lifecycle phase (`Job.plan_json` on the wire).
+impl Phase {
+    /// Every phase, in the order the lifecycle may run them.
+    pub const ALL: [Phase; 11] = [
+        Phase::Stop,
+        Phase::Backup,
+        Phase::Configure,
+        Phase::Build,
+        Phase::PostBuild,
+        Phase::Start,
+        Phase::Upgrade,
+        Phase::PostDeploy,
+        Phase::PostInstall,
+        Phase::Restore,
+        Phase::Notify,
+    ];
+
+    /// The phase's name on the wire and in `.salt/`.
+    pub const fn as_str(self) -> &'static str {
+        match self {
+            Phase::Stop => "stop",
+            Phase::Backup => "backup",
+            Phase::Configure => "configure",
+            Phase::Build => "build",
+            Phase::PostBuild => "post_build",
+            Phase::Start => "start",
+            Phase::Upgrade => "upgrade",
+            Phase::PostDeploy => "post_deploy",
+            Phase::PostInstall => "post_install",
+            Phase::Restore => "restore",
+            Phase::Notify => "notify",
+        }
+    }
+
+    /// The phase's state file inside `.salt/`, e.g. `post_build.sls`.
+    pub fn sls_file(self) -> String {
+        format!("{}.sls", self.as_str())
+    }
+
+    /// The phase named `name`, if there is one.
+    pub fn from_name(name: &str) -> Option<Phase> {
+        Phase::ALL.into_iter().find(|p| p.as_str() == name)
+    }
+}
+
+impl std::fmt::Display for Phase {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl AsRef<str> for Phase {
+    fn as_ref(&self) -> &str {
+        self.as_str()
+    }
+}
+
+/// A project's rendered plans, one per lifecycle phase (`Job.plan_json` on the wire). Keys are
+/// [`Phase::as_str`] names; they stay strings so the wire format does not change.
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ProjectPlan {
     pub phases: std::collections::BTreeMap<String, Plan>,
 }
 
 impl ProjectPlan {
-    /// The plan of `phase`, empty when the project has no such file.
-    pub fn phase(&self, phase: &str) -> Plan {
-        self.phases.get(phase).cloned().unwrap_or_default()
+    /// The plan of `phase` (a [`Phase`] or its name), empty when the project has no such file.
+    pub fn phase(&self, phase: impl AsRef<str>) -> Plan {
+        self.phases.get(phase.as_ref()).cloned().unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Phase;
+
+    #[test]
+    fn phase_names_round_trip_and_match_serde() {
+        for phase in Phase::ALL {
+            assert_eq!(Phase::from_name(phase.as_str()), Some(phase));
+            let json = serde_json::to_value(phase).unwrap();
+            assert_eq!(json, phase.as_str());
+        }
+        assert_eq!(Phase::PostBuild.sls_file(), "post_build.sls");
+        assert_eq!(Phase::from_name("postbuild"), None);
     }
 }

@@ -8,12 +8,26 @@ use std::io;
 use serde::{Deserialize, Serialize};
 
 use super::layout::{ProjectLayout, write_atomic};
+use super::step::{Step, optional_step};
 use super::{Job, JobKind, Mode};
+
+/// What a journal's job does. Serialised as `deploy`, `rollback` or `destroy`, the strings
+/// journals (and `status.json` records and webhooks) have always carried.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum JournalKind {
+    /// A push: the mode's steps, undone on failure (cooking, final).
+    Deploy,
+    /// A requested rollback: [`super::step::ROLLBACK_STEPS`], never undone.
+    Rollback,
+    /// `corpus destroy`: stop.sls then removal; never journaled on disk.
+    Destroy,
+}
 
 /// Where a deploy stands.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
-pub enum Phase {
+pub enum DeployProgress {
     /// Running the mode's steps; a crash here is undone (or, editable, left as is).
     Forward,
     /// The deploy passed its health check; a crash here finishes it.
@@ -26,8 +40,8 @@ pub enum Phase {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct DeployJournal {
     pub job_id: String,
-    /// `deploy` or `rollback`.
-    pub kind: String,
+    /// A deploy, a requested rollback or (in memory only) a destroy.
+    pub kind: JournalKind,
     pub env_uuid: String,
     pub project: String,
     pub mode: Mode,
@@ -36,9 +50,10 @@ pub struct DeployJournal {
     pub requested_by: String,
     /// RFC 3339 UTC.
     pub started: String,
-    /// The step about to run, or running.
-    pub step: String,
-    pub phase: Phase,
+    /// The step about to run, or running; none before the first.
+    #[serde(with = "optional_step")]
+    pub step: Option<Step>,
+    pub phase: DeployProgress,
     /// The live tree before the job (`deploy/current`'s target).
     pub previous_live: Option<String>,
     /// `run/` was a real directory before the job (moved into the archive, restored as
@@ -50,7 +65,8 @@ pub struct DeployJournal {
     pub target: Option<String>,
     pub source_archive: Option<String>,
     /// Set when a step failed (or on recovery: the step that was interrupted).
-    pub failed_step: String,
+    #[serde(with = "optional_step")]
+    pub failed_step: Option<Step>,
     pub failed_state: String,
     pub message: String,
 }
@@ -69,10 +85,10 @@ impl DeployJournal {
         DeployJournal {
             job_id: job.job_id.clone(),
             kind: match job.kind {
-                JobKind::Rollback { .. } => "rollback",
-                _ => "deploy",
-            }
-            .into(),
+                JobKind::Rollback { .. } => JournalKind::Rollback,
+                JobKind::Destroy => JournalKind::Destroy,
+                JobKind::Init | JobKind::Deploy => JournalKind::Deploy,
+            },
             env_uuid: job.env_uuid.clone(),
             project: job.project.clone(),
             mode: job.mode,
@@ -80,14 +96,14 @@ impl DeployJournal {
             commit: job.commit.clone(),
             requested_by: job.requested_by.clone(),
             started,
-            step: String::new(),
-            phase: Phase::Forward,
+            step: None,
+            phase: DeployProgress::Forward,
             previous_live: None,
             run_was_dir: false,
             backup_data: true,
             target: None,
             source_archive: None,
-            failed_step: String::new(),
+            failed_step: None,
             failed_state: String::new(),
             message: String::new(),
         }
@@ -147,5 +163,64 @@ impl JobSpec {
                 pillar: serde_json::Value::Null,
                 grains: serde_json::Value::Null,
             })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A journal as the agent wrote it before steps and kinds were typed, mid-undo.
+    const TODAYS_JOURNAL: &str = r#"{
+  "job_id": "j-1",
+  "kind": "deploy",
+  "env_uuid": "e1",
+  "project": "app",
+  "mode": "cooking",
+  "deploy_id": "20250102T030405Z-0f8fad5b-d9cb-469f-a165-70867728950e",
+  "commit": "abc123",
+  "requested_by": "alice",
+  "started": "2025-01-02T03:04:05Z",
+  "step": "post_build",
+  "phase": "rolling_back",
+  "previous_live": null,
+  "run_was_dir": false,
+  "backup_data": true,
+  "target": null,
+  "source_archive": null,
+  "failed_step": "build",
+  "failed_state": "compile",
+  "message": "state \"compile\" of build.sls failed: exit 1"
+}"#;
+
+    #[test]
+    fn journals_in_todays_format_still_load_and_save_the_same() {
+        let j: DeployJournal = serde_json::from_str(TODAYS_JOURNAL).unwrap();
+        assert_eq!(j.kind, JournalKind::Deploy);
+        assert_eq!(j.step, Some(Step::Phase(corpus_states::Phase::PostBuild)));
+        assert_eq!(
+            j.failed_step,
+            Some(Step::Phase(corpus_states::Phase::Build))
+        );
+        assert_eq!(j.phase, DeployProgress::RollingBack);
+        let again = serde_json::to_value(&j).unwrap();
+        let before: serde_json::Value = serde_json::from_str(TODAYS_JOURNAL).unwrap();
+        assert_eq!(again, before, "the format on disk does not change");
+
+        let fresh = TODAYS_JOURNAL
+            .replace(r#""kind": "deploy""#, r#""kind": "rollback""#)
+            .replace(r#""step": "post_build""#, r#""step": """#)
+            .replace(r#""failed_step": "build""#, r#""failed_step": """#);
+        let j: DeployJournal = serde_json::from_str(&fresh).unwrap();
+        assert_eq!(j.kind, JournalKind::Rollback);
+        assert_eq!((j.step, j.failed_step), (None, None));
+        assert_eq!(serde_json::to_value(&j).unwrap()["step"], "");
+    }
+
+    #[test]
+    fn a_journal_naming_an_unknown_step_is_refused() {
+        let bad = TODAYS_JOURNAL.replace(r#""step": "post_build""#, r#""step": "postbuild""#);
+        let err = serde_json::from_str::<DeployJournal>(&bad).unwrap_err();
+        assert!(err.to_string().contains("postbuild"), "{err}");
     }
 }

@@ -11,6 +11,7 @@ use std::os::unix::fs::{PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
 use super::Mode;
+use super::error::{IoContext, StepError};
 
 /// The directories of one project, `ROOT/<env>/srv/projects/<project>/`.
 #[derive(Debug, Clone)]
@@ -86,18 +87,22 @@ impl ProjectLayout {
         self.tree(&name).is_dir().then_some(name)
     }
 
-    /// pre_install: creates the layout (idempotent) and points `run` for `mode`.
-    pub fn create(&self, mode: Mode) -> io::Result<()> {
-        fs::create_dir_all(&self.dir)?;
-        fs::create_dir_all(self.state_dir())?;
+    /// pre_install: creates the layout (idempotent) and points `run` for `mode`. The error
+    /// names the directory or link that could not be made.
+    pub fn create(&self, mode: Mode) -> Result<(), StepError> {
+        for dir in [self.dir.clone(), self.state_dir()] {
+            fs::create_dir_all(&dir).at("create", &dir)?;
+        }
         for d in DIRS {
             let p = self.sub(d);
             if !p.is_dir() {
-                fs::create_dir_all(&p)?;
+                fs::create_dir_all(&p).at("create", &p)?;
             }
         }
-        fs::set_permissions(self.pillar(), fs::Permissions::from_mode(0o750))?;
-        fs::set_permissions(self.state_dir(), fs::Permissions::from_mode(0o700))?;
+        for (dir, mode) in [(self.pillar(), 0o750), (self.state_dir(), 0o700)] {
+            fs::set_permissions(&dir, fs::Permissions::from_mode(mode))
+                .at("set the mode of", &dir)?;
+        }
         let run = self.run();
         match fs::symlink_metadata(&run) {
             // A real directory stays until the archive step moves it away (cooking/final).
@@ -107,10 +112,10 @@ impl ProjectLayout {
                     Mode::Editable => "project",
                     Mode::Cooking | Mode::Final => RUN_TARGET,
                 };
-                set_link(&run, Path::new(target))?;
+                set_link(&run, Path::new(target)).at("link", &run)?;
             }
         }
-        sync_dir(&self.dir)
+        sync_dir(&self.dir).at("sync", &self.dir)
     }
 
     /// Points `deploy/current` at `deploy/<id>` (atomically), or removes it.
@@ -125,9 +130,12 @@ impl ProjectLayout {
     }
 
     /// Writes the rendered pillar to `pillar/pillar.json`, read-only (0440).
-    pub fn write_pillar(&self, pillar: &serde_json::Value) -> io::Result<()> {
-        let text = serde_json::to_vec_pretty(pillar).map_err(io::Error::other)?;
-        write_atomic(&self.pillar().join("pillar.json"), &text, 0o440)
+    pub fn write_pillar(&self, pillar: &serde_json::Value) -> Result<(), StepError> {
+        let path = self.pillar().join("pillar.json");
+        let text = serde_json::to_vec_pretty(pillar)
+            .map_err(io::Error::other)
+            .at("write", &path)?;
+        write_atomic(&path, &text, 0o440).at("write", &path)
     }
 }
 
@@ -149,20 +157,23 @@ pub fn set_link(link: &Path, target: &Path) -> io::Result<()> {
     sync_dir(parent)
 }
 
-/// `rename(2)` then fsync of both parents, so the move survives a crash.
-pub fn rename_durable(from: &Path, to: &Path) -> io::Result<()> {
-    fs::rename(from, to).map_err(|e| {
-        io::Error::new(
-            e.kind(),
-            format!("cannot move {} to {}: {e}", from.display(), to.display()),
-        )
-    })?;
-    sync_dir(parent_of(to)?)?;
-    let from_parent = parent_of(from)?;
-    if Some(from_parent) != to.parent() {
-        sync_dir(from_parent)?;
-    }
-    Ok(())
+/// `rename(2)` then fsync of both parents, so the move survives a crash. The error names both
+/// paths.
+pub fn rename_durable(from: &Path, to: &Path) -> Result<(), StepError> {
+    let moved = || -> io::Result<()> {
+        fs::rename(from, to)?;
+        sync_dir(parent_of(to)?)?;
+        let from_parent = parent_of(from)?;
+        if Some(from_parent) != to.parent() {
+            sync_dir(from_parent)?;
+        }
+        Ok(())
+    };
+    moved().map_err(|source| StepError::Move {
+        from: from.to_path_buf(),
+        to: to.to_path_buf(),
+        source,
+    })
 }
 
 /// Writes `bytes` to `path` via a temporary file, fsync and rename.

@@ -7,11 +7,18 @@
 //! [`crate::state::Executor`]); the only network use is the webhook POST and the HTTP health
 //! check. The agent's link calls [`Lifecycle::run`] in `spawn_blocking`.
 //!
-//! Step names (events and `CORPUS_TEST_PAUSE_AT`) are [`EDITABLE_STEPS`], [`COOKING_STEPS`],
-//! [`FINAL_STEPS`] and [`ROLLBACK_STEPS`]; the undo after a failure reports `rollback`, then
-//! [`UNDO_STEPS`], and pauses at `rollback_<step>`. Outside steps: `validate`, `lock`,
-//! `webhook` (one per URL), `destroy`. The pause writes `<project_dir>/.paused-<step>` and
-//! sleeps forever at that boundary, after the journal names the step.
+//! Steps are [`Step`]s; their names (events, journals and `CORPUS_TEST_PAUSE_AT`) and the
+//! lists [`EDITABLE_STEPS`], [`COOKING_STEPS`], [`FINAL_STEPS`] and [`ROLLBACK_STEPS`] are in
+//! `step.rs`; the undo after a failure reports `rollback`, then [`UNDO_STEPS`], and pauses at
+//! `rollback_<step>`. Outside steps: `validate`, `lock`, `webhook` (one per URL), `destroy`.
+//! The pause writes `<project_dir>/.paused-<step>` and sleeps forever at that boundary, after
+//! the journal names the step.
+//!
+//! Parts: `engine.rs` (the state machine), `steps.rs` (the built-in steps' I/O), `history.rs`
+//! (deployment records), `recovery.rs`, `validate.rs`, `journal.rs`, `layout.rs`, `lock.rs`,
+//! `archive.rs`, `checks.rs` (health check, webhooks) and `error.rs` ([`StepError`]).
+//! The service controller and the file sources are injected ([`Lifecycle::with_services`],
+//! [`Lifecycle::with_file_sources`]) so tests can run `service.*` states against a fake.
 //!
 //! On disk (`ProjectLayout`): `run -> deploy/current -> <deploy id>` (cooking, final) or
 //! `run -> project` (editable); `archives/<id>/` holds `status.json`, `data/` (the backup taken
@@ -22,26 +29,41 @@
 mod archive;
 mod checks;
 mod engine;
+mod error;
+mod history;
 mod journal;
 mod layout;
 mod lock;
+mod recovery;
+mod step;
+mod steps;
 #[cfg(test)]
 mod tests;
+mod validate;
 
 use std::fs;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
+use corpus_pillar::{DirTree, TemplateContext};
+use corpus_states::{Phase, ProjectSettings};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
 pub use archive::{Limits, MANIFEST_ENTRY};
-pub use engine::{COOKING_STEPS, EDITABLE_STEPS, FINAL_STEPS, ROLLBACK_STEPS, UNDO_STEPS};
+pub use checks::CheckError;
+pub use error::{InvalidJob, StepError};
+pub use journal::JournalKind;
 pub use layout::ProjectLayout;
 pub use lock::LockHolder;
+pub use step::{COOKING_STEPS, EDITABLE_STEPS, FINAL_STEPS, ROLLBACK_STEPS, Step, UNDO_STEPS};
+pub use validate::{new_deploy_id, validate_deploy_id};
 
-use engine::{Engine, StepFailure};
-use journal::{DeployJournal, JobSpec, Phase};
+use crate::state::{FileSources, LocalFileSources, ServiceControl, Systemctl};
+use engine::Engine;
+use error::IoContext;
+use journal::{DeployJournal, JobSpec};
 use lock::{LockError, ProjectLock};
 
 /// How the project is deployed; platform types map to it (dev, staging, prod).
@@ -80,10 +102,10 @@ pub struct Job {
     /// `<UTC DATETIME>-<UUID>` chosen by the master ([`validate_deploy_id`]); names the
     /// deployment, its tree under `deploy/` and its archive under `archives/`.
     pub deploy_id: String,
-    /// One plan per phase of [`corpus_states::PHASES`]; a missing phase is a no-op.
+    /// One plan per [`corpus_states::Phase`]; a missing phase is a no-op.
     pub plans: corpus_states::ProjectPlan,
-    /// PRODUCT.md's `common`; `common.data` holds keep_archives, healthcheck, notify,
-    /// backup_data.
+    /// PRODUCT.md's `common`; `common.data` holds the [`ProjectSettings`] (checked before the
+    /// job touches anything).
     pub common: serde_json::Value,
     /// The rendered pillar, written to `pillar/` for the application.
     pub pillar: serde_json::Value,
@@ -111,7 +133,7 @@ pub enum StepStatus {
 pub trait Reporter {
     fn step(
         &mut self,
-        step: &str,
+        step: Step,
         state_id: &str,
         status: StepStatus,
         changes: serde_json::Value,
@@ -126,7 +148,7 @@ pub struct NullReporter;
 impl Reporter for NullReporter {
     fn step(
         &mut self,
-        _: &str,
+        _: Step,
         _: &str,
         _: StepStatus,
         _: serde_json::Value,
@@ -136,10 +158,14 @@ impl Reporter for NullReporter {
     }
 }
 
-/// How a job ended.
+/// Where a job or deployment stands: the agent's one status vocabulary for jobs (the wire's
+/// `JobStatus`), deployment records (`status.json`'s `result`) and webhooks. Steps have theirs,
+/// [`StepStatus`] (the wire's `StepResult`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
 pub enum Status {
+    /// Only in a deployment's record while its job runs; a job's outcome never says running.
+    Running,
     Success,
     /// Failed and left as is (editable mode, or a failure before anything was touched).
     Failed,
@@ -149,11 +175,13 @@ pub enum Status {
     Refused,
 }
 
-/// The result of [`Lifecycle::run`] / [`Lifecycle::recover`].
+/// The result of [`Lifecycle::run`] / [`Lifecycle::recover`]. (A state's own result is
+/// [`crate::state::Outcome`].)
 #[derive(Debug, Clone)]
-pub struct Outcome {
+pub struct JobOutcome {
     pub status: Status,
-    /// The step that failed (a step name), empty on success.
+    /// The step that failed (a [`Step`] name, or the agent's own `prepare`, `fetch_*`,
+    /// `upload_release`), empty on success.
     pub failed_step: String,
     /// The state id that failed within `failed_step`, empty for built-in steps.
     pub failed_state: String,
@@ -182,12 +210,10 @@ pub struct DeploymentInfo {
     pub time: String,
     pub commit: String,
     pub mode: Mode,
-    /// `success`, `failed`, `rolled_back` or `running`.
-    pub result: String,
+    pub result: Status,
     pub failed_step: String,
     pub failed_state: String,
-    /// `deploy` or `rollback`.
-    pub kind: String,
+    pub kind: JournalKind,
     /// Whether `run/` serves this deployment's tree now.
     pub live: bool,
 }
@@ -208,12 +234,36 @@ pub struct ProjectState {
     pub locked_by: Option<(String, String, String)>,
 }
 
+/// Makes the file sources a phase's states use: `salt://` resolves under the project's source
+/// tree, and `template: jinja` renders with the job's context.
+pub trait PhaseFileSources: Send + Sync {
+    fn for_phase(&self, file_root: &Path, context: TemplateContext) -> Box<dyn FileSources>;
+}
+
+/// The production [`PhaseFileSources`]: files on disk under the file root, rendered with the
+/// agent's one template renderer ([`crate::state::file_renderer`]).
+pub struct ProjectTreeSources;
+
+impl PhaseFileSources for ProjectTreeSources {
+    fn for_phase(&self, file_root: &Path, context: TemplateContext) -> Box<dyn FileSources> {
+        let renderer = crate::state::file_renderer(Arc::new(DirTree::new(file_root)), context);
+        Box::new(LocalFileSources::new(
+            Some(file_root.to_path_buf()),
+            Some(renderer),
+        ))
+    }
+}
+
 /// The lifecycle engine of one agent.
 pub struct Lifecycle {
     /// `corpus-agent run --root DIR`: environments live at `DIR/<env-uuid>/`.
     root: PathBuf,
     /// What an unpacked release or source may weigh.
     limits: Limits,
+    /// What `service.*` states drive; injected so tests can record the calls.
+    services: Arc<dyn ServiceControl>,
+    /// Where phases' `salt://` sources come from; injected for the same reason.
+    file_sources: Arc<dyn PhaseFileSources>,
 }
 
 impl Lifecycle {
@@ -221,7 +271,21 @@ impl Lifecycle {
         Lifecycle {
             root,
             limits: Limits::default(),
+            services: Arc::new(Systemctl::default()),
+            file_sources: Arc::new(ProjectTreeSources),
         }
+    }
+
+    /// Replaces the service controller (systemd by default).
+    pub fn with_services(mut self, services: Arc<dyn ServiceControl>) -> Self {
+        self.services = services;
+        self
+    }
+
+    /// Replaces the file sources of phases (the project tree on disk by default).
+    pub fn with_file_sources(mut self, file_sources: Arc<dyn PhaseFileSources>) -> Self {
+        self.file_sources = file_sources;
+        self
     }
 
     /// Overrides the unpack limits (bytes and entries of a release or source).
@@ -240,30 +304,33 @@ impl Lifecycle {
     }
 
     /// Runs one job to its end (blocking). Invalid jobs and a busy project change nothing.
-    pub fn run(&self, job: &Job, reporter: &mut dyn Reporter) -> Outcome {
-        let refuse = |status: Status, step: &str, message: String| Outcome {
+    pub fn run(&self, job: &Job, reporter: &mut dyn Reporter) -> JobOutcome {
+        let refuse = |status: Status, step: Step, message: String| JobOutcome {
             status,
-            failed_step: step.to_string(),
+            failed_step: step.as_str().to_string(),
             failed_state: String::new(),
             message,
             deploy_id: job.deploy_id.clone(),
             release: None,
         };
-        if let Err(e) = validate_job(job) {
-            reporter.step(
-                "validate",
-                "",
-                StepStatus::Failed,
-                Value::Null,
-                &e,
-                Duration::ZERO,
-            );
-            return refuse(Status::Failed, "validate", e);
-        }
+        let settings = match validate::validate_job(job) {
+            Ok(settings) => settings,
+            Err(e) => {
+                let msg = e.to_string();
+                reporter.step(
+                    Step::Validate,
+                    "",
+                    StepStatus::Failed,
+                    Value::Null,
+                    &msg,
+                    Duration::ZERO,
+                );
+                return refuse(Status::Failed, Step::Validate, msg);
+            }
+        };
         let layout = ProjectLayout::new(self.project_dir(&job.env_uuid, &job.project));
-        if let Err(e) = fs::create_dir_all(layout.state_dir()) {
-            let msg = format!("cannot create {}: {e}", layout.state_dir().display());
-            return refuse(Status::Failed, "lock", msg);
+        if let Err(e) = fs::create_dir_all(layout.state_dir()).at("create", layout.state_dir()) {
+            return refuse(Status::Failed, Step::Lock, e.to_string());
         }
         let holder = LockHolder {
             user: job.requested_by.clone(),
@@ -283,22 +350,22 @@ impl Lifecycle {
                     None => format!("project {} is busy with another job", job.project),
                 };
                 reporter.step(
-                    "lock",
+                    Step::Lock,
                     "",
                     StepStatus::Failed,
                     Value::Null,
                     &msg,
                     Duration::ZERO,
                 );
-                return refuse(Status::Refused, "lock", msg);
+                return refuse(Status::Refused, Step::Lock, msg);
             }
             Err(LockError::Io(e)) => {
                 let msg = format!("cannot lock {}: {e}", layout.lock_file().display());
-                return refuse(Status::Failed, "lock", msg);
+                return refuse(Status::Failed, Step::Lock, msg);
             }
         };
         reporter.step(
-            "lock",
+            Step::Lock,
             "",
             StepStatus::Success,
             Value::Null,
@@ -311,20 +378,22 @@ impl Lifecycle {
         }
         match &job.kind {
             JobKind::Init => self.init(job, &layout, reporter),
-            JobKind::Destroy => self.destroy(job, &layout, reporter),
+            JobKind::Destroy => self.destroy(job, &layout, settings, reporter),
             JobKind::Deploy => {
                 let mut journal = DeployJournal::new(job, now_rfc3339());
                 journal.previous_live = layout.live_id();
                 journal.run_was_dir = fs::symlink_metadata(layout.run()).is_ok_and(|m| m.is_dir());
-                journal.backup_data = checks::backup_data(&job.common);
-                let mut engine = self.engine(job, layout, journal, reporter);
-                if let Err(e) = engine.spec.save(&engine.layout) {
-                    let msg = format!("cannot write {}: {e}", engine.layout.job_file().display());
-                    return refuse(Status::Failed, "pre_install", msg);
+                journal.backup_data = settings.backup_data;
+                let mut engine = self.engine(job, layout, settings, journal, reporter);
+                let job_file = engine.layout.job_file();
+                if let Err(e) = engine.spec.save(&engine.layout).at("write", &job_file) {
+                    return refuse(Status::Failed, Step::PreInstall, e.to_string());
                 }
                 engine.run_from(0)
             }
-            JobKind::Rollback { to } => self.rollback(job, layout, to.as_deref(), reporter),
+            JobKind::Rollback { to } => {
+                self.rollback(job, layout, settings, to.as_deref(), reporter)
+            }
         }
     }
 
@@ -332,12 +401,14 @@ impl Lifecycle {
         &self,
         job: &Job,
         layout: ProjectLayout,
+        settings: ProjectSettings,
         journal: DeployJournal,
         reporter: &'a mut dyn Reporter,
     ) -> Engine<'a> {
         Engine {
             layout,
             spec: JobSpec::of(job),
+            settings,
             journal,
             reporter,
             pause: true,
@@ -346,35 +417,31 @@ impl Lifecycle {
             release: job.release.clone(),
             release_out: None,
             started: Instant::now(),
+            services: self.services.clone(),
+            file_sources: self.file_sources.clone(),
         }
     }
 
-    fn init(&self, job: &Job, layout: &ProjectLayout, reporter: &mut dyn Reporter) -> Outcome {
+    fn init(&self, job: &Job, layout: &ProjectLayout, reporter: &mut dyn Reporter) -> JobOutcome {
         let t = Instant::now();
         let res = layout
             .create(job.mode)
-            .and_then(|_| layout.write_pillar(&job.pillar))
-            .map_err(|e| {
-                format!(
-                    "cannot create the layout under {}: {e}",
-                    layout.dir.display()
-                )
-            });
+            .and_then(|_| layout.write_pillar(&job.pillar));
         let (status, st, msg) = match res {
             Ok(()) => (
                 Status::Success,
                 StepStatus::Success,
                 format!("layout ready at {}", layout.dir.display()),
             ),
-            Err(e) => (Status::Failed, StepStatus::Failed, e),
+            Err(e) => (Status::Failed, StepStatus::Failed, e.to_string()),
         };
-        reporter.step("pre_install", "", st, Value::Null, &msg, t.elapsed());
-        Outcome {
+        reporter.step(Step::PreInstall, "", st, Value::Null, &msg, t.elapsed());
+        JobOutcome {
             status,
             failed_step: if status == Status::Success {
                 ""
             } else {
-                "pre_install"
+                Step::PreInstall.as_str()
             }
             .into(),
             failed_state: String::new(),
@@ -384,38 +451,39 @@ impl Lifecycle {
         }
     }
 
-    fn destroy(&self, job: &Job, layout: &ProjectLayout, reporter: &mut dyn Reporter) -> Outcome {
-        let mut journal = DeployJournal::new(job, now_rfc3339());
-        journal.kind = "destroy".into();
-        let mut engine = self.engine(job, layout.clone(), journal, reporter);
-        let stop = engine.run_phase("stop");
+    fn destroy(
+        &self,
+        job: &Job,
+        layout: &ProjectLayout,
+        settings: ProjectSettings,
+        reporter: &mut dyn Reporter,
+    ) -> JobOutcome {
+        let journal = DeployJournal::new(job, now_rfc3339());
+        let mut engine = self.engine(job, layout.clone(), settings, journal, reporter);
+        let stop = engine.run_phase(Phase::Stop);
         let t = Instant::now();
-        let res = layout::remove_tree(&layout.dir);
+        let res = layout::remove_tree(&layout.dir).at("remove", &layout.dir);
         let (status, st, msg) = match res {
             Ok(()) => (
                 Status::Success,
                 StepStatus::Success,
                 format!("removed {}", layout.dir.display()),
             ),
-            Err(e) => (
-                Status::Failed,
-                StepStatus::Failed,
-                format!("cannot remove {}: {e}", layout.dir.display()),
-            ),
+            Err(e) => (Status::Failed, StepStatus::Failed, e.to_string()),
         };
         engine
             .reporter
-            .step("destroy", "", st, Value::Null, &msg, t.elapsed());
+            .step(Step::Destroy, "", st, Value::Null, &msg, t.elapsed());
         let msg = match stop {
-            Err(f) => format!("{msg} (stop.sls failed: {})", f.message),
+            Err(f) => format!("{msg} (stop.sls failed: {})", f.error),
             Ok(()) => msg,
         };
-        Outcome {
+        JobOutcome {
             status,
             failed_step: if status == Status::Success {
                 ""
             } else {
-                "destroy"
+                Step::Destroy.as_str()
             }
             .into(),
             failed_state: String::new(),
@@ -429,45 +497,47 @@ impl Lifecycle {
         &self,
         job: &Job,
         layout: ProjectLayout,
+        settings: ProjectSettings,
         to: Option<&str>,
         reporter: &mut dyn Reporter,
-    ) -> Outcome {
-        let fail = |message: String| Outcome {
-            status: Status::Failed,
-            failed_step: "rollback".into(),
-            failed_state: String::new(),
-            message,
-            deploy_id: job.deploy_id.clone(),
-            release: None,
-        };
-        let Some(live) = layout.live_id() else {
-            let msg = format!(
-                "project {} has no live deployment to roll back",
-                job.project
-            );
+    ) -> JobOutcome {
+        let mut fail = |message: String| {
             reporter.step(
-                "rollback",
+                Step::Rollback,
                 "",
                 StepStatus::Failed,
                 Value::Null,
-                &msg,
+                &message,
                 Duration::ZERO,
             );
-            return fail(msg);
+            JobOutcome {
+                status: Status::Failed,
+                failed_step: Step::Rollback.as_str().into(),
+                failed_state: String::new(),
+                message,
+                deploy_id: job.deploy_id.clone(),
+                release: None,
+            }
         };
-        let trees = engine::available_trees(&layout);
-        let live_key = engine::time_key(&layout, &live);
+        let Some(live) = layout.live_id() else {
+            return fail(format!(
+                "project {} has no live deployment to roll back",
+                job.project
+            ));
+        };
+        let trees = history::available_trees(&layout);
+        let live_key = history::time_key(&layout, &live);
         let pick = match to {
             Some(to) => trees.iter().find(|(id, _)| id == to),
             // The newest deployment that went live before the live one.
             None => trees
                 .iter()
-                .filter(|(id, _)| engine::time_key(&layout, id) < live_key)
-                .max_by_key(|(id, _)| engine::time_key(&layout, id)),
+                .filter(|(id, _)| history::time_key(&layout, id) < live_key)
+                .max_by_key(|(id, _)| history::time_key(&layout, id)),
         };
         let Some((target, source)) = pick.cloned() else {
             let have: Vec<&str> = trees.iter().map(|(id, _)| id.as_str()).collect();
-            let msg = match to {
+            return fail(match to {
                 Some(to) if to == live => format!("deployment {to} is already live"),
                 Some(to) => format!(
                     "deployment {to} has no tree left to return to (available: {})",
@@ -481,122 +551,33 @@ impl Lifecycle {
                     "project {} has no previous deployment to return to",
                     job.project
                 ),
-            };
-            reporter.step(
-                "rollback",
-                "",
-                StepStatus::Failed,
-                Value::Null,
-                &msg,
-                Duration::ZERO,
-            );
-            return fail(msg);
+            });
         };
         let mut journal = DeployJournal::new(job, now_rfc3339());
         journal.previous_live = Some(live);
-        journal.backup_data = checks::backup_data(&job.common);
+        journal.backup_data = settings.backup_data;
         journal.target = Some(target);
         journal.source_archive = Some(source);
-        let mut engine = self.engine(job, layout, journal, reporter);
-        let arch = engine.layout.archive(&job.deploy_id);
-        if let Err(e) = fs::create_dir_all(&arch).and_then(|_| engine.spec.save(&engine.layout)) {
-            return fail(format!("cannot prepare {}: {e}", arch.display()));
-        }
-        engine.run_from(0)
-    }
-
-    /// On agent start: finishes (or undoes) every deploy interrupted by a crash, from its
-    /// journal, and returns each job's outcome.
-    pub fn recover(
-        &self,
-        reporter_for: &mut dyn FnMut(&str) -> Box<dyn Reporter>,
-    ) -> Vec<(String, Outcome)> {
-        let mut out = Vec::new();
-        let Ok(envs) = fs::read_dir(&self.root) else {
-            return out;
-        };
-        for env in envs.flatten() {
-            let Ok(projects) = fs::read_dir(env.path().join("srv").join("projects")) else {
-                continue;
+        let arch = layout.archive(&job.deploy_id);
+        let prepared = fs::create_dir_all(&arch).at("create", &arch).and_then(|_| {
+            JobSpec::of(job)
+                .save(&layout)
+                .at("write", layout.job_file())
+        });
+        if let Err(e) = prepared {
+            return JobOutcome {
+                status: Status::Failed,
+                failed_step: Step::Rollback.as_str().into(),
+                failed_state: String::new(),
+                message: e.to_string(),
+                deploy_id: job.deploy_id.clone(),
+                release: None,
             };
-            for project in projects.flatten() {
-                let layout = ProjectLayout::new(project.path());
-                let Ok(Some(journal)) = DeployJournal::load(&layout) else {
-                    continue;
-                };
-                let holder = LockHolder {
-                    user: "corpus-agent".into(),
-                    job_id: format!("recovery of {}", journal.job_id),
-                    started: now_rfc3339(),
-                    pid: std::process::id(),
-                };
-                let Ok(_lock) = ProjectLock::acquire(&layout.lock_file(), &holder) else {
-                    continue;
-                };
-                let mut reporter = reporter_for(&journal.job_id);
-                if let Some(outcome) = self.recover_locked(&layout, reporter.as_mut()) {
-                    out.push((journal.job_id.clone(), outcome));
-                }
-            }
         }
-        out
+        self.engine(job, layout, settings, journal, reporter)
+            .run_from(0)
     }
 
-    /// Recovers the interrupted job of one project (its lock held by the caller).
-    fn recover_locked(
-        &self,
-        layout: &ProjectLayout,
-        reporter: &mut dyn Reporter,
-    ) -> Option<Outcome> {
-        let journal = DeployJournal::load(layout).ok()??;
-        // A crash inside the sync step must not leave the project without its source tree.
-        let _ = layout::restore_project(&layout.dir);
-        if let Ok(entries) = fs::read_dir(&layout.dir) {
-            for e in entries.flatten() {
-                if e.file_name().to_string_lossy().starts_with(".paused-") {
-                    let _ = fs::remove_file(e.path());
-                }
-            }
-        }
-        let mut engine = Engine {
-            layout: layout.clone(),
-            spec: JobSpec::load(layout),
-            journal,
-            reporter,
-            pause: false,
-            limits: self.limits,
-            source: None,
-            release: None,
-            release_out: None,
-            started: Instant::now(),
-        };
-        let j = &engine.journal;
-        let outcome = match (j.kind.as_str(), j.phase, j.mode) {
-            ("rollback", _, _) | (_, Phase::Committed, _) => engine.resume(),
-            (_, Phase::RollingBack, _) => engine.undo(),
-            (_, Phase::Forward, Mode::Editable) => {
-                let step = j.step.clone();
-                engine.fail(StepFailure {
-                    step: step.clone(),
-                    state: String::new(),
-                    message: format!(
-                        "the agent stopped during step {step}; editable mode leaves the tree as is"
-                    ),
-                })
-            }
-            (_, Phase::Forward, _) => {
-                let step = j.step.clone();
-                engine.fail(StepFailure {
-                    step: step.clone(),
-                    state: String::new(),
-                    message: format!("the agent stopped during step {step}"),
-                })
-            }
-        };
-        Some(outcome)
-    }
-
-    /// The project's deployments, releases and disk use.
     /// The deployment `run/` serves, read from one symlink: cheap enough for every result.
     pub fn live(&self, env_uuid: &str, project: &str) -> Option<String> {
         ProjectLayout::new(self.project_dir(env_uuid, project)).live_id()
@@ -614,94 +595,10 @@ impl Lifecycle {
         layout::disk_usage(&layout.dir)
     }
 
+    /// The project's deployments, releases and disk use.
     pub fn status(&self, env_uuid: &str, project: &str) -> ProjectState {
-        let layout = ProjectLayout::new(self.project_dir(env_uuid, project));
-        if !layout.dir.is_dir() {
-            return ProjectState::default();
-        }
-        let live = layout.live_id();
-        let mut deployments: Vec<DeploymentInfo> = engine::list_archives(&layout)
-            .into_iter()
-            .filter_map(|id| {
-                let s = engine::read_status(&layout, &id)?;
-                let text = |k: &str| s.get(k).and_then(Value::as_str).unwrap_or("").to_string();
-                Some(DeploymentInfo {
-                    live: live.as_deref() == Some(id.as_str()),
-                    time: text("time"),
-                    commit: text("commit"),
-                    mode: serde_json::from_value(s.get("mode").cloned().unwrap_or(Value::Null))
-                        .unwrap_or(Mode::Cooking),
-                    result: text("result"),
-                    failed_step: text("failed_step"),
-                    failed_state: text("failed_state"),
-                    kind: text("kind"),
-                    id,
-                })
-            })
-            .collect();
-        let mut order: Vec<String> = deployments.iter().map(|d| d.id.clone()).collect();
-        engine::sort_newest_first(&layout, &mut order);
-        deployments.sort_by_key(|d| order.iter().position(|id| *id == d.id));
-        let mut releases = engine::list_releases(&layout);
-        releases.sort_by(|a, b| b.cmp(a));
-        ProjectState {
-            exists: true,
-            locked_by: ProjectLock::holder(&layout.lock_file())
-                .map(|h| (h.user, h.job_id, h.started)),
-            live,
-            deployments,
-            releases,
-            disk_used: layout::disk_usage(&layout.dir),
-        }
+        history::project_state(&ProjectLayout::new(self.project_dir(env_uuid, project)))
     }
-}
-
-/// Checks a job before anything is touched: names, deploy id, and what the mode needs.
-fn validate_job(job: &Job) -> Result<(), String> {
-    corpus_proto::names::validate_project_name(&job.project).map_err(|e| e.to_string())?;
-    let env_ok = !job.env_uuid.is_empty()
-        && job.env_uuid.len() <= 64
-        && job
-            .env_uuid
-            .bytes()
-            .all(|c| c.is_ascii_alphanumeric() || c == b'-')
-        && !job.env_uuid.starts_with('-');
-    if !env_ok {
-        return Err(format!(
-            "environment id {:?} is invalid: use letters, digits and '-'",
-            job.env_uuid
-        ));
-    }
-    match &job.kind {
-        JobKind::Deploy => {
-            validate_deploy_id(&job.deploy_id)?;
-            match job.mode {
-                Mode::Final => {
-                    engine::check_release(job.release.as_deref(), &job.project)?;
-                }
-                Mode::Editable | Mode::Cooking => {
-                    let src = job.source.as_ref().ok_or(
-                        "no project source was given: editable and cooking modes deploy the \
-                         pushed git tree",
-                    )?;
-                    if !src.is_file() {
-                        return Err(format!("project source {} is missing", src.display()));
-                    }
-                }
-            }
-        }
-        JobKind::Rollback { to } => {
-            validate_deploy_id(&job.deploy_id)?;
-            if job.mode == Mode::Editable {
-                return Err("editable mode has no archives to roll back to".into());
-            }
-            if let Some(to) = to {
-                validate_deploy_id(to)?;
-            }
-        }
-        JobKind::Init | JobKind::Destroy => {}
-    }
-    Ok(())
 }
 
 /// Now, RFC 3339 UTC.
@@ -709,49 +606,4 @@ pub fn now_rfc3339() -> String {
     time::OffsetDateTime::now_utc()
         .format(&time::format_description::well_known::Rfc3339)
         .unwrap_or_default()
-}
-
-/// Checks the `<UTC DATETIME>-<UUID>` shape of a deploy id: `YYYYMMDDTHHMMSSZ-` then a
-/// lowercase hyphenated UUID, e.g. `20250102T030405Z-0f8fad5b-d9cb-469f-a165-70867728950e`.
-pub fn validate_deploy_id(id: &str) -> Result<(), String> {
-    let bad = || {
-        format!(
-            "deploy id {id:?} is invalid: expected <UTC DATETIME>-<UUID> such as \
-             20250102T030405Z-0f8fad5b-d9cb-469f-a165-70867728950e"
-        )
-    };
-    let (time, uuid) = id.split_at_checked(16).ok_or_else(bad)?;
-    let tb = time.as_bytes();
-    let time_ok = tb.len() == 16
-        && tb[..8].iter().all(u8::is_ascii_digit)
-        && tb[8] == b'T'
-        && tb[9..15].iter().all(u8::is_ascii_digit)
-        && tb[15] == b'Z';
-    let uuid = uuid.strip_prefix('-').ok_or_else(bad)?;
-    let ub = uuid.as_bytes();
-    let uuid_ok = ub.len() == 36
-        && ub.iter().enumerate().all(|(i, c)| match i {
-            8 | 13 | 18 | 23 => *c == b'-',
-            _ => c.is_ascii_digit() || (b'a'..=b'f').contains(c),
-        });
-    if time_ok && uuid_ok {
-        Ok(())
-    } else {
-        Err(bad())
-    }
-}
-
-/// A fresh deploy id for now, in the shape [`validate_deploy_id`] accepts.
-pub fn new_deploy_id() -> String {
-    let now = time::OffsetDateTime::now_utc();
-    format!(
-        "{:04}{:02}{:02}T{:02}{:02}{:02}Z-{}",
-        now.year(),
-        u8::from(now.month()),
-        now.day(),
-        now.hour(),
-        now.minute(),
-        now.second(),
-        uuid::Uuid::new_v4()
-    )
 }

@@ -9,6 +9,7 @@ use corpus_states::{Chunk, Plan, ProjectPlan};
 use serde_json::{Value, json};
 
 use super::*;
+use corpus_states::Phase;
 
 /// Records every event.
 #[derive(Default)]
@@ -17,7 +18,7 @@ struct Recorder {
 }
 
 impl Reporter for Recorder {
-    fn step(&mut self, step: &str, id: &str, st: StepStatus, _: Value, comment: &str, _: Duration) {
+    fn step(&mut self, step: Step, id: &str, st: StepStatus, _: Value, comment: &str, _: Duration) {
         self.events
             .push((step.to_string(), id.to_string(), st, comment.to_string()));
     }
@@ -116,7 +117,7 @@ impl Fixture {
     }
 
     /// A cooking deploy whose build copies the version into run/ and writes data/.
-    fn cook(&self, version: &str, extra: &[(&str, &str, &str)], data: Value) -> (Job, Outcome) {
+    fn cook(&self, version: &str, extra: &[(&str, &str, &str)], data: Value) -> (Job, JobOutcome) {
         let mut states = vec![
             (
                 "build",
@@ -184,7 +185,7 @@ fn cooking_deploy_builds_run_and_bundles_a_release() {
     let st = f.lc.status(&f.env, PROJECT);
     assert_eq!(st.live.as_deref(), Some(job.deploy_id.as_str()));
     assert_eq!(st.releases, vec![job.deploy_id.clone()]);
-    assert_eq!(st.deployments[0].result, "success");
+    assert_eq!(st.deployments[0].result, Status::Success);
     assert!(st.deployments[0].live);
     assert!(st.disk_used > 0);
     // The pillar is there, read-only.
@@ -319,7 +320,7 @@ fn failed_build_restores_run_and_data_and_runs_restore_sls() {
         .iter()
         .find(|d| d.id == job.deploy_id)
         .unwrap();
-    assert_eq!(d.result, "rolled_back");
+    assert_eq!(d.result, Status::RolledBack);
     assert_eq!(d.failed_step, "build");
     assert_eq!(d.failed_state, "compile");
     assert_eq!(st.live.as_deref(), Some(first.deploy_id.as_str()));
@@ -445,7 +446,7 @@ fn rotation_keeps_keep_archives_and_never_the_live_or_last_good() {
         assert_eq!(out.status, Status::Success, "{}", out.message);
         ids.push(job.deploy_id);
     }
-    let archives = engine::list_archives(&ProjectLayout::new(f.dir()));
+    let archives = history::list_archives(&ProjectLayout::new(f.dir()));
     assert_eq!(archives.len(), 2, "{archives:?}");
     assert!(archives.contains(&ids[4]), "the live one stays");
     assert!(archives.contains(&ids[3]));
@@ -855,7 +856,7 @@ fn crash_and_recover(step: &str, failing_build: bool) {
 #[test]
 fn crash_at_each_step_boundary_recovers() {
     for step in COOKING_STEPS {
-        crash_and_recover(step, false);
+        crash_and_recover(step.as_str(), false);
     }
 }
 
@@ -992,4 +993,215 @@ fn bench_final_deploy() {
         best_deploy * 1000.0,
         best_deploy / best_raw
     );
+}
+
+// ---- injected service controller and file sources -------------------------------------------
+
+mod injected {
+    use std::sync::{Arc, Mutex};
+
+    use corpus_pillar::TemplateContext;
+
+    use super::*;
+    use crate::state::FileSources;
+    use crate::state::testing::{FakeServices, chunk};
+
+    /// Records which phases asked for file sources, then serves the project tree as production.
+    #[derive(Default)]
+    struct RecordingSources {
+        asked: Mutex<Vec<PathBuf>>,
+    }
+
+    impl PhaseFileSources for RecordingSources {
+        fn for_phase(&self, file_root: &Path, context: TemplateContext) -> Box<dyn FileSources> {
+            if let Ok(mut asked) = self.asked.lock() {
+                asked.push(file_root.to_path_buf());
+            }
+            ProjectTreeSources.for_phase(file_root, context)
+        }
+    }
+
+    fn with_services(services: Arc<FakeServices>) -> Fixture {
+        let mut f = Fixture::new();
+        f.lc = Lifecycle::new(f.base.join("root")).with_services(services);
+        f
+    }
+
+    fn service_plans(start: &[(&str, &str)]) -> ProjectPlan {
+        let mut plans = ProjectPlan::default();
+        plans.phases.insert(
+            Phase::Stop.as_str().into(),
+            Plan {
+                chunks: vec![chunk(
+                    "service.dead",
+                    "web-down",
+                    json!({"name": "shop-web"}),
+                )],
+            },
+        );
+        plans.phases.insert(
+            Phase::Start.as_str().into(),
+            Plan {
+                chunks: start
+                    .iter()
+                    .map(|(id, unit)| chunk("service.running", id, json!({"name": unit})))
+                    .collect(),
+            },
+        );
+        plans
+    }
+
+    fn deploy(f: &Fixture, version: &str, plans: ProjectPlan) -> (Recorder, JobOutcome) {
+        let mut job = f.job(JobKind::Deploy, Mode::Cooking, plans, json!({}));
+        job.source = Some(f.source(version));
+        let mut rec = Recorder::default();
+        let out = f.lc.run(&job, &mut rec);
+        (rec, out)
+    }
+
+    #[test]
+    fn service_states_drive_the_injected_controller() {
+        let services = Arc::new(FakeServices::default());
+        let f = with_services(services.clone());
+        let (rec, out) = deploy(&f, "v1", service_plans(&[("web-up", "shop-web")]));
+        assert_eq!(out.status, Status::Success, "{}", out.message);
+        assert_eq!(
+            services.calls(),
+            ["start shop-web"],
+            "stop.sls found it stopped"
+        );
+        assert!(
+            rec.events
+                .iter()
+                .any(|e| e.0 == "start" && e.1 == "web-up" && e.2 == StepStatus::Success)
+        );
+
+        let (_, out) = deploy(&f, "v2", service_plans(&[("web-up", "shop-web")]));
+        assert_eq!(out.status, Status::Success, "{}", out.message);
+        assert_eq!(
+            services.calls(),
+            ["start shop-web", "stop shop-web", "start shop-web"]
+        );
+    }
+
+    #[test]
+    fn a_service_that_fails_to_start_rolls_the_deploy_back() {
+        let services = Arc::new(FakeServices {
+            broken: ["shop-worker".to_string()].into(),
+            ..FakeServices::default()
+        });
+        let f = with_services(services.clone());
+        let (_, first) = deploy(&f, "v1", service_plans(&[("web-up", "shop-web")]));
+        assert_eq!(first.status, Status::Success, "{}", first.message);
+
+        let plans = service_plans(&[("web-up", "shop-web"), ("worker-up", "shop-worker")]);
+        let (rec, out) = deploy(&f, "v2", plans);
+        assert_eq!(out.status, Status::RolledBack, "{}", out.message);
+        assert_eq!(out.failed_step, "start");
+        assert_eq!(out.failed_state, "worker-up");
+        assert!(out.message.contains("shop-worker"), "{}", out.message);
+        assert!(rec.has("rollback", StepStatus::Running));
+        // Forward: stop, start web, start worker (fails). Undo: stop web, then start.sls again.
+        assert_eq!(
+            services.calls(),
+            [
+                "start shop-web",
+                "stop shop-web",
+                "start shop-web",
+                "start shop-worker",
+                "stop shop-web",
+                "start shop-web",
+                "start shop-worker",
+            ]
+        );
+        assert_eq!(f.read("run/version"), "", "cooking builds nothing here");
+        assert_eq!(f.lc.live(&f.env, PROJECT), Some(first.deploy_id));
+    }
+
+    #[test]
+    fn phases_get_their_file_sources_from_the_injected_factory_with_tpldir() {
+        let sources = Arc::new(RecordingSources::default());
+        let mut f = Fixture::new();
+        f.lc = Lifecycle::new(f.base.join("root"))
+            .with_services(Arc::new(FakeServices::default()))
+            .with_file_sources(sources.clone());
+        let conf = f.dir().join("data/app.conf");
+        let mut plans = ProjectPlan::default();
+        plans.phases.insert(
+            Phase::Configure.as_str().into(),
+            Plan {
+                chunks: vec![chunk(
+                    "file.managed",
+                    "conf",
+                    json!({
+                        "name": conf.display().to_string(),
+                        "source": "salt://.salt/files/app.conf",
+                        "template": "jinja",
+                    }),
+                )],
+            },
+        );
+        let mut job = f.job(JobKind::Deploy, Mode::Cooking, plans, json!({}));
+        let src = f.base.join("src-tpl");
+        fs::create_dir_all(src.join(".salt/files")).unwrap();
+        fs::write(
+            src.join(".salt/files/app.conf"),
+            "dir={{ tpldir }} secret={{ pillar.secret }} env={{ common.env }}",
+        )
+        .unwrap();
+        let tar_path = f.base.join("src-tpl.tar");
+        let mut b = tar::Builder::new(fs::File::create(&tar_path).unwrap());
+        b.append_dir_all(".", &src).unwrap();
+        b.finish().unwrap();
+        job.source = Some(tar_path);
+        let out = f.lc.run(&job, &mut Recorder::default());
+        assert_eq!(out.status, Status::Success, "{}", out.message);
+        assert_eq!(
+            fs::read_to_string(&conf).unwrap(),
+            "dir=.salt/files secret=s3cr3t env=staging"
+        );
+        let asked = sources.asked.lock().map(|a| a.clone()).unwrap_or_default();
+        assert_eq!(asked, [f.dir().join("project")]);
+    }
+
+    #[test]
+    fn a_step_that_cannot_write_names_the_path() {
+        let f = Fixture::new();
+        // archives/ is a file: pre_install cannot create the deploy's archive under it.
+        let job_for_layout = f.job(
+            JobKind::Init,
+            Mode::Cooking,
+            ProjectPlan::default(),
+            json!({}),
+        );
+        assert_eq!(
+            f.lc.run(&job_for_layout, &mut NullReporter).status,
+            Status::Success
+        );
+        fs::remove_dir_all(f.dir().join("archives")).unwrap();
+        fs::write(f.dir().join("archives"), "not a directory").unwrap();
+        let (_, out) = f.cook("v1", &[], json!({}));
+        assert_eq!(out.failed_step, "pre_install", "{}", out.message);
+        let archives = f.dir().join("archives");
+        let first = out
+            .message
+            .split("; rolled back")
+            .next()
+            .unwrap_or_default();
+        assert!(
+            first.contains(&format!("cannot create {}", archives.display())),
+            "the step's own error names the path: {}",
+            out.message
+        );
+    }
+
+    #[test]
+    fn a_misspelt_setting_is_refused_before_anything_is_touched() {
+        let f = Fixture::new();
+        let (_, out) = f.cook("v1", &[], json!({"healthcheck": {"comand": "true"}}));
+        assert_eq!(out.status, Status::Failed);
+        assert_eq!(out.failed_step, "validate");
+        assert!(out.message.contains("`healthcheck`"), "{}", out.message);
+        assert!(!f.dir().exists(), "nothing was created");
+    }
 }

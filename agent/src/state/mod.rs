@@ -9,12 +9,14 @@ pub mod executor;
 pub mod file;
 mod result;
 pub mod service;
+mod template;
 pub mod test;
 
 pub use executor::Executor;
 pub use file::{FileSources, JinjaRenderer, LocalFileSources};
 pub use result::{KeyedResult, Outcome, Report, StateResult};
 pub use service::{ServiceControl, Systemctl};
+pub use template::file_renderer;
 
 /// What a state module may use besides its chunk.
 pub struct StateContext<'a> {
