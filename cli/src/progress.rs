@@ -142,7 +142,10 @@ pub async fn follow(
                         format!(" at step {}, state {}", f.failed_step, f.failed_state)
                     }
                 };
-                println!("{what} {}{at} after {took}", other.label().replace('_', " "));
+                println!(
+                    "{what} {}{at} after {took}",
+                    other.label().replace('_', " ")
+                );
                 if !f.message.is_empty() {
                     println!("  {}", f.message);
                 }

@@ -124,9 +124,16 @@ mod tests {
     fn errors_say_whether_the_pillar_or_the_states_failed() {
         let mut trees = trees();
         let err = render_for_agent(&trees, "db1", json!({"id": "db1"}), &[] as &[&str]);
-        assert!(matches!(err, Err(AgentRenderError::State(StateError::NoTopMatch { .. }))));
-        trees.pillar_root = Arc::new(MemoryTree::new().with("top.sls", "base:\n  '*':\n    - gone\n"));
+        assert!(matches!(
+            err,
+            Err(AgentRenderError::State(StateError::NoTopMatch { .. }))
+        ));
+        trees.pillar_root =
+            Arc::new(MemoryTree::new().with("top.sls", "base:\n  '*':\n    - gone\n"));
         let err = render_for_agent(&trees, "web1", json!({"id": "web1"}), &["app"]);
-        assert!(matches!(err, Err(AgentRenderError::Pillar(PillarError::Missing { .. }))));
+        assert!(matches!(
+            err,
+            Err(AgentRenderError::Pillar(PillarError::Missing { .. }))
+        ));
     }
 }

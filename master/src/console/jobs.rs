@@ -35,17 +35,11 @@ pub async fn run(command: JobsCommand, console: &Console) -> anyhow::Result<()> 
             print_list(console, &jobs);
         }
         JobsCommand::Show { id } => {
-            let detail = client
-                .get_job(JobRef { job_id: id })
-                .await
-                .map_err(rpc)?;
+            let detail = client.get_job(JobRef { job_id: id }).await.map_err(rpc)?;
             print_detail(console, detail.into_inner());
         }
         JobsCommand::Fail { id } => {
-            let detail = client
-                .fail_job(JobRef { job_id: id })
-                .await
-                .map_err(rpc)?;
+            let detail = client.fail_job(JobRef { job_id: id }).await.map_err(rpc)?;
             print_detail(console, detail.into_inner());
         }
     }

@@ -176,16 +176,32 @@ mod tests {
     fn table_columns_align_whatever_the_id_length() {
         let mut table = Table::new(&["ID", "STATUS", "ADDRESS"]);
         table.row(["a", "accepted", "10.0.0.1"]);
-        table.row(["a-much-longer-agent-id-than-thirty-characters", "pending", ""]);
+        table.row([
+            "a-much-longer-agent-id-than-thirty-characters",
+            "pending",
+            "",
+        ]);
         let text = table.render("");
         let lines: Vec<&str> = text.lines().collect();
         assert_eq!(lines.len(), 3, "{text}");
         let status_at: Vec<_> = lines
             .iter()
-            .map(|l| l.find("STATUS").or_else(|| l.find("accepted")).or_else(|| l.find("pending")))
+            .map(|l| {
+                l.find("STATUS")
+                    .or_else(|| l.find("accepted"))
+                    .or_else(|| l.find("pending"))
+            })
             .collect();
-        assert!(status_at.iter().all(|&at| at == status_at[0] && at.is_some()), "{text}");
-        assert_eq!(status_at[0], Some("a-much-longer-agent-id-than-thirty-characters  ".len()));
+        assert!(
+            status_at
+                .iter()
+                .all(|&at| at == status_at[0] && at.is_some()),
+            "{text}"
+        );
+        assert_eq!(
+            status_at[0],
+            Some("a-much-longer-agent-id-than-thirty-characters  ".len())
+        );
         assert!(lines.iter().all(|l| !l.ends_with(' ')), "{text}");
     }
 

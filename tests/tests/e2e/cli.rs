@@ -7,7 +7,9 @@ use corpus_tests::{client_config, corpus};
 
 /// A client config whose master would be on a loopback port nothing listens on.
 fn unreachable_config(root: &std::path::Path) -> anyhow::Result<std::path::PathBuf> {
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")?
+        .local_addr()?
+        .port();
     let ca = root.join("ca.crt");
     std::fs::write(&ca, "not read before the arguments are checked")?;
     client_config(
@@ -28,7 +30,10 @@ fn a_bad_uuid_exits_2_without_contacting_the_master() -> anyhow::Result<()> {
     let err = String::from_utf8_lossy(&out.stderr);
     assert_eq!(out.status.code(), Some(2), "{err}");
     assert!(err.contains("\"not-a-uuid\" is not a UUID"), "{err}");
-    assert!(!err.contains("127.0.0.1") && !err.contains("ca.crt"), "{err}");
+    assert!(
+        !err.contains("127.0.0.1") && !err.contains("ca.crt"),
+        "{err}"
+    );
 
     let out = corpus(&config, &["trim", "local", &uuid(), "app", "lots"])?;
     let err = String::from_utf8_lossy(&out.stderr);
@@ -51,12 +56,20 @@ fn usage_configuration_and_connection_errors_exit_2() -> anyhow::Result<()> {
 
     // Valid arguments: now the config is read, and its CA is not a certificate.
     let out = corpus(&config, &["status", "local", &uuid()])?;
-    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(
+        out.status.code(),
+        Some(2),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 
     let out = corpus(&config, &["--help"])?;
     let help = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success());
-    assert!(help.contains("Exit status") && help.contains("rolled back"), "{help}");
+    assert!(
+        help.contains("Exit status") && help.contains("rolled back"),
+        "{help}"
+    );
     Ok(())
 }
 
