@@ -11,7 +11,7 @@
 // render, so their size does not matter and boxing them would only obscure the call sites.
 #![allow(clippy::result_large_err)]
 
-mod agent;
+mod agent_render;
 pub mod catalogue;
 mod compile;
 pub mod error;
@@ -19,7 +19,7 @@ mod high;
 pub mod plan;
 mod show;
 
-pub use agent::{AgentRender, AgentRenderError, AgentTrees, SALTENV, render_for_agent};
+pub use agent_render::{AgentRender, AgentRenderError, AgentTrees, SALTENV, render_for_agent};
 pub use compile::{RenderedPlan, StateTree};
 pub use corpus_pillar::{DirTree, MemoryTree, SourceTree, TemplateContext, TreeError};
 pub use error::{Location, StateError};

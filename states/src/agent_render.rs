@@ -17,6 +17,7 @@ pub const SALTENV: &str = "base";
 
 /// Where an agent's states and pillar come from (Salt's file_roots and pillar_roots).
 pub struct AgentTrees {
+    /// `top.sls` (for the highstate) and the sls files.
     pub file_root: Arc<dyn SourceTree>,
     /// A tree without `top.sls` gives an empty pillar, as in Salt.
     pub pillar_root: Arc<dyn SourceTree>,
@@ -91,10 +92,12 @@ mod tests {
     }
 
     #[test]
-    fn the_highstate_and_the_named_sls_give_the_same_plan_with_pillar_and_env_base()
+    fn master_render_and_agent_apply_get_the_same_plan_with_pillar_and_env_base()
     -> Result<(), AgentRenderError> {
         let trees = trees();
         let grains = json!({"id": "web1"});
+        // `corpus-agent apply --local --id web1` applies the highstate; an operator's
+        // `corpus-master render --agent web1 app` names the sls top.sls gives web1.
         let highstate = render_for_agent::<&str>(&trees, "web1", grains.clone(), &[])?;
         let named = render_for_agent(&trees, "web1", grains, &["app"])?;
         assert_eq!(highstate.rendered, named.rendered);
