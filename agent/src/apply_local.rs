@@ -1,6 +1,7 @@
-//! `corpus-agent apply --local`: Salt's masterless `salt-call --local state.apply`. Compiles the
-//! pillar from a local pillar root, renders and plans the SLS of a local file root with this
-//! machine's grains, executes the plan and prints Salt's highstate output (text or JSON).
+//! `corpus-agent apply --local`: Salt's masterless `salt-call --local state.apply`. Renders
+//! for this machine with `corpus_states::render_for_agent` (the same function as the master's
+//! `render`: pillar from a local pillar root, SLS from a local file root, this machine's
+//! grains), executes the plan and prints Salt's highstate output (text or JSON).
 
 use std::fmt::Write as _;
 use std::path::PathBuf;
@@ -9,9 +10,9 @@ use std::sync::Arc;
 use std::time::Instant;
 
 use anyhow::{Context, bail};
-use corpus_pillar::{DirTree, PillarTree, SourceTree, TemplateContext};
-use corpus_states::StateTree;
-use serde_json::{Map, Value, json};
+use corpus_pillar::{DirTree, SourceTree, TemplateContext};
+use corpus_states::{AgentRender, AgentRenderError, AgentTrees, render_for_agent};
+use serde_json::{Value, json};
 
 use crate::state::{Executor, JinjaRenderer, KeyedResult, LocalFileSources, Report, Systemctl};
 
@@ -112,25 +113,22 @@ pub fn run_to(args: ApplyArgs, out: &mut dyn std::io::Write) -> anyhow::Result<E
     };
     let started = Instant::now();
     let grains = local_grains(&id);
-    let env = Value::Object(Map::new());
-    let pillar = PillarTree::new(Arc::new(DirTree::new(&args.pillar_root)))
-        .compile(&id, &grains, &env)
-        .with_context(|| {
-            format!(
-                "cannot compile the pillar from {}",
-                args.pillar_root.display()
-            )
-        })?;
-    let ctx = TemplateContext::new(pillar.data, grains, Value::Object(Map::new()), env);
-
     let tree: Arc<dyn SourceTree> = Arc::new(DirTree::new(&args.file_root));
-    let states = StateTree::new(tree.clone());
-    let rendered = if args.sls.is_empty() {
-        states.render_highstate(&id, &ctx)
-    } else {
-        states.render_sls(&args.sls, &ctx)
-    }
-    .map_err(|e| anyhow::anyhow!("{e}"))?;
+    let trees = AgentTrees {
+        file_root: tree.clone(),
+        pillar_root: Arc::new(DirTree::new(&args.pillar_root)),
+    };
+    let AgentRender {
+        rendered,
+        context: ctx,
+        ..
+    } = render_for_agent(&trees, &id, grains, &args.sls).map_err(|e| match e {
+        AgentRenderError::Pillar(e) => anyhow::anyhow!(
+            "cannot compile the pillar from {}: {e}",
+            args.pillar_root.display()
+        ),
+        AgentRenderError::State(e) => anyhow::anyhow!("{e}"),
+    })?;
     tracing::debug!(states = rendered.plan.chunks.len(), sls = ?rendered.sls, "plan rendered");
 
     let sources =

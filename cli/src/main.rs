@@ -1,129 +1,32 @@
-//! `corpus`: the users' command. Reads `~/.makinastates.conf`, logs in to the master over TLS
-//! and drives environments and projects.
+//! `corpus`: the users' command. Checks its arguments, reads `~/.makinastates.conf`, logs in
+//! to the master over TLS and drives environments and projects. Exit codes: 0 success, 1 the
+//! job did not succeed, 2 the command could not run (see `corpus --help`).
 
+mod args;
 mod commands;
 mod config;
 mod progress;
 mod session;
 
-use std::path::PathBuf;
 use std::process::ExitCode;
 
-use clap::{Parser, Subcommand};
+use clap::Parser;
 
-#[derive(Parser)]
-#[command(
-    name = "corpus",
-    version,
-    about = "deploy projects into corpus environments"
-)]
-struct Cli {
-    /// Config file (default: $CORPUS_CONFIG, else ~/.makinastates.conf).
-    #[arg(long, global = true)]
-    config: Option<PathBuf>,
-    /// Print JSON instead of text.
-    #[arg(long, global = true)]
-    json: bool,
-    #[command(subcommand)]
-    command: Command,
-}
+use crate::args::{Cli, Command};
 
-#[derive(Subcommand)]
-enum Command {
-    /// List the hosts projects can be installed onto.
-    Listhosts {
-        /// Endpoint name from the config file; optional when it defines only one.
-        endpoint: Option<String>,
-    },
-    /// Create an environment and print its UUID.
-    #[command(name = "init_env", alias = "init-env")]
-    InitEnv {
-        endpoint: String,
-        /// dev, staging or prod.
-        platform: String,
-        /// The host (agent id) to create it on; default: one with a free slot.
-        host: Option<String>,
-        /// Override the platform's mode: editable, cooking or final.
-        #[arg(long)]
-        mode: Option<String>,
-    },
-    /// Create a project's layout in an environment.
-    Init {
-        endpoint: String,
-        env: String,
-        project: String,
-    },
-    /// Deploy the git tree at HEAD of --path into an environment.
-    Push {
-        endpoint: String,
-        env: String,
-        project: String,
-        /// The project's git checkout (must contain .salt/).
-        #[arg(long, default_value = ".")]
-        path: PathBuf,
-        /// Pillar: a YAML file, or a directory of .sls files (with an optional top.sls).
-        #[arg(long)]
-        pillar: Option<PathBuf>,
-        /// Final mode: the release to deploy (default: the latest cooked one).
-        #[arg(long)]
-        release: Option<String>,
-    },
-    /// Return to the previous deployment, or to --to DEPLOY_ID.
-    Rollback {
-        endpoint: String,
-        env: String,
-        project: String,
-        #[arg(long)]
-        to: Option<String>,
-    },
-    /// Show deployments, releases and storage.
-    Status {
-        endpoint: String,
-        env: String,
-        project: Option<String>,
-    },
-    /// Free a project, or the whole environment.
-    Destroy {
-        endpoint: String,
-        env: String,
-        project: Option<String>,
-    },
-    /// Shrink a project's storage quota by SIZE.
-    Trim {
-        endpoint: String,
-        env: String,
-        project: String,
-        size: String,
-    },
-    /// Grow a project's storage quota by SIZE.
-    Enlarge {
-        endpoint: String,
-        env: String,
-        project: String,
-        size: String,
-    },
-}
-
-impl Command {
-    /// The endpoint named on the command line, if any.
-    fn endpoint(&self) -> Option<&str> {
-        match self {
-            Command::Listhosts { endpoint } => endpoint.as_deref(),
-            Command::InitEnv { endpoint, .. }
-            | Command::Init { endpoint, .. }
-            | Command::Push { endpoint, .. }
-            | Command::Rollback { endpoint, .. }
-            | Command::Status { endpoint, .. }
-            | Command::Destroy { endpoint, .. }
-            | Command::Trim { endpoint, .. }
-            | Command::Enlarge { endpoint, .. } => Some(endpoint),
-        }
-    }
-}
+/// The job ran and did not succeed (failed, rolled back, refused by the agent).
+const EXIT_JOB_FAILED: u8 = 1;
+/// The command could not run: arguments, configuration, connection, login or a refusal.
+/// clap's own usage errors exit 2 as well.
+const EXIT_ERROR: u8 = 2;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
     corpus_runtime::init_logging("warn");
+    if let Err(e) = cli.command.validate() {
+        eprintln!("corpus: error: {e:#}");
+        return ExitCode::from(EXIT_ERROR);
+    }
     corpus_runtime::install_crypto_provider();
     let runtime = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -132,14 +35,18 @@ fn main() -> ExitCode {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("corpus: error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
+            return ExitCode::from(EXIT_ERROR);
         }
     };
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("corpus: error: {e:#}");
-            ExitCode::FAILURE
+            ExitCode::from(if e.is::<progress::JobFailed>() {
+                EXIT_JOB_FAILED
+            } else {
+                EXIT_ERROR
+            })
         }
     }
 }

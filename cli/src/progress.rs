@@ -1,5 +1,6 @@
 //! Showing a job's progress: one line per step as it happens (or one JSON object per line
-//! with `--json`), then a summary. The exit status follows the job's result.
+//! with `--json`), then a summary. A job that did not succeed ends in [`JobFailed`], which
+//! `main` turns into exit code 1.
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
@@ -10,26 +11,11 @@ use tonic::Streaming;
 
 use crate::session::{Session, rpc_error};
 
-fn step_result(result: i32) -> &'static str {
-    match StepResult::try_from(result) {
-        Ok(StepResult::Running) => "running",
-        Ok(StepResult::Success) => "success",
-        Ok(StepResult::Failed) => "failed",
-        Ok(StepResult::Skipped) => "skipped",
-        _ => "unknown",
-    }
-}
-
-pub fn job_status(status: i32) -> &'static str {
-    match JobStatus::try_from(status) {
-        Ok(JobStatus::Running) => "running",
-        Ok(JobStatus::Success) => "success",
-        Ok(JobStatus::Failed) => "failed",
-        Ok(JobStatus::RolledBack) => "rolled_back",
-        Ok(JobStatus::Refused) => "refused",
-        _ => "unknown",
-    }
-}
+/// The job ran and did not succeed (failed, rolled back or refused); the message says which
+/// and at what step.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct JobFailed(String);
 
 fn millis(ms: u64) -> String {
     if ms >= 1000 {
@@ -71,7 +57,7 @@ pub async fn follow(
                 }
             }
             Some(job_update::Body::Event(e)) => {
-                let result = step_result(e.result);
+                let result = StepResult::try_from(e.result).unwrap_or(StepResult::Unspecified);
                 if json {
                     println!(
                         "{}",
@@ -80,16 +66,16 @@ pub async fn follow(
                             "sequence": e.sequence,
                             "step": e.step,
                             "state_id": e.state_id,
-                            "result": result,
+                            "result": result.label(),
                             "changes": serde_json::from_slice::<serde_json::Value>(&e.changes_json).unwrap_or_default(),
                             "comment": e.comment,
                             "duration_ms": e.duration_ms,
                         })
                     );
-                } else if result != "running" {
+                } else if result != StepResult::Running {
                     let mark = match result {
-                        "success" => "ok  ",
-                        "failed" => "FAIL",
+                        StepResult::Success => "ok  ",
+                        StepResult::Failed => "FAIL",
                         _ => "skip",
                     };
                     let mut line = format!(
@@ -98,7 +84,7 @@ pub async fn follow(
                         e.state_id,
                         millis(e.duration_ms)
                     );
-                    if result == "failed" && !e.comment.is_empty() {
+                    if result == StepResult::Failed && !e.comment.is_empty() {
                         line.push_str(&format!(
                             "  {}",
                             e.comment.lines().next().unwrap_or_default()
@@ -119,14 +105,14 @@ pub async fn follow(
     let Some(f) = finished else {
         anyhow::bail!("the master closed the stream before the job finished: see corpus status");
     };
-    let status = job_status(f.status);
+    let status = JobStatus::try_from(f.status).unwrap_or(JobStatus::Unspecified);
     if json {
         println!(
             "{}",
             json!({
                 "event": "finished",
                 "job_id": f.job_id,
-                "status": status,
+                "status": status.label(),
                 "deploy_id": f.deploy_id,
                 "failed_step": f.failed_step,
                 "failed_state": f.failed_state,
@@ -138,7 +124,7 @@ pub async fn follow(
     } else {
         let took = millis(started.elapsed().as_millis() as u64);
         match status {
-            "success" => {
+            JobStatus::Success => {
                 let mut line = format!("{what} succeeded in {took}");
                 if !f.deploy_id.is_empty() {
                     line.push_str(&format!(" (deployment {})", f.deploy_id));
@@ -156,24 +142,28 @@ pub async fn follow(
                         format!(" at step {}, state {}", f.failed_step, f.failed_state)
                     }
                 };
-                println!("{what} {}{at} after {took}", other.replace('_', " "));
+                println!(
+                    "{what} {}{at} after {took}",
+                    other.label().replace('_', " ")
+                );
                 if !f.message.is_empty() {
                     println!("  {}", f.message);
                 }
             }
         }
     }
-    if status == "success" {
+    if status == JobStatus::Success {
         Ok(())
     } else {
-        Err(anyhow::anyhow!(
+        Err(JobFailed(format!(
             "{what} {}{}",
-            status.replace('_', " "),
+            status.label().replace('_', " "),
             if f.failed_step.is_empty() {
                 String::new()
             } else {
                 format!(" ({})", f.failed_step)
             }
         ))
+        .into())
     }
 }

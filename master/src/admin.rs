@@ -1,18 +1,16 @@
 //! The Admin service behind the operator console, served only on `DATA_DIR/admin.sock`
-//! (mode 0600: whoever can open the socket is the operator), and the console's client side.
+//! (mode 0600: whoever can open the socket is the operator). The console's client side is
+//! `console/`.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::Duration;
 
-use corpus_proto::admin_client::AdminClient;
 use corpus_proto::{
     AddUserRequest, AgentInfo, AgentList, AgentRef, CreateTokenRequest, DefaultsRequest, Empty,
     EnrollmentToken, Environment, EnvironmentList, GrantRequest, JobDetail, JobList, JobRef,
     JobsRequest, PillarFiles, ProjectRequest, RenderRequest, RenderResponse, User, UserList,
 };
-use hyper_util::rt::TokioIo;
-use tonic::transport::{Channel, Endpoint};
 use tonic::{Request, Response, Status};
 use tracing::info;
 
@@ -217,17 +215,24 @@ impl corpus_proto::admin_server::Admin for AdminService {
             });
         let settings = state.settings();
         let rendered = tokio::task::spawn_blocking(move || {
-            crate::render::render_for_agent(
-                &settings.file_root,
-                &settings.pillar_root,
-                &agent_id,
-                &grains,
-                &sls,
-            )
+            if !settings.file_root.is_dir() {
+                return Err(format!(
+                    "state tree {} does not exist: pass --file-root to corpus-master serve",
+                    settings.file_root.display()
+                ));
+            }
+            let trees = corpus_states::AgentTrees {
+                file_root: Arc::new(corpus_states::DirTree::new(&settings.file_root)),
+                pillar_root: Arc::new(corpus_states::DirTree::new(&settings.pillar_root)),
+            };
+            let grains = serde_json::to_value(&grains).unwrap_or_default();
+            corpus_states::render_for_agent(&trees, &agent_id, grains, &sls)
+                .map(|render| render.rendered)
+                .map_err(|e| e.to_string())
         })
         .await
         .map_err(internal)?
-        .map_err(|e| Status::invalid_argument(e.to_string()))?;
+        .map_err(Status::invalid_argument)?;
         Ok(Response::new(RenderResponse {
             plan_json: serde_json::to_vec(&rendered.plan).unwrap_or_default(),
             sls: rendered.sls,
@@ -375,37 +380,8 @@ impl corpus_proto::admin_server::Admin for AdminService {
     }
 }
 
+/// The admin socket of the master whose data dir is `data_dir`: `serve` binds it, the console
+/// dials it.
 pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join(SOCKET)
-}
-
-/// Connects the console to a running master's admin socket.
-pub async fn connect(data_dir: &Path) -> anyhow::Result<AdminClient<Channel>> {
-    let path = socket_path(data_dir);
-    if !path.exists() {
-        anyhow::bail!(
-            "no master is running with data dir {} (no {}): start one with `corpus-master serve --data-dir {}`",
-            data_dir.display(),
-            path.display(),
-            data_dir.display()
-        );
-    }
-    let socket = path.clone();
-    // The URI is a placeholder: the connector below always dials the unix socket.
-    let channel = Endpoint::from_static("http://admin.sock")
-        .connect_with_connector(tower::service_fn(move |_| {
-            let socket = socket.clone();
-            async move {
-                let stream = tokio::net::UnixStream::connect(socket).await?;
-                Ok::<_, std::io::Error>(TokioIo::new(stream))
-            }
-        }))
-        .await
-        .map_err(|e| {
-            anyhow::anyhow!(
-                "cannot reach the master's admin socket {}: {e} (is `corpus-master serve` running?)",
-                path.display()
-            )
-        })?;
-    Ok(AdminClient::new(channel))
 }

@@ -1,15 +1,15 @@
 //! `corpus-master`: the master daemon (`serve`) and the operator console (every other
 //! subcommand, talking to the running master over its admin socket).
 
-use std::io::{IsTerminal, Read, Write};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
 use anyhow::Context;
-use clap::{Args, Parser, Subcommand};
-use corpus_master::{ServeOptions, admin, console};
-use corpus_proto::{AddUserRequest, AgentInfo, AgentRef, AgentStatus, CreateTokenRequest, Empty};
+use clap::{Parser, Subcommand};
+use corpus_master::ServeOptions;
+use corpus_master::console::{self, Console, DataDirArg};
 
 #[derive(Parser)]
 #[command(
@@ -20,27 +20,6 @@ use corpus_proto::{AddUserRequest, AgentInfo, AgentRef, AgentStatus, CreateToken
 struct Cli {
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Args, Clone)]
-struct DataDirArg {
-    /// The master's data dir (CA, database, admin socket).
-    #[arg(
-        long,
-        global = true,
-        env = "CORPUS_MASTER_DATA_DIR",
-        default_value = "/var/lib/corpus-master"
-    )]
-    data_dir: PathBuf,
-}
-
-#[derive(Args, Clone)]
-struct Console {
-    #[command(flatten)]
-    dir: DataDirArg,
-    /// Print JSON instead of text.
-    #[arg(long, global = true)]
-    json: bool,
 }
 
 #[derive(Subcommand)]
@@ -93,111 +72,45 @@ enum Command {
     /// Manage users.
     Users {
         #[command(subcommand)]
-        command: UsersCommand,
+        command: console::users::UsersCommand,
         #[command(flatten)]
         console: Console,
     },
     /// Manage enrollment tokens.
     Tokens {
         #[command(subcommand)]
-        command: TokensCommand,
+        command: console::tokens::TokensCommand,
         #[command(flatten)]
         console: Console,
     },
     /// Manage agents.
     Agents {
         #[command(subcommand)]
-        command: AgentsCommand,
+        command: console::agents::AgentsCommand,
         #[command(flatten)]
         console: Console,
     },
     /// Inspect and share environments, set their default project settings.
     Envs {
         #[command(subcommand)]
-        command: EnvsCommand,
+        command: console::envs::EnvsCommand,
         #[command(flatten)]
         console: Console,
     },
     /// Inspect jobs and their events; fail a job whose agent is gone for good.
     Jobs {
         #[command(subcommand)]
-        command: JobsCommand,
+        command: console::jobs::JobsCommand,
         #[command(flatten)]
         console: Console,
     },
     /// Show the pillar pushed for a project (its values are secrets: mind where you print them).
     Pillar {
         #[command(subcommand)]
-        command: PillarCommand,
+        command: console::pillar::PillarCommand,
         #[command(flatten)]
         console: Console,
     },
-}
-
-#[derive(Subcommand)]
-enum UsersCommand {
-    /// Add a user; the password is read from standard input.
-    Add {
-        id: String,
-        /// The user may act on every environment.
-        #[arg(long)]
-        admin: bool,
-    },
-    /// List users.
-    List,
-}
-
-#[derive(Subcommand)]
-enum TokensCommand {
-    /// Create a single-use enrollment token, printed alone on stdout.
-    Create {
-        /// How long the token stays valid.
-        #[arg(long, default_value = "1h", value_parser = corpus_runtime::parse_duration)]
-        ttl: Duration,
-    },
-}
-
-#[derive(Subcommand)]
-enum EnvsCommand {
-    /// List environments.
-    List,
-    /// Let another user act on an environment.
-    Grant { env: String, user: String },
-    /// Set the environment's default project settings from YAML on standard input (between
-    /// `.salt/PILLAR.sample` and the pushed pillar).
-    Defaults { env: String },
-}
-
-#[derive(Subcommand)]
-enum JobsCommand {
-    /// List jobs, oldest first.
-    List {
-        /// Only the jobs of this environment.
-        #[arg(long)]
-        env: Option<String>,
-    },
-    /// One job with every step event.
-    Show { id: String },
-    /// Mark a running job failed (its agent is gone for good), freeing its project.
-    Fail { id: String },
-}
-
-#[derive(Subcommand)]
-enum PillarCommand {
-    /// The latest pillar pushed for a project.
-    Show { env: String, project: String },
-}
-
-#[derive(Subcommand)]
-enum AgentsCommand {
-    /// List agents with their status and connection.
-    List,
-    /// Accept a pending (or rejected) agent.
-    Accept { id: String },
-    /// Reject an agent: it is refused from now on.
-    Reject { id: String },
-    /// Forget an agent: its certificate stops working; it may enroll again.
-    Delete { id: String },
 }
 
 fn main() -> ExitCode {
@@ -260,34 +173,13 @@ async fn run(command: Command) -> anyhow::Result<()> {
             console,
             agent,
             sls,
-        } => render(console, agent, sls).await,
-        Command::Users { command, console } => users(command, console).await,
-        Command::Tokens { command, console } => tokens(command, console).await,
-        Command::Agents { command, console } => agents(command, console).await,
-        Command::Envs { command, console } => {
-            let dir = &console.dir.data_dir;
-            match command {
-                EnvsCommand::List => console::envs_list(dir, console.json).await,
-                EnvsCommand::Grant { env, user } => {
-                    console::envs_grant(dir, env, user, console.json).await
-                }
-                EnvsCommand::Defaults { env } => {
-                    console::envs_defaults(dir, env, console.json).await
-                }
-            }
-        }
-        Command::Jobs { command, console } => {
-            let dir = &console.dir.data_dir;
-            match command {
-                JobsCommand::List { env } => console::jobs_list(dir, env, console.json).await,
-                JobsCommand::Show { id } => console::jobs_show(dir, id, console.json).await,
-                JobsCommand::Fail { id } => console::jobs_fail(dir, id, console.json).await,
-            }
-        }
-        Command::Pillar { command, console } => {
-            let PillarCommand::Show { env, project } = command;
-            console::pillar_show(&console.dir.data_dir, env, project, console.json).await
-        }
+        } => console::render::run(&console, agent, sls).await,
+        Command::Users { command, console } => console::users::run(command, &console).await,
+        Command::Tokens { command, console } => console::tokens::run(command, &console).await,
+        Command::Agents { command, console } => console::agents::run(command, &console).await,
+        Command::Envs { command, console } => console::envs::run(command, &console).await,
+        Command::Jobs { command, console } => console::jobs::run(command, &console).await,
+        Command::Pillar { command, console } => console::pillar::run(command, &console).await,
     }
 }
 
@@ -318,192 +210,4 @@ async fn serve(options: ServeOptions, listen: &str, stop_deadline: Duration) -> 
         corpus_runtime::stopped(signals),
     )
     .await
-}
-
-fn read_password(id: &str) -> anyhow::Result<String> {
-    let password = if std::io::stdin().is_terminal() {
-        rpassword::prompt_password(format!("password for {id}: "))
-            .context("cannot read the password")?
-    } else {
-        let mut input = String::new();
-        std::io::stdin()
-            .read_to_string(&mut input)
-            .context("cannot read the password from standard input")?;
-        input.lines().next().unwrap_or_default().to_owned()
-    };
-    if password.is_empty() {
-        anyhow::bail!("no password given on standard input for user {id:?}");
-    }
-    Ok(password)
-}
-
-fn print_json(value: &serde_json::Value) {
-    println!(
-        "{}",
-        serde_json::to_string_pretty(value).unwrap_or_default()
-    );
-}
-
-/// A gRPC error from the master, as the operator should read it.
-fn rpc(status: tonic::Status) -> anyhow::Error {
-    anyhow::anyhow!("{}", status.message())
-}
-
-async fn users(command: UsersCommand, console: Console) -> anyhow::Result<()> {
-    let mut admin = admin::connect(&console.dir.data_dir).await?;
-    match command {
-        UsersCommand::Add {
-            id,
-            admin: is_admin,
-        } => {
-            corpus_proto::names::validate_user_id(&id)?;
-            let password = read_password(&id)?;
-            let user = admin
-                .add_user(AddUserRequest {
-                    id,
-                    password,
-                    admin: is_admin,
-                })
-                .await
-                .map_err(rpc)?
-                .into_inner();
-            if console.json {
-                print_json(&serde_json::json!({"id": user.id, "admin": user.admin}));
-            } else {
-                println!(
-                    "added user {}{}",
-                    user.id,
-                    if user.admin { " (admin)" } else { "" }
-                );
-            }
-        }
-        UsersCommand::List => {
-            let users = admin
-                .list_users(Empty {})
-                .await
-                .map_err(rpc)?
-                .into_inner()
-                .users;
-            if console.json {
-                let list: Vec<_> = users
-                    .iter()
-                    .map(|u| serde_json::json!({"id": u.id, "admin": u.admin, "created_at": u.created_at_unix}))
-                    .collect();
-                print_json(&serde_json::Value::Array(list));
-            } else {
-                for u in users {
-                    println!("{}{}", u.id, if u.admin { " (admin)" } else { "" });
-                }
-            }
-        }
-    }
-    Ok(())
-}
-
-async fn tokens(command: TokensCommand, console: Console) -> anyhow::Result<()> {
-    let mut admin = admin::connect(&console.dir.data_dir).await?;
-    let TokensCommand::Create { ttl } = command;
-    let token = admin
-        .create_enrollment_token(CreateTokenRequest {
-            ttl_seconds: ttl.as_secs().max(1),
-        })
-        .await
-        .map_err(rpc)?
-        .into_inner();
-    if console.json {
-        print_json(&serde_json::json!({"token": token.token, "expires_at": token.expires_at_unix}));
-    } else {
-        println!("{}", token.token);
-    }
-    Ok(())
-}
-
-fn status_name(status: i32) -> &'static str {
-    match AgentStatus::try_from(status) {
-        Ok(AgentStatus::Pending) => "pending",
-        Ok(AgentStatus::Accepted) => "accepted",
-        Ok(AgentStatus::Rejected) => "rejected",
-        _ => "unknown",
-    }
-}
-
-fn agent_json(a: &AgentInfo) -> serde_json::Value {
-    let grains = a.grains.as_ref();
-    serde_json::json!({
-        "id": a.id,
-        "status": status_name(a.status),
-        "connected": a.connected,
-        "last_seen": a.last_seen_unix,
-        "enrolled_at": a.enrolled_at_unix,
-        "address": a.address,
-        "fingerprint": a.fingerprint,
-        "hostname": grains.map(|g| g.hostname.clone()),
-        "slots": grains.map(|g| g.slots),
-    })
-}
-
-async fn agents(command: AgentsCommand, console: Console) -> anyhow::Result<()> {
-    let mut admin = admin::connect(&console.dir.data_dir).await?;
-    let (verb, info) = match command {
-        AgentsCommand::List => {
-            let agents = admin
-                .list_agents(Empty {})
-                .await
-                .map_err(rpc)?
-                .into_inner()
-                .agents;
-            if console.json {
-                print_json(&serde_json::Value::Array(
-                    agents.iter().map(agent_json).collect(),
-                ));
-            } else {
-                println!(
-                    "{:<30} {:<9} {:<10} {:<25} ADDRESS",
-                    "ID", "STATUS", "CONNECTED", "LAST SEEN"
-                );
-                for a in &agents {
-                    println!(
-                        "{:<30} {:<9} {:<10} {:<25} {}",
-                        a.id,
-                        status_name(a.status),
-                        if a.connected { "yes" } else { "no" },
-                        corpus_runtime::format_unix_time(a.last_seen_unix),
-                        a.address
-                    );
-                }
-            }
-            return Ok(());
-        }
-        AgentsCommand::Accept { id } => ("accepted", admin.accept_agent(AgentRef { id }).await),
-        AgentsCommand::Reject { id } => ("rejected", admin.reject_agent(AgentRef { id }).await),
-        AgentsCommand::Delete { id } => ("deleted", admin.delete_agent(AgentRef { id }).await),
-    };
-    let info = info.map_err(rpc)?.into_inner();
-    if console.json {
-        print_json(&agent_json(&info));
-    } else {
-        println!("{verb} agent {}", info.id);
-    }
-    Ok(())
-}
-
-async fn render(console: Console, agent: String, sls: Vec<String>) -> anyhow::Result<()> {
-    corpus_proto::names::validate_agent_id(&agent)?;
-    let mut admin = admin::connect(&console.dir.data_dir).await?;
-    let response = admin
-        .render(corpus_proto::RenderRequest {
-            agent_id: agent,
-            sls,
-        })
-        .await
-        .map_err(rpc)?
-        .into_inner();
-    let plan: corpus_states::Plan = serde_json::from_slice(&response.plan_json)
-        .map_err(|e| anyhow::anyhow!("the master sent an unreadable plan: {e}"))?;
-    if console.json {
-        println!("{}", serde_json::to_string_pretty(&plan)?);
-    } else {
-        print!("{}", corpus_states::show_sls(&plan));
-    }
-    Ok(())
 }

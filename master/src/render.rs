@@ -308,42 +308,6 @@ pub fn render_project(
     Ok(Rendered { plan, common })
 }
 
-/// Salt's `state.show_sls` / highstate rendering for one agent from the master's own state and
-/// pillar trees (`serve --file-root/--pillar-root`).
-pub fn render_for_agent(
-    file_root: &Path,
-    pillar_root: &Path,
-    agent: &str,
-    grains: &Grains,
-    sls: &[String],
-) -> Result<corpus_states::RenderedPlan, RenderError> {
-    use corpus_pillar::DirTree;
-    let grains = serde_json::to_value(grains).unwrap_or_default();
-    let env = json!("base");
-    let pillar = if pillar_root.join("top.sls").exists() {
-        PillarTree::new(Arc::new(DirTree::new(pillar_root)))
-            .compile(agent, &grains, &env)
-            .map(|p| p.data)
-            .map_err(|e| RenderError::Pillar(format!("pillar: {e}")))?
-    } else {
-        json!({})
-    };
-    if !file_root.is_dir() {
-        return Err(RenderError::State(format!(
-            "state tree {} does not exist: pass --file-root to corpus-master serve",
-            file_root.display()
-        )));
-    }
-    let context = TemplateContext::new(pillar, grains, json!({}), env);
-    let states = StateTree::new(Arc::new(DirTree::new(file_root)));
-    let rendered = if sls.is_empty() {
-        states.render_highstate(agent, &context)
-    } else {
-        states.render_sls(sls, &context)
-    };
-    rendered.map_err(|e| RenderError::State(e.to_string()))
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

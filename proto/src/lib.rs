@@ -21,3 +21,65 @@ pub const BLOB_CHUNK_BYTES: usize = 256 * 1024;
 
 pub mod grains;
 pub mod names;
+
+/// One `label()` per printed enum: the lowercase word the console, the CLI and their `--json`
+/// output use for it. A value this build does not know (a newer peer's) reads `unknown`.
+macro_rules! labels {
+    ($($enum:ident { $($variant:ident => $label:literal),+ $(,)? })+) => {$(
+        impl $enum {
+            /// The word printed for this value.
+            pub fn label(self) -> &'static str {
+                match self {
+                    $($enum::$variant => $label,)+
+                    $enum::Unspecified => "unknown",
+                }
+            }
+
+            /// The word printed for a wire value (prost keeps enums as `i32`).
+            pub fn label_of(value: i32) -> &'static str {
+                $enum::try_from(value).map_or("unknown", $enum::label)
+            }
+        }
+    )+};
+}
+
+labels! {
+    AgentStatus { Pending => "pending", Accepted => "accepted", Rejected => "rejected" }
+    JobKind {
+        InitProject => "init",
+        Deploy => "deploy",
+        Rollback => "rollback",
+        Destroy => "destroy",
+    }
+    Mode { Editable => "editable", Cooking => "cooking", Final => "final" }
+    StepResult {
+        Running => "running",
+        Success => "success",
+        Failed => "failed",
+        Skipped => "skipped",
+    }
+    JobStatus {
+        Running => "running",
+        Success => "success",
+        Failed => "failed",
+        RolledBack => "rolled_back",
+        Refused => "refused",
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn labels_are_the_printed_words_and_unknown_values_read_unknown() {
+        assert_eq!(JobStatus::RolledBack.label(), "rolled_back");
+        assert_eq!(JobStatus::label_of(JobStatus::Refused as i32), "refused");
+        assert_eq!(StepResult::label_of(StepResult::Skipped as i32), "skipped");
+        assert_eq!(Mode::Final.label(), "final");
+        assert_eq!(AgentStatus::Pending.label(), "pending");
+        assert_eq!(JobKind::InitProject.label(), "init");
+        assert_eq!(JobStatus::label_of(999), "unknown");
+        assert_eq!(JobStatus::Unspecified.label(), "unknown");
+    }
+}

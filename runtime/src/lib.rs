@@ -1,6 +1,7 @@
 //! Process plumbing shared by the corpus binaries (master, agent, client): logging, the rustls
-//! crypto provider, signal handling with a graceful-stop deadline, and systemd notification.
-//! It knows nothing of corpus's domain.
+//! crypto provider, TLS dialling of the master (`tls`), signal handling with a graceful-stop
+//! deadline, systemd notification, and the time and duration formats every binary prints and
+//! parses. It knows nothing of corpus's domain.
 
 use std::time::Duration;
 
@@ -8,9 +9,12 @@ use tokio::signal::unix::{SignalKind, signal};
 use tokio::sync::watch;
 use tracing::{info, warn};
 
-/// Logs to stderr (journald picks it up under systemd); `RUST_LOG` overrides `default`.
+/// TLS to the master: `tls::dial` against a given CA, refusing `http://`.
 pub mod tls;
 
+/// Logs to stderr (journald picks it up under systemd), with colours only on a terminal;
+/// `RUST_LOG` overrides `default` (an `EnvFilter` directive such as `info` or `corpus=debug`).
+/// Safe to call more than once: later calls keep the first subscriber.
 pub fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env()
         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(default));
@@ -100,6 +104,8 @@ pub fn notify_ready() {
     }
 }
 
+/// Tells systemd the service is stopping (no-op outside systemd), so a slow graceful stop is not
+/// mistaken for a hang.
 pub fn notify_stopping() {
     let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
 }

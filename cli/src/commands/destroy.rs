@@ -11,9 +11,6 @@ pub async fn run(
     project: Option<&str>,
     json: bool,
 ) -> anyhow::Result<()> {
-    if let Some(project) = project {
-        corpus_proto::names::validate_project_name(project)?;
-    }
     let updates = session
         .client
         .destroy(DestroyRequest {

@@ -6,7 +6,6 @@ use crate::progress;
 use crate::session::{Session, rpc_error};
 
 pub async fn run(mut session: Session, env: &str, project: &str, json: bool) -> anyhow::Result<()> {
-    corpus_proto::names::validate_project_name(project)?;
     let updates = session
         .client
         .init_project(ProjectRequest {

@@ -12,9 +12,6 @@ pub async fn run(
     mode: Option<&str>,
     json: bool,
 ) -> anyhow::Result<()> {
-    if !matches!(platform, "dev" | "staging" | "prod") {
-        anyhow::bail!("platform type {platform:?} is invalid: use dev, staging or prod");
-    }
     let env = session
         .client
         .init_env(InitEnvRequest {

@@ -1,4 +1,4 @@
-//! One module per `corpus` command.
+//! One module per `corpus` command. Their arguments arrive already checked by `args.rs`.
 
 pub mod destroy;
 pub mod init;

@@ -126,7 +126,6 @@ pub struct PushArgs<'a> {
 }
 
 pub async fn run(mut session: Session, args: PushArgs<'_>) -> anyhow::Result<()> {
-    corpus_proto::names::validate_project_name(args.project)?;
     let pillar_files = match &args.pillar {
         Some(p) => read_pillar(p)?,
         None => HashMap::new(),

@@ -24,7 +24,6 @@ pub async fn run(
     enlarge: bool,
     json: bool,
 ) -> anyhow::Result<()> {
-    corpus_proto::names::validate_project_name(project)?;
     let bytes = i64::try_from(parse_size(size)?)
         .map_err(|_| anyhow::anyhow!("size {size:?} is too large"))?;
     let quota = session

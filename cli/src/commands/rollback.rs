@@ -13,7 +13,6 @@ pub async fn run(
     to: Option<&str>,
     json: bool,
 ) -> anyhow::Result<()> {
-    corpus_proto::names::validate_project_name(project)?;
     let updates = session
         .client
         .rollback(RollbackRequest {

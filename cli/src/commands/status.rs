@@ -1,20 +1,10 @@
 //! `corpus status ENDPOINT ENV_UUID [PROJECT]`: deployments (the live one marked), releases,
 //! storage used / quota.
 
-use corpus_proto::{Mode, StatusRequest};
+use corpus_proto::{JobStatus, Mode, StatusRequest};
 use serde_json::json;
 
-use crate::progress::job_status;
 use crate::session::{Session, rpc_error};
-
-fn mode(m: i32) -> &'static str {
-    match Mode::try_from(m) {
-        Ok(Mode::Editable) => "editable",
-        Ok(Mode::Cooking) => "cooking",
-        Ok(Mode::Final) => "final",
-        _ => "unknown",
-    }
-}
 
 pub async fn run(
     mut session: Session,
@@ -22,9 +12,6 @@ pub async fn run(
     project: Option<&str>,
     json_out: bool,
 ) -> anyhow::Result<()> {
-    if let Some(project) = project {
-        corpus_proto::names::validate_project_name(project)?;
-    }
     let status = session
         .client
         .status(StatusRequest {
@@ -49,8 +36,8 @@ pub async fn run(
                             "id": d.id,
                             "time": d.started_at_unix,
                             "commit": d.commit,
-                            "mode": mode(d.mode),
-                            "result": job_status(d.result),
+                            "mode": Mode::label_of(d.mode),
+                            "result": JobStatus::label_of(d.result),
                             "failed_step": d.failed_step,
                             "failed_state": d.failed_state,
                             "live": d.live,
@@ -81,7 +68,7 @@ pub async fn run(
             "environment": {
                 "uuid": environment.uuid,
                 "platform": environment.platform,
-                "mode": mode(environment.mode),
+                "mode": Mode::label_of(environment.mode),
                 "agent": environment.agent_id,
                 "owner": environment.owner,
             },
@@ -96,7 +83,7 @@ pub async fn run(
         "environment {} ({}, {} mode) on {}",
         environment.uuid,
         environment.platform,
-        mode(environment.mode),
+        Mode::label_of(environment.mode),
         environment.agent_id
     );
     for p in &status.projects {
@@ -123,7 +110,7 @@ pub async fn run(
                 d.id,
                 corpus_runtime::format_unix_time(d.started_at_unix),
                 d.commit.get(..8).unwrap_or(&d.commit),
-                job_status(d.result),
+                JobStatus::label_of(d.result),
                 failed
             );
         }

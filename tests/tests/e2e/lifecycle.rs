@@ -96,7 +96,12 @@ fn a_failing_build_in_staging_rolls_back_run_and_data_and_names_the_step() -> an
 
     sample_project(&source, "v2", &[("build.sls", FAILING_BUILD)])?;
     let out = cluster.push(&staging, "app", &source, &[])?;
-    assert!(!out.status.success(), "a failed deploy must exit non-zero");
+    assert_eq!(
+        out.status.code(),
+        Some(1),
+        "a rolled-back deploy exits 1: {}",
+        stderr(&out)
+    );
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(
         text.contains("rolled back") && text.contains("fail_here"),
@@ -144,7 +149,7 @@ fn a_failing_health_check_in_prod_rolls_back() -> anyhow::Result<()> {
     )?;
     let pillar_arg = pillar.display().to_string();
     let out = cluster.push(&prod, "app", &source, &["--pillar", &pillar_arg])?;
-    assert!(!out.status.success());
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert_eq!(snapshot(&dir.join("run"))?, run_before);
     assert_eq!(
         std::fs::read_to_string(dir.join("data/state.db"))?,

@@ -1,6 +1,7 @@
 //! End-to-end tests: the real binaries on loopback. One test binary, one module per area.
 
 mod apply_local;
+mod cli;
 mod console;
 mod foundation;
 mod lifecycle;

@@ -1,0 +1,77 @@
+//! `corpus-master agents list|accept|reject|delete`: deciding which machines may attach.
+
+use corpus_proto::{AgentInfo, AgentRef, AgentStatus, Empty};
+use serde_json::{Value, json};
+
+use super::{Console, Table, print_json, printable, rpc};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum AgentsCommand {
+    /// List agents with their status and connection.
+    List,
+    /// Accept a pending (or rejected) agent.
+    Accept { id: String },
+    /// Reject an agent: it is refused from now on.
+    Reject { id: String },
+    /// Forget an agent: its certificate stops working; it may enroll again.
+    Delete { id: String },
+}
+
+fn agent_json(a: &AgentInfo) -> Value {
+    let grains = a.grains.as_ref();
+    json!({
+        "id": a.id,
+        "status": AgentStatus::label_of(a.status),
+        "connected": a.connected,
+        "last_seen": a.last_seen_unix,
+        "enrolled_at": a.enrolled_at_unix,
+        "address": a.address,
+        "fingerprint": a.fingerprint,
+        "hostname": grains.map(|g| g.hostname.clone()),
+        "slots": grains.map(|g| g.slots),
+    })
+}
+
+pub async fn run(command: AgentsCommand, console: &Console) -> anyhow::Result<()> {
+    let mut client = console.admin().await?;
+    let (verb, info) = match command {
+        AgentsCommand::List => {
+            let agents = client
+                .list_agents(Empty {})
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .agents;
+            print_list(console, &agents);
+            return Ok(());
+        }
+        AgentsCommand::Accept { id } => ("accepted", client.accept_agent(AgentRef { id }).await),
+        AgentsCommand::Reject { id } => ("rejected", client.reject_agent(AgentRef { id }).await),
+        AgentsCommand::Delete { id } => ("deleted", client.delete_agent(AgentRef { id }).await),
+    };
+    let info = info.map_err(rpc)?.into_inner();
+    if console.json {
+        print_json(&agent_json(&info));
+    } else {
+        println!("{verb} agent {}", printable(&info.id));
+    }
+    Ok(())
+}
+
+fn print_list(console: &Console, agents: &[AgentInfo]) {
+    if console.json {
+        print_json(&Value::Array(agents.iter().map(agent_json).collect()));
+        return;
+    }
+    let mut table = Table::new(&["ID", "STATUS", "CONNECTED", "LAST SEEN", "ADDRESS"]);
+    for a in agents {
+        table.row([
+            a.id.as_str(),
+            AgentStatus::label_of(a.status),
+            if a.connected { "yes" } else { "no" },
+            corpus_runtime::format_unix_time(a.last_seen_unix).as_str(),
+            a.address.as_str(),
+        ]);
+    }
+    table.print();
+}

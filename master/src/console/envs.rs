@@ -1,0 +1,112 @@
+//! `corpus-master envs list|grant|defaults`: environments seen from the operator's side.
+
+use std::io::{IsTerminal, Read};
+
+use anyhow::Context;
+use corpus_proto::{DefaultsRequest, Empty, Environment, GrantRequest};
+use serde_json::{Value, json};
+
+use super::{Console, Table, print_json, printable, rpc};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum EnvsCommand {
+    /// List environments.
+    List,
+    /// Let another user act on an environment.
+    Grant { env: String, user: String },
+    /// Set the environment's default project settings from YAML on standard input (between
+    /// `.salt/PILLAR.sample` and the pushed pillar).
+    Defaults { env: String },
+}
+
+pub async fn run(command: EnvsCommand, console: &Console) -> anyhow::Result<()> {
+    match command {
+        EnvsCommand::List => list(console).await,
+        EnvsCommand::Grant { env, user } => grant(console, env, user).await,
+        EnvsCommand::Defaults { env } => defaults(console, env).await,
+    }
+}
+
+fn env_json(e: &Environment) -> Value {
+    json!({
+        "uuid": e.uuid,
+        "platform": e.platform,
+        "agent": e.agent_id,
+        "owner": e.owner,
+        "created_at": e.created_at_unix,
+    })
+}
+
+async fn list(console: &Console) -> anyhow::Result<()> {
+    let envs = console
+        .admin()
+        .await?
+        .list_environments(Empty {})
+        .await
+        .map_err(rpc)?
+        .into_inner()
+        .environments;
+    if console.json {
+        print_json(&Value::Array(envs.iter().map(env_json).collect()));
+        return Ok(());
+    }
+    let mut table = Table::new(&["UUID", "PLATFORM", "AGENT", "OWNER"]);
+    for e in &envs {
+        table.row([&e.uuid, &e.platform, &e.agent_id, &e.owner]);
+    }
+    table.print();
+    Ok(())
+}
+
+async fn grant(console: &Console, env: String, user: String) -> anyhow::Result<()> {
+    corpus_proto::names::validate_user_id(&user)?;
+    let e = console
+        .admin()
+        .await?
+        .grant_environment(GrantRequest {
+            env_uuid: env,
+            user: user.clone(),
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    if console.json {
+        print_json(&env_json(&e));
+    } else {
+        println!(
+            "environment {} shared with {}",
+            printable(&e.uuid),
+            printable(&user)
+        );
+    }
+    Ok(())
+}
+
+/// Reads the defaults YAML from standard input.
+async fn defaults(console: &Console, env: String) -> anyhow::Result<()> {
+    if std::io::stdin().is_terminal() {
+        eprintln!(
+            "reading the environment's default project settings (YAML) from standard input; end with Ctrl-D"
+        );
+    }
+    let mut yaml = String::new();
+    std::io::stdin()
+        .read_to_string(&mut yaml)
+        .context("cannot read the defaults (YAML) from standard input")?;
+    let e = console
+        .admin()
+        .await?
+        .set_environment_defaults(DefaultsRequest {
+            env_uuid: env,
+            yaml,
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    if console.json {
+        print_json(&env_json(&e));
+    } else {
+        println!("defaults of environment {} set", printable(&e.uuid));
+    }
+    Ok(())
+}

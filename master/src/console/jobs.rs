@@ -1,0 +1,139 @@
+//! `corpus-master jobs list|show|fail`: jobs and their step events, and failing a job whose
+//! agent is gone for good.
+
+use corpus_proto::{JobDetail, JobRef, JobStatus, JobSummary, JobsRequest, StepResult};
+use serde_json::{Value, json};
+
+use super::{Console, Table, print_json, printable, rpc};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum JobsCommand {
+    /// List jobs, oldest first.
+    List {
+        /// Only the jobs of this environment.
+        #[arg(long)]
+        env: Option<String>,
+    },
+    /// One job with every step event.
+    Show { id: String },
+    /// Mark a running job failed (its agent is gone for good), freeing its project.
+    Fail { id: String },
+}
+
+pub async fn run(command: JobsCommand, console: &Console) -> anyhow::Result<()> {
+    let mut client = console.admin().await?;
+    match command {
+        JobsCommand::List { env } => {
+            let jobs = client
+                .list_jobs(JobsRequest {
+                    env_uuid: env.unwrap_or_default(),
+                })
+                .await
+                .map_err(rpc)?
+                .into_inner()
+                .jobs;
+            print_list(console, &jobs);
+        }
+        JobsCommand::Show { id } => {
+            let detail = client.get_job(JobRef { job_id: id }).await.map_err(rpc)?;
+            print_detail(console, detail.into_inner());
+        }
+        JobsCommand::Fail { id } => {
+            let detail = client.fail_job(JobRef { job_id: id }).await.map_err(rpc)?;
+            print_detail(console, detail.into_inner());
+        }
+    }
+    Ok(())
+}
+
+fn job_json(j: &JobSummary) -> Value {
+    json!({
+        "id": j.job_id,
+        "kind": j.kind,
+        "env": j.env_uuid,
+        "project": j.project,
+        "deploy_id": j.deploy_id,
+        "agent": j.agent,
+        "user": j.requested_by,
+        "status": JobStatus::label_of(j.status),
+        "failed_step": j.failed_step,
+        "failed_state": j.failed_state,
+        "message": j.message,
+        "created_at": j.created_at_unix,
+    })
+}
+
+fn print_list(console: &Console, jobs: &[JobSummary]) {
+    if console.json {
+        print_json(&Value::Array(jobs.iter().map(job_json).collect()));
+        return;
+    }
+    let mut table = Table::new(&["JOB", "KIND", "PROJECT", "STATUS", "CREATED", "USER"]);
+    for j in jobs {
+        table.row([
+            j.job_id.as_str(),
+            j.kind.as_str(),
+            j.project.as_str(),
+            JobStatus::label_of(j.status),
+            corpus_runtime::format_unix_time(j.created_at_unix).as_str(),
+            j.requested_by.as_str(),
+        ]);
+    }
+    table.print();
+}
+
+fn print_detail(console: &Console, detail: JobDetail) {
+    let job = detail.job.unwrap_or_default();
+    if console.json {
+        let events: Vec<_> = detail
+            .events
+            .iter()
+            .map(|e| {
+                json!({
+                    "sequence": e.sequence,
+                    "step": e.step,
+                    "state_id": e.state_id,
+                    "result": StepResult::label_of(e.result),
+                    "comment": e.comment,
+                    "duration_ms": e.duration_ms,
+                })
+            })
+            .collect();
+        let mut out = job_json(&job);
+        out["events"] = Value::Array(events);
+        print_json(&out);
+        return;
+    }
+    println!(
+        "{}",
+        printable(&format!(
+            "job {} ({} of {} in {}, by {}): {}",
+            job.job_id,
+            job.kind,
+            job.project,
+            job.env_uuid,
+            job.requested_by,
+            JobStatus::label_of(job.status)
+        ))
+    );
+    if !job.failed_step.is_empty() {
+        println!(
+            "  failed at {}",
+            printable(&format!(
+                "{} {}: {}",
+                job.failed_step, job.failed_state, job.message
+            ))
+        );
+    }
+    let mut events = Table::new(&[]).right_align(&[0, 3]);
+    for e in &detail.events {
+        events.row([
+            e.sequence.to_string(),
+            e.step.clone(),
+            e.state_id.clone(),
+            format!("{} ms", e.duration_ms),
+            e.comment.lines().next().unwrap_or("").to_owned(),
+        ]);
+    }
+    print!("{}", events.render("  "));
+}

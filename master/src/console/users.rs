@@ -1,0 +1,99 @@
+//! `corpus-master users add|list`: the people who may log in with `corpus`.
+
+use std::io::{IsTerminal, Read};
+
+use anyhow::Context;
+use corpus_proto::{AddUserRequest, Empty};
+use serde_json::json;
+
+use super::{Console, print_json, printable, rpc};
+
+#[derive(clap::Subcommand, Debug)]
+pub enum UsersCommand {
+    /// Add a user; the password is read from standard input.
+    Add {
+        id: String,
+        /// The user may act on every environment.
+        #[arg(long)]
+        admin: bool,
+    },
+    /// List users.
+    List,
+}
+
+pub async fn run(command: UsersCommand, console: &Console) -> anyhow::Result<()> {
+    match command {
+        UsersCommand::Add { id, admin } => add(console, id, admin).await,
+        UsersCommand::List => list(console).await,
+    }
+}
+
+/// The password from the terminal (not echoed) or the first line of standard input.
+fn read_password(id: &str) -> anyhow::Result<String> {
+    let password = if std::io::stdin().is_terminal() {
+        rpassword::prompt_password(format!("password for {id}: "))
+            .context("cannot read the password")?
+    } else {
+        let mut input = String::new();
+        std::io::stdin()
+            .read_to_string(&mut input)
+            .context("cannot read the password from standard input")?;
+        input.lines().next().unwrap_or_default().to_owned()
+    };
+    if password.is_empty() {
+        anyhow::bail!("no password given on standard input for user {id:?}");
+    }
+    Ok(password)
+}
+
+async fn add(console: &Console, id: String, admin: bool) -> anyhow::Result<()> {
+    corpus_proto::names::validate_user_id(&id)?;
+    let mut client = console.admin().await?;
+    let password = read_password(&id)?;
+    let user = client
+        .add_user(AddUserRequest {
+            id,
+            password,
+            admin,
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    if console.json {
+        print_json(&json!({"id": user.id, "admin": user.admin}));
+    } else {
+        println!(
+            "added user {}{}",
+            printable(&user.id),
+            if user.admin { " (admin)" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+async fn list(console: &Console) -> anyhow::Result<()> {
+    let users = console
+        .admin()
+        .await?
+        .list_users(Empty {})
+        .await
+        .map_err(rpc)?
+        .into_inner()
+        .users;
+    if console.json {
+        let list: Vec<_> = users
+            .iter()
+            .map(|u| json!({"id": u.id, "admin": u.admin, "created_at": u.created_at_unix}))
+            .collect();
+        print_json(&serde_json::Value::Array(list));
+    } else {
+        for u in users {
+            println!(
+                "{}{}",
+                printable(&u.id),
+                if u.admin { " (admin)" } else { "" }
+            );
+        }
+    }
+    Ok(())
+}
