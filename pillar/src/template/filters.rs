@@ -1,0 +1,641 @@
+//! Salt's Jinja filters (`yaml`, `json`, `tojson`, `load_yaml`, `traverse`, `regex_*`, `to_bool`,
+//! `quote`, `yaml_encode`, `sequence`, `unique`, ...) and the helper functions the pre-pass
+//! calls (`__import_data`, `__load_data`, `__percent`). Output layouts follow Python's `json` and
+//! PyYAML, since Salt users diff rendered files against what Salt wrote.
+
+use std::sync::Arc;
+
+use minijinja::value::{Kwargs, Value, ValueKind};
+use minijinja::{ErrorKind, State};
+use serde_json::Value as Json;
+
+use super::salt::traverse_value;
+use super::values::{List, from_json, mutable, to_json};
+use crate::tree::{SourceTree, normalize_path};
+
+fn invalid(message: impl Into<String>) -> minijinja::Error {
+    minijinja::Error::new(ErrorKind::InvalidOperation, message.into())
+}
+
+/// Parses `text` as `format` (`yaml` as Salt's loader reads it, `json`, or `text`).
+pub(crate) fn parse_data(text: &str, format: &str) -> Result<Value, minijinja::Error> {
+    let json: Json = match format {
+        "yaml" => {
+            let yaml = crate::yaml::parse_yaml("(load_yaml)", text)
+                .map_err(|e| invalid(format!("load_yaml: {}", e.message)))?;
+            crate::yaml::yaml_to_json(&yaml)
+        }
+        "json" => serde_json::from_str(text).map_err(|e| invalid(format!("load_json: {e}")))?,
+        _ => return Ok(Value::from(text)),
+    };
+    Ok(from_json(&json))
+}
+
+/// `{% import_yaml path as v %}`: reads `path` (relative to the tree root, or to `from` with
+/// `./`) and parses it.
+pub(crate) fn import_data(
+    tree: &Arc<dyn SourceTree>,
+    path: &str,
+    from: &str,
+    format: &str,
+) -> Result<Value, minijinja::Error> {
+    let joined = super::join_template_path(path, from);
+    let normalized = normalize_path(&joined).map_err(|e| invalid(e.to_string()))?;
+    let text = tree
+        .read(&normalized)
+        .map_err(|e| invalid(e.to_string()))?
+        .ok_or_else(|| {
+            invalid(format!(
+                "import_{format}: {normalized} does not exist in the tree (imported from {from})"
+            ))
+        })?;
+    parse_data(&text, format).map_err(|e| invalid(format!("{normalized}: {e}")))
+}
+
+/// `{% load_yaml as v %}...{% endload %}`: the captured block parsed.
+pub(crate) fn load_data(text: Value, format: &str) -> Result<Value, minijinja::Error> {
+    parse_data(text.as_str().unwrap_or_default(), format)
+}
+
+pub(crate) fn filter_load_yaml(text: &str) -> Result<Value, minijinja::Error> {
+    parse_data(text, "yaml")
+}
+
+pub(crate) fn filter_load_json(text: &str) -> Result<Value, minijinja::Error> {
+    parse_data(text, "json")
+}
+
+/// `data|traverse('a:b', default)`.
+pub(crate) fn filter_traverse(
+    data: Value,
+    path: &str,
+    default: Option<Value>,
+    kwargs: Kwargs,
+) -> Result<Value, minijinja::Error> {
+    let delimiter: Option<String> = kwargs.get("delimiter")?;
+    let kw_default: Option<Value> = kwargs.get("default")?;
+    kwargs.assert_all_used()?;
+    Ok(
+        traverse_value(&data, path, delimiter.as_deref().unwrap_or(":"))
+            .or(default)
+            .or(kw_default)
+            .unwrap_or_default(),
+    )
+}
+
+fn regex(pattern: &str, kwargs: &Kwargs) -> Result<regex::Regex, minijinja::Error> {
+    let ignorecase: Option<bool> = kwargs.get("ignorecase")?;
+    let multiline: Option<bool> = kwargs.get("multiline")?;
+    kwargs.assert_all_used()?;
+    regex::RegexBuilder::new(pattern)
+        .case_insensitive(ignorecase.unwrap_or(false))
+        .multi_line(multiline.unwrap_or(false))
+        .build()
+        .map_err(|e| invalid(format!("invalid regular expression {pattern:?}: {e}")))
+}
+
+/// `regex_replace(pattern, replacement)`: Python's `re.sub`; `\1` back-references work.
+pub(crate) fn filter_regex_replace(
+    text: &str,
+    pattern: &str,
+    replacement: &str,
+    kwargs: Kwargs,
+) -> Result<String, minijinja::Error> {
+    let re = regex(pattern, &kwargs)?;
+    let mut rust_replacement = String::new();
+    let mut chars = replacement.chars().peekable();
+    while let Some(c) = chars.next() {
+        match c {
+            '\\' if chars.peek().is_some_and(char::is_ascii_digit) => {
+                let mut digits = String::new();
+                while let Some(d) = chars.peek().filter(|d| d.is_ascii_digit()) {
+                    digits.push(*d);
+                    chars.next();
+                }
+                rust_replacement.push_str(&format!("${{{digits}}}"));
+            }
+            '$' => rust_replacement.push_str("$$"),
+            c => rust_replacement.push(c),
+        }
+    }
+    Ok(re.replace_all(text, rust_replacement.as_str()).into_owned())
+}
+
+fn groups(captures: Option<regex::Captures<'_>>) -> Value {
+    match captures {
+        None => Value::from(()),
+        Some(found) => Value::from(
+            found
+                .iter()
+                .skip(1)
+                .map(|g| g.map_or(Value::from(()), |m| Value::from(m.as_str())))
+                .collect::<Vec<_>>(),
+        ),
+    }
+}
+
+/// `regex_search(pattern)`: the match's groups (a tuple), or none.
+pub(crate) fn filter_regex_search(
+    text: &str,
+    pattern: &str,
+    kwargs: Kwargs,
+) -> Result<Value, minijinja::Error> {
+    let re = regex(pattern, &kwargs)?;
+    Ok(groups(re.captures(text)))
+}
+
+/// `regex_match(pattern)`: like `regex_search`, anchored at the start.
+pub(crate) fn filter_regex_match(
+    text: &str,
+    pattern: &str,
+    kwargs: Kwargs,
+) -> Result<Value, minijinja::Error> {
+    let re = regex(&format!("^(?:{pattern})"), &kwargs)?;
+    Ok(groups(re.captures(text)))
+}
+
+/// Salt's `to_bool`: strings `yes`/`true`/`1`/`on` are true, numbers when positive,
+/// containers when not empty.
+pub(crate) fn filter_to_bool(value: Value) -> bool {
+    match value.kind() {
+        ValueKind::String => matches!(
+            value
+                .as_str()
+                .unwrap_or_default()
+                .to_ascii_lowercase()
+                .as_str(),
+            "yes" | "true" | "1" | "on"
+        ),
+        ValueKind::Number => value.as_i64().map_or_else(
+            || f64::try_from(value.clone()).is_ok_and(|f| f > 0.0),
+            |i| i > 0,
+        ),
+        ValueKind::Seq | ValueKind::Map => value.len().unwrap_or(0) > 0,
+        _ => value.is_true(),
+    }
+}
+
+/// `quote`: Python's `shlex.quote`.
+pub(crate) fn filter_quote(value: Value) -> String {
+    let text = value
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| value.to_string());
+    let safe = !text.is_empty()
+        && text
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "@%+=:,./-_".contains(c));
+    if safe {
+        text
+    } else {
+        format!("'{}'", text.replace('\'', "'\"'\"'"))
+    }
+}
+
+/// `yaml_encode`: one value as a YAML scalar (or flow collection).
+pub(crate) fn filter_yaml_encode(value: Value) -> Result<String, minijinja::Error> {
+    let json = to_json(&value)?;
+    let mut out = String::new();
+    write_yaml_flow(&json, &mut out);
+    Ok(out)
+}
+
+/// `yaml_dquote`: a string as a double-quoted YAML scalar.
+pub(crate) fn filter_yaml_dquote(value: Value) -> String {
+    let text = value
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| value.to_string());
+    let mut out = String::new();
+    write_json_string(&text, false, &mut out);
+    out
+}
+
+/// `yaml_squote`: a string as a single-quoted YAML scalar.
+pub(crate) fn filter_yaml_squote(value: Value) -> String {
+    let text = value
+        .as_str()
+        .map(str::to_string)
+        .unwrap_or_else(|| value.to_string());
+    format!("'{}'", text.replace('\'', "''"))
+}
+
+/// `sequence`: a list stays, anything else becomes a one-item list.
+pub(crate) fn filter_sequence(value: Value) -> Value {
+    if value.kind() == ValueKind::Seq {
+        value
+    } else {
+        List::new_value(vec![value])
+    }
+}
+
+/// `is_list`.
+pub(crate) fn filter_is_list(value: Value) -> bool {
+    value.kind() == ValueKind::Seq
+}
+
+/// `unique`: first occurrences, in order.
+pub(crate) fn filter_unique(value: Value) -> Result<Value, minijinja::Error> {
+    let mut out: Vec<Value> = Vec::new();
+    for item in value.try_iter()? {
+        if !out.contains(&item) {
+            out.push(item);
+        }
+    }
+    Ok(List::new_value(out))
+}
+
+/// `__dict(...)` / `__list(...)`: literals made mutable (see `prepass`).
+pub(crate) fn make_mutable(value: Value) -> Value {
+    mutable(value)
+}
+
+/// Python's `str()` of a value, for `%s`.
+pub(crate) fn python_str(value: &Value) -> String {
+    match value.kind() {
+        ValueKind::None | ValueKind::Undefined => "None".into(),
+        ValueKind::Bool => if value.is_true() { "True" } else { "False" }.into(),
+        ValueKind::String => value.as_str().unwrap_or_default().to_string(),
+        _ => python_repr(value),
+    }
+}
+
+/// Python's `repr()` of a value, for `%r` and containers.
+pub(crate) fn python_repr(value: &Value) -> String {
+    match value.kind() {
+        ValueKind::String => format!(
+            "'{}'",
+            value.as_str().unwrap_or_default().replace('\'', "\\'")
+        ),
+        ValueKind::Seq => {
+            let items: Vec<String> = value
+                .try_iter()
+                .map(|iter| iter.map(|v| python_repr(&v)).collect())
+                .unwrap_or_default();
+            format!("[{}]", items.join(", "))
+        }
+        ValueKind::Map => {
+            let items: Vec<String> = value
+                .try_iter()
+                .map(|iter| {
+                    iter.map(|k| {
+                        let v = value.get_item(&k).unwrap_or_default();
+                        format!("{}: {}", python_repr(&k), python_repr(&v))
+                    })
+                    .collect()
+                })
+                .unwrap_or_default();
+            format!("{{{}}}", items.join(", "))
+        }
+        _ => python_str(value),
+    }
+}
+
+/// `'fmt' % args`: Python's printf-style formatting (`%s %r %d %i %f %x %o %e %%`, flags,
+/// width, precision, `%(name)s` with a dict).
+pub(crate) fn percent(
+    _state: &State<'_, '_>,
+    format: &str,
+    args: Value,
+) -> Result<String, minijinja::Error> {
+    let named = args.kind() == ValueKind::Map;
+    let spread = args.kind() == ValueKind::Seq && args.downcast_object_ref::<List>().is_none();
+    let positional: Vec<Value> = if spread {
+        args.try_iter()?.collect()
+    } else {
+        vec![args.clone()]
+    };
+    let mut next = positional.into_iter();
+    let mut out = String::new();
+    let mut chars = format.chars().peekable();
+    while let Some(c) = chars.next() {
+        if c != '%' {
+            out.push(c);
+            continue;
+        }
+        let mut key = None;
+        if chars.peek() == Some(&'(') {
+            chars.next();
+            let mut name = String::new();
+            for c in chars.by_ref() {
+                if c == ')' {
+                    break;
+                }
+                name.push(c);
+            }
+            key = Some(name);
+        }
+        let mut flags = String::new();
+        while let Some(f) = chars.peek().copied().filter(|f| "-+ 0#".contains(*f)) {
+            flags.push(f);
+            chars.next();
+        }
+        let mut width = String::new();
+        while let Some(d) = chars.peek().copied().filter(char::is_ascii_digit) {
+            width.push(d);
+            chars.next();
+        }
+        let mut precision = None;
+        if chars.peek() == Some(&'.') {
+            chars.next();
+            let mut p = String::new();
+            while let Some(d) = chars.peek().copied().filter(char::is_ascii_digit) {
+                p.push(d);
+                chars.next();
+            }
+            precision = Some(p.parse::<usize>().unwrap_or(0));
+        }
+        let Some(conversion) = chars.next() else {
+            return Err(invalid("% format: incomplete format"));
+        };
+        if conversion == '%' {
+            out.push('%');
+            continue;
+        }
+        let value = match &key {
+            Some(name) if named => args.get_item(&Value::from(name.as_str()))?,
+            Some(name) => return Err(invalid(format!("% format: %({name}) needs a dict"))),
+            None => next
+                .next()
+                .ok_or_else(|| invalid("% format: not enough arguments for format string"))?,
+        };
+        let number = || f64::try_from(value.clone()).ok();
+        let text = match conversion {
+            's' => {
+                let s = python_str(&value);
+                match precision {
+                    Some(p) => s.chars().take(p).collect(),
+                    None => s,
+                }
+            }
+            'r' => python_repr(&value),
+            'd' | 'i' | 'u' => {
+                let n = number()
+                    .ok_or_else(|| invalid(format!("% format: %d needs a number, got {value}")))?;
+                let n = n.trunc() as i64;
+                if flags.contains('+') && n >= 0 {
+                    format!("+{n}")
+                } else {
+                    n.to_string()
+                }
+            }
+            'f' | 'F' => {
+                let n = number()
+                    .ok_or_else(|| invalid(format!("% format: %f needs a number, got {value}")))?;
+                format!("{:.*}", precision.unwrap_or(6), n)
+            }
+            'e' | 'E' => {
+                let n = number()
+                    .ok_or_else(|| invalid(format!("% format: %e needs a number, got {value}")))?;
+                format!("{:.*e}", precision.unwrap_or(6), n)
+            }
+            'x' | 'X' | 'o' => {
+                let n = value.as_i64().ok_or_else(|| {
+                    invalid(format!(
+                        "% format: %{conversion} needs an integer, got {value}"
+                    ))
+                })?;
+                match conversion {
+                    'x' => format!("{n:x}"),
+                    'X' => format!("{n:X}"),
+                    _ => format!("{n:o}"),
+                }
+            }
+            other => {
+                return Err(invalid(format!(
+                    "% format: unsupported conversion %{other}"
+                )));
+            }
+        };
+        let width = width.parse::<usize>().unwrap_or(0);
+        let pad = width.saturating_sub(text.chars().count());
+        if flags.contains('-') {
+            out.push_str(&text);
+            out.push_str(&" ".repeat(pad));
+        } else if flags.contains('0') && conversion != 's' {
+            let (sign, digits) = match text.strip_prefix('-') {
+                Some(rest) => ("-", rest),
+                None => ("", text.as_str()),
+            };
+            out.push_str(sign);
+            out.push_str(&"0".repeat(pad));
+            out.push_str(digits);
+        } else {
+            out.push_str(&" ".repeat(pad));
+            out.push_str(&text);
+        }
+    }
+    if !named && next.next().is_some() {
+        return Err(invalid(
+            "% format: not all arguments converted during string formatting",
+        ));
+    }
+    Ok(out)
+}
+
+/// Salt's `yaml` filter: flow style by default (`{a: 1, b: [x, y]}`, fit for inlining in an sls),
+/// block style with `flow_style=False`. Keys are sorted, as PyYAML does.
+pub(crate) fn filter_yaml(
+    value: Value,
+    flow_style: Option<bool>,
+    kwargs: Kwargs,
+) -> Result<String, minijinja::Error> {
+    let kw_flow_style: Option<bool> = kwargs.get("flow_style")?;
+    let flow_style = flow_style.or(kw_flow_style);
+    kwargs.assert_all_used()?;
+    let json = to_json(&value)?;
+    if flow_style == Some(false) {
+        let text = serde_yaml::to_string(&json).map_err(|e| {
+            minijinja::Error::new(
+                ErrorKind::InvalidOperation,
+                format!("cannot write yaml: {e}"),
+            )
+        })?;
+        return Ok(text.trim_end().to_string());
+    }
+    let mut out = String::new();
+    write_yaml_flow(&json, &mut out);
+    Ok(out)
+}
+
+/// Salt's `json` filter: Python's `json.dumps(value, sort_keys=True, indent=None)` layout.
+pub(crate) fn filter_json(value: Value, kwargs: Kwargs) -> Result<String, minijinja::Error> {
+    let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
+    let indent: Option<usize> = kwargs.get("indent")?;
+    kwargs.assert_all_used()?;
+    let json = to_json(&value)?;
+    let mut out = String::new();
+    write_python_json(&json, indent, sort_keys.unwrap_or(true), false, 0, &mut out);
+    Ok(out)
+}
+
+/// Salt's `tojson` filter: ASCII-only JSON with `<`, `>`, `&` and `'` escaped so the result is
+/// safe inside HTML and single-quoted YAML.
+pub(crate) fn filter_tojson(
+    value: Value,
+    indent: Option<usize>,
+    kwargs: Kwargs,
+) -> Result<String, minijinja::Error> {
+    let kw_indent: Option<usize> = kwargs.get("indent")?;
+    let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
+    kwargs.assert_all_used()?;
+    let json = to_json(&value)?;
+    let mut out = String::new();
+    write_python_json(
+        &json,
+        indent.or(kw_indent),
+        sort_keys.unwrap_or(false),
+        true,
+        0,
+        &mut out,
+    );
+    Ok(out
+        .replace('<', "\\u003c")
+        .replace('>', "\\u003e")
+        .replace('&', "\\u0026")
+        .replace('\'', "\\u0027"))
+}
+
+fn sorted_entries(map: &serde_json::Map<String, Json>, sort: bool) -> Vec<(&String, &Json)> {
+    let mut entries: Vec<_> = map.iter().collect();
+    if sort {
+        entries.sort_by(|a, b| a.0.cmp(b.0));
+    }
+    entries
+}
+
+fn write_json_string(text: &str, ascii: bool, out: &mut String) {
+    out.push('"');
+    for c in text.chars() {
+        match c {
+            '"' => out.push_str("\\\""),
+            '\\' => out.push_str("\\\\"),
+            '\n' => out.push_str("\\n"),
+            '\r' => out.push_str("\\r"),
+            '\t' => out.push_str("\\t"),
+            '\u{8}' => out.push_str("\\b"),
+            '\u{c}' => out.push_str("\\f"),
+            c if (c as u32) < 0x20 || (ascii && !c.is_ascii()) => {
+                let mut buf = [0u16; 2];
+                for unit in c.encode_utf16(&mut buf) {
+                    out.push_str(&format!("\\u{unit:04x}"));
+                }
+            }
+            c => out.push(c),
+        }
+    }
+    out.push('"');
+}
+
+/// JSON laid out like Python's `json.dumps`: `", "` and `": "` separators, or one item per line
+/// with `indent`.
+fn write_python_json(
+    value: &Json,
+    indent: Option<usize>,
+    sort: bool,
+    ascii: bool,
+    depth: usize,
+    out: &mut String,
+) {
+    let newline = |out: &mut String, depth: usize| {
+        if let Some(width) = indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(width * depth));
+        }
+    };
+    let separator = if indent.is_some() { "," } else { ", " };
+    match value {
+        Json::Array(items) if !items.is_empty() => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(separator);
+                }
+                newline(out, depth + 1);
+                write_python_json(item, indent, sort, ascii, depth + 1, out);
+            }
+            newline(out, depth);
+            out.push(']');
+        }
+        Json::Object(map) if !map.is_empty() => {
+            out.push('{');
+            for (i, (key, item)) in sorted_entries(map, sort).into_iter().enumerate() {
+                if i > 0 {
+                    out.push_str(separator);
+                }
+                newline(out, depth + 1);
+                write_json_string(key, ascii, out);
+                out.push_str(": ");
+                write_python_json(item, indent, sort, ascii, depth + 1, out);
+            }
+            newline(out, depth);
+            out.push('}');
+        }
+        Json::String(text) => write_json_string(text, ascii, out),
+        other => out.push_str(&other.to_string()),
+    }
+}
+
+fn write_yaml_flow(value: &Json, out: &mut String) {
+    match value {
+        Json::Null => out.push_str("null"),
+        Json::Bool(b) => out.push_str(if *b { "true" } else { "false" }),
+        Json::Number(n) => out.push_str(&n.to_string()),
+        Json::String(s) => write_yaml_scalar(s, out),
+        Json::Array(items) => {
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_yaml_flow(item, out);
+            }
+            out.push(']');
+        }
+        Json::Object(map) => {
+            out.push('{');
+            for (i, (key, item)) in sorted_entries(map, true).into_iter().enumerate() {
+                if i > 0 {
+                    out.push_str(", ");
+                }
+                write_yaml_scalar(key, out);
+                out.push_str(": ");
+                write_yaml_flow(item, out);
+            }
+            out.push('}');
+        }
+    }
+}
+
+/// A string as YAML: plain when it cannot be mistaken for anything else, single-quoted otherwise,
+/// double-quoted (JSON escapes) when it holds control characters.
+fn write_yaml_scalar(s: &str, out: &mut String) {
+    if s.chars().any(|c| c.is_control()) {
+        write_json_string(s, false, out);
+        return;
+    }
+    let lower = s.to_ascii_lowercase();
+    let reserved = matches!(
+        lower.as_str(),
+        "" | "~" | "null" | "true" | "false" | "yes" | "no" | "on" | "off"
+    );
+    let looks_numeric = s.parse::<f64>().is_ok()
+        || s.starts_with("0x")
+        || s.starts_with("0o")
+        || lower == ".inf"
+        || lower == "-.inf"
+        || lower == ".nan";
+    let bad_start = s.starts_with(|c: char| "-?:,[]{}#&*!|>'\"%@` ".contains(c));
+    let bad_inner = s.contains(": ")
+        || s.contains(" #")
+        || s.ends_with(':')
+        || s.ends_with(' ')
+        || s.contains(|c: char| ",[]{}".contains(c));
+    if reserved || looks_numeric || bad_start || bad_inner {
+        out.push('\'');
+        out.push_str(&s.replace('\'', "''"));
+        out.push('\'');
+    } else {
+        out.push_str(s);
+    }
+}
