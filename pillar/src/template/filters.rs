@@ -256,7 +256,8 @@ pub(crate) fn python_str(value: &Value) -> String {
         ValueKind::None | ValueKind::Undefined => "None".into(),
         ValueKind::Bool => if value.is_true() { "True" } else { "False" }.into(),
         ValueKind::String => value.as_str().unwrap_or_default().to_string(),
-        _ => python_repr(value),
+        ValueKind::Seq | ValueKind::Map => python_repr(value),
+        _ => value.to_string(),
     }
 }
 

@@ -341,14 +341,16 @@ fn operand_end(tokens: &[(Token, &str)], start: usize) -> Option<usize> {
             Some(Token::Punct(b'(' | b'[')) => end = matching(tokens, next)?,
             _ => {
                 // A filter binds tighter than `%`: `'%s' % x|join(',')`.
-                let pipe = (next..tokens.len()).find(|&j| tokens[j].0 != Token::Space)?;
-                if tokens[pipe].0 != Token::Punct(b'|') {
+                let significant =
+                    |from: usize| (from..tokens.len()).find(|&j| tokens[j].0 != Token::Space);
+                let Some(pipe) = significant(next).filter(|&p| tokens[p].0 == Token::Punct(b'|'))
+                else {
                     return Some(end);
-                }
-                let name = (pipe + 1..tokens.len()).find(|&j| tokens[j].0 != Token::Space)?;
-                if tokens[name].0 != Token::Name {
+                };
+                let Some(name) = significant(pipe + 1).filter(|&n| tokens[n].0 == Token::Name)
+                else {
                     return Some(end);
-                }
+                };
                 end = name;
             }
         }

@@ -348,7 +348,7 @@ fn filter_by(scope: &SaltScope, args: &Args) -> Result<Value, Error> {
             }
         });
     }
-    Ok(found.unwrap_or_default())
+    Ok(found.unwrap_or(Value::from(())))
 }
 
 fn need_host<'a>(scope: &'a SaltScope, function: &str) -> Result<&'a dyn HostFunctions, Error> {
@@ -654,7 +654,7 @@ fn call(
         "cmd.which" => need_host(scope, name)?
             .which(&string(0, "cmd")?)
             .map(Value::from)
-            .unwrap_or_default(),
+            .unwrap_or(Value::from(())),
         "cmd.has_exec" => Value::from(need_host(scope, name)?.which(&string(0, "cmd")?).is_some()),
         "user.info" => need_host(scope, name)?
             .user_info(&string(0, "name")?)
