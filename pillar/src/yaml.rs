@@ -172,7 +172,10 @@ fn salt_scalar(word: &str) -> Option<String> {
 pub fn salt_scalars(text: &str) -> Cow<'_, str> {
     let lower = text.to_ascii_lowercase();
     let candidate = ["yes", "no", "on", "off"].iter().any(|w| lower.contains(w))
-        || text.as_bytes().windows(2).any(|w| w[0] == b'0' && w[1].is_ascii_digit());
+        || text
+            .as_bytes()
+            .windows(2)
+            .any(|w| w[0] == b'0' && w[1].is_ascii_digit());
     if !candidate {
         return Cow::Borrowed(text);
     }
@@ -245,7 +248,11 @@ fn key_separator(text: &str) -> Option<usize> {
     if let Some(&quote @ (b'\'' | b'"')) = bytes.first() {
         i = 1;
         while i < bytes.len() && bytes[i] != quote {
-            i += if bytes[i] == b'\\' && quote == b'"' { 2 } else { 1 };
+            i += if bytes[i] == b'\\' && quote == b'"' {
+                2
+            } else {
+                1
+            };
         }
         i += 1;
     }
@@ -375,13 +382,34 @@ mod tests {
     #[test]
     fn reads_yaml_1_1_scalars_as_salt_does() {
         let cases = [
-            ("a: yes\nb: No\nc: on\nd: OFF\n", json!({"a": true, "b": false, "c": true, "d": false})),
-            ("a: 'yes'\nb: \"off\"\nc: yesterday\n", json!({"a": "yes", "b": "off", "c": "yesterday"})),
-            ("mode: 0644\ndir_mode: 0755 # comment\nzero: 00\nplain: 644\nq: '0644'\n", json!({"mode": 644, "dir_mode": 755, "zero": 0, "plain": 644, "q": "0644"})),
-            ("- yes\n- - off\n- k: on\n  m: 0600\n", json!([true, [false], {"k": true, "m": 600}])),
-            ("f: [yes, 'no', 0644, {x: on}]\n", json!({"f": [true, "no", 644, {"x": true}]})),
-            ("t: |\n  yes\n  0644\nu: >\n  on\nv: no\n", json!({"t": "yes\n0644\n", "u": "on\n", "v": false})),
-            ("d: this is\n  on\nyes: key stays\nurl: http://x/on\n", json!({"d": "this is on", "yes": "key stays", "url": "http://x/on"})),
+            (
+                "a: yes\nb: No\nc: on\nd: OFF\n",
+                json!({"a": true, "b": false, "c": true, "d": false}),
+            ),
+            (
+                "a: 'yes'\nb: \"off\"\nc: yesterday\n",
+                json!({"a": "yes", "b": "off", "c": "yesterday"}),
+            ),
+            (
+                "mode: 0644\ndir_mode: 0755 # comment\nzero: 00\nplain: 644\nq: '0644'\n",
+                json!({"mode": 644, "dir_mode": 755, "zero": 0, "plain": 644, "q": "0644"}),
+            ),
+            (
+                "- yes\n- - off\n- k: on\n  m: 0600\n",
+                json!([true, [false], {"k": true, "m": 600}]),
+            ),
+            (
+                "f: [yes, 'no', 0644, {x: on}]\n",
+                json!({"f": [true, "no", 644, {"x": true}]}),
+            ),
+            (
+                "t: |\n  yes\n  0644\nu: >\n  on\nv: no\n",
+                json!({"t": "yes\n0644\n", "u": "on\n", "v": false}),
+            ),
+            (
+                "d: this is\n  on\nyes: key stays\nurl: http://x/on\n",
+                json!({"d": "this is on", "yes": "key stays", "url": "http://x/on"}),
+            ),
         ];
         for (text, expected) in cases {
             let parsed = parse_yaml("x", text).map(|y| yaml_to_json(&y));
