@@ -333,6 +333,10 @@ pub(crate) fn check_function(
 }
 
 #[cfg(test)]
+#[path = "formula_tests.rs"]
+mod formula_tests;
+
+#[cfg(test)]
 mod tests {
     use super::*;
 
