@@ -10,8 +10,10 @@
 //! to give (the agent for `apply --local`; never the master).
 
 mod filters;
+mod functions;
 mod host;
 mod prepass;
+mod python;
 mod salt;
 mod values;
 
@@ -168,7 +170,7 @@ impl TemplateContext {
         if self.common.as_object().is_some_and(|c| !c.is_empty())
             && let Json::Object(map) = &mut opts
         {
-            let project = salt::makina_project(&self.common);
+            let project = functions::makina_project(&self.common);
             map.insert("ms_project".into(), project);
         }
         let opts = from_json(&opts);
@@ -289,7 +291,7 @@ fn add_salt_filters(env: &mut Environment<'static>, tree: &Arc<dyn SourceTree>) 
     env.add_filter("sequence", filters::filter_sequence);
     env.add_filter("is_list", filters::filter_is_list);
     env.add_filter("unique", filters::filter_unique);
-    env.add_filter("__percent", filters::percent);
+    env.add_filter("__percent", python::percent);
     env.add_function("__dict", filters::make_mutable);
     env.add_function("__list", filters::make_mutable);
     env.add_function("__load_data", filters::load_data);
@@ -351,6 +353,12 @@ fn render_error(file: &str, err: &minijinja::Error) -> RenderError {
             "; check the name, or give a default with pillar.get('a:b', default) or the \
              `default` filter",
         );
+    }
+    if message.contains("undefined") && (message.contains("salt[") || message.contains("salt.")) {
+        message.push_str(&format!(
+            "; execution functions available while rendering: {}",
+            salt::FUNCTIONS.join(", ")
+        ));
     }
     if let Some(foreign) = source {
         message.push_str(": ");

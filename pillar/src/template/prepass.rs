@@ -284,10 +284,10 @@ pub(crate) fn rewrite_expression(text: &str) -> String {
                 stack.push(literal);
             }
             Token::Punct(b'(') => stack.push(false),
-            Token::Punct(b']') | Token::Punct(b'}') | Token::Punct(b')') => {
-                if stack.pop() == Some(true) {
-                    insert_after_close(&mut pieces[i], ")");
-                }
+            Token::Punct(b']') | Token::Punct(b'}') | Token::Punct(b')')
+                if stack.pop() == Some(true) =>
+            {
+                insert_after_close(&mut pieces[i], ")");
             }
             _ => {}
         }
@@ -309,14 +309,14 @@ fn rewrite_percent(tokens: &[(Token, &str)], pieces: &mut [String]) {
     let mut previous: Option<Token> = None;
     for i in 0..tokens.len() {
         let token = tokens[i].0;
-        if token == Token::Punct(b'%') && previous == Some(Token::Str) {
-            if let Some(start) = significant(i + 1)
-                && let Some(end) = operand_end(tokens, start)
-            {
-                pieces[i] = "|__percent(".to_string();
-                // Spaces between `%` and the operand would land inside the call: harmless.
-                pieces[end].push(')');
-            }
+        if token == Token::Punct(b'%')
+            && previous == Some(Token::Str)
+            && let Some(start) = significant(i + 1)
+            && let Some(end) = operand_end(tokens, start)
+        {
+            pieces[i] = "|__percent(".to_string();
+            // Spaces between `%` and the operand would land inside the call: harmless.
+            pieces[end].push(')');
         }
         if token != Token::Space {
             previous = Some(token);

@@ -592,3 +592,18 @@ fn makina_project_configuration_comes_from_common() {
         "/srv/shop/project|/srv/shop/data|/srv/shop/pillar|8000|shop|shop"
     );
 }
+
+#[test]
+fn an_unknown_execution_function_is_named_in_the_error() {
+    for source in [
+        "{{ salt['nope.fun']() }}",
+        "{{ salt.nope.fun() }}",
+        "{{ salt.pillar.nope() }}",
+    ] {
+        let got = render_with(MemoryTree::new(), "t.sls", source, &salt_ctx());
+        assert!(
+            got.contains("available") && got.contains("pillar.get"),
+            "{source}: {got}"
+        );
+    }
+}
