@@ -67,7 +67,7 @@ fn filter_by(scope: &SaltScope, args: &Args) -> Result<Value, Error> {
         .get(4, "base")
         .filter(|b| !b.is_none() && !b.is_undefined());
     let entries = map_entries(&lookup_dict)?;
-    let grain_value = traverse_value(&scope.grains, &grain, ":");
+    let grain_value = traverse_value(scope.grains.get(), &grain, ":");
     let candidates: Vec<Value> = match &grain_value {
         Some(v) if v.kind() == ValueKind::Seq => v.try_iter()?.collect(),
         Some(v) => vec![v.clone()],
@@ -269,14 +269,14 @@ pub(crate) fn call(
     let args = Args::parse(raw)?;
     let string = |i: usize, key: &str| args.string(i, key, name);
     Ok(match name {
-        "pillar.get" | "pillar.fetch" => lookup(&scope.pillar, &args, name)?,
-        "pillar.items" | "pillar.raw" => scope.pillar.clone(),
-        "grains.items" => scope.grains.clone(),
+        "pillar.get" | "pillar.fetch" => lookup(scope.pillar.get(), &args, name)?,
+        "pillar.items" | "pillar.raw" => scope.pillar.get().clone(),
+        "grains.items" => scope.grains.get().clone(),
         "pillar.item" | "grains.item" => {
             let data = if name == "pillar.item" {
-                &scope.pillar
+                scope.pillar.get()
             } else {
-                &scope.grains
+                scope.grains.get()
             };
             let mut out = IndexMap::new();
             for key in &args.positional {
@@ -289,19 +289,20 @@ pub(crate) fn call(
             }
             Dict::new_value(out)
         }
-        "grains.get" => lookup(&scope.grains, &args, name)?,
+        "grains.get" => lookup(scope.grains.get(), &args, name)?,
         "grains.has_value" => Value::from(
-            traverse_value(&scope.grains, &string(0, "key")?, ":").is_some_and(|v| v.is_true()),
+            traverse_value(scope.grains.get(), &string(0, "key")?, ":")
+                .is_some_and(|v| v.is_true()),
         ),
         "grains.ls" => {
-            let mut keys: Vec<Value> = scope.grains.try_iter()?.collect();
+            let mut keys: Vec<Value> = scope.grains.get().try_iter()?.collect();
             keys.sort();
             List::new_value(keys)
         }
         "grains.filter_by" => filter_by(scope, &args)?,
         "config.get" => {
             let key = string(0, "key")?;
-            [&scope.opts, &scope.grains, &scope.pillar]
+            [&scope.opts, scope.grains.get(), scope.pillar.get()]
                 .into_iter()
                 .find_map(|data| traverse_value(data, &key, ":"))
                 .unwrap_or_else(|| {

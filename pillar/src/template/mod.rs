@@ -29,7 +29,7 @@ pub use host::{HostFunctions, PathKind};
 
 use crate::tree::{SourceTree, normalize_path};
 use salt::{Args, Salt, SaltScope, traverse_value};
-use values::from_json;
+use values::{LazyValue, from_json};
 
 /// A template failed to render. `file` and `line` point at the template where the error occurred
 /// (an imported file when the error is inside it).
@@ -174,8 +174,8 @@ impl TemplateContext {
             map.insert("ms_project".into(), project);
         }
         let opts = from_json(&opts);
-        let pillar = from_json(&self.pillar);
-        let grains = from_json(&self.grains);
+        let pillar = LazyValue::new(self.pillar.clone());
+        let grains = LazyValue::new(self.grains.clone());
         let scope = Arc::new(SaltScope {
             pillar: pillar.clone(),
             grains: grains.clone(),
@@ -396,7 +396,7 @@ pub fn traverse<'a>(data: &'a Json, path: &str) -> Option<&'a Json> {
 #[derive(Debug)]
 struct Lookup {
     what: &'static str,
-    data: Value,
+    data: Arc<LazyValue>,
 }
 
 impl Lookup {
@@ -421,7 +421,7 @@ impl Lookup {
             .get(usize::MAX, "delimiter")
             .and_then(|d| d.as_str().map(str::to_string))
             .unwrap_or_else(|| ":".into());
-        match traverse_value(&self.data, &key, &delimiter) {
+        match traverse_value(self.data.get(), &key, &delimiter) {
             Some(found) => Ok(found),
             None => parsed.get(1, "default").map(values::mutable).ok_or_else(|| {
                 minijinja::Error::new(
@@ -443,18 +443,22 @@ impl Object for Lookup {
     }
 
     fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
-        self.data.get_item(key).ok().filter(|v| !v.is_undefined())
+        self.data
+            .get()
+            .get_item(key)
+            .ok()
+            .filter(|v| !v.is_undefined())
     }
 
     fn enumerate(self: &Arc<Self>) -> Enumerator {
-        match self.data.try_iter() {
+        match self.data.get().try_iter() {
             Ok(keys) => Enumerator::Values(keys.collect()),
             Err(_) => Enumerator::Empty,
         }
     }
 
     fn enumerator_len(self: &Arc<Self>) -> Option<usize> {
-        self.data.len()
+        self.data.get().len()
     }
 
     fn call_method(
@@ -465,7 +469,7 @@ impl Object for Lookup {
     ) -> Result<Value, minijinja::Error> {
         match method {
             "get" => self.get(args),
-            _ => self.data.call_method(state, method, args),
+            _ => self.data.get().call_method(state, method, args),
         }
     }
 }

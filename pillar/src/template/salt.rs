@@ -11,12 +11,13 @@ use serde_json::Value as Json;
 
 use super::functions::call;
 use super::host::HostFunctions;
+use super::values::LazyValue;
 use crate::tree::SourceTree;
 
 /// What the functions of one render can reach.
 pub(crate) struct SaltScope {
-    pub pillar: Value,
-    pub grains: Value,
+    pub pillar: Arc<LazyValue>,
+    pub grains: Arc<LazyValue>,
     pub opts: Value,
     pub common: Arc<Json>,
     pub tree: Option<Arc<dyn SourceTree>>,

@@ -3,7 +3,7 @@
 //! sequences cannot do: every dict and list a template sees (context data, literals, function
 //! results) is one of these objects, shared by reference as in Python.
 
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 
 use indexmap::IndexMap;
 use minijinja::value::{Enumerator, Object, ObjectRepr, Value, ValueKind};
@@ -284,6 +284,27 @@ impl Object for List {
             }
             _ => Err(Error::from(ErrorKind::UnknownMethod)),
         }
+    }
+}
+
+/// JSON converted to template values on first use: a template reads a few keys of the pillar
+/// and grains, or none, and converting them for each of a thousand rendered files adds up.
+#[derive(Debug)]
+pub(crate) struct LazyValue {
+    json: Arc<Json>,
+    value: OnceLock<Value>,
+}
+
+impl LazyValue {
+    pub(crate) fn new(json: Arc<Json>) -> Arc<LazyValue> {
+        Arc::new(LazyValue {
+            json,
+            value: OnceLock::new(),
+        })
+    }
+
+    pub(crate) fn get(&self) -> &Value {
+        self.value.get_or_init(|| from_json(&self.json))
     }
 }
 
