@@ -181,7 +181,7 @@ fn rewrite_statement(body: &str, file: &str, loads: &mut Vec<(String, String)>) 
             }
         }
         "do" => {
-            return tag(format!("set __do = {}", rewrite_expression(args)));
+            return tag(format!("set __do = {}", rewrite_expression(args.trim())));
         }
         _ => {}
     }
@@ -315,7 +315,12 @@ fn rewrite_percent(tokens: &[(Token, &str)], pieces: &mut [String]) {
             && let Some(end) = operand_end(tokens, start)
         {
             pieces[i] = "|__percent(".to_string();
-            // Spaces between `%` and the operand would land inside the call: harmless.
+            // Newlines stay, so that line numbers in errors still match the file.
+            for space in &mut pieces[i + 1..start] {
+                if !space.contains('\n') {
+                    space.clear();
+                }
+            }
             pieces[end].push(')');
         }
         if token != Token::Space {
@@ -372,4 +377,57 @@ fn matching(tokens: &[(Token, &str)], open: usize) -> Option<usize> {
         }
     }
     None
+}
+
+#[cfg(test)]
+mod tests {
+    use super::rewrite;
+
+    #[test]
+    fn rewrites_salt_statements_literals_and_percent_keeping_lines() {
+        let cases = [
+            (
+                "{% import_yaml 'a/defaults.yaml' as d %}",
+                "{% set d = __import_data('a/defaults.yaml', \"f/x.sls\", \"yaml\") %}",
+            ),
+            (
+                "{%- import_json tpldir ~ '/m.json' as m with context -%}",
+                "{%- set m = __import_data(tpldir ~ '/m.json', \"f/x.sls\", \"json\") -%}",
+            ),
+            (
+                "{% load_yaml as v -%}\na: 1\n{%- endload %}x",
+                "{% set v -%}\na: 1\n{%- endset %}{% set v = __load_data(v, \"yaml\") %}x",
+            ),
+            (
+                "{% do d.update({'a': [1]}) %}",
+                "{% set __do = d.update(__dict({'a': __list([1])})) %}",
+            ),
+            (
+                "{{ x[0] }}{{ f(x)[1] }}{{ 'ab'[0] }}",
+                "{{ x[0] }}{{ f(x)[1] }}{{ 'ab'[0] }}",
+            ),
+            ("{% for i in [1, 2] %}", "{% for i in __list([1, 2]) %}"),
+            ("{{ '%s-%s' % (a, b) }}", "{{ '%s-%s' |__percent((a, b)) }}"),
+            (
+                "{{ 'a' ~ '%s' % x.y[0]|upper ~ 'b' }}",
+                "{{ 'a' ~ '%s' |__percent(x.y[0]|upper) ~ 'b' }}",
+            ),
+            ("{{ 7 % 2 }}", "{{ 7 % 2 }}"),
+            (
+                "{# {'a': [ #}{% raw %}{{ {} }}{% endraw %}",
+                "{# {'a': [ #}{% raw %}{{ {} }}{% endraw %}",
+            ),
+            ("{{ \"{'not': [1]}\" }}", "{{ \"{'not': [1]}\" }}"),
+            (
+                "a: {b: 1}\n{{ {'k': 'v'}['k'] }}",
+                "a: {b: 1}\n{{ __dict({'k': 'v'})['k'] }}",
+            ),
+            ("{% if x %}\n{{ unterminated", "{% if x %}\n{{ unterminated"),
+        ];
+        for (source, expected) in cases {
+            let got = rewrite(source, "f/x.sls");
+            assert_eq!(got, expected, "{source:?}");
+            assert_eq!(got.lines().count(), source.lines().count(), "{source:?}");
+        }
+    }
 }
