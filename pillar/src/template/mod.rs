@@ -62,6 +62,33 @@ pub struct TemplateContext {
     /// The machine rendered for, when rendering runs on it (`apply --local`): what `cmd.run`,
     /// `user.info`, `file.file_exists` and friends ask. `None` on the master, where they fail.
     pub host: Option<Arc<dyn HostFunctions>>,
+    /// `pillar`, `grains` and `common` as template values, shared by the clones of this context
+    /// so that the files of one run convert them once (and, as in Salt, see each other's
+    /// in-place changes to them).
+    converted: Arc<ConvertedData>,
+}
+
+/// One slot per converted field: the JSON it came from (the fields are public and may be
+/// replaced, so a slot is only reused for the same `Arc`) and its lazy conversion.
+type ConvertedSlot = std::sync::Mutex<Option<(Arc<Json>, Arc<LazyValue>)>>;
+
+#[derive(Debug, Default)]
+struct ConvertedData {
+    pillar: ConvertedSlot,
+    grains: ConvertedSlot,
+    common: ConvertedSlot,
+}
+
+fn converted(slot: &ConvertedSlot, json: &Arc<Json>) -> Arc<LazyValue> {
+    let mut slot = slot.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some((source, value)) = &*slot
+        && Arc::ptr_eq(source, json)
+    {
+        return value.clone();
+    }
+    let value = LazyValue::new(json.clone());
+    *slot = Some((json.clone(), value.clone()));
+    value
 }
 
 impl TemplateContext {
@@ -73,6 +100,7 @@ impl TemplateContext {
             env: Arc::new(env),
             vars: BTreeMap::new(),
             host: None,
+            converted: Arc::default(),
         }
     }
 
@@ -174,8 +202,8 @@ impl TemplateContext {
             map.insert("ms_project".into(), project);
         }
         let opts = from_json(&opts);
-        let pillar = LazyValue::new(self.pillar.clone());
-        let grains = LazyValue::new(self.grains.clone());
+        let pillar = converted(&self.converted.pillar, &self.pillar);
+        let grains = converted(&self.converted.grains, &self.grains);
         let scope = Arc::new(SaltScope {
             pillar: pillar.clone(),
             grains: grains.clone(),
@@ -201,7 +229,8 @@ impl TemplateContext {
         map.insert("opts".into(), opts);
         map.insert("salt".into(), Value::from_object(Salt(scope)));
         map.insert("saltenv".into(), Value::from("base"));
-        map.insert("common".into(), from_json(&self.common));
+        let common = converted(&self.converted.common, &self.common);
+        map.insert("common".into(), common.get().clone());
         map.insert("env".into(), from_json(&self.env));
         Value::from(map)
     }
