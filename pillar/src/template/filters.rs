@@ -154,6 +154,16 @@ pub(crate) fn filter_regex_match(
     Ok(groups(re.captures(text)))
 }
 
+/// Salt's `match` test: the regular expression matches at the start of the text.
+pub(crate) fn test_match(
+    text: &str,
+    pattern: &str,
+    kwargs: Kwargs,
+) -> Result<bool, minijinja::Error> {
+    let re = regex(&format!("^(?:{pattern})"), &kwargs)?;
+    Ok(re.is_match(text))
+}
+
 /// Salt's `to_bool`: strings `yes`/`true`/`1`/`on` are true, numbers when positive,
 /// containers when not empty.
 pub(crate) fn filter_to_bool(value: Value) -> bool {

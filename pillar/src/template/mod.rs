@@ -320,6 +320,7 @@ fn add_salt_filters(env: &mut Environment<'static>, tree: &Arc<dyn SourceTree>) 
     env.add_filter("sequence", filters::filter_sequence);
     env.add_filter("is_list", filters::filter_is_list);
     env.add_filter("unique", filters::filter_unique);
+    env.add_test("match", filters::test_match);
     env.add_filter("__percent", python::percent);
     env.add_function("__dict", filters::make_mutable);
     env.add_function("__list", filters::make_mutable);

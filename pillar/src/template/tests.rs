@@ -547,6 +547,11 @@ fn salt_filters_and_syntax() {
         ),
         ("{{ [] | is_list }}{{ 'x' | is_list }}", "TrueFalse"),
         ("{{ [1, 2, 1, 3] | unique | join(',') }}", "1,2,3"),
+        (
+            "{{ ['10.1', '192.1', '10.2'] | select('match', '^10') | join(',') }}",
+            "10.1,10.2",
+        ),
+        ("{{ 'ABC' is match('a', ignorecase=True) }}", "True"),
         ("{{ '%s-%s' % ('a', 'b') }}", "a-b"),
         (
             "{{ '%s' % 'one' }}|{{ '%d items' % 3 }}|{{ '%05.1f' % 3.14159 }}",
