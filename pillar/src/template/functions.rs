@@ -421,7 +421,8 @@ pub(crate) fn call(
                 .and_then(|c| c.as_str().map(str::to_string));
             let output = need_host(scope, name)?
                 .cmd_run(&command, cwd.as_deref())
-                .map_err(|e| invalid(format!("salt['{name}']('{command}'): {e}")))?;
+                // The command is not echoed: it may carry a pillar secret.
+                .map_err(|e| invalid(format!("salt['{name}'] failed: {e}")))?;
             Value::from(output)
         }
         "cmd.which" => need_host(scope, name)?
@@ -439,6 +440,40 @@ pub(crate) fn call(
             Value::from(ordering as i32)
         }
         "mine.get" => Dict::new_value(IndexMap::new()),
+        "network.ip_addrs" | "network.ip_addrs6" => {
+            // From the grains rather than the host, so it answers on the master too.
+            let (grain, loopback) = if name == "network.ip_addrs" {
+                ("ipv4", "127.")
+            } else {
+                ("ipv6", "::1")
+            };
+            let include_loopback = args.flag(usize::MAX, "include_loopback", false);
+            let addresses = traverse_value(scope.grains.get(), grain, ":")
+                .map(|list| {
+                    list.try_iter()
+                        .map(|iter| iter.collect::<Vec<Value>>())
+                        .unwrap_or_default()
+                })
+                .unwrap_or_default()
+                .into_iter()
+                .filter(|ip: &Value| {
+                    include_loopback || !ip.as_str().is_some_and(|s| s.starts_with(loopback))
+                })
+                .collect();
+            List::new_value(addresses)
+        }
+        "network.get_hostname" => {
+            traverse_value(scope.grains.get(), "host", ":").unwrap_or_else(|| Value::from(""))
+        }
+        "file.read" => {
+            let path = string(0, "path")?;
+            let text = need_host(scope, name)?.read_file(&path).ok_or_else(|| {
+                invalid(format!(
+                    "salt['file.read']: {path} cannot be read on this host"
+                ))
+            })?;
+            Value::from(text)
+        }
         "cp.get_file_str" => {
             let path = string(0, "path")?;
             let text = if path.starts_with("salt://") {

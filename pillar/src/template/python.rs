@@ -132,8 +132,12 @@ pub(crate) fn percent(
             }
             'r' => python_repr(&value),
             'd' | 'i' | 'u' => {
-                let n = number()
-                    .ok_or_else(|| invalid(format!("% format: %d needs a number, got {value}")))?;
+                let n = number().ok_or_else(|| {
+                    invalid(format!(
+                        "% format: %d needs a number, got a {}",
+                        value.kind()
+                    ))
+                })?;
                 let n = n.trunc() as i64;
                 if flags.contains('+') && n >= 0 {
                     format!("+{n}")
@@ -142,19 +146,28 @@ pub(crate) fn percent(
                 }
             }
             'f' | 'F' => {
-                let n = number()
-                    .ok_or_else(|| invalid(format!("% format: %f needs a number, got {value}")))?;
+                let n = number().ok_or_else(|| {
+                    invalid(format!(
+                        "% format: %f needs a number, got a {}",
+                        value.kind()
+                    ))
+                })?;
                 format!("{:.*}", precision.unwrap_or(6), n)
             }
             'e' | 'E' => {
-                let n = number()
-                    .ok_or_else(|| invalid(format!("% format: %e needs a number, got {value}")))?;
+                let n = number().ok_or_else(|| {
+                    invalid(format!(
+                        "% format: %e needs a number, got a {}",
+                        value.kind()
+                    ))
+                })?;
                 format!("{:.*e}", precision.unwrap_or(6), n)
             }
             'x' | 'X' | 'o' => {
                 let n = value.as_i64().ok_or_else(|| {
                     invalid(format!(
-                        "% format: %{conversion} needs an integer, got {value}"
+                        "% format: %{conversion} needs an integer, got a {}",
+                        value.kind()
                     ))
                 })?;
                 match conversion {

@@ -292,6 +292,11 @@ fn execution_functions_answer_as_salt() {
             "{{ salt['mine.get']('*', 'network.ip_addrs') | length }}",
             "0",
         ),
+        ("{{ salt['network.ip_addrs']() | join(',') }}", "10.0.0.5"),
+        (
+            "{{ salt.network.ip_addrs(include_loopback=True) | length }}",
+            "2",
+        ),
         ("{{ salt['pkg.version_cmp']('1.10', '1.9') }}", "1"),
         ("{{ salt['pkg.version_cmp']('2.0~rc1', '2.0') }}", "-1"),
         ("{{ 'pillar.get' in salt }}", "True"),
@@ -366,6 +371,7 @@ fn host_functions_ask_the_host_given_by_the_agent() {
             "TrueFalse",
         ),
         ("{{ salt['cp.get_file_str']('/etc/hostname') }}", "web1\n"),
+        ("{{ salt['file.read']('/etc/hostname') }}", "web1\n"),
         (
             "{{ salt['cp.get_file_str']('salt://files/motd') }}",
             "hello",

@@ -252,7 +252,7 @@ impl Object for List {
                         items.remove(at);
                         Ok(Value::from(()))
                     }
-                    None => Err(arg_error(format!("list.remove: {item} is not in the list"))),
+                    None => Err(arg_error("list.remove: the item is not in the list")),
                 }
             }
             "index" => {
@@ -261,7 +261,7 @@ impl Object for List {
                     .iter()
                     .position(|x| *x == item)
                     .map(Value::from)
-                    .ok_or_else(|| arg_error(format!("list.index: {item} is not in the list")))
+                    .ok_or_else(|| arg_error("list.index: the item is not in the list"))
             }
             "count" => {
                 let item = first()?;
