@@ -373,7 +373,7 @@ pub(crate) fn call(
                 deep_update(&dest, &upd, args.flag(3, "merge_lists", false))?;
             } else if let Some(dict) = dest.downcast_object_ref::<Dict>() {
                 for (k, v) in map_entries(&upd)? {
-                    dict.insert(k, v);
+                    dict.insert(k, v)?;
                 }
             }
             dest

@@ -618,3 +618,23 @@ fn an_unknown_execution_function_is_named_in_the_error() {
         );
     }
 }
+
+#[test]
+fn a_container_cannot_be_put_inside_itself() {
+    for source in [
+        "{% set d = {} %}{% do d.update({'s': d}) %}{{ d }}",
+        "{% set d = {'a': {}} %}{% do d.a.update(s=d) %}",
+        "{% set d = {} %}{% do d.setdefault('s', [d]) %}",
+        "{% set l = [] %}{% do l.append(l) %}",
+        "{% set l = [[]] %}{% do l[0].extend([(l,)]) %}",
+        "{% set l = [] %}{% do l.insert(0, {'x': l}) %}",
+        "{% set d = {} %}{% do salt['slsutil.update'](d, {'x': d}, recursive_update=False) %}",
+    ] {
+        let got = render_with(MemoryTree::new(), "t.sls", source, &salt_ctx());
+        assert!(got.contains("inside itself"), "{source}: {got}");
+    }
+    check(&[(
+        "{% set d = {} %}{% do d.update({'a': {}}) %}{% do d.update({'b': d.a}) %}ok",
+        "ok",
+    )]);
+}

@@ -26,6 +26,47 @@ fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
         .unwrap_or_else(|poisoned| poisoned.into_inner())
 }
 
+/// Refuses to put `value` into the container at `target` when `value` is or holds it: the cycle
+/// would send every walk of the data (printing, serialising, copying) round forever, and a
+/// stack overflow aborts the whole process, master included.
+fn refuse_cycle(value: &Value, target: *const ()) -> Result<(), Error> {
+    if holds(value, target, 0) {
+        return Err(arg_error(
+            "cannot put a dict or list inside itself: copy it first with .copy()",
+        ));
+    }
+    Ok(())
+}
+
+/// How deep [`holds`] looks; data nested deeper than this is refused too.
+const MAX_NESTING: usize = 256;
+
+fn holds(value: &Value, target: *const (), depth: usize) -> bool {
+    if depth > MAX_NESTING {
+        return true;
+    }
+    if let Some(dict) = value.downcast_object_ref::<Dict>() {
+        return std::ptr::eq(dict as *const Dict as *const (), target)
+            || dict
+                .entries()
+                .iter()
+                .any(|(_, v)| holds(v, target, depth + 1));
+    }
+    if let Some(list) = value.downcast_object_ref::<List>() {
+        return std::ptr::eq(list as *const List as *const (), target)
+            || list.items().iter().any(|v| holds(v, target, depth + 1));
+    }
+    match value.kind() {
+        // minijinja's own sequences and maps (tuples, kwargs) may hold ours.
+        ValueKind::Seq => value
+            .try_iter()
+            .is_ok_and(|mut items| items.any(|v| holds(&v, target, depth + 1))),
+        ValueKind::Map => map_entries(value)
+            .is_ok_and(|entries| entries.iter().any(|(_, v)| holds(v, target, depth + 1))),
+        _ => false,
+    }
+}
+
 fn arg_error(message: impl Into<String>) -> Error {
     Error::new(ErrorKind::InvalidOperation, message.into())
 }
@@ -46,8 +87,10 @@ impl Dict {
         lock(&self.0).get(key).cloned()
     }
 
-    pub(crate) fn insert(&self, key: Value, value: Value) {
+    pub(crate) fn insert(&self, key: Value, value: Value) -> Result<(), Error> {
+        refuse_cycle(&value, self as *const Dict as *const ())?;
         lock(&self.0).insert(key, value);
+        Ok(())
     }
 
     fn update(&self, args: &[Value]) -> Result<(), Error> {
@@ -71,6 +114,9 @@ impl Dict {
                     arg.kind()
                 )));
             }
+        }
+        for (_, v) in &new {
+            refuse_cycle(v, self as *const Dict as *const ())?;
         }
         let mut map = lock(&self.0);
         for (k, v) in new {
@@ -128,6 +174,9 @@ impl Object for Dict {
                 .unwrap_or_else(|| arg(1).unwrap_or_default())),
             "setdefault" => {
                 let key = key()?;
+                if let Some(default) = arg(1) {
+                    refuse_cycle(&default, Arc::as_ptr(self) as *const ())?;
+                }
                 let mut map = lock(&self.0);
                 Ok(map
                     .entry(key)
@@ -213,17 +262,22 @@ impl Object for List {
         match method {
             "append" => {
                 let item = first()?;
+                refuse_cycle(&item, Arc::as_ptr(self) as *const ())?;
                 lock(&self.0).push(item);
                 Ok(Value::from(()))
             }
             "extend" => {
                 let new: Vec<Value> = first()?.try_iter()?.collect();
+                for item in &new {
+                    refuse_cycle(item, Arc::as_ptr(self) as *const ())?;
+                }
                 lock(&self.0).extend(new);
                 Ok(Value::from(()))
             }
             "insert" => {
                 let index = first()?.as_i64().unwrap_or(0);
                 let item = args.get(1).cloned().unwrap_or_default();
+                refuse_cycle(&item, Arc::as_ptr(self) as *const ())?;
                 let mut items = lock(&self.0);
                 let len = items.len() as i64;
                 let at = if index < 0 {
@@ -387,9 +441,9 @@ pub(crate) fn deep_update(dest: &Value, src: &Value, merge_lists: bool) -> Resul
             {
                 let mut items: Vec<Value> = old.try_iter()?.collect();
                 items.extend(value.try_iter()?.map(|v| deep_copy(&v)));
-                dict.insert(key, List::new_value(items));
+                dict.insert(key, List::new_value(items))?;
             }
-            _ => dict.insert(key, deep_copy(&value)),
+            _ => dict.insert(key, deep_copy(&value))?,
         }
     }
     Ok(())
