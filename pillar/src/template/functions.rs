@@ -212,18 +212,24 @@ pub(crate) fn version_cmp(a: &str, b: &str) -> std::cmp::Ordering {
 /// mapped from corpus's `common`.
 pub(crate) fn makina_project(common: &Json) -> Json {
     let get = |key: &str| common.get(key).cloned().unwrap_or(Json::Null);
+    let text = |key: &str| common.get(key).and_then(Json::as_str).unwrap_or_default();
+    // makina's `project_dir` is the project's base (corpus's `project_root`) and its
+    // `project_root` the checkout inside it (corpus's `project_dir`).
     serde_json::json!({
         "name": get("name"),
+        "project_dir": get("project_root"),
         "project_root": get("project_dir"),
+        "salt_root": format!("{}/.salt", text("project_dir")),
+        "deploy_marker": format!("{}/.tmp_deploy", text("project_dir")),
         "data_root": get("data_dir"),
         "pillar_root": get("pillar_dir"),
-        "deploy_root": get("deploy_dir"),
         "archives_root": get("archives_dir"),
         "releases_root": get("releases_dir"),
         "build_root": get("build_dir"),
         "run_root": get("run_dir"),
         "user": get("user"),
         "group": get("group"),
+        "groups": [get("group")],
         "default_env": get("env"),
         "env": get("env"),
         "data": common.get("data").cloned().unwrap_or_else(|| serde_json::json!({})),
@@ -485,6 +491,11 @@ pub(crate) fn call(
             text.map(Value::from).unwrap_or(Value::from(false))
         }
         "mc_project.get_configuration" => makina_configuration(scope, args.get(0, "name")),
+        "mc_utils.json_dump" => {
+            let json = to_json(&args.get(0, "data").unwrap_or_default())?;
+            Value::from(serde_json::to_string(&json).map_err(|e| invalid(format!("json: {e}")))?)
+        }
+        "mc_utils.json_load" => filters::parse_data(&string(0, "data")?, "json")?,
         "test.ping" => Value::from(true),
         _ => {
             let _ = state;

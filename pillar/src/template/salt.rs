@@ -65,6 +65,8 @@ pub(crate) const FUNCTIONS: &[&str] = &[
     "log.trace",
     "log.warning",
     "mc_project.get_configuration",
+    "mc_utils.json_dump",
+    "mc_utils.json_load",
     "mine.get",
     "network.get_hostname",
     "network.ip_addrs",

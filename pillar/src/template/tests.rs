@@ -591,16 +591,21 @@ fn makina_project_configuration_comes_from_common() {
     let ctx = TemplateContext::new(
         json!({}),
         json!({"id": "web1"}),
-        json!({"name": "shop", "project_dir": "/srv/shop/project", "data_dir": "/srv/shop/data",
-               "pillar_dir": "/srv/shop/pillar", "user": "shop", "data": {"port": 8000}}),
+        json!({"name": "shop", "project_root": "/srv/shop", "project_dir": "/srv/shop/project",
+               "data_dir": "/srv/shop/data", "pillar_dir": "/srv/shop/pillar", "user": "shop",
+               "data": {"port": 8000}}),
         json!("prod"),
     );
     let source = "{% set cfg = salt['mc_project.get_configuration']('shop') %}\
-                  {{ cfg.project_root }}|{{ cfg.data_root }}|{{ cfg.pillar_root }}|{{ cfg.data.port }}|\
-                  {{ opts['ms_project'].name }}|{{ opts.ms_project.user }}";
+                  {{ cfg.project_dir }}|{{ cfg.project_root }}|{{ cfg.salt_root }}|\
+                  {{ cfg.data_root }}|{{ cfg.pillar_root }}|{{ cfg.data.port }}|\
+                  {{ opts['ms_project'].name }}|{{ opts.ms_project.user }}|\
+                  {{ salt['mc_utils.json_dump'](opts.ms_project.data) }}|\
+                  {{ salt['mc_utils.json_load']('{\"a\": 1}').a }}";
     assert_eq!(
         render_with(MemoryTree::new(), "t.sls", source, &ctx),
-        "/srv/shop/project|/srv/shop/data|/srv/shop/pillar|8000|shop|shop"
+        "/srv/shop|/srv/shop/project|/srv/shop/project/.salt|/srv/shop/data|/srv/shop/pillar|\
+         8000|shop|shop|{\"port\":8000}|1"
     );
 }
 
