@@ -1,6 +1,8 @@
-//! Grains: what the agent tells the master (and templates) about its machine.
+//! Grains: what the agent tells the master (and templates) about its machine, with Salt's grain
+//! names and values (`os` is `Debian`, not the os-release pretty name; `os_family`,
+//! `osrelease`, `ip4_interfaces`, ... come from [`HostFacts`] read here).
 
-pub use corpus_proto::grains::Grains;
+pub use corpus_proto::grains::{Grains, HostFacts};
 
 fn read_trimmed(path: &str) -> Option<String> {
     std::fs::read_to_string(path)
@@ -9,13 +11,51 @@ fn read_trimmed(path: &str) -> Option<String> {
         .filter(|s| !s.is_empty())
 }
 
+fn os_release() -> String {
+    std::fs::read_to_string("/etc/os-release")
+        .or_else(|_| std::fs::read_to_string("/usr/lib/os-release"))
+        .unwrap_or_default()
+}
+
+/// Salt's `os` grain (`Debian`), or the kernel's name when there is no os-release.
 fn os_name() -> String {
-    let release = std::fs::read_to_string("/etc/os-release").unwrap_or_default();
-    release
-        .lines()
-        .find_map(|l| l.strip_prefix("PRETTY_NAME="))
-        .map(|v| v.trim_matches('"').to_owned())
+    corpus_proto::grains::salt_os_name(&os_release())
         .unwrap_or_else(|| std::env::consts::OS.to_owned())
+}
+
+/// Salt's `init` grain: `systemd` when it runs, else PID 1's name.
+fn init_system() -> String {
+    if std::path::Path::new("/run/systemd/system").is_dir() {
+        return "systemd".to_owned();
+    }
+    read_trimmed("/proc/1/comm").unwrap_or_else(|| "unknown".to_owned())
+}
+
+fn cpu_model() -> String {
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .and_then(|rest| rest.split_once(':'))
+        .map(|(_, model)| model.trim().to_owned())
+        .unwrap_or_default()
+}
+
+/// What Salt's grains need from this machine beyond the wire fields.
+pub fn host_facts() -> HostFacts {
+    let mut interfaces: Vec<(String, std::net::IpAddr)> = if_addrs::get_if_addrs()
+        .unwrap_or_default()
+        .into_iter()
+        .map(|a| (a.name.clone(), a.ip()))
+        .collect();
+    interfaces.sort_by(|a, b| a.0.cmp(&b.0));
+    HostFacts {
+        os_release: os_release(),
+        interfaces,
+        init: init_system(),
+        cpu_model: cpu_model(),
+        arch: std::env::consts::ARCH.to_owned(),
+    }
 }
 
 fn memory_bytes() -> u64 {
@@ -50,9 +90,10 @@ pub fn collect(id: &str, slots: u32) -> Grains {
     }
 }
 
-/// The grains as templates see them (`grains['os']`).
+/// The grains as templates see them (`grains['os']`, `grains['os_family']`): the fields plus
+/// Salt's grains from this machine's facts.
 pub fn to_json(grains: &Grains) -> serde_json::Value {
-    serde_json::to_value(grains).unwrap_or_default()
+    grains.template_json_with(&host_facts())
 }
 
 #[cfg(test)]
@@ -68,5 +109,27 @@ mod tests {
         assert!(!g.kernel.is_empty());
         assert_eq!(g.guest_type, "dir");
         assert_eq!(to_json(&g)["slots"], 4);
+    }
+
+    #[test]
+    fn grains_carry_salts_names_for_this_machine() {
+        let g = to_json(&collect("node1", 1));
+        assert!(
+            !g["os"].as_str().unwrap_or_default().contains("GNU/Linux"),
+            "{g}"
+        );
+        for key in [
+            "os_family",
+            "osrelease",
+            "osarch",
+            "fqdn",
+            "host",
+            "init",
+            "ipv4",
+        ] {
+            assert!(g.get(key).is_some(), "grain {key} missing: {g}");
+        }
+        assert_eq!(g["num_cpus"], g["cpus"]);
+        assert_eq!(g["saltversioninfo"][0], 3008);
     }
 }

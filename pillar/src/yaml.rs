@@ -1,5 +1,12 @@
 //! YAML after Jinja: parsing with a line number on error, and conversion to JSON values (the form
 //! pillar and plan arguments travel in).
+//!
+//! Salt reads YAML 1.1 through its own loader, where plain `yes`/`no`/`on`/`off` are booleans and
+//! a leading-zero integer (`0644`) is read as the integer of its digits (`644`, which the file
+//! module takes as octal). The YAML parser here implements 1.2, so [`parse_yaml`] first rewrites
+//! those plain scalars in value positions ([`salt_scalars`]); quoted ones stay strings.
+
+use std::borrow::Cow;
 
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
@@ -16,7 +23,7 @@ pub struct YamlError {
 
 /// Parses rendered text. An empty document (everything rendered away) is `Yaml::Null`.
 pub fn parse_yaml(file: &str, text: &str) -> Result<Yaml, YamlError> {
-    serde_yaml::from_str::<Yaml>(text).map_err(|err| YamlError {
+    serde_yaml::from_str::<Yaml>(&salt_scalars(text)).map_err(|err| YamlError {
         file: file.to_string(),
         line: err.location().map(|l| l.line()),
         message: format!("{err}; check the indentation and quoting near that line"),
@@ -131,6 +138,205 @@ fn top_level_key_of_line(line: &str) -> Option<String> {
     Some(key.trim_end().to_string())
 }
 
+/// PyYAML's YAML 1.1 booleans, as Salt's loader reads them.
+fn yaml11_bool(word: &str) -> Option<&'static str> {
+    match word {
+        "yes" | "Yes" | "YES" | "on" | "On" | "ON" => Some("true"),
+        "no" | "No" | "NO" | "off" | "Off" | "OFF" => Some("false"),
+        _ => None,
+    }
+}
+
+/// A plain scalar as Salt's loader types it, when that differs from YAML 1.2: the replacement.
+fn salt_scalar(word: &str) -> Option<String> {
+    if let Some(b) = yaml11_bool(word) {
+        return Some(b.to_string());
+    }
+    // Salt strips the leading zeros of `0644` (an octal int to YAML 1.1) and keeps the digits.
+    let (sign, digits) = match word.strip_prefix(['-', '+']) {
+        Some(rest) => (&word[..1], rest),
+        None => ("", word),
+    };
+    let octal = digits.len() > 1
+        && digits.starts_with('0')
+        && digits.bytes().all(|b| (b'0'..=b'7').contains(&b));
+    octal.then(|| {
+        let stripped = digits.trim_start_matches('0');
+        format!("{sign}{}", if stripped.is_empty() { "0" } else { stripped })
+    })
+}
+
+/// Rewrites plain YAML 1.1 booleans and leading-zero integers in value positions (`key: yes`,
+/// `- 0644`, `[on, off]`) into their YAML 1.2 spelling, leaving quoted scalars, keys, block
+/// scalars (`|`, `>`) and continuation lines of multi-line plain scalars alone.
+pub fn salt_scalars(text: &str) -> Cow<'_, str> {
+    let lower = text.to_ascii_lowercase();
+    let candidate = ["yes", "no", "on", "off"].iter().any(|w| lower.contains(w))
+        || text
+            .as_bytes()
+            .windows(2)
+            .any(|w| w[0] == b'0' && w[1].is_ascii_digit());
+    if !candidate {
+        return Cow::Borrowed(text);
+    }
+    let mut out = String::with_capacity(text.len());
+    let mut block_indent: Option<usize> = None;
+    for line in text.split_inclusive('\n') {
+        let content = line.trim_end_matches(['\n', '\r']);
+        let ending = &line[content.len()..];
+        let indent = content.len() - content.trim_start_matches(' ').len();
+        if let Some(parent) = block_indent {
+            if content.trim().is_empty() || indent > parent {
+                out.push_str(line);
+                continue;
+            }
+            block_indent = None;
+        }
+        let (rewritten, opens_block) = rewrite_line(content);
+        if opens_block {
+            block_indent = Some(indent);
+        }
+        out.push_str(&rewritten);
+        out.push_str(ending);
+    }
+    Cow::Owned(out)
+}
+
+/// One line: the rewritten text and whether it opens a block scalar.
+fn rewrite_line(line: &str) -> (String, bool) {
+    let trimmed = line.trim_start();
+    if trimmed.is_empty() || trimmed.starts_with(['#', '%']) || trimmed.starts_with("---") {
+        return (line.to_string(), false);
+    }
+    let mut at = line.len() - trimmed.len();
+    let mut item = false;
+    while line[at..].starts_with("- ") || &line[at..] == "-" {
+        item = true;
+        at += 1;
+        at += line[at..].len() - line[at..].trim_start().len();
+    }
+    let rest = &line[at..];
+    let value_start = match key_separator(rest) {
+        Some(colon) => at + colon + 1,
+        // A line that is neither an item nor `key: value` continues a multi-line scalar.
+        None if item => at,
+        None => return (line.to_string(), false),
+    };
+    let value = &line[value_start..];
+    let value_trimmed = value.trim_start();
+    let value_at = value_start + (value.len() - value_trimmed.len());
+    let value_end = comment_start(value_trimmed).map_or(line.len(), |c| value_at + c);
+    let word = line[value_at..value_end].trim_end();
+    let prefix = &line[..value_at];
+    let suffix = &line[value_at + word.len()..];
+    if word.starts_with(['|', '>']) {
+        return (line.to_string(), true);
+    }
+    if word.starts_with(['[', '{']) {
+        return (format!("{prefix}{}{suffix}", rewrite_flow(word)), false);
+    }
+    match salt_scalar(word) {
+        Some(new) => (format!("{prefix}{new}{suffix}"), false),
+        None => (line.to_string(), false),
+    }
+}
+
+/// The byte index of the `:` ending a mapping key at the start of `text`, if any.
+fn key_separator(text: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut i = 0;
+    if let Some(&quote @ (b'\'' | b'"')) = bytes.first() {
+        i = 1;
+        while i < bytes.len() && bytes[i] != quote {
+            i += if bytes[i] == b'\\' && quote == b'"' {
+                2
+            } else {
+                1
+            };
+        }
+        i += 1;
+    }
+    if bytes.first().is_some_and(|b| matches!(b, b'[' | b'{')) {
+        return None;
+    }
+    while i < bytes.len() {
+        if bytes[i] == b':' && (i + 1 == bytes.len() || bytes[i + 1] == b' ') {
+            return Some(i);
+        }
+        if bytes[i] == b' ' && bytes.get(i + 1) == Some(&b'#') {
+            return None;
+        }
+        i += 1;
+    }
+    None
+}
+
+/// Where a ` #` comment starts in a value, outside quotes.
+fn comment_start(value: &str) -> Option<usize> {
+    let bytes = value.as_bytes();
+    let mut quote = None;
+    for (i, &b) in bytes.iter().enumerate() {
+        match quote {
+            Some(q) if b == q => quote = None,
+            Some(_) => {}
+            None if (b == b'\'' || b == b'"') && (i == 0 || bytes[i - 1] == b' ') => {
+                quote = Some(b)
+            }
+            None if b == b'#' && (i == 0 || bytes[i - 1] == b' ') => return Some(i),
+            None => {}
+        }
+    }
+    None
+}
+
+/// A one-line flow collection with its plain scalars rewritten.
+fn rewrite_flow(flow: &str) -> String {
+    let mut out = String::with_capacity(flow.len());
+    let mut segment = String::new();
+    let mut quote: Option<char> = None;
+    let flush = |segment: &mut String, out: &mut String| {
+        let word = segment.trim();
+        match salt_scalar(word) {
+            Some(new) => {
+                let lead = &segment[..segment.len() - segment.trim_start().len()];
+                let trail = &segment[segment.trim_end().len()..];
+                out.push_str(lead);
+                out.push_str(&new);
+                out.push_str(trail);
+            }
+            None => out.push_str(segment),
+        }
+        segment.clear();
+    };
+    let mut chars = flow.chars().peekable();
+    while let Some(c) = chars.next() {
+        if let Some(q) = quote {
+            segment.push(c);
+            if c == q {
+                quote = None;
+            }
+            continue;
+        }
+        match c {
+            '\'' | '"' if segment.trim().is_empty() => {
+                quote = Some(c);
+                segment.push(c);
+            }
+            '[' | ']' | '{' | '}' | ',' => {
+                flush(&mut segment, &mut out);
+                out.push(c);
+            }
+            ':' if chars.peek().is_none_or(|n| *n == ' ') => {
+                flush(&mut segment, &mut out);
+                out.push(c);
+            }
+            c => segment.push(c),
+        }
+    }
+    flush(&mut segment, &mut out);
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -149,12 +355,12 @@ mod tests {
 
     #[test]
     fn converts_yaml_to_json() {
-        // Note: a leading-zero mode stays the string "0644" (Salt would load the int 644); both
-        // mean the octal digits 644 to the file module.
+        // A leading-zero mode is the int 644, as Salt's loader reads it (the file module takes
+        // its digits as octal).
         let yaml = parse_yaml("x", "1: a\ntrue: [1, 2.5, ~]\nk: !tag v\nmode: 0644\n");
         assert_eq!(
             yaml.map(|y| yaml_to_json(&y)),
-            Ok(json!({"1": "a", "True": [1, 2.5, null], "k": "v", "mode": "0644"}))
+            Ok(json!({"1": "a", "True": [1, 2.5, null], "k": "v", "mode": 644}))
         );
         assert_eq!(
             parse_yaml("x", "").map(|y| yaml_to_json(&y)),
@@ -171,5 +377,43 @@ mod tests {
         assert_eq!(top_level_key_at("{{ x }}:\n  a: 1\n", 2), None);
         assert_eq!(line_of_top_level_key(text, "/etc/x"), Some(5));
         assert_eq!(line_of_top_level_key(text, "nginx"), Some(2));
+    }
+
+    #[test]
+    fn reads_yaml_1_1_scalars_as_salt_does() {
+        let cases = [
+            (
+                "a: yes\nb: No\nc: on\nd: OFF\n",
+                json!({"a": true, "b": false, "c": true, "d": false}),
+            ),
+            (
+                "a: 'yes'\nb: \"off\"\nc: yesterday\n",
+                json!({"a": "yes", "b": "off", "c": "yesterday"}),
+            ),
+            (
+                "mode: 0644\ndir_mode: 0755 # comment\nzero: 00\nplain: 644\nq: '0644'\n",
+                json!({"mode": 644, "dir_mode": 755, "zero": 0, "plain": 644, "q": "0644"}),
+            ),
+            (
+                "- yes\n- - off\n- k: on\n  m: 0600\n",
+                json!([true, [false], {"k": true, "m": 600}]),
+            ),
+            (
+                "f: [yes, 'no', 0644, {x: on}]\n",
+                json!({"f": [true, "no", 644, {"x": true}]}),
+            ),
+            (
+                "t: |\n  yes\n  0644\nu: >\n  on\nv: no\n",
+                json!({"t": "yes\n0644\n", "u": "on\n", "v": false}),
+            ),
+            (
+                "d: this is\n  on\nyes: key stays\nurl: http://x/on\n",
+                json!({"d": "this is on", "yes": "key stays", "url": "http://x/on"}),
+            ),
+        ];
+        for (text, expected) in cases {
+            let parsed = parse_yaml("x", text).map(|y| yaml_to_json(&y));
+            assert_eq!(parsed, Ok(expected), "{text:?}");
+        }
     }
 }

@@ -241,6 +241,7 @@ fn parse_decl(
                         parsed.push((yaml_key(&k), v));
                     }
                 }
+                Yaml::Mapping(pairs) if !pairs.is_empty() => parsed.extend(split_item(pairs)),
                 other => {
                     return Err(invalid(format!(
                         "argument '{}' of '{key}' in state '{id}' must be a single key: value pair \
@@ -283,6 +284,30 @@ fn parse_decl(
     })
 }
 
+/// An argument item holding several keys, as YAML reads `- defaults:` followed by keys indented
+/// one level short:
+///
+/// ```yaml
+/// - defaults:
+///   port: 80
+/// ```
+///
+/// is `{defaults: null, port: 80}`. Salt passes every key on as an argument, and `file.managed`
+/// hands arguments it does not know to the template as variables; corpus's equivalent is to
+/// fold the siblings into the empty `defaults:`/`context:` they were meant for. Otherwise each
+/// key is an argument of its own, as in Salt.
+fn split_item(pairs: Mapping) -> Vec<(String, Yaml)> {
+    let mut entries = pairs.into_iter().map(|(k, v)| (yaml_key(&k), v));
+    let Some((first, value)) = entries.next() else {
+        return Vec::new();
+    };
+    if matches!(first.as_str(), "defaults" | "context") && value.is_null() {
+        let folded: Mapping = entries.map(|(k, v)| (Yaml::String(k), v)).collect();
+        return vec![(first, Yaml::Mapping(folded))];
+    }
+    std::iter::once((first, value)).chain(entries).collect()
+}
+
 pub(crate) fn check_function(
     module: &str,
     function: &str,
@@ -305,4 +330,55 @@ pub(crate) fn check_function(
         function: function.to_string(),
         known,
     })
+}
+
+#[cfg(test)]
+#[path = "formula_tests.rs"]
+mod formula_tests;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn args_of(text: &str) -> Result<Vec<(String, serde_json::Value)>, String> {
+        let yaml = corpus_pillar::yaml::parse_yaml("x.sls", text).map_err(|e| e.to_string())?;
+        let file = parse_sls("x", "x.sls", text, yaml).map_err(|e| e.to_string())?;
+        Ok(file.states[0].calls[0]
+            .args
+            .iter()
+            .map(|(k, v)| (k.clone(), corpus_pillar::yaml::yaml_to_json(v)))
+            .collect())
+    }
+
+    #[test]
+    fn argument_items_with_sibling_keys_read_as_salt_does() {
+        let folded = "/etc/x:\n  file.managed:\n    - source: salt://x\n    - defaults:\n      port: 80\n      enabled: yes\n    - mode: 0644\n";
+        assert_eq!(
+            args_of(folded),
+            Ok(vec![
+                ("source".into(), serde_json::json!("salt://x")),
+                (
+                    "defaults".into(),
+                    serde_json::json!({"port": 80, "enabled": true})
+                ),
+                ("mode".into(), serde_json::json!(644)),
+            ])
+        );
+        let context = "a:\n  file.managed:\n    - context:\n      x: 1\n";
+        assert_eq!(
+            args_of(context),
+            Ok(vec![("context".into(), serde_json::json!({"x": 1}))])
+        );
+        let several = "a:\n  file.managed:\n    - name: /a\n      user: root\n";
+        assert_eq!(
+            args_of(several),
+            Ok(vec![
+                ("name".into(), serde_json::json!("/a")),
+                ("user".into(), serde_json::json!("root")),
+            ])
+        );
+        let bad = "a:\n  file.managed:\n    - [1, 2]\n";
+        let err = args_of(bad).unwrap_err();
+        assert!(err.contains("must be a single key: value pair"), "{err}");
+    }
 }

@@ -7,6 +7,7 @@ mod args;
 pub mod cmd;
 pub mod executor;
 pub mod file;
+pub mod host_functions;
 mod result;
 pub mod service;
 mod template;
