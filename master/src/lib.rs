@@ -19,6 +19,7 @@ pub mod link;
 pub mod link_registry;
 pub mod pki;
 pub mod records;
+pub mod relay;
 pub mod render;
 pub mod settings;
 pub mod store;

@@ -443,8 +443,19 @@ fn record_finished(state: &MasterState, agent: &str, finished: JobFinished) {
         .on_finished(state, agent, wire::job_outcome_in(finished))
     {
         Ok(()) => {
+            // What the ack covers: the agent resends any event beyond it, then the result.
+            let events_stored = match state.jobs.events_stored(state, &job_id) {
+                Ok(stored) => stored,
+                Err(e) => {
+                    warn!(job = %job_id, error = %e, "cannot count the job's stored events");
+                    0
+                }
+            };
             if let Some(link) = state.links.sender(agent) {
-                let _ = link.try_send(ToAgent::Ack(job_id));
+                let _ = link.try_send(ToAgent::Ack {
+                    job_id,
+                    events_stored,
+                });
             }
         }
         Err(e) => warn!(job = %job_id, error = %e, "job result refused"),

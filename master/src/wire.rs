@@ -249,6 +249,13 @@ pub fn job_update(update: JobUpdate) -> Result<pb::JobUpdate, Status> {
     let body = match update {
         JobUpdate::Started(id) => Body::JobId(id),
         JobUpdate::Event(e) => Body::Event(job_event_out(&e.job_id, e.event)),
+        JobUpdate::Missed { job_id, count } => Body::Missed(pb::MissedUpdates {
+            hint: format!(
+                "{count} step events of job {job_id} were not shown because this client read too slowly; the master stored all of them: `corpus status` shows the outcome, and an operator lists every step with `corpus-master jobs show {job_id}`"
+            ),
+            job_id,
+            count,
+        }),
         JobUpdate::Finished(o) => Body::Finished(job_outcome_out(o)),
     };
     Ok(pb::JobUpdate { body: Some(body) })
@@ -284,7 +291,13 @@ pub fn to_agent(message: ToAgent) -> Result<pb::MasterMessage, Status> {
     use pb::master_message::Body;
     let body = match message {
         ToAgent::Job(order) => Body::Job(job_order(*order)),
-        ToAgent::Ack(job_id) => Body::Ack(pb::Ack { job_id }),
+        ToAgent::Ack {
+            job_id,
+            events_stored,
+        } => Body::Ack(pb::Ack {
+            job_id,
+            events_stored,
+        }),
         ToAgent::Close(why) => {
             return Err(match why {
                 LinkClosed::Replaced => {
