@@ -78,6 +78,14 @@ pub struct ProjectUsage {
     pub used_bytes: u64,
 }
 
+/// A project an environment destroy removed, reported before the job's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectRemoved {
+    pub job_id: String,
+    pub env_uuid: String,
+    pub project: String,
+}
+
 /// What the agent receives: the job's summary and what it runs. `common` carries the agent's
 /// grains, which the stored payload does not.
 #[derive(Debug, Clone, PartialEq)]
@@ -380,6 +388,33 @@ impl Jobs {
         Ok(())
     }
 
+    /// A project an environment destroy removed: its record goes now, so a destroy that fails
+    /// later leaves the master listing only what remains. Only the running destroy of that
+    /// environment, by its agent, may report one.
+    pub fn on_project_removed(
+        &self,
+        state: &MasterState,
+        agent: &str,
+        removed: ProjectRemoved,
+    ) -> MasterResult<()> {
+        let job = Self::job_of(state, agent, &removed.job_id)?;
+        if job.kind != JobKind::Destroy
+            || !job.project.is_empty()
+            || job.env_uuid != removed.env_uuid
+            || job.state != JobState::Running
+        {
+            return Err(MasterError::Forbidden(format!(
+                "job {} is not a running destroy of environment {}",
+                job.id, removed.env_uuid
+            )));
+        }
+        state
+            .store
+            .delete_project(&removed.env_uuid, &removed.project)?;
+        info!(job = %job.id, env = %removed.env_uuid, project = %removed.project, "project removed by an environment destroy");
+        Ok(())
+    }
+
     /// What a finished job does to its project's record.
     fn project_change(
         state: &MasterState,
@@ -545,6 +580,65 @@ mod tests {
             })
             .collect();
         assert_eq!(relayed, vec![1, 2, 4, 3]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_destroy_that_fails_part_way_leaves_only_the_remaining_projects() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        crate::init(dir.path(), &[], false)?;
+        let state = crate::open(&crate::ServeOptions {
+            data_dir: dir.path().to_owned(),
+            settings: Default::default(),
+        })?;
+        for name in ["api", "web"] {
+            state.store.put_project(&crate::store::ProjectRecord {
+                env_uuid: "env".into(),
+                name: name.into(),
+                created_at: 0,
+                quota_bytes: 1,
+                used_bytes: 0,
+                live_deploy: None,
+            })?;
+        }
+        let destroy = JobRecord {
+            kind: JobKind::Destroy,
+            project: String::new(),
+            ..running_job("d1", "node1")
+        };
+        state.store.put_job(&destroy)?;
+        state.store.put_job(&running_job("j2", "node1"))?;
+        let removed = |job: &str, agent: &str| {
+            state.jobs.on_project_removed(
+                &state,
+                agent,
+                ProjectRemoved {
+                    job_id: job.into(),
+                    env_uuid: "env".into(),
+                    project: "api".into(),
+                },
+            )
+        };
+        // Only the running environment destroy, by its agent, removes a project.
+        assert!(removed("d1", "node2").is_err());
+        assert!(removed("j2", "node1").is_err());
+        assert_eq!(state.store.projects("env")?.len(), 2);
+
+        removed("d1", "node1")?;
+        state.jobs.on_finished(
+            &state,
+            "node1",
+            JobOutcome::failed("d1", "destroy", "project \"web\": cannot remove".into()),
+        )?;
+        let names: Vec<String> = state
+            .store
+            .projects("env")?
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(names, vec!["web".to_owned()]);
+        // A report after the result changes nothing.
+        assert!(removed("d1", "node1").is_err());
         Ok(())
     }
 

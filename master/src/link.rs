@@ -431,6 +431,15 @@ fn handle_message(state: &MasterState, agent: &str, body: agent_message::Body, g
                 warn!(error = %e, "usage report refused");
             }
         }
+        agent_message::Body::Removed(removed) => {
+            if let Err(e) =
+                state
+                    .jobs
+                    .on_project_removed(state, agent, wire::project_removed_in(removed))
+            {
+                warn!(error = %e, "project removal refused");
+            }
+        }
         agent_message::Body::Hello(_) => warn!("a second Hello on the same link: ignored"),
     }
 }

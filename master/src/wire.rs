@@ -7,7 +7,9 @@ use tonic::Status;
 
 use crate::deploys::{ProjectStatus, PushRequest};
 use crate::error::MasterError;
-use crate::jobs::{JobEvent, JobOrder, JobOutcome, JobUpdate, ProjectUsage, ReleaseRef};
+use crate::jobs::{
+    JobEvent, JobOrder, JobOutcome, JobUpdate, ProjectRemoved, ProjectUsage, ReleaseRef,
+};
 use crate::link_registry::{LinkClosed, ToAgent};
 use crate::store::{
     AgentStatus, EnvironmentRecord, EventRecord, JobKind, JobRecord, JobState, Mode, ProjectRecord,
@@ -232,6 +234,14 @@ fn job_outcome_out(o: JobOutcome) -> pb::JobFinished {
         duration_ms: o.duration_ms,
         used_bytes: o.used_bytes,
         live_deploy_id: o.live_deploy_id,
+    }
+}
+
+pub fn project_removed_in(r: pb::ProjectRemoved) -> ProjectRemoved {
+    ProjectRemoved {
+        job_id: r.job_id,
+        env_uuid: r.env_uuid,
+        project: r.project,
     }
 }
 
