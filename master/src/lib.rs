@@ -21,6 +21,7 @@ pub mod pki;
 pub mod records;
 pub mod relay;
 pub mod render;
+pub mod retention;
 pub mod settings;
 pub mod store;
 pub mod wire;
@@ -288,6 +289,9 @@ pub async fn serve(
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+
+    // Sessions, jobs and events do not pile up: purged in the background per the settings.
+    tokio::spawn(retention::run(state.clone(), stop_rx.clone()));
 
     let grpc = Server::builder()
         .tls_config(tls)

@@ -4,6 +4,7 @@
 //! Calls block on the disk: async code runs them through [`crate::MasterState::blocking`].
 
 mod jobs;
+mod retention;
 
 use std::sync::Arc;
 
