@@ -164,6 +164,16 @@ fn step_result(result: &str) -> pb::StepResult {
     }
 }
 
+/// A state's changes (retcode, stdout, stderr of a `cmd.run`...) as the agent sent them: kept
+/// whole for `jobs show`, as text if they are not JSON rather than dropped.
+fn changes_in(bytes: &[u8]) -> serde_json::Value {
+    if bytes.is_empty() {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
 pub fn job_event_in(event: pb::JobEvent) -> JobEvent {
     let result = match pb::StepResult::try_from(event.result) {
         Ok(pb::StepResult::Running) => "running",
@@ -179,7 +189,7 @@ pub fn job_event_in(event: pb::JobEvent) -> JobEvent {
             step: event.step,
             state_id: event.state_id,
             result: result.to_owned(),
-            changes: serde_json::from_slice(&event.changes_json).unwrap_or_default(),
+            changes: changes_in(&event.changes_json),
             comment: event.comment,
             duration_ms: event.duration_ms,
             timestamp_ms: event.timestamp_unix_ms,
