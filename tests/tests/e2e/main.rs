@@ -4,4 +4,5 @@ mod apply_local;
 mod console;
 mod foundation;
 mod lifecycle;
+mod reliability;
 mod render;
