@@ -108,3 +108,81 @@ fn the_retention_purge_removes_old_jobs_but_keeps_the_live_deployments() -> anyh
     assert!(out.status.success(), "{}", stderr(&out));
     Ok(())
 }
+
+#[test]
+fn a_client_too_slow_for_a_large_plan_still_gets_the_result_and_what_it_missed()
+-> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let source = cluster.root.path().join("src");
+    // Over a thousand states, each with 16 KiB of output in its changes: more event bytes
+    // than the relay queue and the HTTP/2 and socket buffers between the master and a client
+    // that reads none of them.
+    let build = "{% for i in range(1200) %}out_{{ i }}:\n  cmd.run:\n    - name: yes x | head -c 16384\n{% endfor %}\n";
+    sample_project(&source, "v1", &[("build.sls", build)])?;
+    let dev = cluster.init_env("dev")?;
+    let output = cluster.root.path().join("push.jsonl");
+    let log = cluster.root.path().join("push.log");
+    let child = std::process::Command::new(corpus_tests::bin("corpus"))
+        .args(["push", "local", &dev, "app", "--json", "--path"])
+        .arg(&source)
+        .env("CORPUS_CONFIG", &cluster.config)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::fs::File::create(&output)?)
+        .stderr(std::fs::File::create(&log)?)
+        .spawn()?;
+    let mut push = corpus_tests::Proc { child, log };
+    let job_state = || -> anyhow::Result<Option<String>> {
+        let jobs = cluster
+            .master
+            .console_json(&["jobs", "list", "--env", &dev])?;
+        Ok(jobs
+            .as_array()
+            .and_then(|j| j.last())
+            .and_then(|j| j["status"].as_str())
+            .map(str::to_owned))
+    };
+    wait_until("the push's job to start", || Ok(job_state()?.is_some()))?;
+    // The client stops reading while the job runs to its end.
+    push.signal(libc::SIGSTOP);
+    let finished = wait_until("the job to finish", || {
+        Ok(job_state()?.is_some_and(|s| s != "running"))
+    });
+    push.signal(libc::SIGCONT);
+    finished?;
+    let jobs = cluster
+        .master
+        .console_json(&["jobs", "list", "--env", &dev])?;
+    assert_eq!(
+        job_state()?.as_deref(),
+        Some("success"),
+        "{jobs}\n{}",
+        cluster.agent.proc.log_text()
+    );
+
+    let mut status = None;
+    wait_until("the push to exit", || {
+        status = push.child.try_wait()?;
+        Ok(status.is_some())
+    })?;
+    let text = std::fs::read_to_string(&output)?;
+    let lines: Vec<serde_json::Value> = text
+        .lines()
+        .filter_map(|l| serde_json::from_str(l).ok())
+        .collect();
+    let last = lines.last().context("no output")?;
+    assert_eq!(last["event"], "finished", "{}", push.log_text());
+    assert_eq!(last["status"], "success");
+    assert!(status.is_some_and(|s| s.success()), "{}", push.log_text());
+    let missed = lines
+        .iter()
+        .find(|l| l["event"] == "missed")
+        .with_context(|| format!("no notice of missed updates among {} lines", lines.len()))?;
+    assert!(missed["count"].as_u64().is_some_and(|n| n > 0));
+    assert!(
+        missed["hint"]
+            .as_str()
+            .is_some_and(|h| h.contains("jobs show")),
+        "{missed}"
+    );
+    Ok(())
+}
