@@ -112,8 +112,28 @@ impl<'a> NewJob<'a> {
     }
 }
 
+/// What a job may carry to its agent (plans, `common`, pillar as JSON), leaving room for the
+/// rest of the message under the link's limit.
+const MAX_JOB_PAYLOAD_BYTES: usize = corpus_proto::MAX_MESSAGE_BYTES - 64 * 1024;
+
+/// Refuses a job too large for the agent's link: sent anyway, the agent could not decode it,
+/// would drop the link and the job would be failed as lost, with a misleading message.
+fn check_payload_size(project: &str, payload: &JobPayload) -> MasterResult<()> {
+    let size: usize = [&payload.plan, &payload.common, &payload.pillar]
+        .iter()
+        .map(|v| serde_json::to_vec(v).map_or(0, |b| b.len()))
+        .sum();
+    if size > MAX_JOB_PAYLOAD_BYTES {
+        return Err(MasterError::invalid(format!(
+            "the rendered job of project {project:?} is {size} bytes, more than the {MAX_JOB_PAYLOAD_BYTES} bytes a job may carry to its agent: render fewer or smaller states (ship large contents as files in the source); nothing was changed"
+        )));
+    }
+    Ok(())
+}
+
 /// Records and sends the job; returns the client's update stream.
 fn dispatch(state: &MasterState, new: NewJob<'_>) -> MasterResult<Updates> {
+    check_payload_size(new.project, &new.payload)?;
     let grains = serde_json::to_value(grains_of(state, &new.env.agent)?).unwrap_or_default();
     let job = JobRecord {
         id: uuid::Uuid::new_v4().to_string(),
@@ -275,6 +295,12 @@ pub fn push(
             grains: &grains,
         },
     )?;
+    let payload = JobPayload {
+        plan: serde_json::to_value(&rendered.plan).unwrap_or_default(),
+        common: rendered.common,
+        pillar,
+    };
+    check_payload_size(&request.project, &payload)?;
     // The project record only appears once the push passed every check.
     ensure_project(state, env, &request.project)?;
     dispatch(
@@ -282,11 +308,7 @@ pub fn push(
         NewJob {
             deploy_id,
             commit,
-            payload: JobPayload {
-                plan: serde_json::to_value(&rendered.plan).unwrap_or_default(),
-                common: rendered.common,
-                pillar,
-            },
+            payload,
             source_blob: Some(source_blob.to_owned()),
             release_blob: release.map(|r| r.digest),
             pillar_files: Some(request.pillar_files.clone()),
@@ -575,6 +597,41 @@ mod tests {
             release_blob: None,
             target_deploy_id: None,
         }
+    }
+
+    #[test]
+    fn a_job_too_large_for_the_agents_link_is_refused_before_it_is_recorded() -> anyhow::Result<()>
+    {
+        let dir = tempfile::tempdir()?;
+        crate::init(dir.path(), &[], false)?;
+        let state = crate::open(&crate::ServeOptions {
+            data_dir: dir.path().to_owned(),
+            settings: Default::default(),
+        })?;
+        let env = EnvironmentRecord {
+            uuid: uuid::Uuid::new_v4().to_string(),
+            platform: Platform::Staging,
+            mode: Mode::Cooking,
+            agent: "node1".into(),
+            owner: "alice".into(),
+            grants: vec![],
+            defaults: serde_json::json!({}),
+            created_at: 0,
+        };
+        let mut new = NewJob::plain(JobKind::Deploy, &env, "app", "alice");
+        new.payload.plan = Value::String("x".repeat(corpus_proto::MAX_MESSAGE_BYTES));
+        match dispatch(&state, new) {
+            Err(MasterError::Invalid { message, .. }) => {
+                assert!(
+                    message.contains("a job may carry to its agent"),
+                    "{message}"
+                )
+            }
+            Err(other) => panic!("expected Invalid, got {other:?}"),
+            Ok(_) => panic!("a job too large for the link was dispatched"),
+        }
+        assert!(state.store.jobs()?.is_empty());
+        Ok(())
     }
 
     #[test]
