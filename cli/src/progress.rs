@@ -95,6 +95,16 @@ pub async fn follow(
                     bar.set_message(format!("{} {}", e.step, e.state_id));
                 }
             }
+            Some(job_update::Body::Missed(m)) => {
+                if json {
+                    println!(
+                        "{}",
+                        json!({"event": "missed", "job_id": m.job_id, "count": m.count, "hint": m.hint})
+                    );
+                } else {
+                    say(format!("  note: {}", m.hint));
+                }
+            }
             Some(job_update::Body::Finished(f)) => finished = Some(f),
             None => {}
         }

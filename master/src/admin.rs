@@ -385,3 +385,70 @@ impl corpus_proto::admin_server::Admin for AdminService {
 pub fn socket_path(data_dir: &Path) -> PathBuf {
     data_dir.join(SOCKET)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::{JobKind, JobState, Mode};
+
+    #[test]
+    fn stored_events_keep_a_failed_commands_exit_code_and_stderr() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        crate::init(dir.path(), &[], false)?;
+        let state = crate::open(&crate::ServeOptions {
+            data_dir: dir.path().to_owned(),
+            settings: Default::default(),
+        })?;
+        let job = JobRecord {
+            id: "j1".into(),
+            kind: JobKind::Deploy,
+            env_uuid: "env".into(),
+            project: "app".into(),
+            mode: Mode::Cooking,
+            deploy_id: "d1".into(),
+            requested_by: "alice".into(),
+            agent: "node1".into(),
+            commit: String::new(),
+            created_at: 0,
+            created_ms: 0,
+            state: JobState::Running,
+            failed_step: String::new(),
+            failed_state: String::new(),
+            message: String::new(),
+            finished_at: None,
+            source_blob: None,
+            release_blob: None,
+            target_deploy_id: None,
+        };
+        state.store.put_job(&job)?;
+        // What the agent sends for `cmd.run: exit 3`, and a malformed changes field.
+        let changes = serde_json::json!({"pid": 42, "retcode": 3, "stdout": "", "stderr": "boom: no such file\n"});
+        for (sequence, changes_json) in [
+            (1, serde_json::to_vec(&changes)?),
+            (2, b"not json".to_vec()),
+        ] {
+            let event = corpus_proto::JobEvent {
+                job_id: "j1".into(),
+                sequence,
+                step: "build".into(),
+                state_id: "fail_here".into(),
+                result: corpus_proto::StepResult::Failed as i32,
+                changes_json,
+                comment: "Command \"exit 3\" run".into(),
+                duration_ms: 5,
+                timestamp_unix_ms: 0,
+            };
+            state
+                .jobs
+                .on_event(&state, "node1", wire::job_event_in(event))?;
+        }
+
+        let detail = job_detail(&state, &job)?;
+        let shown: serde_json::Value = serde_json::from_slice(&detail.events[0].changes_json)?;
+        assert_eq!(shown["retcode"], 3);
+        assert_eq!(shown["stderr"], "boom: no such file\n");
+        let kept: serde_json::Value = serde_json::from_slice(&detail.events[1].changes_json)?;
+        assert_eq!(kept, "not json");
+        Ok(())
+    }
+}

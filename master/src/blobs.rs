@@ -1,7 +1,8 @@
 //! Content-addressed blobs (source archives, release archives) as files next to the database:
 //! `DATA_DIR/blobs/<2 hex>/<sha256 hex>`. Written while hashing, verified, fsynced, then renamed
 //! into place, so a blob that exists is always complete. Streamed in chunks both ways; never
-//! held whole in memory.
+//! held whole in memory. Every write error, the last one included, fails the upload and leaves
+//! nothing under the digest: a full disk is named as such.
 
 use std::path::{Path, PathBuf};
 
@@ -18,6 +19,16 @@ pub enum BlobError {
     Mismatch { expected: String, actual: String },
     #[error("upload is truncated: {actual} bytes received, {expected} announced")]
     Truncated { expected: u64, actual: u64 },
+    #[error(
+        "the master's disk is full: cannot write {path} (free space on the master's data directory, then push again)"
+    )]
+    DiskFull { path: PathBuf },
+    #[error("upload is incomplete on disk: {written} of {expected} bytes reached {path}")]
+    ShortWrite {
+        path: PathBuf,
+        written: u64,
+        expected: u64,
+    },
     #[error("blob store I/O on {path}: {source}")]
     Io {
         path: PathBuf,
@@ -44,10 +55,24 @@ pub struct BlobStore {
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BlobError + '_ {
-    move |source| BlobError::Io {
-        path: path.to_owned(),
-        source,
+    move |source| {
+        if is_disk_full(&source) {
+            BlobError::DiskFull {
+                path: path.to_owned(),
+            }
+        } else {
+            BlobError::Io {
+                path: path.to_owned(),
+                source,
+            }
+        }
     }
+}
+
+/// ENOSPC and EDQUOT: out of space for whatever reason, which the operator fixes the same way.
+fn is_disk_full(e: &std::io::Error) -> bool {
+    e.kind() == std::io::ErrorKind::StorageFull
+        || matches!(e.raw_os_error(), Some(libc::ENOSPC) | Some(libc::EDQUOT))
 }
 
 impl BlobStore {
@@ -127,7 +152,30 @@ impl BlobWriter {
             return Err(BlobError::TooLarge { limit: self.limit });
         }
         self.hasher.update(chunk);
-        self.file.write_all(chunk).await.map_err(io(&self.tmp))
+        if let Err(e) = self.file.write_all(chunk).await {
+            // Free the space at once: on a full disk, the next upload needs it.
+            let _ = tokio::fs::remove_file(&self.tmp).await;
+            return Err(io(&self.tmp)(e));
+        }
+        Ok(())
+    }
+
+    /// Makes everything written so far durable, or says why not. tokio's `File` writes in the
+    /// background and reports a failed write only at the next write or flush: `sync_all` alone
+    /// does not, so without the flush the last chunk's ENOSPC is lost and a short file would
+    /// pass. The size on disk is checked too, as the final word.
+    async fn make_durable(&mut self) -> Result<(), BlobError> {
+        self.file.flush().await.map_err(io(&self.tmp))?;
+        self.file.sync_all().await.map_err(io(&self.tmp))?;
+        let written = self.file.metadata().await.map_err(io(&self.tmp))?.len();
+        if written != self.size {
+            return Err(BlobError::ShortWrite {
+                path: self.tmp.clone(),
+                written,
+                expected: self.size,
+            });
+        }
+        Ok(())
     }
 
     /// Verifies the upload against what the sender announced (empty: not announced), makes it
@@ -154,7 +202,8 @@ impl BlobWriter {
                 actual: digest,
             });
         }
-        self.file.sync_all().await.map_err(io(&self.tmp))?;
+        // On failure the temp file goes with `self` (drop): nothing is left under the digest.
+        self.make_durable().await?;
         let path = self.store.path(&digest)?;
         if let Some(parent) = path.parent() {
             tokio::fs::create_dir_all(parent)
@@ -217,6 +266,123 @@ mod tests {
             store.path("../etc/passwd"),
             Err(BlobError::BadDigest(_))
         ));
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod full_disk_tests {
+    use super::*;
+
+    /// A tmpfs of `size` mounted on a temp dir, unmounted on drop (even when the test fails).
+    struct SmallDisk {
+        dir: tempfile::TempDir,
+    }
+
+    impl SmallDisk {
+        fn mount(size: &str) -> anyhow::Result<SmallDisk> {
+            let dir = tempfile::tempdir()?;
+            let status = std::process::Command::new("mount")
+                .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+                .arg(dir.path())
+                .status()?;
+            anyhow::ensure!(status.success(), "mount tmpfs failed (tests run as root)");
+            Ok(SmallDisk { dir })
+        }
+
+        fn path(&self) -> &Path {
+            self.dir.path()
+        }
+    }
+
+    impl Drop for SmallDisk {
+        fn drop(&mut self) {
+            let _ = std::process::Command::new("umount")
+                .arg(self.dir.path())
+                .status();
+        }
+    }
+
+    fn leftovers(store_dir: &Path) -> anyhow::Result<Vec<PathBuf>> {
+        let mut found = Vec::new();
+        for entry in std::fs::read_dir(store_dir)? {
+            let path = entry?.path();
+            if path.is_dir() {
+                for inner in std::fs::read_dir(&path)? {
+                    found.push(inner?.path());
+                }
+            }
+        }
+        Ok(found)
+    }
+
+    #[tokio::test]
+    async fn an_upload_to_a_full_disk_fails_naming_it_and_stores_nothing() -> anyhow::Result<()> {
+        let disk = SmallDisk::mount("256k")?;
+        let store = BlobStore::open(disk.path().join("blobs"))?;
+        let body = vec![7u8; 600 * 1024];
+        let digest = hex::encode(Sha256::digest(&body));
+
+        let mut writer = store.writer(u64::MAX).await?;
+        let mut failed = None;
+        for chunk in body.chunks(64 * 1024) {
+            if let Err(e) = writer.write(chunk).await {
+                failed = Some(e);
+                break;
+            }
+        }
+        let err = match failed {
+            Some(e) => e,
+            None => match writer.finish(&digest, Some(body.len() as u64)).await {
+                Err(e) => e,
+                Ok(_) => anyhow::bail!("an upload larger than the disk was accepted"),
+            },
+        };
+        assert!(
+            matches!(err, BlobError::DiskFull { .. }),
+            "unexpected error: {err}"
+        );
+        assert!(err.to_string().contains("disk is full"), "{err}");
+        assert!(!store.exists(&digest));
+        assert_eq!(
+            leftovers(&disk.path().join("blobs"))?,
+            Vec::<PathBuf>::new()
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_small_upload_at_zero_bytes_free_fails_at_its_last_write() -> anyhow::Result<()> {
+        let disk = SmallDisk::mount("256k")?;
+        let store = BlobStore::open(disk.path().join("blobs"))?;
+        // Fill the disk to the last byte.
+        let filler = disk.path().join("filler");
+        {
+            use std::io::Write;
+            let mut f = std::fs::File::create(&filler)?;
+            let block = vec![0u8; 4096];
+            while f.write_all(&block).is_ok() {}
+            let _ = f.write_all(&[0u8]);
+        }
+        let body = b"a small source archive".to_vec();
+        let digest = hex::encode(Sha256::digest(&body));
+        let mut writer = store.writer(u64::MAX).await?;
+        let result = match writer.write(&body).await {
+            Ok(()) => writer.finish(&digest, Some(body.len() as u64)).await,
+            Err(e) => Err(e),
+        };
+        assert!(
+            matches!(result, Err(BlobError::DiskFull { .. })),
+            "unexpected result: {result:?}"
+        );
+        assert!(!store.exists(&digest));
+
+        // Once space is freed the same upload succeeds and is complete.
+        std::fs::remove_file(&filler)?;
+        let mut writer = store.writer(u64::MAX).await?;
+        writer.write(&body).await?;
+        writer.finish(&digest, Some(body.len() as u64)).await?;
+        assert_eq!(file_digest(&store.path(&digest)?).await?, digest);
         Ok(())
     }
 }

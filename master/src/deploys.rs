@@ -112,8 +112,28 @@ impl<'a> NewJob<'a> {
     }
 }
 
+/// What a job may carry to its agent (plans, `common`, pillar as JSON), leaving room for the
+/// rest of the message under the link's limit.
+const MAX_JOB_PAYLOAD_BYTES: usize = corpus_proto::MAX_MESSAGE_BYTES - 64 * 1024;
+
+/// Refuses a job too large for the agent's link: sent anyway, the agent could not decode it,
+/// would drop the link and the job would be failed as lost, with a misleading message.
+fn check_payload_size(project: &str, payload: &JobPayload) -> MasterResult<()> {
+    let size: usize = [&payload.plan, &payload.common, &payload.pillar]
+        .iter()
+        .map(|v| serde_json::to_vec(v).map_or(0, |b| b.len()))
+        .sum();
+    if size > MAX_JOB_PAYLOAD_BYTES {
+        return Err(MasterError::invalid(format!(
+            "the rendered job of project {project:?} is {size} bytes, more than the {MAX_JOB_PAYLOAD_BYTES} bytes a job may carry to its agent: render fewer or smaller states (ship large contents as files in the source); nothing was changed"
+        )));
+    }
+    Ok(())
+}
+
 /// Records and sends the job; returns the client's update stream.
 fn dispatch(state: &MasterState, new: NewJob<'_>) -> MasterResult<Updates> {
+    check_payload_size(new.project, &new.payload)?;
     let grains = serde_json::to_value(grains_of(state, &new.env.agent)?).unwrap_or_default();
     let job = JobRecord {
         id: uuid::Uuid::new_v4().to_string(),
@@ -275,6 +295,12 @@ pub fn push(
             grains: &grains,
         },
     )?;
+    let payload = JobPayload {
+        plan: serde_json::to_value(&rendered.plan).unwrap_or_default(),
+        common: rendered.common,
+        pillar,
+    };
+    check_payload_size(&request.project, &payload)?;
     // The project record only appears once the push passed every check.
     ensure_project(state, env, &request.project)?;
     dispatch(
@@ -282,11 +308,7 @@ pub fn push(
         NewJob {
             deploy_id,
             commit,
-            payload: JobPayload {
-                plan: serde_json::to_value(&rendered.plan).unwrap_or_default(),
-                common: rendered.common,
-                pillar,
-            },
+            payload,
             source_blob: Some(source_blob.to_owned()),
             release_blob: release.map(|r| r.digest),
             pillar_files: Some(request.pillar_files.clone()),
@@ -350,17 +372,46 @@ pub fn rollback(
             "project {project:?} has no deployment to roll back"
         ))
     })?;
+    let live = state
+        .store
+        .project(&env.uuid, project)?
+        .and_then(|p| p.live_deploy);
+    // The phases and `common` (deploy id, commit) the rollback runs are the target's, as the
+    // agent will pick it; without a target the master knows, the newest deployment's (the
+    // agent then refuses, having nothing to return to).
+    let target = rollback_target(&history, live.as_deref(), to).unwrap_or(last);
     dispatch(
         state,
         NewJob {
             // A rollback is a deployment of its own: its archive records what it replaced.
             deploy_id: new_deploy_id(),
-            commit: last.commit.clone(),
-            payload: state.store.job_payload(&last.id)?,
+            commit: target.commit.clone(),
+            payload: state.store.job_payload(&target.id)?,
             target: (!to.is_empty()).then(|| to.to_owned()),
             ..NewJob::plain(JobKind::Rollback, &env, project, user)
         },
     )
+}
+
+/// The deployment a rollback returns to, chosen as the agent chooses it: the one named, else
+/// the newest successful deployment made before the live one (`live`: as last reported; the
+/// newest that left the project running when unknown). `history` is oldest first.
+fn rollback_target<'a>(
+    history: &'a [JobRecord],
+    live: Option<&str>,
+    to: &str,
+) -> Option<&'a JobRecord> {
+    let succeeded = |j: &&JobRecord| j.state == JobState::Success;
+    if !to.is_empty() {
+        return history.iter().filter(succeeded).find(|j| j.deploy_id == to);
+    }
+    let live_at = match live {
+        Some(live) => history.iter().position(|j| j.deploy_id == live)?,
+        None => history
+            .iter()
+            .rposition(|j| j.state == JobState::Success || j.state == JobState::RolledBack)?,
+    };
+    history[..live_at].iter().rev().find(succeeded)
 }
 
 pub fn destroy(
@@ -521,6 +572,159 @@ mod tests {
             ..request
         };
         assert!(check_push(&state, "alice", &other).is_ok());
+        Ok(())
+    }
+
+    fn deploy(id: &str, created_at: i64, state: JobState) -> JobRecord {
+        JobRecord {
+            id: format!("job-{id}"),
+            kind: JobKind::Deploy,
+            env_uuid: "env".into(),
+            project: "app".into(),
+            mode: Mode::Cooking,
+            deploy_id: id.into(),
+            requested_by: "alice".into(),
+            agent: "node1".into(),
+            commit: format!("commit-{id}"),
+            created_at,
+            created_ms: 0,
+            state,
+            failed_step: String::new(),
+            failed_state: String::new(),
+            message: String::new(),
+            finished_at: Some(created_at),
+            source_blob: None,
+            release_blob: None,
+            target_deploy_id: None,
+        }
+    }
+
+    #[test]
+    fn a_job_too_large_for_the_agents_link_is_refused_before_it_is_recorded() -> anyhow::Result<()>
+    {
+        let dir = tempfile::tempdir()?;
+        crate::init(dir.path(), &[], false)?;
+        let state = crate::open(&crate::ServeOptions {
+            data_dir: dir.path().to_owned(),
+            settings: Default::default(),
+        })?;
+        let env = EnvironmentRecord {
+            uuid: uuid::Uuid::new_v4().to_string(),
+            platform: Platform::Staging,
+            mode: Mode::Cooking,
+            agent: "node1".into(),
+            owner: "alice".into(),
+            grants: vec![],
+            defaults: serde_json::json!({}),
+            created_at: 0,
+        };
+        let mut new = NewJob::plain(JobKind::Deploy, &env, "app", "alice");
+        new.payload.plan = Value::String("x".repeat(corpus_proto::MAX_MESSAGE_BYTES));
+        match dispatch(&state, new) {
+            Err(MasterError::Invalid { message, .. }) => {
+                assert!(
+                    message.contains("a job may carry to its agent"),
+                    "{message}"
+                )
+            }
+            Err(other) => panic!("expected Invalid, got {other:?}"),
+            Ok(_) => panic!("a job too large for the link was dispatched"),
+        }
+        assert!(state.store.jobs()?.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn a_rollback_targets_the_deployment_the_agent_returns_to() {
+        let history = vec![
+            deploy("v1", 1, JobState::Success),
+            deploy("v2", 2, JobState::Success),
+            deploy("broken", 3, JobState::Failed),
+            deploy("v3", 4, JobState::Success),
+        ];
+        let target = |live, to| rollback_target(&history, live, to).map(|j| j.deploy_id.clone());
+        // The newest successful one before the live one, the live one known or not.
+        assert_eq!(target(Some("v3"), ""), Some("v2".to_owned()));
+        assert_eq!(target(None, ""), Some("v2".to_owned()));
+        // After a rollback to v2, v2 is live: the next one returns to v1.
+        assert_eq!(target(Some("v2"), ""), Some("v1".to_owned()));
+        assert_eq!(target(Some("v1"), ""), None);
+        // The one named, if it succeeded.
+        assert_eq!(target(Some("v3"), "v1"), Some("v1".to_owned()));
+        assert_eq!(target(Some("v3"), "broken"), None);
+    }
+
+    #[test]
+    fn a_rollback_sends_the_targets_common_and_records_its_commit() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        crate::init(dir.path(), &[], false)?;
+        let state = crate::open(&crate::ServeOptions {
+            data_dir: dir.path().to_owned(),
+            settings: Default::default(),
+        })?;
+        let env_uuid = uuid::Uuid::new_v4().to_string();
+        let env = EnvironmentRecord {
+            uuid: env_uuid.clone(),
+            platform: Platform::Staging,
+            mode: Mode::Cooking,
+            agent: "node1".into(),
+            owner: "alice".into(),
+            grants: vec![],
+            defaults: serde_json::json!({}),
+            created_at: 0,
+        };
+        state.store.put_environment(&env)?;
+        state.store.put_agent(&crate::store::AgentRecord {
+            id: "node1".into(),
+            status: crate::store::AgentStatus::Accepted,
+            csr_pem: String::new(),
+            certificate_pem: None,
+            fingerprint: None,
+            enrolled_at: 0,
+            decided_at: None,
+            grains: None,
+            last_seen: None,
+            address: None,
+        })?;
+        for (id, at) in [("v1", 1), ("v2", 2), ("v3", 3)] {
+            let payload = JobPayload {
+                plan: serde_json::json!({"stop": format!("stop {id}")}),
+                common: serde_json::json!({"deploy_id": id, "commit": format!("commit-{id}")}),
+                pillar: serde_json::json!({}),
+            };
+            state.store.record_job(
+                &JobRecord {
+                    env_uuid: env_uuid.clone(),
+                    ..deploy(id, at, JobState::Success)
+                },
+                &payload,
+                &[],
+                None,
+            )?;
+        }
+        state.store.put_project(&ProjectRecord {
+            env_uuid: env_uuid.clone(),
+            name: "app".into(),
+            created_at: 0,
+            quota_bytes: crate::store::DEFAULT_QUOTA_BYTES,
+            used_bytes: 0,
+            live_deploy: Some("v3".into()),
+        })?;
+        let (tx, mut rx) = tokio::sync::mpsc::channel(4);
+        let _link = state.links.register("node1", tx, "test".into(), 0);
+
+        let _updates = rollback(&state, "alice", &env_uuid, "app", "")?;
+        let Ok(crate::link_registry::ToAgent::Job(order)) = rx.try_recv() else {
+            panic!("no job sent to the agent");
+        };
+        assert_eq!(order.common["deploy_id"], "v2");
+        assert_eq!(order.common["commit"], "commit-v2");
+        assert_eq!(order.plan["stop"], "stop v2");
+        assert_eq!(order.job.commit, "commit-v2");
+        assert_eq!(
+            state.store.job(&order.job.id)?.map(|j| j.commit),
+            Some("commit-v2".to_owned())
+        );
         Ok(())
     }
 }

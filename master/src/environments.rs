@@ -56,9 +56,20 @@ pub fn init_env(
             ))
         })?,
     };
+    // Choosing a slot and recording the environment are one step: two concurrent requests
+    // would otherwise both see the last free slot and both take it.
+    let _allocating = state
+        .slot_allocation
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    // A storage error here must refuse, not count as an empty host.
+    let mut hosted: std::collections::HashMap<String, u32> = Default::default();
+    for env in state.store.environments()? {
+        *hosted.entry(env.agent).or_default() += 1;
+    }
     let free = |agent: &AgentRecord| {
         let slots = agent.grains.as_ref().map_or(0, |g| g.slots);
-        slots.saturating_sub(state.environments_on(&agent.id))
+        slots.saturating_sub(hosted.get(&agent.id).copied().unwrap_or(0))
     };
     let agent = if host.is_empty() {
         let mut candidates: Vec<_> = state
@@ -262,6 +273,50 @@ mod tests {
             authorize(&state, "alice", "not-a-uuid"),
             Err(MasterError::Invalid { .. })
         ));
+        Ok(())
+    }
+
+    #[test]
+    fn concurrent_init_env_never_takes_more_slots_than_a_host_has() -> anyhow::Result<()> {
+        let (_dir, state) = state()?;
+        // The race is a matter of scheduling: many rounds on fresh hosts make it show.
+        for round in 0..16 {
+            let host = format!("node{round}");
+            state.store.put_agent(&AgentRecord {
+                id: host.clone(),
+                status: AgentStatus::Accepted,
+                csr_pem: String::new(),
+                certificate_pem: None,
+                fingerprint: None,
+                enrolled_at: 0,
+                decided_at: None,
+                grains: Some(crate::store::Grains {
+                    slots: 2,
+                    ..Default::default()
+                }),
+                last_seen: None,
+                address: None,
+            })?;
+            let requests = 24;
+            let start = std::sync::Barrier::new(requests);
+            let created = std::thread::scope(|scope| {
+                let handles: Vec<_> = (0..requests)
+                    .map(|_| {
+                        scope.spawn(|| {
+                            start.wait();
+                            init_env(&state, "alice", "staging", &host, "").is_ok()
+                        })
+                    })
+                    .collect();
+                handles
+                    .into_iter()
+                    .map(|h| h.join())
+                    .filter(|created| matches!(created, Ok(true)))
+                    .count()
+            });
+            assert_eq!(created, 2, "round {round}");
+        }
+        assert_eq!(state.store.environments()?.len(), 32);
         Ok(())
     }
 }

@@ -130,6 +130,10 @@ impl From<crate::blobs::BlobError> for MasterError {
         use crate::blobs::BlobError;
         match e {
             BlobError::Io { .. } => MasterError::internal(e),
+            // The master is out of space: the caller learns it, the operator must act.
+            BlobError::DiskFull { .. } | BlobError::ShortWrite { .. } => {
+                MasterError::Exhausted(e.to_string())
+            }
             // What the sender got wrong: a bad digest, too large, corrupt or truncated.
             other => MasterError::invalid(other.to_string()),
         }

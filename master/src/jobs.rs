@@ -8,14 +8,14 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
-use tokio::sync::mpsc;
-use tokio_stream::wrappers::ReceiverStream;
-use tracing::{info, warn};
+use tracing::{debug, info, warn};
 
 use crate::MasterState;
 use crate::auth::now_unix;
 use crate::error::{LockHolder, MasterError, MasterResult};
 use crate::link_registry::ToAgent;
+pub use crate::relay::Updates;
+use crate::relay::{EVENT_QUEUE, Relay};
 use crate::store::{
     AgentStatus, EventRecord, JobKind, JobPayload, JobRecord, JobState, PillarRevision,
     ProjectChange, project_key,
@@ -78,6 +78,14 @@ pub struct ProjectUsage {
     pub used_bytes: u64,
 }
 
+/// A project an environment destroy removed, reported before the job's result.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProjectRemoved {
+    pub job_id: String,
+    pub env_uuid: String,
+    pub project: String,
+}
+
 /// What the agent receives: the job's summary and what it runs. `common` carries the agent's
 /// grains, which the stored payload does not.
 #[derive(Debug, Clone, PartialEq)]
@@ -88,16 +96,15 @@ pub struct JobOrder {
     pub pillar: serde_json::Value,
 }
 
-/// What the client that started a job is told, in order: its id, its events, its outcome.
+/// What the client that started a job is told, in order: its id, its events, how many events
+/// it missed by reading too slowly (if any), its outcome.
 #[derive(Debug, Clone, PartialEq)]
 pub enum JobUpdate {
     Started(String),
     Event(JobEvent),
+    Missed { job_id: String, count: u64 },
     Finished(JobOutcome),
 }
-
-pub type Updates = ReceiverStream<JobUpdate>;
-type UpdateSender = mpsc::Sender<JobUpdate>;
 
 /// A job ready to be recorded and sent, with what is recorded along with it.
 pub struct NewDispatch {
@@ -113,7 +120,8 @@ pub struct NewDispatch {
 /// In-memory view of running jobs: who waits for their events, which project they hold.
 #[derive(Default)]
 pub struct Jobs {
-    subscribers: Mutex<HashMap<String, UpdateSender>>,
+    /// Job id -> the relay to the client that started it.
+    subscribers: Mutex<HashMap<String, Relay>>,
     /// `<env>/<project>` -> the job holding it.
     active: Mutex<HashMap<String, ActiveJob>>,
 }
@@ -235,9 +243,8 @@ impl Jobs {
             release();
             return Err(e.into());
         }
-        let (tx, rx) = mpsc::channel(1024);
-        let _ = tx.try_send(JobUpdate::Started(record.id.clone()));
-        lock(&self.subscribers).insert(record.id.clone(), tx);
+        let (relay, updates) = Relay::open(&record.id, EVENT_QUEUE);
+        lock(&self.subscribers).insert(record.id.clone(), relay);
         let (id, env, project, agent, kind) = (
             record.id.clone(),
             record.env_uuid.clone(),
@@ -254,7 +261,7 @@ impl Jobs {
         } else {
             info!(job = %id, %env, %project, %agent, ?kind, "job dispatched");
         }
-        Ok(ReceiverStream::new(rx))
+        Ok(updates)
     }
 
     /// Fails a job the agent never received.
@@ -275,15 +282,26 @@ impl Jobs {
         }
     }
 
+    /// Stores an event once, keyed by its job and sequence, and relays it to the waiting
+    /// client. An event the agent resends (it keeps them until an ack covers them) is neither
+    /// stored nor relayed again.
     pub fn on_event(&self, state: &MasterState, agent: &str, event: JobEvent) -> MasterResult<()> {
         Self::job_of(state, agent, &event.job_id)?;
-        state.store.put_event(&event.job_id, &event.event)?;
-        let sender = lock(&self.subscribers).get(&event.job_id).cloned();
-        if let Some(sender) = sender {
-            // A slow or departed client never blocks the agent's stream.
-            let _ = sender.try_send(JobUpdate::Event(event));
+        if !state.store.record_event(&event.job_id, &event.event)? {
+            debug!(job = %event.job_id, sequence = event.event.sequence, "event already stored");
+            return Ok(());
+        }
+        if let Some(relay) = lock(&self.subscribers).get_mut(&event.job_id) {
+            // Never waits: a slow or departed client never blocks the agent's stream.
+            relay.event(event);
         }
         Ok(())
+    }
+
+    /// How many of the job's events the master holds, from the first without a gap: what an
+    /// ack tells the agent it may forget.
+    pub fn events_stored(&self, state: &MasterState, job_id: &str) -> MasterResult<u64> {
+        Ok(state.store.events_stored(job_id)?)
     }
 
     /// Records a finished job (idempotent: a result resent after a reconnect is applied once).
@@ -311,8 +329,8 @@ impl Jobs {
                 active.remove(&key);
             }
         }
-        if let Some(sender) = lock(&self.subscribers).remove(&job.id) {
-            let _ = sender.try_send(JobUpdate::Finished(outcome));
+        if let Some(relay) = lock(&self.subscribers).remove(&job.id) {
+            relay.finish(outcome);
         }
         Ok(())
     }
@@ -367,6 +385,33 @@ impl Jobs {
             project.used_bytes = usage.used_bytes;
             state.store.put_project(&project)?;
         }
+        Ok(())
+    }
+
+    /// A project an environment destroy removed: its record goes now, so a destroy that fails
+    /// later leaves the master listing only what remains. Only the running destroy of that
+    /// environment, by its agent, may report one.
+    pub fn on_project_removed(
+        &self,
+        state: &MasterState,
+        agent: &str,
+        removed: ProjectRemoved,
+    ) -> MasterResult<()> {
+        let job = Self::job_of(state, agent, &removed.job_id)?;
+        if job.kind != JobKind::Destroy
+            || !job.project.is_empty()
+            || job.env_uuid != removed.env_uuid
+            || job.state != JobState::Running
+        {
+            return Err(MasterError::Forbidden(format!(
+                "job {} is not a running destroy of environment {}",
+                job.id, removed.env_uuid
+            )));
+        }
+        state
+            .store
+            .delete_project(&removed.env_uuid, &removed.project)?;
+        info!(job = %job.id, env = %removed.env_uuid, project = %removed.project, "project removed by an environment destroy");
         Ok(())
     }
 
@@ -469,5 +514,141 @@ mod tests {
         );
         assert!(state.jobs.check_free(&state, "env", "app").is_ok());
         Ok(())
+    }
+
+    fn step(sequence: u64, comment: &str) -> JobEvent {
+        JobEvent {
+            job_id: "j1".into(),
+            event: EventRecord {
+                sequence,
+                step: "build".into(),
+                state_id: format!("state-{sequence}"),
+                result: "success".into(),
+                changes: serde_json::json!({"retcode": 0}),
+                comment: comment.into(),
+                duration_ms: 1,
+                timestamp_ms: 0,
+            },
+        }
+    }
+
+    #[test]
+    fn resent_events_are_stored_once_and_the_ack_counts_what_is_held() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        crate::init(dir.path(), &[], false)?;
+        let state = crate::open(&crate::ServeOptions {
+            data_dir: dir.path().to_owned(),
+            settings: Default::default(),
+        })?;
+        state.store.put_job(&running_job("j1", "node1"))?;
+        let (relay, updates) = Relay::open("j1", EVENT_QUEUE);
+        lock(&state.jobs.subscribers).insert("j1".into(), relay);
+
+        // Events 1, 2 and 4 arrive; the master dies before 3; the agent resends 1 to 4.
+        for sequence in [1, 2, 4] {
+            state
+                .jobs
+                .on_event(&state, "node1", step(sequence, "first"))?;
+        }
+        assert_eq!(state.jobs.events_stored(&state, "j1")?, 2);
+        for sequence in 1..=4 {
+            state
+                .jobs
+                .on_event(&state, "node1", step(sequence, "resent"))?;
+        }
+        assert_eq!(state.jobs.events_stored(&state, "j1")?, 4);
+        let stored = state.store.events("j1")?;
+        assert_eq!(
+            stored.iter().map(|e| e.sequence).collect::<Vec<_>>(),
+            vec![1, 2, 3, 4]
+        );
+        // The first copy stays; a resent one changes nothing.
+        assert_eq!(stored[0].comment, "first");
+        assert_eq!(stored[2].comment, "resent");
+        // Another agent's events are refused.
+        assert!(state.jobs.on_event(&state, "node2", step(5, "x")).is_err());
+
+        // The client saw each event once.
+        state
+            .jobs
+            .on_finished(&state, "node1", JobOutcome::failed("j1", "", String::new()))?;
+        let relayed: Vec<u64> = drain_queued(updates)
+            .into_iter()
+            .filter_map(|u| match u {
+                JobUpdate::Event(e) => Some(e.event.sequence),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(relayed, vec![1, 2, 4, 3]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_destroy_that_fails_part_way_leaves_only_the_remaining_projects() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        crate::init(dir.path(), &[], false)?;
+        let state = crate::open(&crate::ServeOptions {
+            data_dir: dir.path().to_owned(),
+            settings: Default::default(),
+        })?;
+        for name in ["api", "web"] {
+            state.store.put_project(&crate::store::ProjectRecord {
+                env_uuid: "env".into(),
+                name: name.into(),
+                created_at: 0,
+                quota_bytes: 1,
+                used_bytes: 0,
+                live_deploy: None,
+            })?;
+        }
+        let destroy = JobRecord {
+            kind: JobKind::Destroy,
+            project: String::new(),
+            ..running_job("d1", "node1")
+        };
+        state.store.put_job(&destroy)?;
+        state.store.put_job(&running_job("j2", "node1"))?;
+        let removed = |job: &str, agent: &str| {
+            state.jobs.on_project_removed(
+                &state,
+                agent,
+                ProjectRemoved {
+                    job_id: job.into(),
+                    env_uuid: "env".into(),
+                    project: "api".into(),
+                },
+            )
+        };
+        // Only the running environment destroy, by its agent, removes a project.
+        assert!(removed("d1", "node2").is_err());
+        assert!(removed("j2", "node1").is_err());
+        assert_eq!(state.store.projects("env")?.len(), 2);
+
+        removed("d1", "node1")?;
+        state.jobs.on_finished(
+            &state,
+            "node1",
+            JobOutcome::failed("d1", "destroy", "project \"web\": cannot remove".into()),
+        )?;
+        let names: Vec<String> = state
+            .store
+            .projects("env")?
+            .into_iter()
+            .map(|p| p.name)
+            .collect();
+        assert_eq!(names, vec!["web".to_owned()]);
+        // A report after the result changes nothing.
+        assert!(removed("d1", "node1").is_err());
+        Ok(())
+    }
+
+    /// Drains a finished relay without an async runtime (every update is already queued).
+    fn drain_queued(updates: Updates) -> Vec<JobUpdate> {
+        let mut rx = updates.into_inner();
+        let mut out = Vec::new();
+        while let Ok(update) = rx.try_recv() {
+            out.push(update);
+        }
+        out
     }
 }

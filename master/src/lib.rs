@@ -19,7 +19,9 @@ pub mod link;
 pub mod link_registry;
 pub mod pki;
 pub mod records;
+pub mod relay;
 pub mod render;
+pub mod retention;
 pub mod settings;
 pub mod store;
 pub mod wire;
@@ -75,6 +77,9 @@ pub struct MasterState {
     pub login_slots: tokio::sync::Semaphore,
     /// Serialises enrollment decisions (enroll, accept, reject, delete) so they never interleave.
     pub enroll_lock: tokio::sync::Mutex<()>,
+    /// Serialises environment creation, so a slot is counted free and taken in one step.
+    /// (A multi-master backend needs this in a transaction instead.)
+    pub slot_allocation: std::sync::Mutex<()>,
     /// What SIGHUP may change; read through [`MasterState::settings`].
     settings: std::sync::RwLock<settings::Settings>,
     /// Where the settings come from, to re-read them on SIGHUP.
@@ -231,6 +236,7 @@ pub fn open(options: &ServeOptions) -> anyhow::Result<Arc<MasterState>> {
             2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
         ),
         enroll_lock: tokio::sync::Mutex::new(()),
+        slot_allocation: std::sync::Mutex::new(()),
         settings: std::sync::RwLock::new(options.settings.load(&options.data_dir)?),
         settings_source: options.settings.clone(),
         data_dir: options.data_dir.clone(),
@@ -283,6 +289,9 @@ pub async fn serve(
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
         let _ = rx.wait_for(|stop| *stop).await;
     };
+
+    // Sessions, jobs and events do not pile up: purged in the background per the settings.
+    tokio::spawn(retention::run(state.clone(), stop_rx.clone()));
 
     let grpc = Server::builder()
         .tls_config(tls)

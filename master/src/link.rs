@@ -431,6 +431,15 @@ fn handle_message(state: &MasterState, agent: &str, body: agent_message::Body, g
                 warn!(error = %e, "usage report refused");
             }
         }
+        agent_message::Body::Removed(removed) => {
+            if let Err(e) =
+                state
+                    .jobs
+                    .on_project_removed(state, agent, wire::project_removed_in(removed))
+            {
+                warn!(error = %e, "project removal refused");
+            }
+        }
         agent_message::Body::Hello(_) => warn!("a second Hello on the same link: ignored"),
     }
 }
@@ -443,8 +452,19 @@ fn record_finished(state: &MasterState, agent: &str, finished: JobFinished) {
         .on_finished(state, agent, wire::job_outcome_in(finished))
     {
         Ok(()) => {
+            // What the ack covers: the agent resends any event beyond it, then the result.
+            let events_stored = match state.jobs.events_stored(state, &job_id) {
+                Ok(stored) => stored,
+                Err(e) => {
+                    warn!(job = %job_id, error = %e, "cannot count the job's stored events");
+                    0
+                }
+            };
             if let Some(link) = state.links.sender(agent) {
-                let _ = link.try_send(ToAgent::Ack(job_id));
+                let _ = link.try_send(ToAgent::Ack {
+                    job_id,
+                    events_stored,
+                });
             }
         }
         Err(e) => warn!(job = %job_id, error = %e, "job result refused"),

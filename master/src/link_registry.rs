@@ -15,8 +15,12 @@ use crate::jobs::JobOrder;
 #[derive(Debug, Clone, PartialEq)]
 pub enum ToAgent {
     Job(Box<JobOrder>),
-    /// The job's result is recorded: the agent may forget it.
-    Ack(String),
+    /// The job's result is recorded: the agent may forget it, and its events up to
+    /// `events_stored` (it resends the others, then the result again).
+    Ack {
+        job_id: String,
+        events_stored: u64,
+    },
     /// The link is over; the agent is told why.
     Close(LinkClosed),
 }

@@ -27,6 +27,12 @@ pub enum RenderError {
     NoSalt,
     #[error("the project source is not a readable tar archive: {0}")]
     BadArchive(String),
+    /// A file the renderer reads as text is not UTF-8: refused rather than skipped, since a
+    /// skipped phase would deploy without it and report success.
+    #[error(
+        "{file} is not UTF-8 text (invalid byte at offset {offset}): save it as UTF-8 and push again; nothing was changed"
+    )]
+    NotUtf8 { file: String, offset: usize },
     #[error("{0}")]
     Pillar(String),
     /// The pushed pillar does not compile; the source says which file and line.
@@ -66,6 +72,7 @@ impl RenderError {
         };
         match self {
             RenderError::NoSalt => at(".salt", None, None),
+            RenderError::NotUtf8 { file, .. } => at(file, None, None),
             RenderError::Sample(_) => at(".salt/PILLAR.sample", None, None),
             RenderError::PushedPillar(e) => match e.as_ref() {
                 PillarError::Render(r) => at(&r.file, r.line, None),
@@ -129,15 +136,35 @@ pub fn read_salt_tree(archive: &Path) -> Result<BTreeMap<String, String>, Render
                 ".salt/ is larger than {MAX_SALT_BYTES} bytes or {MAX_SALT_FILES} files"
             )));
         }
-        let mut text = String::new();
-        if entry.read_to_string(&mut text).is_ok() {
-            files.insert(rel.to_owned(), text);
+        let mut bytes = Vec::new();
+        entry.read_to_end(&mut bytes).map_err(bad)?;
+        match String::from_utf8(bytes) {
+            Ok(text) => {
+                files.insert(rel.to_owned(), text);
+            }
+            Err(e) if is_template(rel) => {
+                return Err(RenderError::NotUtf8 {
+                    file: format!(".salt/{rel}"),
+                    offset: e.utf8_error().valid_up_to(),
+                });
+            }
+            // Other files (images, archives a state ships) are never rendered: not needed here.
+            Err(_) => {}
         }
     }
     if !has_salt {
         return Err(RenderError::NoSalt);
     }
     Ok(files)
+}
+
+/// Files the renderer reads as text: SLS, Jinja includes, YAML and the pillar sample.
+fn is_template(rel: &str) -> bool {
+    let name = rel.rsplit('/').next().unwrap_or(rel);
+    name == "PILLAR.sample"
+        || [".sls", ".jinja", ".j2", ".yml", ".yaml"]
+            .iter()
+            .any(|ext| name.ends_with(ext))
 }
 
 fn tree(files: &BTreeMap<String, String>) -> MemoryTree {
@@ -427,5 +454,59 @@ mod tests {
             .map(|e| e.to_string())
             .unwrap_or_default();
         assert!(err.contains("init.sls"), "{err}");
+    }
+
+    fn tar_with(dir: &Path, files: &[(&str, &[u8])]) -> anyhow::Result<std::path::PathBuf> {
+        let path = dir.join("source.tar");
+        let mut builder = tar::Builder::new(std::fs::File::create(&path)?);
+        for (name, body) in files {
+            let mut header = tar::Header::new_gnu();
+            header.set_size(body.len() as u64);
+            header.set_mode(0o644);
+            header.set_cksum();
+            builder.append_data(&mut header, name, *body)?;
+        }
+        builder.finish()?;
+        Ok(path)
+    }
+
+    #[test]
+    fn a_push_with_a_non_utf8_sls_is_refused_naming_the_file() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let archive = tar_with(
+            dir.path(),
+            &[
+                (".salt/start.sls", b"ok:\n  cmd.run:\n    - name: true\n"),
+                (
+                    ".salt/build.sls",
+                    b"caf\xe9:\n  cmd.run:\n    - name: true\n",
+                ),
+            ],
+        )?;
+        let err = match read_salt_tree(&archive) {
+            Err(e) => e,
+            Ok(files) => anyhow::bail!("accepted, with files {:?}", files.keys()),
+        };
+        assert!(
+            matches!(&err, RenderError::NotUtf8 { file, offset: 3 } if file == ".salt/build.sls"),
+            "{err}"
+        );
+        assert!(
+            err.to_string().contains(".salt/build.sls is not UTF-8"),
+            "{err}"
+        );
+        assert_eq!(err.location().file.as_deref(), Some(".salt/build.sls"));
+
+        // A binary file a state ships is not rendered: it does not refuse the push.
+        let archive = tar_with(
+            dir.path(),
+            &[
+                (".salt/start.sls", b"ok:\n  cmd.run:\n    - name: true\n"),
+                (".salt/files/logo.png", b"\x89PNG\xff\xfe"),
+            ],
+        )?;
+        let files = read_salt_tree(&archive)?;
+        assert_eq!(files.keys().collect::<Vec<_>>(), vec!["start.sls"]);
+        Ok(())
     }
 }

@@ -16,6 +16,30 @@ pub struct Settings {
     /// Salt's file_roots and pillar_roots for `corpus-master render`.
     pub file_root: PathBuf,
     pub pillar_root: PathBuf,
+    /// How long finished jobs and their events are kept (see [`crate::retention`]).
+    pub retention: Retention,
+}
+
+/// What the background purge keeps. It never removes a running job, the job of a live
+/// deployment, the newest deployment a destroy or rollback replays, or the job that cooked a
+/// release; besides those it keeps, per project, the `jobs_per_project` newest jobs and every
+/// job younger than `job_age`. Expired sessions always go.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retention {
+    pub job_age: Duration,
+    pub jobs_per_project: usize,
+    /// How often the purge runs (also once at start).
+    pub purge_every: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        Retention {
+            job_age: Duration::from_secs(90 * 24 * 3600),
+            jobs_per_project: 50,
+            purge_every: Duration::from_secs(3600),
+        }
+    }
 }
 
 /// The config file's shape; every key is optional.
@@ -25,6 +49,42 @@ struct SettingsFile {
     heartbeat: Option<String>,
     file_root: Option<PathBuf>,
     pillar_root: Option<PathBuf>,
+    #[serde(default)]
+    retention: RetentionFile,
+}
+
+/// `retention:` in the config file.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct RetentionFile {
+    /// e.g. `90d`.
+    jobs_for: Option<String>,
+    jobs_per_project: Option<usize>,
+    /// e.g. `1h`.
+    purge_every: Option<String>,
+}
+
+impl RetentionFile {
+    fn resolve(&self) -> anyhow::Result<Retention> {
+        let defaults = Retention::default();
+        let duration = |key: &str, text: &Option<String>, default: Duration| match text {
+            Some(text) => corpus_runtime::parse_duration(text)
+                .map_err(|e| anyhow::anyhow!("config retention.{key}: {e}")),
+            None => Ok(default),
+        };
+        let retention = Retention {
+            job_age: duration("jobs_for", &self.jobs_for, defaults.job_age)?,
+            jobs_per_project: self.jobs_per_project.unwrap_or(defaults.jobs_per_project),
+            purge_every: duration("purge_every", &self.purge_every, defaults.purge_every)?,
+        };
+        if retention.jobs_per_project == 0 {
+            anyhow::bail!("config retention.jobs_per_project must be at least 1");
+        }
+        if retention.purge_every < Duration::from_secs(1) {
+            anyhow::bail!("config retention.purge_every is too short: use at least 1s");
+        }
+        Ok(retention)
+    }
 }
 
 /// Where settings come from: flags (which win) and an optional file.
@@ -61,6 +121,7 @@ impl SettingsSource {
         }
         Ok(Settings {
             heartbeat,
+            retention: file.retention.resolve()?,
             file_root: self
                 .file_root
                 .clone()
@@ -106,6 +167,37 @@ mod tests {
         );
         std::fs::write(&config, "heartbeat: 10ms\n")?;
         assert!(source.load(Path::new("/data")).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn retention_has_defaults_and_reads_the_file() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("master.yaml");
+        let source = SettingsSource {
+            config: Some(config.clone()),
+            ..Default::default()
+        };
+        std::fs::write(&config, "heartbeat: 10s\n")?;
+        assert_eq!(source.load(dir.path())?.retention, Retention::default());
+
+        std::fs::write(
+            &config,
+            "retention:\n  jobs_for: 7d\n  jobs_per_project: 3\n  purge_every: 10m\n",
+        )?;
+        let retention = source.load(dir.path())?.retention;
+        assert_eq!(
+            retention,
+            Retention {
+                job_age: Duration::from_secs(7 * 24 * 3600),
+                jobs_per_project: 3,
+                purge_every: Duration::from_secs(600),
+            }
+        );
+        std::fs::write(&config, "retention:\n  jobs_per_project: 0\n")?;
+        assert!(source.load(dir.path()).is_err());
+        std::fs::write(&config, "retention:\n  keep: 3\n")?;
+        assert!(source.load(dir.path()).is_err());
         Ok(())
     }
 }

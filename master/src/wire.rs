@@ -7,7 +7,9 @@ use tonic::Status;
 
 use crate::deploys::{ProjectStatus, PushRequest};
 use crate::error::MasterError;
-use crate::jobs::{JobEvent, JobOrder, JobOutcome, JobUpdate, ProjectUsage, ReleaseRef};
+use crate::jobs::{
+    JobEvent, JobOrder, JobOutcome, JobUpdate, ProjectRemoved, ProjectUsage, ReleaseRef,
+};
 use crate::link_registry::{LinkClosed, ToAgent};
 use crate::store::{
     AgentStatus, EnvironmentRecord, EventRecord, JobKind, JobRecord, JobState, Mode, ProjectRecord,
@@ -162,6 +164,16 @@ fn step_result(result: &str) -> pb::StepResult {
     }
 }
 
+/// A state's changes (retcode, stdout, stderr of a `cmd.run`...) as the agent sent them: kept
+/// whole for `jobs show`, as text if they are not JSON rather than dropped.
+fn changes_in(bytes: &[u8]) -> serde_json::Value {
+    if bytes.is_empty() {
+        return serde_json::Value::Null;
+    }
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| serde_json::Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
 pub fn job_event_in(event: pb::JobEvent) -> JobEvent {
     let result = match pb::StepResult::try_from(event.result) {
         Ok(pb::StepResult::Running) => "running",
@@ -177,7 +189,7 @@ pub fn job_event_in(event: pb::JobEvent) -> JobEvent {
             step: event.step,
             state_id: event.state_id,
             result: result.to_owned(),
-            changes: serde_json::from_slice(&event.changes_json).unwrap_or_default(),
+            changes: changes_in(&event.changes_json),
             comment: event.comment,
             duration_ms: event.duration_ms,
             timestamp_ms: event.timestamp_unix_ms,
@@ -235,6 +247,14 @@ fn job_outcome_out(o: JobOutcome) -> pb::JobFinished {
     }
 }
 
+pub fn project_removed_in(r: pb::ProjectRemoved) -> ProjectRemoved {
+    ProjectRemoved {
+        job_id: r.job_id,
+        env_uuid: r.env_uuid,
+        project: r.project,
+    }
+}
+
 pub fn usage_in(u: pb::ProjectUsage) -> ProjectUsage {
     ProjectUsage {
         env_uuid: u.env_uuid,
@@ -249,6 +269,13 @@ pub fn job_update(update: JobUpdate) -> Result<pb::JobUpdate, Status> {
     let body = match update {
         JobUpdate::Started(id) => Body::JobId(id),
         JobUpdate::Event(e) => Body::Event(job_event_out(&e.job_id, e.event)),
+        JobUpdate::Missed { job_id, count } => Body::Missed(pb::MissedUpdates {
+            hint: format!(
+                "{count} step events of job {job_id} were not shown because this client read too slowly; the master stored all of them: `corpus status` shows the outcome, and an operator lists every step with `corpus-master jobs show {job_id}`"
+            ),
+            job_id,
+            count,
+        }),
         JobUpdate::Finished(o) => Body::Finished(job_outcome_out(o)),
     };
     Ok(pb::JobUpdate { body: Some(body) })
@@ -284,7 +311,13 @@ pub fn to_agent(message: ToAgent) -> Result<pb::MasterMessage, Status> {
     use pb::master_message::Body;
     let body = match message {
         ToAgent::Job(order) => Body::Job(job_order(*order)),
-        ToAgent::Ack(job_id) => Body::Ack(pb::Ack { job_id }),
+        ToAgent::Ack {
+            job_id,
+            events_stored,
+        } => Body::Ack(pb::Ack {
+            job_id,
+            events_stored,
+        }),
         ToAgent::Close(why) => {
             return Err(match why {
                 LinkClosed::Replaced => {

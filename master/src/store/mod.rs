@@ -4,6 +4,7 @@
 //! Calls block on the disk: async code runs them through [`crate::MasterState::blocking`].
 
 mod jobs;
+mod retention;
 
 use std::sync::Arc;
 
@@ -250,12 +251,31 @@ impl Store {
             .collect()
     }
 
-    pub fn put_event(&self, job: &str, event: &EventRecord) -> Result<(), StoreError> {
-        self.put(
-            Tree::Events,
-            &format!("{job}/{:020}", event.sequence),
-            event,
-        )
+    /// Stores an event unless one with its sequence is already stored (the agent resends
+    /// events until they are acknowledged). True when it was new.
+    pub fn record_event(&self, job: &str, event: &EventRecord) -> Result<bool, StoreError> {
+        let key = format!("{job}/{:020}", event.sequence);
+        Ok(self
+            .db
+            .compare_and_swap(Tree::Events, key.as_bytes(), None, Some(&encode(event)))?)
+    }
+
+    /// How many of a job's events are stored from sequence 1 on without a gap.
+    pub fn events_stored(&self, job: &str) -> Result<u64, StoreError> {
+        let prefix = format!("{job}/");
+        let mut stored = 0u64;
+        for (key, _) in self.db.scan(Tree::Events, prefix.as_bytes())? {
+            let sequence = String::from_utf8_lossy(&key[prefix.len()..])
+                .parse::<u64>()
+                .unwrap_or(0);
+            // In key order (zero-padded): the first gap ends the run.
+            if sequence == stored + 1 {
+                stored = sequence;
+            } else if sequence > stored + 1 {
+                break;
+            }
+        }
+        Ok(stored)
     }
 
     pub fn events(&self, job: &str) -> Result<Vec<EventRecord>, StoreError> {
