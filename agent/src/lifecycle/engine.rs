@@ -22,7 +22,9 @@ use super::layout::ProjectLayout;
 use super::step::{
     COMMIT_AFTER, COOKING_STEPS, EDITABLE_STEPS, FINAL_STEPS, ROLLBACK_STEPS, Step, UNDO_STEPS,
 };
-use super::{JobOutcome, Mode, PhaseFileSources, ReleaseArchive, Reporter, Status, StepStatus};
+use super::{
+    Finished, JobOutcome, Mode, PhaseFileSources, ReleaseArchive, Reporter, Status, StepStatus,
+};
 use crate::state::{Executor, ServiceControl};
 
 pub(super) type StepResult = Result<(), StepFailure>;
@@ -225,16 +227,22 @@ impl Engine<'_> {
 
     // ---- ends of a job --------------------------------------------------------------------
 
+    /// Records the job's end: its deployment record, then its result handed to the reporter
+    /// (which keeps it), and only then the journal goes. A crash before the journal goes runs
+    /// recovery again, which ends here again with the same result.
     fn finish(&mut self, status: Status, message: String) -> JobOutcome {
         self.journal.message = message.clone();
         let mut message = message;
         if let Err(e) = history::write_status(self, status) {
             message.push_str(&format!(" (and {e})"));
         }
-        if let Err(e) = DeployJournal::remove(&self.layout) {
-            message.push_str(&format!(" (and cannot remove the journal: {e})"));
-        }
-        JobOutcome {
+        let release = if status == Status::Success {
+            // A deploy resumed after a crash bundled its release in the run that died.
+            self.release_out.take().or_else(|| self.kept_release())
+        } else {
+            None
+        };
+        let mut outcome = JobOutcome {
             status,
             failed_step: self
                 .journal
@@ -243,12 +251,29 @@ impl Engine<'_> {
             failed_state: self.journal.failed_state.clone(),
             message,
             deploy_id: self.journal.deploy_id.clone(),
-            release: if status == Status::Success {
-                self.release_out.take()
-            } else {
-                None
-            },
+            release,
+        };
+        let live = self.layout.live_id();
+        self.reporter.finished(&Finished {
+            env_uuid: &self.journal.env_uuid,
+            project: &self.journal.project,
+            live: live.as_deref(),
+            outcome: &outcome,
+        });
+        if let Err(e) = DeployJournal::remove(&self.layout) {
+            outcome
+                .message
+                .push_str(&format!(" (and cannot remove the journal: {e})"));
         }
+        outcome
+    }
+
+    /// The release a cooking deploy bundled, read back from `releases/<id>.json`.
+    fn kept_release(&self) -> Option<ReleaseArchive> {
+        if self.journal.kind != JournalKind::Deploy || self.journal.mode != Mode::Cooking {
+            return None;
+        }
+        history::kept_release(&self.layout, self.id())
     }
 
     fn succeed(&mut self) -> JobOutcome {

@@ -30,6 +30,49 @@ impl Recorder {
     }
 }
 
+/// What [`Reporter::finished`] received, and whether the journal was still on disk then.
+#[derive(Debug, Clone)]
+struct Handed {
+    journal_present: bool,
+    live: Option<String>,
+    status: Status,
+    release: Option<ReleaseArchive>,
+}
+
+/// A reporter that records only the final result, shared with the test, and checks that the
+/// project's journal is still there when the result is handed over.
+#[derive(Clone)]
+struct HandedOver {
+    journal: PathBuf,
+    log: std::sync::Arc<std::sync::Mutex<Vec<Handed>>>,
+}
+
+impl HandedOver {
+    fn new(f: &Fixture) -> HandedOver {
+        HandedOver {
+            journal: f.dir().join(".corpus/journal.json"),
+            log: Default::default(),
+        }
+    }
+
+    fn taken(&self) -> Vec<Handed> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Reporter for HandedOver {
+    fn step(&mut self, _: Step, _: &str, _: StepStatus, _: Value, _: &str, _: Duration) {}
+
+    fn finished(&mut self, result: &Finished<'_>) {
+        self.log.lock().unwrap().push(Handed {
+            journal_present: self.journal.exists(),
+            live: result.live.map(str::to_string),
+            status: result.outcome.status,
+            release: result.outcome.release.clone(),
+        });
+    }
+}
+
 /// A `cmd.run` state run from the project directory.
 fn cmd(phase: &str, id: &str, command: &str, cwd: &Path) -> Chunk {
     let mut args = serde_json::Map::new();
@@ -743,6 +786,40 @@ fn a_release_of_another_project_is_refused() {
     );
 }
 
+#[test]
+fn the_result_is_handed_over_before_the_journal_goes_naming_the_live_deployment() {
+    let f = Fixture::new();
+    let (first, _) = f.cook("v1", &[], json!({}));
+    let plans = f.plans(&[("build", "copy", "cp project/version run/version")]);
+    let mut job = f.job(JobKind::Deploy, Mode::Cooking, plans, json!({}));
+    job.source = Some(f.source("v2"));
+    let handed = HandedOver::new(&f);
+    let out = f.lc.run(&job, &mut handed.clone());
+    assert_eq!(out.status, Status::Success, "{}", out.message);
+    let taken = handed.taken();
+    assert_eq!(taken.len(), 1);
+    assert!(
+        taken[0].journal_present,
+        "the journal went before the result was kept"
+    );
+    assert_eq!(taken[0].live.as_deref(), Some(job.deploy_id.as_str()));
+    assert_eq!(taken[0].release, out.release);
+    assert!(!f.dir().join(".corpus/journal.json").exists());
+
+    let back = f.job(
+        JobKind::Rollback { to: None },
+        Mode::Cooking,
+        ProjectPlan::default(),
+        json!({}),
+    );
+    let handed = HandedOver::new(&f);
+    let out = f.lc.run(&back, &mut handed.clone());
+    assert_eq!(out.status, Status::Success, "{}", out.message);
+    let taken = handed.taken();
+    assert_eq!(taken[0].live.as_deref(), Some(first.deploy_id.as_str()));
+    assert!(taken[0].journal_present);
+}
+
 // ---- crash recovery -------------------------------------------------------------------------
 
 const CHILD_ENV: &str = "CORPUS_LIFECYCLE_CHILD";
@@ -823,14 +900,16 @@ fn crash_and_recover(step: &str, failing_build: bool) {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 
-    let mut seen = Vec::new();
-    let outcomes = f.lc.recover(&mut |job_id| {
-        seen.push(job_id.to_string());
-        Box::new(NullReporter)
-    });
+    let handed = HandedOver::new(&f);
+    let outcomes = f.lc.recover(&mut |_| Box::new(handed.clone()));
     assert_eq!(outcomes.len(), 1, "{step}");
     assert_eq!(outcomes[0].0, job.job_id);
     let out = &outcomes[0].1;
+    // The result is handed over (to be kept) before the journal goes, and says what is live.
+    let handed = handed.taken();
+    assert_eq!(handed.len(), 1, "{step}");
+    assert!(handed[0].journal_present, "{step}: journal gone first");
+    assert_eq!(handed[0].status, out.status, "{step}");
     assert!(!marker.exists());
     assert!(
         !f.dir().join(".corpus/journal.json").exists(),
@@ -841,7 +920,24 @@ fn crash_and_recover(step: &str, failing_build: bool) {
         assert_eq!(out.status, Status::Success, "{step}: {}", out.message);
         assert_eq!(f.read("run/version"), "v2", "{step}");
         assert_eq!(f.read("data/db"), "broken\n", "{step}");
+        assert_eq!(
+            handed[0].live.as_deref(),
+            Some(job.deploy_id.as_str()),
+            "{step}"
+        );
+        let release = handed[0].release.as_ref().expect("the cooked release");
+        assert_eq!(
+            fs::metadata(&release.path).map(|m| m.len()).ok(),
+            Some(release.size),
+            "{step}: the recovered result carries the release bundled before the crash"
+        );
     } else {
+        assert_eq!(
+            handed[0].live.as_deref(),
+            Some(first.deploy_id.as_str()),
+            "{step}"
+        );
+        assert!(handed[0].release.is_none(), "{step}");
         assert_eq!(out.status, Status::RolledBack, "{step}: {}", out.message);
         assert_eq!(run_tree(&f), before, "{step}: run/ back on the old tree");
         assert_eq!(f.read("data/db"), "v1-data", "{step}: data/ intact");
