@@ -20,7 +20,8 @@ use super::history;
 use super::journal::{DeployJournal, DeployProgress, JobSpec, JournalKind};
 use super::layout::ProjectLayout;
 use super::step::{
-    COMMIT_AFTER, COOKING_STEPS, EDITABLE_STEPS, FINAL_STEPS, ROLLBACK_STEPS, Step, UNDO_STEPS,
+    COMMIT_AFTER, COOKING_STEPS, EDITABLE_STEPS, FINAL_STEPS, ROLLBACK_COMMIT_AFTER,
+    ROLLBACK_STEPS, Step, UNDO_STEPS,
 };
 use super::{
     Finished, JobOutcome, Mode, PhaseFileSources, ReleaseArchive, Reporter, Status, StepStatus,
@@ -112,7 +113,11 @@ impl Engine<'_> {
                 }
                 return self.fail(f);
             }
-            if step == COMMIT_AFTER && self.journal.kind == JournalKind::Deploy {
+            let commits = match self.journal.kind {
+                JournalKind::Deploy => COMMIT_AFTER,
+                JournalKind::Rollback | JournalKind::Destroy => ROLLBACK_COMMIT_AFTER,
+            };
+            if step == commits {
                 self.journal.phase = DeployProgress::Committed;
             }
         }
@@ -288,13 +293,14 @@ impl Engine<'_> {
         self.finish(Status::Success, msg)
     }
 
-    /// A step failed: editable and requested rollbacks stop here; cooking and final undo.
+    /// A step failed: editable deploys stop here; cooking and final deploys and requested
+    /// rollbacks are undone.
     pub fn fail(&mut self, f: StepFailure) -> JobOutcome {
         let message = f.error.to_string();
         self.journal.failed_step = Some(f.step);
         self.journal.failed_state = f.state;
         self.journal.message = message.clone();
-        if self.journal.mode == Mode::Editable || self.journal.kind == JournalKind::Rollback {
+        if self.journal.mode == Mode::Editable {
             if self.journal.kind == JournalKind::Deploy {
                 self.notify(Status::Failed);
             }
@@ -350,29 +356,62 @@ impl Engine<'_> {
                 problems.push(f.error.to_string());
             }
         }
-        let back_to = self.journal.previous_live.clone();
-        let mut msg = format!(
-            "step {failed_step} failed{}: {first}; rolled back to {}",
-            if self.journal.failed_state.is_empty() {
-                String::new()
-            } else {
-                format!(" at state {:?}", self.journal.failed_state)
-            },
-            back_to.as_deref().unwrap_or("the empty tree")
-        );
-        if !problems.is_empty() {
-            msg.push_str(&format!(" (rollback problems: {})", problems.join("; ")));
-        }
+        let (status, mut msg) = self.undo_message(failed_step, &first, &problems);
         let st = if problems.is_empty() {
             StepStatus::Success
         } else {
             StepStatus::Failed
         };
         self.report(Step::Rollback, st, &msg, t.elapsed());
-        self.notify(Status::RolledBack);
+        self.notify(status);
         if let Err(f) = self.run_phase(Phase::Notify) {
             msg.push_str(&format!(" (notify: {})", f.error));
         }
-        self.finish(Status::RolledBack, msg)
+        self.finish(status, msg)
+    }
+
+    /// The undo's status and message. A deploy undone completely is `rolled_back`; an undo
+    /// that did not complete is `failed` (the service may be down: a state of the undo failed),
+    /// and so is a requested rollback that had to be undone.
+    fn undo_message(
+        &self,
+        failed_step: &str,
+        first: &str,
+        problems: &[String],
+    ) -> (Status, String) {
+        let back_to = self
+            .journal
+            .previous_live
+            .as_deref()
+            .unwrap_or("the empty tree");
+        let at_state = if self.journal.failed_state.is_empty() {
+            String::new()
+        } else {
+            format!(" at state {:?}", self.journal.failed_state)
+        };
+        let what = match (self.journal.kind, &self.journal.target) {
+            (JournalKind::Rollback, target) => format!(
+                "the rollback to {} failed at step {failed_step}{at_state}: {first}",
+                target.as_deref().unwrap_or("?")
+            ),
+            _ => format!("step {failed_step} failed{at_state}: {first}"),
+        };
+        if !problems.is_empty() {
+            return (
+                Status::Failed,
+                format!(
+                    "{what}; returning to {back_to} did not complete ({}): the service may be \
+                     down; fix the project, then push again or roll back",
+                    problems.join("; ")
+                ),
+            );
+        }
+        match self.journal.kind {
+            JournalKind::Rollback => (Status::Failed, format!("{what}; undone: back on {back_to}")),
+            _ => (
+                Status::RolledBack,
+                format!("{what}; rolled back to {back_to}"),
+            ),
+        }
     }
 }

@@ -362,6 +362,9 @@ impl Engine<'_> {
 
     /// The filesystem part of the undo; each move happens only if still needed.
     pub(super) fn revert(&mut self) -> Result<String, StepError> {
+        if self.journal.kind == JournalKind::Rollback {
+            return self.revert_rollback();
+        }
         let l = self.layout.clone();
         let id = self.id().to_string();
         let arch = self.archive_dir();
@@ -430,6 +433,51 @@ impl Engine<'_> {
             let _ = fs::remove_dir_all(arch.join("data.partial"));
         }
         Ok(format!("run/ back on {back}; {data_msg}"))
+    }
+}
+
+impl Engine<'_> {
+    /// Undoes a requested rollback's moves: the target's tree and data go back to the archive
+    /// they came from (so the rollback can be tried again), the tree and data that were live
+    /// come back from this job's archive.
+    fn revert_rollback(&mut self) -> Result<String, StepError> {
+        let l = self.layout.clone();
+        let arch = self.archive_dir();
+        let source = l.archive(self.journal.source_archive.as_deref().unwrap_or_default());
+        let Some(prev) = self.journal.previous_live.clone() else {
+            return Err(StepError::Invalid(
+                "the rollback's journal names no deployment that was live before it".into(),
+            ));
+        };
+        if let Some(target) = self.journal.target.clone()
+            && target != prev
+            && l.tree(&target).is_dir()
+            && !source.join("run").exists()
+        {
+            rename_durable(&l.tree(&target), &source.join("run"))?;
+        }
+        let mut data_msg = "data/ untouched";
+        if arch.join("data").is_dir() {
+            if l.data().exists() {
+                let back = source.join("data");
+                let to = if back.exists() {
+                    arch.join("data.failed")
+                } else {
+                    back
+                };
+                remove_tree(&arch.join("data.failed")).at("remove", arch.join("data.failed"))?;
+                rename_durable(&l.data(), &to)?;
+            }
+            rename_durable(&arch.join("data"), &l.data())?;
+            data_msg = "data/ back";
+        }
+        if arch.join("run").is_dir() && !l.tree(&prev).exists() {
+            rename_durable(&arch.join("run"), &l.tree(&prev))?;
+        }
+        l.set_current(Some(&prev))
+            .at("point deploy/current at", l.tree(&prev))?;
+        set_link(&l.run(), Path::new(RUN_TARGET)).at("link", l.run())?;
+        Ok(format!("run/ back on deploy/{prev}; {data_msg}"))
     }
 }
 
