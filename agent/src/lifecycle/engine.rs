@@ -15,7 +15,7 @@ use corpus_states::{Phase, ProjectSettings};
 use serde_json::Value;
 
 use super::archive::Limits;
-use super::error::{IoContext, StepError, StepFailure};
+use super::error::{IoContext, NO_SPACE_TEXT, StepError, StepFailure};
 use super::history;
 use super::journal::{DeployJournal, DeployProgress, JobSpec, JournalKind};
 use super::layout::ProjectLayout;
@@ -197,6 +197,7 @@ impl Engine<'_> {
             services: self.services.as_ref(),
         };
         let mut failed: Option<(String, String)> = None;
+        let mut disk_full = false;
         let reporter = &mut *self.reporter;
         executor.run_with(&plan, |k| {
             let r = &k.result;
@@ -207,6 +208,12 @@ impl Engine<'_> {
             };
             if status == StepStatus::Failed && failed.is_none() {
                 failed = Some((r.id.clone(), r.comment.clone()));
+                // A command's comment does not carry its output: ENOSPC shows in stderr.
+                disk_full = r
+                    .changes
+                    .get("stderr")
+                    .and_then(Value::as_str)
+                    .is_some_and(|e| e.contains(NO_SPACE_TEXT));
             }
             reporter.step(
                 step,
@@ -219,14 +226,18 @@ impl Engine<'_> {
         });
         match failed {
             None => Ok(()),
-            Some((state, comment)) => Err(StepFailure::new(
-                step,
-                StepError::State {
-                    phase,
-                    state,
-                    comment,
-                },
-            )),
+            Some((state, comment)) => {
+                let mut failure = StepFailure::new(
+                    step,
+                    StepError::State {
+                        phase,
+                        state,
+                        comment,
+                    },
+                );
+                failure.disk_full |= disk_full;
+                Err(failure)
+            }
         }
     }
 
@@ -300,6 +311,7 @@ impl Engine<'_> {
         self.journal.failed_step = Some(f.step);
         self.journal.failed_state = f.state;
         self.journal.message = message.clone();
+        self.journal.disk_full = f.disk_full;
         if self.journal.mode == Mode::Editable {
             if self.journal.kind == JournalKind::Deploy {
                 self.notify(Status::Failed);
@@ -406,11 +418,19 @@ impl Engine<'_> {
                 ),
             );
         }
+        let full = if self.journal.disk_full {
+            "; the disk is full: the failed tree and data were removed, not kept"
+        } else {
+            ""
+        };
         match self.journal.kind {
-            JournalKind::Rollback => (Status::Failed, format!("{what}; undone: back on {back_to}")),
+            JournalKind::Rollback => (
+                Status::Failed,
+                format!("{what}; undone: back on {back_to}{full}"),
+            ),
             _ => (
                 Status::RolledBack,
-                format!("{what}; rolled back to {back_to}"),
+                format!("{what}; rolled back to {back_to}{full}"),
             ),
         }
     }

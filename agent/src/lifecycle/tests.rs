@@ -787,6 +787,65 @@ fn a_release_of_another_project_is_refused() {
 }
 
 #[test]
+fn a_deploy_failing_on_a_full_disk_keeps_no_failed_tree_and_says_so() {
+    let f = Fixture::new();
+    let (first, _) = f.cook("v1", &[], json!({}));
+    fs::write(f.dir().join("data/db"), "v1-data").unwrap();
+    let (job, out) = f.cook(
+        "v2",
+        &[
+            ("build", "scribble", "echo broken > data/db"),
+            // A real ENOSPC, as a build filling the disk gets it.
+            ("build", "fill", "cp project/version /dev/full"),
+        ],
+        json!({}),
+    );
+    assert_eq!(out.status, Status::RolledBack, "{}", out.message);
+    assert!(out.message.contains("disk is full"), "{}", out.message);
+    let arch = f.dir().join("archives").join(&job.deploy_id);
+    assert!(!arch.join("run.failed").exists(), "failed tree kept");
+    assert!(!arch.join("data.failed").exists(), "failed data kept");
+    assert!(!f.dir().join("deploy").join(&job.deploy_id).exists());
+    assert_eq!(f.read("data/db"), "v1-data");
+    assert_eq!(
+        f.lc.status(&f.env, PROJECT).live.as_deref(),
+        Some(first.deploy_id.as_str())
+    );
+}
+
+#[test]
+fn failed_trees_are_rotated_under_keep_archives() {
+    let f = Fixture::new();
+    let settings = json!({"keep_archives": 1});
+    f.cook("v1", &[], settings.clone());
+    let mut failed = Vec::new();
+    for version in ["v2", "v3", "v4"] {
+        let (job, out) = f.cook(version, &[("build", "compile", "false")], settings.clone());
+        assert_eq!(out.status, Status::RolledBack, "{}", out.message);
+        failed.push(f.dir().join("archives").join(&job.deploy_id));
+    }
+    let keeps =
+        |arch: &PathBuf| arch.join("run.failed").exists() || arch.join("data.failed").exists();
+    assert!(
+        keeps(&failed[2]),
+        "the newest failure is kept for inspection"
+    );
+    assert!(
+        !keeps(&failed[0]) && !keeps(&failed[1]),
+        "older failed trees rotated"
+    );
+    // Their records stay: `corpus status` still lists the failures.
+    assert!(failed[0].join("status.json").exists());
+    f.lc.sweep(&f.env, PROJECT);
+    let trash: Vec<_> = fs::read_dir(f.dir().join("archives"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".trash-"))
+        .collect();
+    assert!(trash.is_empty(), "swept after the job");
+}
+
+#[test]
 fn a_start_failing_during_the_undo_is_reported_as_failed_not_rolled_back() {
     let f = Fixture::new();
     let (first, _) = f.cook("v1", &[], json!({}));
