@@ -381,6 +381,47 @@ fn a_graceful_stop_mid_deploy_finishes_the_job_and_its_result_reaches_the_master
 }
 
 #[test]
+fn a_master_down_when_a_build_ends_gets_the_release_once_it_is_back() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start()?;
+    let source = cluster.root.path().join("src");
+    let staging = cooked(&cluster, &source)?;
+    let building = cluster.root.path().join("building");
+    let slow_build = format!(
+        "copy_app:\n  cmd.run:\n    - name: touch {} && sleep 1 && cp -a {{{{ common.project_dir }}}}/app/. {{{{ common.run_dir }}}}/\n",
+        building.display()
+    );
+    sample_project(&source, "v2", &[("build.sls", &slow_build)])?;
+    let path = source.display().to_string();
+    let mut push = cluster.corpus_spawn(&["push", "local", &staging, "app", "--path", &path])?;
+    wait_until("the build to start", || Ok(building.exists()))?;
+    let (addr, data_dir) = (cluster.master.addr.clone(), cluster.master.data_dir.clone());
+    cluster.master.proc.kill();
+    push.kill();
+    wait_until("the agent to retry the release upload", || {
+        Ok(cluster
+            .agent
+            .proc
+            .log_text()
+            .contains("cannot take the release now"))
+    })?;
+    cluster.master = corpus_tests::Master::serve(&data_dir, &addr)?;
+    wait_until("the master to record the deploy", || {
+        let status = cluster.status(&staging, "app")?;
+        let all = deployments(&status);
+        Ok(all.len() == 2 && all.iter().all(|d| d["result"] != "running"))
+    })?;
+    let status = cluster.status(&staging, "app")?;
+    assert_eq!(deployments(&status)[1]["result"], "success", "{status}");
+    let releases = status["releases"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        releases.len(),
+        2,
+        "the cooked release is recorded: {status}"
+    );
+    Ok(())
+}
+
+#[test]
 fn bad_pushes_fail_clearly_and_change_nothing_on_the_agent() -> anyhow::Result<()> {
     let cluster = Cluster::start()?;
     let source = cluster.root.path().join("src");
