@@ -21,7 +21,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::blobs::{self, UploadError, blob_file, valid_hex};
 use crate::enroll::AgentIdentity;
 use crate::lifecycle::{self, Finished, JobOutcome, Lifecycle, Reporter, Step, StepStatus};
-use crate::results::{self, RunningJobs, StoredResult, wire_status};
+use crate::results::{self, RunningJobs, StoredResult, capped_text, wire_status};
 
 /// Messages for the master, queued across reconnects.
 pub type Outbox = UnboundedSender<AgentMessage>;
@@ -54,6 +54,27 @@ pub fn deliver(state_dir: &Path, outbox: &Outbox, result: StoredResult) {
     let _ = outbox.send(AgentMessage {
         body: Some(agent_message::Body::Finished(result.into_message())),
     });
+}
+
+/// What one event's changes may weigh once encoded, and its comment: together far under the
+/// link's 16 MiB message limit, so no state's output can end the link (README, "Limits").
+pub const CHANGES_CAP_BYTES: usize = 4 * 1024 * 1024;
+pub const COMMENT_CAP_BYTES: usize = 64 * 1024;
+
+/// The changes as JSON, or a note saying they were dropped for their size.
+fn capped_changes(changes: &serde_json::Value) -> Vec<u8> {
+    let json = serde_json::to_vec(changes).unwrap_or_default();
+    if json.len() <= CHANGES_CAP_BYTES {
+        return json;
+    }
+    let note = serde_json::json!({
+        "corpus_truncated": format!(
+            "this state's changes ({} bytes) exceed the {CHANGES_CAP_BYTES} bytes an event may \
+             carry and were dropped",
+            json.len()
+        )
+    });
+    serde_json::to_vec(&note).unwrap_or_default()
 }
 
 /// Streams lifecycle steps to the master as JobEvents, and keeps the job's result on disk
@@ -102,8 +123,8 @@ impl Reporter for OutboxReporter {
             step: step.as_str().to_owned(),
             state_id: state_id.to_owned(),
             result: result as i32,
-            changes_json: serde_json::to_vec(&changes).unwrap_or_default(),
-            comment: comment.to_owned(),
+            changes_json: capped_changes(&changes),
+            comment: capped_text(comment, COMMENT_CAP_BYTES),
             duration_ms: duration.as_millis() as u64,
             timestamp_unix_ms: time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64
                 / 1_000_000,
@@ -422,5 +443,38 @@ pub async fn resume_uploads(ctx: Arc<JobContext>) {
         let span = info_span!("job", job = %result.job_id, env = %result.env_uuid, project = %result.project);
         info!(parent: &span, "resuming the release upload of a finished job");
         complete(&ctx, result).instrument(span).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oversized_state_result_becomes_an_event_that_says_it_was_cut() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let dir = tempfile::tempdir().unwrap();
+        let mut reporter = OutboxReporter::new("job-1", tx, dir.path());
+        let huge = "é".repeat(CHANGES_CAP_BYTES);
+        reporter.step(
+            Step::Phase(corpus_states::Phase::Build),
+            "noisy",
+            StepStatus::Success,
+            serde_json::json!({"diff": huge}),
+            &huge,
+            Duration::ZERO,
+        );
+        let Some(agent_message::Body::Event(event)) = rx.try_recv().unwrap().body else {
+            panic!("not an event");
+        };
+        assert!(event.changes_json.len() < 1024);
+        let changes: serde_json::Value = serde_json::from_slice(&event.changes_json).unwrap();
+        let note = changes["corpus_truncated"].as_str().unwrap();
+        assert!(note.contains(&CHANGES_CAP_BYTES.to_string()), "{note}");
+        assert!(event.comment.len() < COMMENT_CAP_BYTES + 100);
+        assert!(event.comment.ends_with(" bytes]"));
+        assert!(
+            event.changes_json.len() + event.comment.len() < corpus_proto::MAX_MESSAGE_BYTES / 4
+        );
     }
 }

@@ -54,6 +54,25 @@ pub struct StoredResult {
     pub pending_release: Option<ReleaseArchive>,
 }
 
+/// `text` cut to at most `cap` bytes (on a character boundary), saying so.
+pub fn capped_text(text: &str, cap: usize) -> String {
+    if text.len() <= cap {
+        return text.to_owned();
+    }
+    let mut end = cap;
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    format!(
+        "{} [corpus: cut at {cap} of {} bytes]",
+        &text[..end],
+        text.len()
+    )
+}
+
+/// What a result's message may weigh (README, "Limits").
+pub const MESSAGE_CAP_BYTES: usize = 64 * 1024;
+
 /// The wire status of a lifecycle status.
 pub fn wire_status(status: lifecycle::Status) -> JobStatus {
     match status {
@@ -76,7 +95,7 @@ impl StoredResult {
             status: wire_status(outcome.status) as i32,
             failed_step: outcome.failed_step.clone(),
             failed_state: outcome.failed_state.clone(),
-            message: outcome.message.clone(),
+            message: capped_text(&outcome.message, MESSAGE_CAP_BYTES),
             deploy_id: outcome.deploy_id.clone(),
             release: None,
             duration_ms,
