@@ -965,44 +965,39 @@ fn crash_child() {
     };
     let spec: Value = serde_json::from_str(&spec).unwrap();
     let s = |k: &str| spec[k].as_str().unwrap_or_default().to_string();
+    let path = |k: &str| spec[k].as_str().map(PathBuf::from);
     let plans: ProjectPlan = serde_json::from_value(spec["plans"].clone()).unwrap();
     let job = Job {
         job_id: s("job_id"),
-        kind: JobKind::Deploy,
+        kind: match s("kind").as_str() {
+            "rollback" => JobKind::Rollback { to: None },
+            _ => JobKind::Deploy,
+        },
         env_uuid: s("env"),
         project: PROJECT.into(),
-        mode: Mode::Cooking,
+        mode: serde_json::from_value(spec["mode"].clone()).unwrap(),
         deploy_id: s("deploy_id"),
         plans,
         common: spec["common"].clone(),
         pillar: json!({}),
         grains: json!({}),
-        source: Some(PathBuf::from(s("source"))),
-        release: None,
+        source: path("source"),
+        release: path("release"),
         commit: "c2".into(),
         requested_by: "alice".into(),
     };
     Lifecycle::new(PathBuf::from(s("root"))).run(&job, &mut NullReporter);
 }
 
-/// Runs a cooking deploy in a child process paused at `step`, SIGKILLs it there, recovers.
-fn crash_and_recover(step: &str, failing_build: bool) {
-    let f = Fixture::new();
-    let (first, out) = f.cook("v1", &[], json!({}));
-    assert_eq!(out.status, Status::Success);
-    fs::write(f.dir().join("data/db"), "v1-data").unwrap();
-    let before = run_tree(&f);
-    let mut states = vec![
-        ("build", "copy", "cp project/version run/version"),
-        ("build", "scribble", "echo broken > data/db"),
-    ];
-    if failing_build {
-        states.push(("build", "compile", "false"));
-    }
-    let job = f.job(JobKind::Deploy, Mode::Cooking, f.plans(&states), json!({}));
+/// Runs `job` in a child process paused at `step`, SIGKILLs it there, and recovers. Checks
+/// what holds after any crash: one outcome, for this job, handed over (to be kept) before the
+/// journal went; no journal or pause marker left. Returns the outcome and what was handed over.
+fn crash_at(f: &Fixture, job: &Job, step: &str) -> (JobOutcome, Handed) {
     let spec = json!({
         "job_id": job.job_id, "env": f.env, "deploy_id": job.deploy_id,
-        "plans": job.plans, "common": job.common, "source": f.source("v2"),
+        "kind": if matches!(job.kind, JobKind::Rollback { .. }) { "rollback" } else { "deploy" },
+        "mode": job.mode, "plans": job.plans, "common": job.common,
+        "source": job.source, "release": job.release,
         "root": f.base.join("root"),
     });
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
@@ -1031,32 +1026,53 @@ fn crash_and_recover(step: &str, failing_build: bool) {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 
-    let handed = HandedOver::new(&f);
-    let outcomes = f.lc.recover(&mut |_| Box::new(handed.clone()));
+    let handed = HandedOver::new(f);
+    let mut outcomes = f.lc.recover(&mut |_| Box::new(handed.clone()));
     assert_eq!(outcomes.len(), 1, "{step}");
-    assert_eq!(outcomes[0].0, job.job_id);
-    let out = &outcomes[0].1;
-    // The result is handed over (to be kept) before the journal goes, and says what is live.
-    let handed = handed.taken();
-    assert_eq!(handed.len(), 1, "{step}");
-    assert!(handed[0].journal_present, "{step}: journal gone first");
-    assert_eq!(handed[0].status, out.status, "{step}");
+    let (job_id, out) = outcomes.remove(0);
+    assert_eq!(job_id, job.job_id);
     assert!(!marker.exists());
     assert!(
         !f.dir().join(".corpus/journal.json").exists(),
         "{step}: journal left"
     );
+    // The result is handed over (to be kept) before the journal goes, and says what is live.
+    let mut handed = handed.taken();
+    assert_eq!(handed.len(), 1, "{step}");
+    let handed = handed.remove(0);
+    assert!(handed.journal_present, "{step}: journal gone first");
+    assert_eq!(handed.status, out.status, "{step}");
+    (out, handed)
+}
+
+/// Runs a cooking deploy in a child process paused at `step`, SIGKILLs it there, recovers.
+fn crash_and_recover(step: &str, failing_build: bool) {
+    let f = Fixture::new();
+    let (first, out) = f.cook("v1", &[], json!({}));
+    assert_eq!(out.status, Status::Success);
+    fs::write(f.dir().join("data/db"), "v1-data").unwrap();
+    let before = run_tree(&f);
+    let mut states = vec![
+        ("build", "copy", "cp project/version run/version"),
+        ("build", "scribble", "echo broken > data/db"),
+    ];
+    if failing_build {
+        states.push(("build", "compile", "false"));
+    }
+    let mut job = f.job(JobKind::Deploy, Mode::Cooking, f.plans(&states), json!({}));
+    job.source = Some(f.source("v2"));
+    let (out, handed) = crash_at(&f, &job, step);
     let committed = ["rotate", "notify"].contains(&step);
     if committed {
         assert_eq!(out.status, Status::Success, "{step}: {}", out.message);
         assert_eq!(f.read("run/version"), "v2", "{step}");
         assert_eq!(f.read("data/db"), "broken\n", "{step}");
         assert_eq!(
-            handed[0].live.as_deref(),
+            handed.live.as_deref(),
             Some(job.deploy_id.as_str()),
             "{step}"
         );
-        let release = handed[0].release.as_ref().expect("the cooked release");
+        let release = handed.release.as_ref().expect("the cooked release");
         assert_eq!(
             fs::metadata(&release.path).map(|m| m.len()).ok(),
             Some(release.size),
@@ -1064,11 +1080,11 @@ fn crash_and_recover(step: &str, failing_build: bool) {
         );
     } else {
         assert_eq!(
-            handed[0].live.as_deref(),
+            handed.live.as_deref(),
             Some(first.deploy_id.as_str()),
             "{step}"
         );
-        assert!(handed[0].release.is_none(), "{step}");
+        assert!(handed.release.is_none(), "{step}");
         assert_eq!(out.status, Status::RolledBack, "{step}: {}", out.message);
         assert_eq!(run_tree(&f), before, "{step}: run/ back on the old tree");
         assert_eq!(f.read("data/db"), "v1-data", "{step}: data/ intact");
@@ -1091,6 +1107,146 @@ fn crash_at_each_step_boundary_recovers() {
 fn crash_during_the_rollback_recovers() {
     for step in UNDO_STEPS {
         crash_and_recover(&format!("rollback_{step}"), true);
+    }
+}
+
+/// Releases v1 and v2 cooked in a staging fixture (kept alive by the caller).
+fn two_releases() -> (Fixture, PathBuf, PathBuf) {
+    let staging = Fixture::new();
+    let (_, one) = staging.cook("v1", &[], json!({}));
+    let (_, two) = staging.cook("v2", &[], json!({}));
+    let (one, two) = (one.release.unwrap().path, two.release.unwrap().path);
+    (staging, one, two)
+}
+
+/// A final deploy of release v2 over v1, in a child paused at `step`, SIGKILLed, recovered.
+fn crash_final_and_recover(step: &str, failing: bool) {
+    let (_staging, v1, v2) = two_releases();
+    let f = Fixture::new();
+    fs::create_dir_all(f.dir().join("data")).unwrap();
+    let mut first = f.job(
+        JobKind::Deploy,
+        Mode::Final,
+        ProjectPlan::default(),
+        json!({}),
+    );
+    first.release = Some(v1);
+    let out = f.lc.run(&first, &mut NullReporter);
+    assert_eq!(out.status, Status::Success, "{}", out.message);
+    fs::write(f.dir().join("data/db"), "v1-data").unwrap();
+    let before = run_tree(&f);
+    let mut states = vec![("upgrade", "scribble", "echo broken > data/db")];
+    if failing {
+        states.push(("upgrade", "migrate", "false"));
+    }
+    let mut job = f.job(JobKind::Deploy, Mode::Final, f.plans(&states), json!({}));
+    job.release = Some(v2.clone());
+    let (out, handed) = crash_at(&f, &job, step);
+    if ["rotate", "notify"].contains(&step) {
+        assert_eq!(out.status, Status::Success, "{step}: {}", out.message);
+        assert_eq!(f.read("run/version"), "v2", "{step}");
+        assert_eq!(
+            handed.live.as_deref(),
+            Some(job.deploy_id.as_str()),
+            "{step}"
+        );
+    } else {
+        assert_eq!(out.status, Status::RolledBack, "{step}: {}", out.message);
+        assert_eq!(run_tree(&f), before, "{step}: run/ back on the old tree");
+        assert_eq!(f.read("data/db"), "v1-data", "{step}: data/ intact");
+        assert_eq!(
+            handed.live.as_deref(),
+            Some(first.deploy_id.as_str()),
+            "{step}"
+        );
+    }
+    assert!(
+        handed.release.is_none(),
+        "{step}: final mode uploads nothing"
+    );
+    let mut next = f.job(
+        JobKind::Deploy,
+        Mode::Final,
+        ProjectPlan::default(),
+        json!({}),
+    );
+    next.release = Some(v2);
+    let out = f.lc.run(&next, &mut NullReporter);
+    assert_eq!(out.status, Status::Success, "{step}: {}", out.message);
+}
+
+#[test]
+fn crash_at_each_step_of_a_final_deploy_recovers() {
+    for step in FINAL_STEPS {
+        crash_final_and_recover(step.as_str(), false);
+    }
+}
+
+#[test]
+fn crash_during_the_undo_of_a_final_deploy_recovers() {
+    for step in UNDO_STEPS {
+        crash_final_and_recover(&format!("rollback_{step}"), true);
+    }
+}
+
+/// `corpus rollback` from v2 to v1 in a child paused at `step`, SIGKILLed, recovered. With
+/// `v1_cannot_start`, start.sls fails on v1 and the rollback is undone.
+fn crash_rollback_and_recover(step: &str, v1_cannot_start: bool) {
+    let f = Fixture::new();
+    let (first, _) = f.cook("v1", &[], json!({}));
+    let (second, _) = f.cook("v2", &[], json!({}));
+    fs::write(f.dir().join("data/db"), "v2-data").unwrap();
+    let plans = if v1_cannot_start {
+        f.plans(&[("start", "start_app", "test \"$(cat run/version)\" != v1")])
+    } else {
+        ProjectPlan::default()
+    };
+    let job = f.job(
+        JobKind::Rollback { to: None },
+        Mode::Cooking,
+        plans,
+        json!({}),
+    );
+    let (out, handed) = crash_at(&f, &job, step);
+    if v1_cannot_start {
+        assert_eq!(out.status, Status::Failed, "{step}: {}", out.message);
+        assert!(out.message.contains("undone"), "{step}: {}", out.message);
+        assert_eq!(f.read("run/version"), "v2", "{step}");
+        assert_eq!(f.read("data/db"), "v2-data", "{step}: data/ back");
+        assert_eq!(
+            handed.live.as_deref(),
+            Some(second.deploy_id.as_str()),
+            "{step}"
+        );
+    } else {
+        // A requested rollback is finished after a crash, not undone.
+        assert_eq!(out.status, Status::Success, "{step}: {}", out.message);
+        assert_eq!(f.read("run/version"), "v1", "{step}");
+        assert_eq!(f.read("data/seen"), "v1\n", "{step}: v1's data with it");
+        assert_eq!(
+            handed.live.as_deref(),
+            Some(first.deploy_id.as_str()),
+            "{step}"
+        );
+    }
+    let st = f.lc.status(&f.env, PROJECT);
+    assert_eq!(st.live, handed.live, "{step}");
+    // Usable again: a deploy runs.
+    let (_, next) = f.cook("v3", &[], json!({}));
+    assert_eq!(next.status, Status::Success, "{step}: {}", next.message);
+}
+
+#[test]
+fn crash_at_each_step_of_a_requested_rollback_recovers() {
+    for step in ROLLBACK_STEPS {
+        crash_rollback_and_recover(step.as_str(), false);
+    }
+}
+
+#[test]
+fn crash_during_the_undo_of_a_failed_requested_rollback_recovers() {
+    for step in UNDO_STEPS {
+        crash_rollback_and_recover(&format!("rollback_{step}"), true);
     }
 }
 
