@@ -322,9 +322,9 @@ impl Engine<'_> {
         self.undo()
     }
 
-    /// The rollback of a failed (or interrupted) deploy: stop.sls, failed tree kept as
-    /// `archives/<id>/run.failed`, previous tree and data back (renames), restore.sls,
-    /// start.sls.
+    /// The rollback of a failed (or interrupted) deploy or requested rollback: stop.sls, the
+    /// failed tree kept as `archives/<id>/run.failed` (removed when the disk is full), previous
+    /// tree and data back (renames), restore.sls, start.sls.
     pub fn undo(&mut self) -> JobOutcome {
         let t = Instant::now();
         self.journal.phase = DeployProgress::RollingBack;

@@ -23,7 +23,8 @@
 //! On disk (`ProjectLayout`): `run -> deploy/current -> <deploy id>` (cooking, final) or
 //! `run -> project` (editable); `archives/<id>/` holds `status.json`, `data/` (the backup taken
 //! before deploy `<id>`), `run/` (the tree that was live before `<id>`, with its record as
-//! `previous.json`), and after a failure `run.failed/` and `data.failed/`; `.corpus/` holds the
+//! `previous.json`), and after a failure `run.failed/` and `data.failed/` (for the newest
+//! `keep_archives` failures, none when the disk was full); `.corpus/` holds the
 //! lock, `journal.json` and `job.json` of the running job.
 
 mod archive;
