@@ -1,26 +1,27 @@
-//! Running the master's jobs on this agent: convert the wire job, fetch its blobs (verified by
-//! sha256), run the lifecycle on a blocking thread while its events stream to the master,
-//! upload a cooked release, and keep the result on disk until the master acknowledges it, so
-//! that neither a master restart nor a broken link loses a result.
+//! Running the master's jobs on this agent: convert the wire job, fetch its blobs, run the
+//! lifecycle on a blocking thread while its events stream to the master, upload a cooked
+//! release, and hand the result to the outbox of results (`results.rs`), where it stays until
+//! the master acknowledges it. A journaled job's result is kept before its journal goes (the
+//! reporter's `finished`), so neither a crash, a stop, a master restart nor a broken link loses
+//! a result.
 
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::Context;
-use corpus_proto::agent_link_client::AgentLinkClient;
 use corpus_proto::{
-    AgentMessage, BlobRef, FetchBlobRequest, JobEvent, JobFinished, JobKind as WireKind, JobStatus,
-    Mode as WireMode, ProjectUsage, StepResult, UploadBlobRequest, UploadHeader, agent_message,
-    upload_blob_request,
+    AgentMessage, JobEvent, JobKind as WireKind, Mode as WireMode, ProjectUsage, StepResult,
+    agent_message,
 };
-use sha2::{Digest, Sha256};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use corpus_runtime::Signal;
 use tokio::sync::mpsc::UnboundedSender;
+use tokio::sync::watch;
 use tracing::{Instrument, info, info_span, warn};
 
+use crate::blobs::{self, UploadError, blob_file, valid_hex};
 use crate::enroll::AgentIdentity;
-use crate::lifecycle::{self, JobOutcome, Lifecycle, Reporter, Step, StepStatus};
+use crate::lifecycle::{self, Finished, JobOutcome, Lifecycle, Reporter, Step, StepStatus};
+use crate::results::{self, RunningJobs, StoredResult, capped_text, wire_status};
 
 /// Messages for the master, queued across reconnects.
 pub type Outbox = UnboundedSender<AgentMessage>;
@@ -36,24 +37,8 @@ pub struct JobContext {
     pub outbox: Outbox,
     /// Jobs received and not finished yet (their results then live in `results/`).
     pub running: RunningJobs,
-}
-
-/// Ids of the jobs this agent is running; shared by every link it has over its life.
-pub type RunningJobs = Arc<std::sync::Mutex<std::collections::BTreeSet<String>>>;
-
-/// What the agent tells the master it knows of: jobs it runs, and jobs whose result the master
-/// has not acknowledged yet.
-pub fn known_jobs(running: &RunningJobs, state_dir: &Path) -> Vec<String> {
-    let mut known: std::collections::BTreeSet<String> =
-        running.lock().map(|set| set.clone()).unwrap_or_default();
-    if let Ok(entries) = std::fs::read_dir(results_dir(state_dir)) {
-        for e in entries.flatten() {
-            if let Some(id) = e.file_name().to_string_lossy().strip_suffix(".json") {
-                known.insert(id.to_owned());
-            }
-        }
-    }
-    known.into_iter().collect()
+    /// Says stop: a release upload waiting for the master gives up and resumes at next start.
+    pub stop: watch::Receiver<Signal>,
 }
 
 /// Marks a job as running before its task starts, so no heartbeat can miss it.
@@ -63,118 +48,54 @@ pub fn start(ctx: &JobContext, job_id: &str) {
     }
 }
 
-fn results_dir(state_dir: &Path) -> PathBuf {
-    state_dir.join("results")
-}
-
-/// Results not yet acknowledged by the master, for the next Hello.
-pub fn unacknowledged(state_dir: &Path) -> Vec<JobFinished> {
-    let Ok(entries) = std::fs::read_dir(results_dir(state_dir)) else {
-        return Vec::new();
-    };
-    entries
-        .flatten()
-        .filter_map(|e| std::fs::read(e.path()).ok())
-        .filter_map(|bytes| serde_json::from_slice::<StoredResult>(&bytes).ok())
-        .map(StoredResult::into_message)
-        .collect()
-}
-
-/// Forgets an acknowledged result.
-pub fn acknowledge(state_dir: &Path, job_id: &str) {
-    if valid_id(job_id) {
-        let _ = std::fs::remove_file(results_dir(state_dir).join(format!("{job_id}.json")));
-    }
-}
-
-fn valid_id(id: &str) -> bool {
-    !id.is_empty() && id.len() <= 64 && id.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'-')
-}
-
-/// A JobFinished as kept on disk until acknowledged.
-#[derive(serde::Serialize, serde::Deserialize)]
-struct StoredResult {
-    job_id: String,
-    status: i32,
-    failed_step: String,
-    failed_state: String,
-    message: String,
-    deploy_id: String,
-    release: Option<(String, u64)>,
-    duration_ms: u64,
-    used_bytes: u64,
-    live_deploy_id: String,
-}
-
-impl StoredResult {
-    fn into_message(self) -> JobFinished {
-        JobFinished {
-            job_id: self.job_id,
-            status: self.status,
-            failed_step: self.failed_step,
-            failed_state: self.failed_state,
-            message: self.message,
-            deploy_id: self.deploy_id,
-            release: self.release.map(|(digest, size)| BlobRef { digest, size }),
-            duration_ms: self.duration_ms,
-            used_bytes: self.used_bytes,
-            live_deploy_id: self.live_deploy_id,
-        }
-    }
-
-    fn from_message(m: &JobFinished) -> StoredResult {
-        StoredResult {
-            job_id: m.job_id.clone(),
-            status: m.status,
-            failed_step: m.failed_step.clone(),
-            failed_state: m.failed_state.clone(),
-            message: m.message.clone(),
-            deploy_id: m.deploy_id.clone(),
-            release: m.release.as_ref().map(|r| (r.digest.clone(), r.size)),
-            duration_ms: m.duration_ms,
-            used_bytes: m.used_bytes,
-            live_deploy_id: m.live_deploy_id.clone(),
-        }
-    }
-}
-
-/// Persists a result (fsynced) and queues it for the master.
-pub fn deliver(state_dir: &Path, outbox: &Outbox, finished: JobFinished) {
-    let dir = results_dir(state_dir);
-    if valid_id(&finished.job_id) {
-        let stored = serde_json::to_vec(&StoredResult::from_message(&finished)).unwrap_or_default();
-        let path = dir.join(format!("{}.json", finished.job_id));
-        let tmp = path.with_extension("tmp");
-        let written = std::fs::create_dir_all(&dir)
-            .and_then(|_| std::fs::write(&tmp, &stored))
-            .and_then(|_| std::fs::File::open(&tmp)?.sync_all())
-            .and_then(|_| std::fs::rename(&tmp, &path));
-        if let Err(e) = written {
-            warn!(
-                job = %finished.job_id,
-                "cannot keep the job result on disk as {}: {e}",
-                path.display()
-            );
-        }
-    }
+/// Keeps a result (fsynced) and queues it for the master.
+pub fn deliver(state_dir: &Path, outbox: &Outbox, result: StoredResult) {
+    results::keep_or_warn(state_dir, &result);
     let _ = outbox.send(AgentMessage {
-        body: Some(agent_message::Body::Finished(finished)),
+        body: Some(agent_message::Body::Finished(result.into_message())),
     });
 }
 
-/// Streams lifecycle steps to the master as JobEvents.
+/// What one event's changes may weigh once encoded, and its comment: together far under the
+/// link's 16 MiB message limit, so no state's output can end the link (README, "Limits").
+pub const CHANGES_CAP_BYTES: usize = 4 * 1024 * 1024;
+pub const COMMENT_CAP_BYTES: usize = 64 * 1024;
+
+/// The changes as JSON, or a note saying they were dropped for their size.
+fn capped_changes(changes: &serde_json::Value) -> Vec<u8> {
+    let json = serde_json::to_vec(changes).unwrap_or_default();
+    if json.len() <= CHANGES_CAP_BYTES {
+        return json;
+    }
+    let note = serde_json::json!({
+        "corpus_truncated": format!(
+            "this state's changes ({} bytes) exceed the {CHANGES_CAP_BYTES} bytes an event may \
+             carry and were dropped",
+            json.len()
+        )
+    });
+    serde_json::to_vec(&note).unwrap_or_default()
+}
+
+/// Streams lifecycle steps to the master as JobEvents, and keeps the job's result on disk
+/// when the lifecycle says it is final.
 pub struct OutboxReporter {
     job_id: String,
     outbox: Outbox,
     sequence: u64,
+    /// Where the result is kept (`results.rs`).
+    state_dir: PathBuf,
+    started: Instant,
 }
 
 impl OutboxReporter {
-    pub fn new(job_id: &str, outbox: Outbox) -> Self {
+    pub fn new(job_id: &str, outbox: Outbox, state_dir: &Path) -> Self {
         OutboxReporter {
             job_id: job_id.to_owned(),
             outbox,
             sequence: 0,
+            state_dir: state_dir.to_path_buf(),
+            started: Instant::now(),
         }
     }
 }
@@ -202,8 +123,8 @@ impl Reporter for OutboxReporter {
             step: step.as_str().to_owned(),
             state_id: state_id.to_owned(),
             result: result as i32,
-            changes_json: serde_json::to_vec(&changes).unwrap_or_default(),
-            comment: comment.to_owned(),
+            changes_json: capped_changes(&changes),
+            comment: capped_text(comment, COMMENT_CAP_BYTES),
             duration_ms: duration.as_millis() as u64,
             timestamp_unix_ms: time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64
                 / 1_000_000,
@@ -212,41 +133,13 @@ impl Reporter for OutboxReporter {
             body: Some(agent_message::Body::Event(event)),
         });
     }
-}
 
-fn wire_status(status: lifecycle::Status) -> JobStatus {
-    match status {
-        lifecycle::Status::Running => JobStatus::Running,
-        lifecycle::Status::Success => JobStatus::Success,
-        lifecycle::Status::Failed => JobStatus::Failed,
-        lifecycle::Status::RolledBack => JobStatus::RolledBack,
-        lifecycle::Status::Refused => JobStatus::Refused,
-    }
-}
-
-fn finished_message(
-    ctx: &JobContext,
-    job: &corpus_proto::Job,
-    outcome: &JobOutcome,
-    release: Option<BlobRef>,
-    started: Instant,
-) -> JobFinished {
-    let live = if job.project.is_empty() {
-        None
-    } else {
-        ctx.lifecycle.live(&job.env_uuid, &job.project)
-    };
-    JobFinished {
-        job_id: job.job_id.clone(),
-        status: wire_status(outcome.status) as i32,
-        failed_step: outcome.failed_step.clone(),
-        failed_state: outcome.failed_state.clone(),
-        message: outcome.message.clone(),
-        deploy_id: outcome.deploy_id.clone(),
-        release,
-        duration_ms: started.elapsed().as_millis() as u64,
-        used_bytes: 0,
-        live_deploy_id: live.unwrap_or_default(),
+    fn finished(&mut self, result: &Finished<'_>) {
+        let duration_ms = self.started.elapsed().as_millis() as u64;
+        results::keep_or_warn(
+            &self.state_dir,
+            &StoredResult::of(&self.job_id, result, duration_ms),
+        );
     }
 }
 
@@ -280,7 +173,8 @@ pub async fn run(ctx: Arc<JobContext>, job: corpus_proto::Job) {
                 Err((step, message)) => failure(&job, step, message),
                 Ok(lifecycle_job) => {
                     let lc = ctx.lifecycle.clone();
-                    let mut reporter = OutboxReporter::new(&job.job_id, ctx.outbox.clone());
+                    let mut reporter =
+                        OutboxReporter::new(&job.job_id, ctx.outbox.clone(), &ctx.state_dir);
                     let ran =
                         tokio::task::spawn_blocking(move || lc.run(&lifecycle_job, &mut reporter))
                             .await;
@@ -290,37 +184,79 @@ pub async fn run(ctx: Arc<JobContext>, job: corpus_proto::Job) {
                 }
             }
         };
-        let mut outcome = outcome;
-        let mut release_ref = None;
-        if let Some(release) = outcome.release.clone() {
-            match upload_release(&ctx, &job, &release).await {
-                Ok(blob) => release_ref = Some(blob),
-                Err(e) => {
-                    outcome.status = lifecycle::Status::Failed;
-                    outcome.failed_step = "upload_release".into();
-                    outcome.message =
-                        format!("the release was built but could not be uploaded: {e:#}");
-                }
-            }
-        }
         for digest in [&job.source_blob, &job.release_blob] {
             if !digest.is_empty() && valid_hex(digest) {
                 let _ = tokio::fs::remove_file(blob_file(&blob_dir, &job.job_id, digest)).await;
             }
         }
-        info!(status = ?outcome.status, step = %outcome.failed_step, "job finished");
-        let finished = finished_message(&ctx, &job, &outcome, release_ref, started);
-        // Kept on disk before leaving the running set: the master always sees the job in one.
-        deliver(&ctx.state_dir, &ctx.outbox, finished);
-        if let Ok(mut set) = ctx.running.lock() {
-            set.remove(&job.job_id);
-        }
-        if !job.project.is_empty() && outcome.status != lifecycle::Status::Refused {
+        info!(status = ?outcome.status, step = %outcome.failed_step, "lifecycle finished");
+        let live = if job.project.is_empty() {
+            None
+        } else {
+            ctx.lifecycle.live(&job.env_uuid, &job.project)
+        };
+        let result = StoredResult::of(
+            &job.job_id,
+            &Finished {
+                env_uuid: &job.env_uuid,
+                project: &job.project,
+                live: live.as_deref(),
+                outcome: &outcome,
+            },
+            started.elapsed().as_millis() as u64,
+        );
+        if complete(&ctx, result).await
+            && !job.project.is_empty()
+            && outcome.status != lifecycle::Status::Refused
+        {
             report_usage(&ctx, &job.env_uuid, &job.project).await;
         }
     }
     .instrument(span)
     .await
+}
+
+/// Uploads the result's pending release (waiting for the master as long as it takes), then
+/// delivers the result and forgets the job. False when a stop interrupted the upload: the
+/// result stays on disk, pending, for the next start.
+async fn complete(ctx: &JobContext, mut result: StoredResult) -> bool {
+    if let Some(release) = result.pending_release.clone() {
+        // Kept before the upload: a stop or a crash during it leaves the upload to resume.
+        results::keep_or_warn(&ctx.state_dir, &result);
+        let uploaded = blobs::upload_release(
+            ctx,
+            &result.job_id,
+            &result.env_uuid,
+            &result.project,
+            &release,
+        )
+        .await;
+        match uploaded {
+            Ok(blob) => result.release = Some((blob.digest, blob.size)),
+            Err(UploadError::Stopped) => {
+                info!("stopping: the release upload resumes at the next start");
+                return false;
+            }
+            Err(UploadError::Refused(why)) => {
+                warn!("the master refused the release: {why}");
+                result.status = wire_status(lifecycle::Status::Failed) as i32;
+                result.failed_step = "upload_release".into();
+                result.message = format!(
+                    "the release was built (and is live on the agent) but the master refused \
+                     it: {why}"
+                );
+            }
+        }
+        result.pending_release = None;
+    }
+    info!(status = result.status, step = %result.failed_step, "job finished");
+    let job_id = result.job_id.clone();
+    // Kept on disk before leaving the running set: the master always sees the job in one.
+    deliver(&ctx.state_dir, &ctx.outbox, result);
+    if let Ok(mut set) = ctx.running.lock() {
+        set.remove(&job_id);
+    }
+    true
 }
 
 /// After a job: deletes what it discarded and tells the master the project's disk use.
@@ -377,7 +313,7 @@ fn destroy_environment(ctx: &JobContext, job: &corpus_proto::Job) -> JobOutcome 
         Ok(WireMode::Final) => lifecycle::Mode::Final,
         _ => lifecycle::Mode::Cooking,
     };
-    let mut reporter = OutboxReporter::new(&job.job_id, ctx.outbox.clone());
+    let mut reporter = OutboxReporter::new(&job.job_id, ctx.outbox.clone(), &ctx.state_dir);
     for name in names {
         let entry = &plans[&name];
         let project_job = lifecycle::Job {
@@ -459,10 +395,10 @@ async fn prepare(
         serde_json::from_value(plan_value)
             .map_err(|e| bad(format!("the job's plan is invalid: {e}")))?
     };
-    let source = fetch(ctx, job, &job.source_blob, blob_dir)
+    let source = blobs::fetch(ctx, job, &job.source_blob, blob_dir)
         .await
         .map_err(|e| ("fetch_source", format!("{e:#}")))?;
-    let release = fetch(ctx, job, &job.release_blob, blob_dir)
+    let release = blobs::fetch(ctx, job, &job.release_blob, blob_dir)
         .await
         .map_err(|e| ("fetch_release", format!("{e:#}")))?;
     Ok(lifecycle::Job {
@@ -483,155 +419,62 @@ async fn prepare(
     })
 }
 
-/// Where a job keeps a fetched blob: `STATE_DIR/blobs/<job id>-<digest>`.
-fn blob_file(blob_dir: &Path, job_id: &str, digest: &str) -> PathBuf {
-    blob_dir.join(format!("{job_id}-{digest}"))
-}
-
-fn valid_hex(digest: &str) -> bool {
-    digest.len() == 64 && digest.bytes().all(|b| b.is_ascii_hexdigit())
-}
-
-async fn client(ctx: &JobContext) -> anyhow::Result<AgentLinkClient<tonic::transport::Channel>> {
-    let channel = corpus_runtime::tls::dial(
-        &ctx.master,
-        &ctx.ca_pem,
-        Some((&ctx.identity.certificate_pem, &ctx.identity.key_pem)),
-    )
-    .await?;
-    Ok(AgentLinkClient::new(channel).max_decoding_message_size(corpus_proto::MAX_MESSAGE_BYTES))
-}
-
-/// Downloads a blob to `blob_dir/<digest>`, verifying its sha256 as it streams.
-async fn fetch(
-    ctx: &JobContext,
-    job: &corpus_proto::Job,
-    digest: &str,
-    blob_dir: &Path,
-) -> anyhow::Result<Option<PathBuf>> {
-    if digest.is_empty() {
-        return Ok(None);
-    }
-    if !valid_hex(digest) {
-        anyhow::bail!("blob digest {digest:?} is invalid");
-    }
-    if !valid_id(&job.job_id) {
-        anyhow::bail!("job id {:?} is invalid", job.job_id);
-    }
-    tokio::fs::create_dir_all(blob_dir)
-        .await
-        .with_context(|| format!("cannot create {}", blob_dir.display()))?;
-    // Per job: two jobs fetching the same blob never share (or delete) each other's file.
-    let path = blob_file(blob_dir, &job.job_id, digest);
-    let part = path.with_extension("part");
-    let mut stream = client(ctx)
-        .await?
-        .fetch_blob(FetchBlobRequest {
-            digest: digest.to_owned(),
-            env_uuid: job.env_uuid.clone(),
-        })
-        .await
-        .map_err(|s| anyhow::anyhow!("the master refused blob {digest}: {}", s.message()))?
-        .into_inner();
-    let mut file = tokio::fs::File::create(&part)
-        .await
-        .with_context(|| format!("cannot create {}", part.display()))?;
-    let mut hasher = Sha256::new();
-    while let Some(chunk) = stream
-        .message()
-        .await
-        .map_err(|s| anyhow::anyhow!("blob {digest} transfer failed: {}", s.message()))?
-    {
-        hasher.update(&chunk.data);
-        file.write_all(&chunk.data)
-            .await
-            .with_context(|| format!("cannot write {}", part.display()))?;
-    }
-    file.sync_all()
-        .await
-        .with_context(|| format!("cannot write {}", part.display()))?;
-    let actual = hex::encode(hasher.finalize());
-    if actual != digest {
-        let _ = tokio::fs::remove_file(&part).await;
-        anyhow::bail!("blob {digest} arrived corrupt (sha256 {actual})");
-    }
-    tokio::fs::rename(&part, &path)
-        .await
-        .with_context(|| format!("cannot move {} to {}", part.display(), path.display()))?;
-    Ok(Some(path))
-}
-
-async fn upload_release(
-    ctx: &JobContext,
-    job: &corpus_proto::Job,
-    release: &lifecycle::ReleaseArchive,
-) -> anyhow::Result<BlobRef> {
-    let header = UploadBlobRequest {
-        body: Some(upload_blob_request::Body::Header(UploadHeader {
-            env_uuid: job.env_uuid.clone(),
-            project: job.project.clone(),
-            job_id: job.job_id.clone(),
-            digest: release.sha256.clone(),
-            size: release.size,
-            manifest_json: serde_json::to_vec(&release.manifest).unwrap_or_default(),
-        })),
-    };
-    let (tx, rx) = tokio::sync::mpsc::channel(4);
-    let path = release.path.clone();
-    tokio::spawn(async move {
-        if tx.send(header).await.is_err() {
-            return;
-        }
-        let Ok(mut file) = tokio::fs::File::open(&path).await else {
-            return;
-        };
-        let mut buf = vec![0u8; corpus_proto::BLOB_CHUNK_BYTES];
-        while let Ok(n) = file.read(&mut buf).await {
-            if n == 0 {
-                break;
-            }
-            let chunk = UploadBlobRequest {
-                body: Some(upload_blob_request::Body::Data(buf[..n].to_vec())),
-            };
-            if tx.send(chunk).await.is_err() {
-                break;
-            }
-        }
-    });
-    let blob = client(ctx)
-        .await?
-        .upload_blob(tokio_stream::wrappers::ReceiverStream::new(rx))
-        .await
-        .map_err(|s| anyhow::anyhow!("{}", s.message()))?
-        .into_inner();
-    Ok(blob)
-}
-
-/// Finishes deploys a crash interrupted, before the agent attaches: their results go out with
-/// the next Hello.
+/// Finishes deploys a crash interrupted, before the agent attaches. Their results are kept
+/// by their reporters before their journals go, and reach the master with the next Hello (or,
+/// with a release to upload, through [`resume_uploads`]).
 pub async fn recover(lifecycle: Arc<Lifecycle>, state_dir: PathBuf, outbox: Outbox) {
-    let results = tokio::task::spawn_blocking({
-        let outbox = outbox.clone();
-        move || {
-            let mut reporter_for = |job_id: &str| -> Box<dyn Reporter> {
-                Box::new(OutboxReporter::new(job_id, outbox.clone()))
-            };
-            lifecycle.recover(&mut reporter_for)
-        }
+    let results = tokio::task::spawn_blocking(move || {
+        let mut reporter_for = |job_id: &str| -> Box<dyn Reporter> {
+            Box::new(OutboxReporter::new(job_id, outbox.clone(), &state_dir))
+        };
+        lifecycle.recover(&mut reporter_for)
     })
     .await
     .unwrap_or_default();
     for (job_id, outcome) in results {
         info!(job = %job_id, status = ?outcome.status, "recovered an interrupted job");
-        let finished = JobFinished {
-            job_id,
-            status: wire_status(outcome.status) as i32,
-            failed_step: outcome.failed_step,
-            failed_state: outcome.failed_state,
-            message: outcome.message,
-            deploy_id: outcome.deploy_id,
-            ..Default::default()
+    }
+}
+
+/// Uploads the releases a stop or a crash left pending, then delivers their results. Run once
+/// the agent has its certificate.
+pub async fn resume_uploads(ctx: Arc<JobContext>) {
+    for result in results::pending_uploads(&ctx.state_dir) {
+        let span = info_span!("job", job = %result.job_id, env = %result.env_uuid, project = %result.project);
+        info!(parent: &span, "resuming the release upload of a finished job");
+        complete(&ctx, result).instrument(span).await;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_oversized_state_result_becomes_an_event_that_says_it_was_cut() {
+        let (tx, mut rx) = tokio::sync::mpsc::unbounded_channel();
+        let dir = tempfile::tempdir().unwrap();
+        let mut reporter = OutboxReporter::new("job-1", tx, dir.path());
+        let huge = "é".repeat(CHANGES_CAP_BYTES);
+        reporter.step(
+            Step::Phase(corpus_states::Phase::Build),
+            "noisy",
+            StepStatus::Success,
+            serde_json::json!({"diff": huge}),
+            &huge,
+            Duration::ZERO,
+        );
+        let Some(agent_message::Body::Event(event)) = rx.try_recv().unwrap().body else {
+            panic!("not an event");
         };
-        deliver(&state_dir, &outbox, finished);
+        assert!(event.changes_json.len() < 1024);
+        let changes: serde_json::Value = serde_json::from_slice(&event.changes_json).unwrap();
+        let note = changes["corpus_truncated"].as_str().unwrap();
+        assert!(note.contains(&CHANGES_CAP_BYTES.to_string()), "{note}");
+        assert!(event.comment.len() < COMMENT_CAP_BYTES + 100);
+        assert!(event.comment.ends_with(" bytes]"));
+        assert!(
+            event.changes_json.len() + event.comment.len() < corpus_proto::MAX_MESSAGE_BYTES / 4
+        );
     }
 }

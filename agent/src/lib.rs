@@ -2,9 +2,11 @@
 //! plans it receives (or, masterless, plans it renders itself with `apply --local`).
 
 pub mod apply_local;
+pub mod blobs;
 pub mod enroll;
 pub mod grains;
 pub mod jobs;
 pub mod lifecycle;
 pub mod link;
+pub mod results;
 pub mod state;

@@ -9,6 +9,7 @@ use corpus_proto::agent_link_client::AgentLinkClient;
 use corpus_proto::{AgentMessage, Heartbeat, Hello, agent_message, master_message};
 use corpus_runtime::Signal;
 use tokio::sync::{mpsc, watch};
+use tokio::task::JoinSet;
 use tokio_stream::wrappers::ReceiverStream;
 use tonic::Code;
 use tracing::{error, info, warn};
@@ -19,6 +20,7 @@ use crate::enroll;
 use crate::grains::Grains;
 use crate::jobs::{self, JobContext};
 use crate::lifecycle::Lifecycle;
+use crate::results::{self, RunningJobs};
 
 /// Metadata key the master sets on a refused attach (see the master's `link.rs`).
 const REFUSAL_REASON: &str = "corpus-refusal";
@@ -41,6 +43,8 @@ pub struct LinkOptions {
     pub reconnect_max: Duration,
     /// Where environments live: `ROOT/<env-uuid>/srv/projects/<project>`.
     pub root: PathBuf,
+    /// How long a graceful stop may wait for running jobs before the process exits anyway.
+    pub stop_deadline: Duration,
 }
 
 /// Exponential backoff with jitter: each delay is drawn from [d/2, d], d doubling from `min`
@@ -88,18 +92,49 @@ enum AttachError {
     Other(String),
 }
 
-/// Runs the agent's link until `stop` says stop.
-pub async fn run(options: LinkOptions, mut stop: watch::Receiver<Signal>) -> anyhow::Result<()> {
+/// Runs the agent's link until `stop` says stop, then waits for the jobs in flight: each ends
+/// with its result kept on disk, so a graceful stop never loses one. The wait is bounded by
+/// `stop_deadline`, enforced by a plain thread, since a lifecycle on a blocking thread would
+/// hold the runtime's own timers back.
+pub async fn run(options: LinkOptions, stop: watch::Receiver<Signal>) -> anyhow::Result<()> {
+    let mut jobs_in_flight = JoinSet::new();
+    let linked = link(&options, stop, &mut jobs_in_flight).await;
+    enforce_stop_deadline(options.stop_deadline);
+    if !jobs_in_flight.is_empty() {
+        info!(
+            jobs = jobs_in_flight.len(),
+            "stopping: waiting for the running jobs to end (at most {:?})", options.stop_deadline
+        );
+    }
+    while jobs_in_flight.join_next().await.is_some() {}
+    linked
+}
+
+/// Exits the process `deadline` from now, whatever the runtime is doing.
+fn enforce_stop_deadline(deadline: Duration) {
+    std::thread::spawn(move || {
+        std::thread::sleep(deadline);
+        warn!("graceful stop took longer than {deadline:?}: exiting");
+        std::process::exit(1);
+    });
+}
+
+async fn link(
+    options: &LinkOptions,
+    mut stop: watch::Receiver<Signal>,
+    jobs_in_flight: &mut JoinSet<()>,
+) -> anyhow::Result<()> {
     let mut grains = crate::grains::collect(&options.id, options.slots);
     grains.root = options.root.display().to_string();
     let lifecycle = Arc::new(Lifecycle::new(options.root.clone()));
     let (outbox, mut outbox_rx) = mpsc::unbounded_channel();
-    let running = jobs::RunningJobs::default();
+    let running = RunningJobs::default();
     // Deploys a crash interrupted are finished (or undone) before anything else.
     jobs::recover(lifecycle.clone(), options.state_dir.clone(), outbox.clone()).await;
+    let mut uploads_resumed = false;
     let mut backoff = Backoff::new(options.reconnect_min, options.reconnect_max);
     loop {
-        let Some(identity) = enroll::ensure_identity(&options, &mut stop).await? else {
+        let Some(identity) = enroll::ensure_identity(options, &mut stop).await? else {
             return Ok(());
         };
         let ctx = Arc::new(JobContext {
@@ -111,8 +146,22 @@ pub async fn run(options: LinkOptions, mut stop: watch::Receiver<Signal>) -> any
             grains: crate::grains::to_json(&grains),
             outbox: outbox.clone(),
             running: running.clone(),
+            stop: stop.clone(),
         });
-        let attached = attach_once(&options, &ctx, &grains, &mut outbox_rx, &mut stop).await;
+        if !uploads_resumed {
+            // Releases a stop or a crash left unuploaded, now that the agent can upload.
+            uploads_resumed = true;
+            jobs_in_flight.spawn(jobs::resume_uploads(ctx.clone()));
+        }
+        let attached = attach_once(
+            options,
+            &ctx,
+            &grains,
+            &mut outbox_rx,
+            &mut stop,
+            jobs_in_flight,
+        )
+        .await;
         let delay = match attached {
             Ok(Ended::Stopped) => return Ok(()),
             Ok(Ended::Closed(why)) => {
@@ -151,6 +200,7 @@ async fn attach_once(
     grains: &Grains,
     outbox: &mut mpsc::UnboundedReceiver<AgentMessage>,
     stop: &mut watch::Receiver<Signal>,
+    jobs_in_flight: &mut JoinSet<()>,
 ) -> Result<Ended, AttachError> {
     let identity = &ctx.identity;
     let channel = corpus_runtime::tls::dial(
@@ -165,8 +215,8 @@ async fn attach_once(
     let hello = AgentMessage {
         body: Some(agent_message::Body::Hello(Hello {
             grains: Some(grains.clone().into()),
-            unacknowledged: jobs::unacknowledged(&options.state_dir),
-            running_jobs: jobs::known_jobs(&ctx.running, &options.state_dir),
+            unacknowledged: results::unacknowledged(&options.state_dir),
+            running_jobs: results::known_jobs(&ctx.running, &options.state_dir),
         })),
     };
     // The channel is fresh and has room: this cannot fail.
@@ -206,12 +256,14 @@ async fn attach_once(
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s == Signal::Stop) => return Ok(Ended::Stopped),
+            // Reaps finished jobs so the set holds only those in flight.
+            Some(_) = jobs_in_flight.join_next(), if !jobs_in_flight.is_empty() => {}
             _ = ticker.tick() => {
                 sequence += 1;
                 let beat = AgentMessage {
                     body: Some(agent_message::Body::Heartbeat(Heartbeat {
                         sequence,
-                        running_jobs: jobs::known_jobs(&ctx.running, &options.state_dir),
+                        running_jobs: results::known_jobs(&ctx.running, &options.state_dir),
                     })),
                 };
                 if tx.send(beat).await.is_err() {
@@ -228,10 +280,10 @@ async fn attach_once(
                 Ok(Some(message)) => match message.body {
                     Some(master_message::Body::Job(job)) => {
                         jobs::start(ctx, &job.job_id);
-                        tokio::spawn(jobs::run(ctx.clone(), job));
+                        jobs_in_flight.spawn(jobs::run(ctx.clone(), job));
                     }
                     Some(master_message::Body::Ack(ack)) => {
-                        jobs::acknowledge(&options.state_dir, &ack.job_id);
+                        results::acknowledge(&options.state_dir, &ack.job_id);
                     }
                     Some(other) => tracing::debug!(?other, "message from the master"),
                     None => {}

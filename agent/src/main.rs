@@ -124,6 +124,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         reconnect_min: args.reconnect_min,
         reconnect_max: args.reconnect_max,
         root: args.root,
+        stop_deadline: args.stop_deadline,
     };
     let stop = corpus_runtime::handle_signals(args.stop_deadline, || {
         tracing::info!("SIGHUP: the agent has no reloadable configuration yet; nothing changed");

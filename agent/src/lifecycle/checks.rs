@@ -2,6 +2,7 @@
 //! ([`corpus_states::ProjectSettings`]): the health check (a command or an HTTP probe, with
 //! retries) and the webhooks notified after each finished deploy.
 
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -23,8 +24,8 @@ pub enum CheckError {
         command: String,
         status: std::process::ExitStatus,
     },
-    #[error("{command:?} timed out")]
-    Timeout { command: String },
+    #[error("{command:?} timed out after {after:?}: its process group was killed")]
+    Timeout { command: String, after: Duration },
     #[error("{command:?}: {source}")]
     Wait {
         command: String,
@@ -63,46 +64,7 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
 fn probe(check: &HealthProbe, cwd: &Path) -> Result<String, CheckError> {
     match check {
-        HealthProbe::Command { command } => {
-            let mut child = Command::new("/bin/sh")
-                .arg("-c")
-                .arg(command)
-                .current_dir(cwd)
-                .stdin(Stdio::null())
-                .stdout(Stdio::null())
-                .stderr(Stdio::null())
-                .spawn()
-                .map_err(|source| CheckError::Spawn {
-                    command: command.clone(),
-                    source,
-                })?;
-            let deadline = Instant::now() + PROBE_TIMEOUT;
-            loop {
-                match child.try_wait() {
-                    Ok(Some(st)) if st.success() => return Ok(format!("{command:?} succeeded")),
-                    Ok(Some(status)) => {
-                        return Err(CheckError::Exit {
-                            command: command.clone(),
-                            status,
-                        });
-                    }
-                    Ok(None) if Instant::now() > deadline => {
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        return Err(CheckError::Timeout {
-                            command: command.clone(),
-                        });
-                    }
-                    Ok(None) => std::thread::sleep(Duration::from_millis(20)),
-                    Err(source) => {
-                        return Err(CheckError::Wait {
-                            command: command.clone(),
-                            source,
-                        });
-                    }
-                }
-            }
-        }
+        HealthProbe::Command { command } => probe_command(command, cwd, PROBE_TIMEOUT),
         HealthProbe::Http { url, status } => {
             let agent: ureq::Agent = ureq::Agent::config_builder()
                 .timeout_global(Some(PROBE_TIMEOUT))
@@ -122,6 +84,52 @@ fn probe(check: &HealthProbe, cwd: &Path) -> Result<String, CheckError> {
                     url: url.clone(),
                     source: Box::new(e),
                 }),
+            }
+        }
+    }
+}
+
+/// Runs `command` with `/bin/sh -c` in its own process group; past `timeout` the whole group
+/// is killed, so a probe's children (a `curl`, a `sleep`) never outlive it.
+fn probe_command(command: &str, cwd: &Path, timeout: Duration) -> Result<String, CheckError> {
+    let mut child = Command::new("/bin/sh")
+        .arg("-c")
+        .arg(command)
+        .current_dir(cwd)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .process_group(0)
+        .spawn()
+        .map_err(|source| CheckError::Spawn {
+            command: command.to_owned(),
+            source,
+        })?;
+    let deadline = Instant::now() + timeout;
+    loop {
+        match child.try_wait() {
+            Ok(Some(st)) if st.success() => return Ok(format!("{command:?} succeeded")),
+            Ok(Some(status)) => {
+                return Err(CheckError::Exit {
+                    command: command.to_owned(),
+                    status,
+                });
+            }
+            Ok(None) if Instant::now() > deadline => {
+                // SAFETY: kill(2) on the process group of our own child; its pid fits pid_t.
+                unsafe { libc::kill(-(child.id() as libc::pid_t), libc::SIGKILL) };
+                let _ = child.wait();
+                return Err(CheckError::Timeout {
+                    command: command.to_owned(),
+                    after: timeout,
+                });
+            }
+            Ok(None) => std::thread::sleep(Duration::from_millis(20)),
+            Err(source) => {
+                return Err(CheckError::Wait {
+                    command: command.to_owned(),
+                    source,
+                });
             }
         }
     }
@@ -163,4 +171,46 @@ pub fn post_webhook(url: &str, event: &Value) -> Result<(), CheckError> {
             url: url.to_string(),
             source: Box::new(e),
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Whether `pid` still runs (a zombie waiting for its reaper does not).
+    fn running(pid: i32) -> bool {
+        std::fs::read_to_string(format!("/proc/{pid}/stat"))
+            .ok()
+            .and_then(|stat| {
+                let state = stat.rsplit_once(") ")?.1.chars().next()?;
+                Some(state != 'Z' && state != 'X')
+            })
+            .unwrap_or(false)
+    }
+
+    #[test]
+    fn a_probe_timing_out_kills_its_children_too() {
+        let dir = tempfile::tempdir().unwrap();
+        let pidfile = dir.path().join("child.pid");
+        let command = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
+        let err = probe_command(&command, dir.path(), Duration::from_millis(300)).unwrap_err();
+        assert!(matches!(err, CheckError::Timeout { .. }), "{err}");
+        assert!(
+            err.to_string().contains("process group was killed"),
+            "{err}"
+        );
+        let pid: i32 = std::fs::read_to_string(&pidfile)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while running(pid) {
+            assert!(
+                Instant::now() < deadline,
+                "the probe's child {pid} survived it"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
 }

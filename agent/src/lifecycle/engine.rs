@@ -15,14 +15,17 @@ use corpus_states::{Phase, ProjectSettings};
 use serde_json::Value;
 
 use super::archive::Limits;
-use super::error::{IoContext, StepError, StepFailure};
+use super::error::{IoContext, NO_SPACE_TEXT, StepError, StepFailure};
 use super::history;
 use super::journal::{DeployJournal, DeployProgress, JobSpec, JournalKind};
 use super::layout::ProjectLayout;
 use super::step::{
-    COMMIT_AFTER, COOKING_STEPS, EDITABLE_STEPS, FINAL_STEPS, ROLLBACK_STEPS, Step, UNDO_STEPS,
+    COMMIT_AFTER, COOKING_STEPS, EDITABLE_STEPS, FINAL_STEPS, ROLLBACK_COMMIT_AFTER,
+    ROLLBACK_STEPS, Step, UNDO_STEPS,
 };
-use super::{JobOutcome, Mode, PhaseFileSources, ReleaseArchive, Reporter, Status, StepStatus};
+use super::{
+    Finished, JobOutcome, Mode, PhaseFileSources, ReleaseArchive, Reporter, Status, StepStatus,
+};
 use crate::state::{Executor, ServiceControl};
 
 pub(super) type StepResult = Result<(), StepFailure>;
@@ -110,7 +113,11 @@ impl Engine<'_> {
                 }
                 return self.fail(f);
             }
-            if step == COMMIT_AFTER && self.journal.kind == JournalKind::Deploy {
+            let commits = match self.journal.kind {
+                JournalKind::Deploy => COMMIT_AFTER,
+                JournalKind::Rollback | JournalKind::Destroy => ROLLBACK_COMMIT_AFTER,
+            };
+            if step == commits {
                 self.journal.phase = DeployProgress::Committed;
             }
         }
@@ -190,6 +197,7 @@ impl Engine<'_> {
             services: self.services.as_ref(),
         };
         let mut failed: Option<(String, String)> = None;
+        let mut disk_full = false;
         let reporter = &mut *self.reporter;
         executor.run_with(&plan, |k| {
             let r = &k.result;
@@ -200,6 +208,12 @@ impl Engine<'_> {
             };
             if status == StepStatus::Failed && failed.is_none() {
                 failed = Some((r.id.clone(), r.comment.clone()));
+                // A command's comment does not carry its output: ENOSPC shows in stderr.
+                disk_full = r
+                    .changes
+                    .get("stderr")
+                    .and_then(Value::as_str)
+                    .is_some_and(|e| e.contains(NO_SPACE_TEXT));
             }
             reporter.step(
                 step,
@@ -212,29 +226,39 @@ impl Engine<'_> {
         });
         match failed {
             None => Ok(()),
-            Some((state, comment)) => Err(StepFailure::new(
-                step,
-                StepError::State {
-                    phase,
-                    state,
-                    comment,
-                },
-            )),
+            Some((state, comment)) => {
+                let mut failure = StepFailure::new(
+                    step,
+                    StepError::State {
+                        phase,
+                        state,
+                        comment,
+                    },
+                );
+                failure.disk_full |= disk_full;
+                Err(failure)
+            }
         }
     }
 
     // ---- ends of a job --------------------------------------------------------------------
 
+    /// Records the job's end: its deployment record, then its result handed to the reporter
+    /// (which keeps it), and only then the journal goes. A crash before the journal goes runs
+    /// recovery again, which ends here again with the same result.
     fn finish(&mut self, status: Status, message: String) -> JobOutcome {
         self.journal.message = message.clone();
         let mut message = message;
         if let Err(e) = history::write_status(self, status) {
             message.push_str(&format!(" (and {e})"));
         }
-        if let Err(e) = DeployJournal::remove(&self.layout) {
-            message.push_str(&format!(" (and cannot remove the journal: {e})"));
-        }
-        JobOutcome {
+        let release = if status == Status::Success {
+            // A deploy resumed after a crash bundled its release in the run that died.
+            self.release_out.take().or_else(|| self.kept_release())
+        } else {
+            None
+        };
+        let mut outcome = JobOutcome {
             status,
             failed_step: self
                 .journal
@@ -243,12 +267,29 @@ impl Engine<'_> {
             failed_state: self.journal.failed_state.clone(),
             message,
             deploy_id: self.journal.deploy_id.clone(),
-            release: if status == Status::Success {
-                self.release_out.take()
-            } else {
-                None
-            },
+            release,
+        };
+        let live = self.layout.live_id();
+        self.reporter.finished(&Finished {
+            env_uuid: &self.journal.env_uuid,
+            project: &self.journal.project,
+            live: live.as_deref(),
+            outcome: &outcome,
+        });
+        if let Err(e) = DeployJournal::remove(&self.layout) {
+            outcome
+                .message
+                .push_str(&format!(" (and cannot remove the journal: {e})"));
         }
+        outcome
+    }
+
+    /// The release a cooking deploy bundled, read back from `releases/<id>.json`.
+    fn kept_release(&self) -> Option<ReleaseArchive> {
+        if self.journal.kind != JournalKind::Deploy || self.journal.mode != Mode::Cooking {
+            return None;
+        }
+        history::kept_release(&self.layout, self.id())
     }
 
     fn succeed(&mut self) -> JobOutcome {
@@ -263,13 +304,15 @@ impl Engine<'_> {
         self.finish(Status::Success, msg)
     }
 
-    /// A step failed: editable and requested rollbacks stop here; cooking and final undo.
+    /// A step failed: editable deploys stop here; cooking and final deploys and requested
+    /// rollbacks are undone.
     pub fn fail(&mut self, f: StepFailure) -> JobOutcome {
         let message = f.error.to_string();
         self.journal.failed_step = Some(f.step);
         self.journal.failed_state = f.state;
         self.journal.message = message.clone();
-        if self.journal.mode == Mode::Editable || self.journal.kind == JournalKind::Rollback {
+        self.journal.disk_full = f.disk_full;
+        if self.journal.mode == Mode::Editable {
             if self.journal.kind == JournalKind::Deploy {
                 self.notify(Status::Failed);
             }
@@ -279,9 +322,9 @@ impl Engine<'_> {
         self.undo()
     }
 
-    /// The rollback of a failed (or interrupted) deploy: stop.sls, failed tree kept as
-    /// `archives/<id>/run.failed`, previous tree and data back (renames), restore.sls,
-    /// start.sls.
+    /// The rollback of a failed (or interrupted) deploy or requested rollback: stop.sls, the
+    /// failed tree kept as `archives/<id>/run.failed` (removed when the disk is full), previous
+    /// tree and data back (renames), restore.sls, start.sls.
     pub fn undo(&mut self) -> JobOutcome {
         let t = Instant::now();
         self.journal.phase = DeployProgress::RollingBack;
@@ -325,29 +368,70 @@ impl Engine<'_> {
                 problems.push(f.error.to_string());
             }
         }
-        let back_to = self.journal.previous_live.clone();
-        let mut msg = format!(
-            "step {failed_step} failed{}: {first}; rolled back to {}",
-            if self.journal.failed_state.is_empty() {
-                String::new()
-            } else {
-                format!(" at state {:?}", self.journal.failed_state)
-            },
-            back_to.as_deref().unwrap_or("the empty tree")
-        );
-        if !problems.is_empty() {
-            msg.push_str(&format!(" (rollback problems: {})", problems.join("; ")));
-        }
+        let (status, mut msg) = self.undo_message(failed_step, &first, &problems);
         let st = if problems.is_empty() {
             StepStatus::Success
         } else {
             StepStatus::Failed
         };
         self.report(Step::Rollback, st, &msg, t.elapsed());
-        self.notify(Status::RolledBack);
+        self.notify(status);
         if let Err(f) = self.run_phase(Phase::Notify) {
             msg.push_str(&format!(" (notify: {})", f.error));
         }
-        self.finish(Status::RolledBack, msg)
+        self.finish(status, msg)
+    }
+
+    /// The undo's status and message. A deploy undone completely is `rolled_back`; an undo
+    /// that did not complete is `failed` (the service may be down: a state of the undo failed),
+    /// and so is a requested rollback that had to be undone.
+    fn undo_message(
+        &self,
+        failed_step: &str,
+        first: &str,
+        problems: &[String],
+    ) -> (Status, String) {
+        let back_to = self
+            .journal
+            .previous_live
+            .as_deref()
+            .unwrap_or("the empty tree");
+        let at_state = if self.journal.failed_state.is_empty() {
+            String::new()
+        } else {
+            format!(" at state {:?}", self.journal.failed_state)
+        };
+        let what = match (self.journal.kind, &self.journal.target) {
+            (JournalKind::Rollback, target) => format!(
+                "the rollback to {} failed at step {failed_step}{at_state}: {first}",
+                target.as_deref().unwrap_or("?")
+            ),
+            _ => format!("step {failed_step} failed{at_state}: {first}"),
+        };
+        if !problems.is_empty() {
+            return (
+                Status::Failed,
+                format!(
+                    "{what}; returning to {back_to} did not complete ({}): the service may be \
+                     down; fix the project, then push again or roll back",
+                    problems.join("; ")
+                ),
+            );
+        }
+        let full = if self.journal.disk_full {
+            "; the disk is full: the failed tree and data were removed, not kept"
+        } else {
+            ""
+        };
+        match self.journal.kind {
+            JournalKind::Rollback => (
+                Status::Failed,
+                format!("{what}; undone: back on {back_to}{full}"),
+            ),
+            _ => (
+                Status::RolledBack,
+                format!("{what}; rolled back to {back_to}{full}"),
+            ),
+        }
     }
 }

@@ -80,6 +80,8 @@ pub struct StepFailure {
     /// The failed state's id, empty for built-in steps.
     pub state: String,
     pub error: StepError,
+    /// The step ran out of disk space: the undo then keeps no copy of the failed tree.
+    pub disk_full: bool,
 }
 
 impl StepFailure {
@@ -88,7 +90,34 @@ impl StepFailure {
             StepError::State { state, .. } => state.clone(),
             _ => String::new(),
         };
-        StepFailure { step, state, error }
+        let disk_full = error.is_disk_full();
+        StepFailure {
+            step,
+            state,
+            error,
+            disk_full,
+        }
+    }
+}
+
+/// What a command prints when a write fails for lack of space (strerror of ENOSPC).
+pub const NO_SPACE_TEXT: &str = "No space left on device";
+
+/// Whether an I/O error says the filesystem is full.
+pub fn io_disk_full(e: &io::Error) -> bool {
+    e.kind() == io::ErrorKind::StorageFull || e.raw_os_error() == Some(libc::ENOSPC)
+}
+
+impl StepError {
+    /// Whether the step failed for lack of disk space.
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StepError::Io { source, .. }
+            | StepError::Move { source, .. }
+            | StepError::Archive { source, .. } => io_disk_full(source),
+            StepError::State { comment, .. } => comment.contains(NO_SPACE_TEXT),
+            _ => false,
+        }
     }
 }
 

@@ -12,7 +12,7 @@ use super::journal::JournalKind;
 use super::layout::{self, ProjectLayout, write_atomic};
 use super::lock::ProjectLock;
 use super::step::Step;
-use super::{DeploymentInfo, Mode, ProjectState, Status, validate_deploy_id};
+use super::{DeploymentInfo, Mode, ProjectState, ReleaseArchive, Status, validate_deploy_id};
 
 /// Writes the job's record as `archives/<id>/status.json`, with `result` the job's status
 /// (`running` while it runs). Editable deploys keep no archive, so no record.
@@ -58,6 +58,25 @@ pub(super) fn write_status(engine: &Engine<'_>, result: Status) -> Result<(), St
         .map_err(std::io::Error::other)
         .at("write", &path)?;
     write_atomic(&path, &text, 0o644).at("write", &path)
+}
+
+/// The release bundled by deploy `id`, from its side file `releases/<id>.json` (the manifest
+/// completed with the archive's sha256 and size), if the archive is there with that size.
+pub fn kept_release(l: &ProjectLayout, id: &str) -> Option<ReleaseArchive> {
+    let path = l.releases().join(format!("{id}.tar.zst"));
+    let manifest: Value =
+        serde_json::from_slice(&fs::read(l.releases().join(format!("{id}.json"))).ok()?).ok()?;
+    let sha256 = manifest.get("sha256")?.as_str()?.to_string();
+    let size = manifest.get("size")?.as_u64()?;
+    if fs::metadata(&path).ok()?.len() != size {
+        return None;
+    }
+    Some(ReleaseArchive {
+        path,
+        sha256,
+        size,
+        manifest,
+    })
 }
 
 /// The archive ids under `archives/` (hidden entries skipped).

@@ -69,6 +69,10 @@ pub struct DeployJournal {
     pub failed_step: Option<Step>,
     pub failed_state: String,
     pub message: String,
+    /// The failure was the disk filling up: the undo removes the failed tree and data instead
+    /// of keeping them. (Absent, so false, in journals of earlier agents.)
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disk_full: bool,
 }
 
 /// What recovery needs from the job to run state files and notify.
@@ -106,6 +110,7 @@ impl DeployJournal {
             failed_step: None,
             failed_state: String::new(),
             message: String::new(),
+            disk_full: false,
         }
     }
 

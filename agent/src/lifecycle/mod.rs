@@ -23,7 +23,8 @@
 //! On disk (`ProjectLayout`): `run -> deploy/current -> <deploy id>` (cooking, final) or
 //! `run -> project` (editable); `archives/<id>/` holds `status.json`, `data/` (the backup taken
 //! before deploy `<id>`), `run/` (the tree that was live before `<id>`, with its record as
-//! `previous.json`), and after a failure `run.failed/` and `data.failed/`; `.corpus/` holds the
+//! `previous.json`), and after a failure `run.failed/` and `data.failed/` (for the newest
+//! `keep_archives` failures, none when the disk was full); `.corpus/` holds the
 //! lock, `journal.json` and `job.json` of the running job.
 
 mod archive;
@@ -55,7 +56,7 @@ pub use archive::{Limits, MANIFEST_ENTRY};
 pub use checks::CheckError;
 pub use error::{InvalidJob, StepError};
 pub use journal::JournalKind;
-pub use layout::ProjectLayout;
+pub use layout::{ProjectLayout, write_atomic};
 pub use lock::LockHolder;
 pub use step::{COOKING_STEPS, EDITABLE_STEPS, FINAL_STEPS, ROLLBACK_STEPS, Step, UNDO_STEPS};
 pub use validate::{new_deploy_id, validate_deploy_id};
@@ -140,6 +141,21 @@ pub trait Reporter {
         comment: &str,
         duration: Duration,
     );
+
+    /// The job's result is final: called once, before the deploy journal is removed, so a
+    /// result kept from here survives a crash at any later instant (the journal is what makes
+    /// recovery run again otherwise).
+    fn finished(&mut self, _result: &Finished<'_>) {}
+}
+
+/// A journaled job's final result, as [`Reporter::finished`] receives it.
+#[derive(Debug, Clone, Copy)]
+pub struct Finished<'a> {
+    pub env_uuid: &'a str,
+    pub project: &'a str,
+    /// The deployment `run/` serves now (after a rollback, the one returned to).
+    pub live: Option<&'a str>,
+    pub outcome: &'a JobOutcome,
 }
 
 /// A reporter that drops everything (tests, recovery without a listener).
@@ -192,7 +208,7 @@ pub struct JobOutcome {
 }
 
 /// A release archive produced by a cooking deploy, under `releases/`.
-#[derive(Debug, Clone, PartialEq)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct ReleaseArchive {
     pub path: PathBuf,
     /// Hex sha256 of the archive file.

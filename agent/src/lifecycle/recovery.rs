@@ -98,8 +98,8 @@ impl Lifecycle {
             )
         };
         let outcome = match (j.kind, j.phase, j.mode) {
-            (JournalKind::Rollback, _, _) | (_, DeployProgress::Committed, _) => engine.resume(),
             (_, DeployProgress::RollingBack, _) => engine.undo(),
+            (JournalKind::Rollback, _, _) | (_, DeployProgress::Committed, _) => engine.resume(),
             (_, DeployProgress::Forward, Mode::Editable) => {
                 engine.fail(interrupted("; editable mode leaves the tree as is"))
             }

@@ -230,6 +230,8 @@ pub const UNDO_STEPS: &[Step] = &[
 
 /// The step after which a deploy is kept rather than undone on a crash.
 pub const COMMIT_AFTER: Step = Step::Healthcheck;
+/// The step after which a requested rollback stands (its notify failing undoes nothing).
+pub const ROLLBACK_COMMIT_AFTER: Step = Step::START;
 
 #[cfg(test)]
 mod tests {

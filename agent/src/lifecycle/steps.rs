@@ -79,6 +79,9 @@ impl Engine<'_> {
     pub(super) fn pre_install(&mut self) -> Result<String, StepError> {
         let l = &self.layout;
         l.create(self.journal.mode)?;
+        // Space first: a project wedged by failed trees on a full disk deploys again.
+        self.rotate_failed_trees();
+        let l = &self.layout;
         super::layout::sweep_trash(&l.deploy());
         super::layout::sweep_trash(&l.archives());
         l.write_pillar(&self.spec.pillar)?;
@@ -362,13 +365,19 @@ impl Engine<'_> {
 
     /// The filesystem part of the undo; each move happens only if still needed.
     pub(super) fn revert(&mut self) -> Result<String, StepError> {
+        if self.journal.kind == JournalKind::Rollback {
+            return self.revert_rollback();
+        }
         let l = self.layout.clone();
         let id = self.id().to_string();
         let arch = self.archive_dir();
         fs::create_dir_all(&arch).at("create", &arch)?;
-        // The failed tree is kept for inspection.
+        // The failed tree is kept for inspection, unless the disk is full: then it goes now.
+        let disk_full = self.journal.disk_full;
         let new_tree = l.tree(&id);
-        if new_tree.exists() {
+        if disk_full {
+            remove_tree(&new_tree).at("remove", &new_tree)?;
+        } else if new_tree.exists() {
             let failed = arch.join("run.failed");
             remove_tree(&failed).at("remove", &failed)?;
             rename_durable(&new_tree, &failed)?;
@@ -415,7 +424,9 @@ impl Engine<'_> {
         if self.journal.backup_data {
             let backup = arch.join("data");
             if backup.is_dir() {
-                if l.data().exists() {
+                if disk_full {
+                    remove_tree(&l.data()).at("remove", l.data())?;
+                } else if l.data().exists() {
                     let mut kept = arch.join("data.failed");
                     let mut n = 1;
                     while kept.exists() {
@@ -429,7 +440,104 @@ impl Engine<'_> {
             }
             let _ = fs::remove_dir_all(arch.join("data.partial"));
         }
-        Ok(format!("run/ back on {back}; {data_msg}"))
+        let mut msg = format!("run/ back on {back}; {data_msg}");
+        if disk_full {
+            msg.push_str("; the disk is full: the failed tree and data were removed, not kept");
+        }
+        let rotated = self.rotate_failed_trees();
+        if !rotated.is_empty() {
+            msg.push_str(&format!(
+                "; failed trees beyond keep_archives removed from {}",
+                rotated.join(", ")
+            ));
+        }
+        Ok(msg)
+    }
+
+    /// Keeps the failed trees and data (`run.failed`, `data.failed*`) of the newest
+    /// `keep_archives` failed deploys only, so failures alone cannot fill the disk. The rest
+    /// are moved to `archives/.trash-*`, deleted after the job (`Lifecycle::sweep`).
+    pub(super) fn rotate_failed_trees(&self) -> Vec<String> {
+        let l = &self.layout;
+        let mut ids = list_archives(l);
+        sort_newest_first(l, &mut ids);
+        let mut kept = 0;
+        let mut rotated = Vec::new();
+        for id in ids {
+            let failed: Vec<PathBuf> = fs::read_dir(l.archive(&id))
+                .map(|rd| {
+                    rd.flatten()
+                        .filter(|e| {
+                            let name = e.file_name().to_string_lossy().into_owned();
+                            name == "run.failed" || name.starts_with("data.failed")
+                        })
+                        .map(|e| e.path())
+                        .collect()
+                })
+                .unwrap_or_default();
+            if failed.is_empty() {
+                continue;
+            }
+            if kept < self.settings.keep_archives {
+                kept += 1;
+                continue;
+            }
+            for path in failed {
+                let trash = l
+                    .archives()
+                    .join(format!(".trash-failed-{}", uuid::Uuid::new_v4()));
+                if fs::rename(&path, &trash).is_err() {
+                    let _ = remove_tree(&path);
+                }
+            }
+            rotated.push(id);
+        }
+        rotated
+    }
+}
+
+impl Engine<'_> {
+    /// Undoes a requested rollback's moves: the target's tree and data go back to the archive
+    /// they came from (so the rollback can be tried again), the tree and data that were live
+    /// come back from this job's archive.
+    fn revert_rollback(&mut self) -> Result<String, StepError> {
+        let l = self.layout.clone();
+        let arch = self.archive_dir();
+        let source = l.archive(self.journal.source_archive.as_deref().unwrap_or_default());
+        let Some(prev) = self.journal.previous_live.clone() else {
+            return Err(StepError::Invalid(
+                "the rollback's journal names no deployment that was live before it".into(),
+            ));
+        };
+        if let Some(target) = self.journal.target.clone()
+            && target != prev
+            && l.tree(&target).is_dir()
+            && !source.join("run").exists()
+        {
+            rename_durable(&l.tree(&target), &source.join("run"))?;
+        }
+        let mut data_msg = "data/ untouched";
+        if arch.join("data").is_dir() {
+            if l.data().exists() {
+                let back = source.join("data");
+                let to = if back.exists() {
+                    arch.join("data.failed")
+                } else {
+                    back
+                };
+                remove_tree(&arch.join("data.failed")).at("remove", arch.join("data.failed"))?;
+                rename_durable(&l.data(), &to)?;
+            }
+            rename_durable(&arch.join("data"), &l.data())?;
+            data_msg = "data/ back";
+        }
+        if arch.join("run").is_dir() && !l.tree(&prev).exists() {
+            rename_durable(&arch.join("run"), &l.tree(&prev))?;
+        }
+        l.set_current(Some(&prev))
+            .at("point deploy/current at", l.tree(&prev))?;
+        set_link(&l.run(), Path::new(RUN_TARGET)).at("link", l.run())?;
+        Ok(format!("run/ back on deploy/{prev}; {data_msg}"))
     }
 }
 

@@ -30,6 +30,49 @@ impl Recorder {
     }
 }
 
+/// What [`Reporter::finished`] received, and whether the journal was still on disk then.
+#[derive(Debug, Clone)]
+struct Handed {
+    journal_present: bool,
+    live: Option<String>,
+    status: Status,
+    release: Option<ReleaseArchive>,
+}
+
+/// A reporter that records only the final result, shared with the test, and checks that the
+/// project's journal is still there when the result is handed over.
+#[derive(Clone)]
+struct HandedOver {
+    journal: PathBuf,
+    log: std::sync::Arc<std::sync::Mutex<Vec<Handed>>>,
+}
+
+impl HandedOver {
+    fn new(f: &Fixture) -> HandedOver {
+        HandedOver {
+            journal: f.dir().join(".corpus/journal.json"),
+            log: Default::default(),
+        }
+    }
+
+    fn taken(&self) -> Vec<Handed> {
+        self.log.lock().unwrap().clone()
+    }
+}
+
+impl Reporter for HandedOver {
+    fn step(&mut self, _: Step, _: &str, _: StepStatus, _: Value, _: &str, _: Duration) {}
+
+    fn finished(&mut self, result: &Finished<'_>) {
+        self.log.lock().unwrap().push(Handed {
+            journal_present: self.journal.exists(),
+            live: result.live.map(str::to_string),
+            status: result.outcome.status,
+            release: result.outcome.release.clone(),
+        });
+    }
+}
+
 /// A `cmd.run` state run from the project directory.
 fn cmd(phase: &str, id: &str, command: &str, cwd: &Path) -> Chunk {
     let mut args = serde_json::Map::new();
@@ -743,6 +786,171 @@ fn a_release_of_another_project_is_refused() {
     );
 }
 
+#[test]
+fn a_deploy_failing_on_a_full_disk_keeps_no_failed_tree_and_says_so() {
+    let f = Fixture::new();
+    let (first, _) = f.cook("v1", &[], json!({}));
+    fs::write(f.dir().join("data/db"), "v1-data").unwrap();
+    let (job, out) = f.cook(
+        "v2",
+        &[
+            ("build", "scribble", "echo broken > data/db"),
+            // A real ENOSPC, as a build filling the disk gets it.
+            ("build", "fill", "cp project/version /dev/full"),
+        ],
+        json!({}),
+    );
+    assert_eq!(out.status, Status::RolledBack, "{}", out.message);
+    assert!(out.message.contains("disk is full"), "{}", out.message);
+    let arch = f.dir().join("archives").join(&job.deploy_id);
+    assert!(!arch.join("run.failed").exists(), "failed tree kept");
+    assert!(!arch.join("data.failed").exists(), "failed data kept");
+    assert!(!f.dir().join("deploy").join(&job.deploy_id).exists());
+    assert_eq!(f.read("data/db"), "v1-data");
+    assert_eq!(
+        f.lc.status(&f.env, PROJECT).live.as_deref(),
+        Some(first.deploy_id.as_str())
+    );
+}
+
+#[test]
+fn failed_trees_are_rotated_under_keep_archives() {
+    let f = Fixture::new();
+    let settings = json!({"keep_archives": 1});
+    f.cook("v1", &[], settings.clone());
+    let mut failed = Vec::new();
+    for version in ["v2", "v3", "v4"] {
+        let (job, out) = f.cook(version, &[("build", "compile", "false")], settings.clone());
+        assert_eq!(out.status, Status::RolledBack, "{}", out.message);
+        failed.push(f.dir().join("archives").join(&job.deploy_id));
+    }
+    let keeps =
+        |arch: &PathBuf| arch.join("run.failed").exists() || arch.join("data.failed").exists();
+    assert!(
+        keeps(&failed[2]),
+        "the newest failure is kept for inspection"
+    );
+    assert!(
+        !keeps(&failed[0]) && !keeps(&failed[1]),
+        "older failed trees rotated"
+    );
+    // Their records stay: `corpus status` still lists the failures.
+    assert!(failed[0].join("status.json").exists());
+    f.lc.sweep(&f.env, PROJECT);
+    let trash: Vec<_> = fs::read_dir(f.dir().join("archives"))
+        .unwrap()
+        .flatten()
+        .filter(|e| e.file_name().to_string_lossy().starts_with(".trash-"))
+        .collect();
+    assert!(trash.is_empty(), "swept after the job");
+}
+
+#[test]
+fn a_start_failing_during_the_undo_is_reported_as_failed_not_rolled_back() {
+    let f = Fixture::new();
+    let (first, _) = f.cook("v1", &[], json!({}));
+    let plans = f.plans(&[
+        ("build", "compile", "false"),
+        ("start", "start_app", "echo cannot bind >&2; false"),
+    ]);
+    let mut job = f.job(JobKind::Deploy, Mode::Cooking, plans, json!({}));
+    job.source = Some(f.source("v2"));
+    let mut rec = Recorder::default();
+    let out = f.lc.run(&job, &mut rec);
+    assert_eq!(out.status, Status::Failed, "{}", out.message);
+    assert_eq!(out.failed_step, "build");
+    assert!(out.message.contains("start_app"), "{}", out.message);
+    assert!(
+        out.message.contains("service may be down"),
+        "{}",
+        out.message
+    );
+    assert!(rec.has("rollback", StepStatus::Failed));
+    // The files were put back all the same.
+    assert_eq!(f.read("run/version"), "v1");
+    assert_eq!(
+        f.lc.status(&f.env, PROJECT).live.as_deref(),
+        Some(first.deploy_id.as_str())
+    );
+}
+
+#[test]
+fn a_requested_rollback_whose_start_fails_is_undone_back_to_the_live_deployment() {
+    let f = Fixture::new();
+    let (first, _) = f.cook("v1", &[], json!({}));
+    let (second, _) = f.cook("v2", &[], json!({}));
+    fs::write(f.dir().join("data/db"), "v2-data").unwrap();
+    // v1 cannot start any more; v2 can.
+    let plans = f.plans(&[("start", "start_app", "test \"$(cat run/version)\" != v1")]);
+    let back = f.job(
+        JobKind::Rollback { to: None },
+        Mode::Cooking,
+        plans,
+        json!({}),
+    );
+    let mut rec = Recorder::default();
+    let out = f.lc.run(&back, &mut rec);
+    assert_eq!(out.status, Status::Failed, "{}", out.message);
+    assert_eq!(out.failed_step, "start");
+    assert!(out.message.contains("undone"), "{}", out.message);
+    assert!(rec.has("revert", StepStatus::Success));
+    assert_eq!(f.read("run/version"), "v2");
+    assert_eq!(f.read("data/db"), "v2-data");
+    assert_eq!(
+        f.lc.status(&f.env, PROJECT).live.as_deref(),
+        Some(second.deploy_id.as_str())
+    );
+    // v1's tree is kept where it was: a rollback to it can be tried again.
+    let again = f.job(
+        JobKind::Rollback { to: None },
+        Mode::Cooking,
+        ProjectPlan::default(),
+        json!({}),
+    );
+    let out = f.lc.run(&again, &mut Recorder::default());
+    assert_eq!(out.status, Status::Success, "{}", out.message);
+    assert_eq!(f.read("run/version"), "v1");
+    assert_eq!(f.read("data/seen"), "v1\n", "v1's data came back with it");
+    assert_eq!(
+        f.lc.status(&f.env, PROJECT).live.as_deref(),
+        Some(first.deploy_id.as_str())
+    );
+}
+
+#[test]
+fn the_result_is_handed_over_before_the_journal_goes_naming_the_live_deployment() {
+    let f = Fixture::new();
+    let (first, _) = f.cook("v1", &[], json!({}));
+    let plans = f.plans(&[("build", "copy", "cp project/version run/version")]);
+    let mut job = f.job(JobKind::Deploy, Mode::Cooking, plans, json!({}));
+    job.source = Some(f.source("v2"));
+    let handed = HandedOver::new(&f);
+    let out = f.lc.run(&job, &mut handed.clone());
+    assert_eq!(out.status, Status::Success, "{}", out.message);
+    let taken = handed.taken();
+    assert_eq!(taken.len(), 1);
+    assert!(
+        taken[0].journal_present,
+        "the journal went before the result was kept"
+    );
+    assert_eq!(taken[0].live.as_deref(), Some(job.deploy_id.as_str()));
+    assert_eq!(taken[0].release, out.release);
+    assert!(!f.dir().join(".corpus/journal.json").exists());
+
+    let back = f.job(
+        JobKind::Rollback { to: None },
+        Mode::Cooking,
+        ProjectPlan::default(),
+        json!({}),
+    );
+    let handed = HandedOver::new(&f);
+    let out = f.lc.run(&back, &mut handed.clone());
+    assert_eq!(out.status, Status::Success, "{}", out.message);
+    let taken = handed.taken();
+    assert_eq!(taken[0].live.as_deref(), Some(first.deploy_id.as_str()));
+    assert!(taken[0].journal_present);
+}
+
 // ---- crash recovery -------------------------------------------------------------------------
 
 const CHILD_ENV: &str = "CORPUS_LIFECYCLE_CHILD";
@@ -757,44 +965,39 @@ fn crash_child() {
     };
     let spec: Value = serde_json::from_str(&spec).unwrap();
     let s = |k: &str| spec[k].as_str().unwrap_or_default().to_string();
+    let path = |k: &str| spec[k].as_str().map(PathBuf::from);
     let plans: ProjectPlan = serde_json::from_value(spec["plans"].clone()).unwrap();
     let job = Job {
         job_id: s("job_id"),
-        kind: JobKind::Deploy,
+        kind: match s("kind").as_str() {
+            "rollback" => JobKind::Rollback { to: None },
+            _ => JobKind::Deploy,
+        },
         env_uuid: s("env"),
         project: PROJECT.into(),
-        mode: Mode::Cooking,
+        mode: serde_json::from_value(spec["mode"].clone()).unwrap(),
         deploy_id: s("deploy_id"),
         plans,
         common: spec["common"].clone(),
         pillar: json!({}),
         grains: json!({}),
-        source: Some(PathBuf::from(s("source"))),
-        release: None,
+        source: path("source"),
+        release: path("release"),
         commit: "c2".into(),
         requested_by: "alice".into(),
     };
     Lifecycle::new(PathBuf::from(s("root"))).run(&job, &mut NullReporter);
 }
 
-/// Runs a cooking deploy in a child process paused at `step`, SIGKILLs it there, recovers.
-fn crash_and_recover(step: &str, failing_build: bool) {
-    let f = Fixture::new();
-    let (first, out) = f.cook("v1", &[], json!({}));
-    assert_eq!(out.status, Status::Success);
-    fs::write(f.dir().join("data/db"), "v1-data").unwrap();
-    let before = run_tree(&f);
-    let mut states = vec![
-        ("build", "copy", "cp project/version run/version"),
-        ("build", "scribble", "echo broken > data/db"),
-    ];
-    if failing_build {
-        states.push(("build", "compile", "false"));
-    }
-    let job = f.job(JobKind::Deploy, Mode::Cooking, f.plans(&states), json!({}));
+/// Runs `job` in a child process paused at `step`, SIGKILLs it there, and recovers. Checks
+/// what holds after any crash: one outcome, for this job, handed over (to be kept) before the
+/// journal went; no journal or pause marker left. Returns the outcome and what was handed over.
+fn crash_at(f: &Fixture, job: &Job, step: &str) -> (JobOutcome, Handed) {
     let spec = json!({
         "job_id": job.job_id, "env": f.env, "deploy_id": job.deploy_id,
-        "plans": job.plans, "common": job.common, "source": f.source("v2"),
+        "kind": if matches!(job.kind, JobKind::Rollback { .. }) { "rollback" } else { "deploy" },
+        "mode": job.mode, "plans": job.plans, "common": job.common,
+        "source": job.source, "release": job.release,
         "root": f.base.join("root"),
     });
     let mut child = std::process::Command::new(std::env::current_exe().unwrap())
@@ -823,25 +1026,65 @@ fn crash_and_recover(step: &str, failing_build: bool) {
     child.kill().unwrap(); // SIGKILL
     child.wait().unwrap();
 
-    let mut seen = Vec::new();
-    let outcomes = f.lc.recover(&mut |job_id| {
-        seen.push(job_id.to_string());
-        Box::new(NullReporter)
-    });
+    let handed = HandedOver::new(f);
+    let mut outcomes = f.lc.recover(&mut |_| Box::new(handed.clone()));
     assert_eq!(outcomes.len(), 1, "{step}");
-    assert_eq!(outcomes[0].0, job.job_id);
-    let out = &outcomes[0].1;
+    let (job_id, out) = outcomes.remove(0);
+    assert_eq!(job_id, job.job_id);
     assert!(!marker.exists());
     assert!(
         !f.dir().join(".corpus/journal.json").exists(),
         "{step}: journal left"
     );
+    // The result is handed over (to be kept) before the journal goes, and says what is live.
+    let mut handed = handed.taken();
+    assert_eq!(handed.len(), 1, "{step}");
+    let handed = handed.remove(0);
+    assert!(handed.journal_present, "{step}: journal gone first");
+    assert_eq!(handed.status, out.status, "{step}");
+    (out, handed)
+}
+
+/// Runs a cooking deploy in a child process paused at `step`, SIGKILLs it there, recovers.
+fn crash_and_recover(step: &str, failing_build: bool) {
+    let f = Fixture::new();
+    let (first, out) = f.cook("v1", &[], json!({}));
+    assert_eq!(out.status, Status::Success);
+    fs::write(f.dir().join("data/db"), "v1-data").unwrap();
+    let before = run_tree(&f);
+    let mut states = vec![
+        ("build", "copy", "cp project/version run/version"),
+        ("build", "scribble", "echo broken > data/db"),
+    ];
+    if failing_build {
+        states.push(("build", "compile", "false"));
+    }
+    let mut job = f.job(JobKind::Deploy, Mode::Cooking, f.plans(&states), json!({}));
+    job.source = Some(f.source("v2"));
+    let (out, handed) = crash_at(&f, &job, step);
     let committed = ["rotate", "notify"].contains(&step);
     if committed {
         assert_eq!(out.status, Status::Success, "{step}: {}", out.message);
         assert_eq!(f.read("run/version"), "v2", "{step}");
         assert_eq!(f.read("data/db"), "broken\n", "{step}");
+        assert_eq!(
+            handed.live.as_deref(),
+            Some(job.deploy_id.as_str()),
+            "{step}"
+        );
+        let release = handed.release.as_ref().expect("the cooked release");
+        assert_eq!(
+            fs::metadata(&release.path).map(|m| m.len()).ok(),
+            Some(release.size),
+            "{step}: the recovered result carries the release bundled before the crash"
+        );
     } else {
+        assert_eq!(
+            handed.live.as_deref(),
+            Some(first.deploy_id.as_str()),
+            "{step}"
+        );
+        assert!(handed.release.is_none(), "{step}");
         assert_eq!(out.status, Status::RolledBack, "{step}: {}", out.message);
         assert_eq!(run_tree(&f), before, "{step}: run/ back on the old tree");
         assert_eq!(f.read("data/db"), "v1-data", "{step}: data/ intact");
@@ -864,6 +1107,146 @@ fn crash_at_each_step_boundary_recovers() {
 fn crash_during_the_rollback_recovers() {
     for step in UNDO_STEPS {
         crash_and_recover(&format!("rollback_{step}"), true);
+    }
+}
+
+/// Releases v1 and v2 cooked in a staging fixture (kept alive by the caller).
+fn two_releases() -> (Fixture, PathBuf, PathBuf) {
+    let staging = Fixture::new();
+    let (_, one) = staging.cook("v1", &[], json!({}));
+    let (_, two) = staging.cook("v2", &[], json!({}));
+    let (one, two) = (one.release.unwrap().path, two.release.unwrap().path);
+    (staging, one, two)
+}
+
+/// A final deploy of release v2 over v1, in a child paused at `step`, SIGKILLed, recovered.
+fn crash_final_and_recover(step: &str, failing: bool) {
+    let (_staging, v1, v2) = two_releases();
+    let f = Fixture::new();
+    fs::create_dir_all(f.dir().join("data")).unwrap();
+    let mut first = f.job(
+        JobKind::Deploy,
+        Mode::Final,
+        ProjectPlan::default(),
+        json!({}),
+    );
+    first.release = Some(v1);
+    let out = f.lc.run(&first, &mut NullReporter);
+    assert_eq!(out.status, Status::Success, "{}", out.message);
+    fs::write(f.dir().join("data/db"), "v1-data").unwrap();
+    let before = run_tree(&f);
+    let mut states = vec![("upgrade", "scribble", "echo broken > data/db")];
+    if failing {
+        states.push(("upgrade", "migrate", "false"));
+    }
+    let mut job = f.job(JobKind::Deploy, Mode::Final, f.plans(&states), json!({}));
+    job.release = Some(v2.clone());
+    let (out, handed) = crash_at(&f, &job, step);
+    if ["rotate", "notify"].contains(&step) {
+        assert_eq!(out.status, Status::Success, "{step}: {}", out.message);
+        assert_eq!(f.read("run/version"), "v2", "{step}");
+        assert_eq!(
+            handed.live.as_deref(),
+            Some(job.deploy_id.as_str()),
+            "{step}"
+        );
+    } else {
+        assert_eq!(out.status, Status::RolledBack, "{step}: {}", out.message);
+        assert_eq!(run_tree(&f), before, "{step}: run/ back on the old tree");
+        assert_eq!(f.read("data/db"), "v1-data", "{step}: data/ intact");
+        assert_eq!(
+            handed.live.as_deref(),
+            Some(first.deploy_id.as_str()),
+            "{step}"
+        );
+    }
+    assert!(
+        handed.release.is_none(),
+        "{step}: final mode uploads nothing"
+    );
+    let mut next = f.job(
+        JobKind::Deploy,
+        Mode::Final,
+        ProjectPlan::default(),
+        json!({}),
+    );
+    next.release = Some(v2);
+    let out = f.lc.run(&next, &mut NullReporter);
+    assert_eq!(out.status, Status::Success, "{step}: {}", out.message);
+}
+
+#[test]
+fn crash_at_each_step_of_a_final_deploy_recovers() {
+    for step in FINAL_STEPS {
+        crash_final_and_recover(step.as_str(), false);
+    }
+}
+
+#[test]
+fn crash_during_the_undo_of_a_final_deploy_recovers() {
+    for step in UNDO_STEPS {
+        crash_final_and_recover(&format!("rollback_{step}"), true);
+    }
+}
+
+/// `corpus rollback` from v2 to v1 in a child paused at `step`, SIGKILLed, recovered. With
+/// `v1_cannot_start`, start.sls fails on v1 and the rollback is undone.
+fn crash_rollback_and_recover(step: &str, v1_cannot_start: bool) {
+    let f = Fixture::new();
+    let (first, _) = f.cook("v1", &[], json!({}));
+    let (second, _) = f.cook("v2", &[], json!({}));
+    fs::write(f.dir().join("data/db"), "v2-data").unwrap();
+    let plans = if v1_cannot_start {
+        f.plans(&[("start", "start_app", "test \"$(cat run/version)\" != v1")])
+    } else {
+        ProjectPlan::default()
+    };
+    let job = f.job(
+        JobKind::Rollback { to: None },
+        Mode::Cooking,
+        plans,
+        json!({}),
+    );
+    let (out, handed) = crash_at(&f, &job, step);
+    if v1_cannot_start {
+        assert_eq!(out.status, Status::Failed, "{step}: {}", out.message);
+        assert!(out.message.contains("undone"), "{step}: {}", out.message);
+        assert_eq!(f.read("run/version"), "v2", "{step}");
+        assert_eq!(f.read("data/db"), "v2-data", "{step}: data/ back");
+        assert_eq!(
+            handed.live.as_deref(),
+            Some(second.deploy_id.as_str()),
+            "{step}"
+        );
+    } else {
+        // A requested rollback is finished after a crash, not undone.
+        assert_eq!(out.status, Status::Success, "{step}: {}", out.message);
+        assert_eq!(f.read("run/version"), "v1", "{step}");
+        assert_eq!(f.read("data/seen"), "v1\n", "{step}: v1's data with it");
+        assert_eq!(
+            handed.live.as_deref(),
+            Some(first.deploy_id.as_str()),
+            "{step}"
+        );
+    }
+    let st = f.lc.status(&f.env, PROJECT);
+    assert_eq!(st.live, handed.live, "{step}");
+    // Usable again: a deploy runs.
+    let (_, next) = f.cook("v3", &[], json!({}));
+    assert_eq!(next.status, Status::Success, "{step}: {}", next.message);
+}
+
+#[test]
+fn crash_at_each_step_of_a_requested_rollback_recovers() {
+    for step in ROLLBACK_STEPS {
+        crash_rollback_and_recover(step.as_str(), false);
+    }
+}
+
+#[test]
+fn crash_during_the_undo_of_a_failed_requested_rollback_recovers() {
+    for step in UNDO_STEPS {
+        crash_rollback_and_recover(&format!("rollback_{step}"), true);
     }
 }
 
@@ -1086,8 +1469,9 @@ mod injected {
 
     #[test]
     fn a_service_that_fails_to_start_rolls_the_deploy_back() {
+        // It fails once: the undo's start.sls brings it up (see the next test otherwise).
         let services = Arc::new(FakeServices {
-            broken: ["shop-worker".to_string()].into(),
+            flaky: std::sync::Mutex::new(["shop-worker".to_string()].into()),
             ..FakeServices::default()
         });
         let f = with_services(services.clone());
@@ -1115,6 +1499,28 @@ mod injected {
             ]
         );
         assert_eq!(f.read("run/version"), "", "cooking builds nothing here");
+        assert_eq!(f.lc.live(&f.env, PROJECT), Some(first.deploy_id));
+    }
+
+    #[test]
+    fn a_service_still_down_after_the_undo_fails_the_job_instead_of_rolled_back() {
+        let services = Arc::new(FakeServices {
+            broken: ["shop-worker".to_string()].into(),
+            ..FakeServices::default()
+        });
+        let f = with_services(services.clone());
+        let (_, first) = deploy(&f, "v1", service_plans(&[("web-up", "shop-web")]));
+        assert_eq!(first.status, Status::Success, "{}", first.message);
+        let plans = service_plans(&[("web-up", "shop-web"), ("worker-up", "shop-worker")]);
+        let (rec, out) = deploy(&f, "v2", plans);
+        assert_eq!(out.status, Status::Failed, "{}", out.message);
+        assert_eq!(out.failed_step, "start");
+        assert!(
+            out.message.contains("service may be down"),
+            "{}",
+            out.message
+        );
+        assert!(rec.has("rollback", StepStatus::Failed));
         assert_eq!(f.lc.live(&f.env, PROJECT), Some(first.deploy_id));
     }
 

@@ -32,6 +32,8 @@ pub struct CommandSpec {
     /// Identity to switch to before exec (`runas`).
     pub runas: Option<User>,
     pub timeout: Option<Duration>,
+    /// What stdout and stderr each keep (their tails): [`OUTPUT_CAP_BYTES`].
+    pub output_cap: usize,
 }
 
 /// What a finished command returned.
@@ -51,9 +53,26 @@ fn retcode(status: ExitStatus) -> i32 {
         .unwrap_or_else(|| -status.signal().unwrap_or(0))
 }
 
-/// Reads a pipe to its end into a shared buffer, then says so on `done`.
-fn drain(mut pipe: impl Read + Send + 'static, done: mpsc::Sender<()>) -> Arc<Mutex<Vec<u8>>> {
-    let buf = Arc::new(Mutex::new(Vec::new()));
+/// What a command's stdout and stderr may each keep: the last this many bytes. A state's
+/// result travels to the master as one event, and an event must stay well under the link's
+/// 16 MiB message limit (README, "Limits").
+pub const OUTPUT_CAP_BYTES: usize = 1024 * 1024;
+
+/// The tail of a stream, and how much of its head was dropped.
+#[derive(Default)]
+struct Captured {
+    bytes: Vec<u8>,
+    dropped: u64,
+}
+
+/// Reads a pipe to its end into a shared buffer keeping the last `cap` bytes, then says so on
+/// `done`.
+fn drain(
+    mut pipe: impl Read + Send + 'static,
+    done: mpsc::Sender<()>,
+    cap: usize,
+) -> Arc<Mutex<Captured>> {
+    let buf = Arc::new(Mutex::new(Captured::default()));
     let sink = Arc::clone(&buf);
     std::thread::spawn(move || {
         let mut chunk = [0u8; 8192];
@@ -62,7 +81,13 @@ fn drain(mut pipe: impl Read + Send + 'static, done: mpsc::Sender<()>) -> Arc<Mu
                 Ok(0) | Err(_) => break,
                 Ok(n) => {
                     if let Ok(mut b) = sink.lock() {
-                        b.extend_from_slice(&chunk[..n]);
+                        b.bytes.extend_from_slice(&chunk[..n]);
+                        // Trimmed in batches, so the copy costs O(1) per byte read.
+                        if b.bytes.len() >= 2 * cap.max(1) {
+                            let excess = b.bytes.len() - cap;
+                            b.bytes.drain(..excess);
+                            b.dropped += excess as u64;
+                        }
                     }
                 }
             }
@@ -72,12 +97,27 @@ fn drain(mut pipe: impl Read + Send + 'static, done: mpsc::Sender<()>) -> Arc<Mu
     buf
 }
 
-fn take_text(buf: &Arc<Mutex<Vec<u8>>>) -> String {
-    let bytes = buf.lock().map(|b| b.clone()).unwrap_or_default();
+fn take_text(buf: &Arc<Mutex<Captured>>, cap: usize) -> String {
+    let (mut bytes, mut dropped) = buf
+        .lock()
+        .map(|b| (b.bytes.clone(), b.dropped))
+        .unwrap_or_default();
+    if bytes.len() > cap {
+        let excess = bytes.len() - cap;
+        bytes.drain(..excess);
+        dropped += excess as u64;
+    }
     // Salt strips the trailing newline of captured output.
-    String::from_utf8_lossy(&bytes)
+    let text = String::from_utf8_lossy(&bytes)
         .trim_end_matches(['\n', '\r'])
-        .to_string()
+        .to_string();
+    if dropped == 0 {
+        return text;
+    }
+    format!(
+        "[corpus: the first {dropped} bytes of this output were cut: a state keeps the last \
+         {cap} bytes of each stream]\n{text}"
+    )
 }
 
 /// Runs `spec` to completion (or to its timeout), capturing stdout and stderr.
@@ -122,8 +162,9 @@ pub fn execute(spec: &CommandSpec) -> Result<CommandOutput, String> {
     })?;
     let pid = child.id();
     let (done_tx, done_rx) = mpsc::channel();
-    let stdout = child.stdout.take().map(|p| drain(p, done_tx.clone()));
-    let stderr = child.stderr.take().map(|p| drain(p, done_tx.clone()));
+    let cap = spec.output_cap;
+    let stdout = child.stdout.take().map(|p| drain(p, done_tx.clone(), cap));
+    let stderr = child.stderr.take().map(|p| drain(p, done_tx.clone(), cap));
     drop(done_tx);
 
     let (status_tx, status_rx) = mpsc::channel();
@@ -159,8 +200,14 @@ pub fn execute(spec: &CommandSpec) -> Result<CommandOutput, String> {
     Ok(CommandOutput {
         pid,
         retcode: retcode(status),
-        stdout: stdout.as_ref().map(take_text).unwrap_or_default(),
-        stderr: stderr.as_ref().map(take_text).unwrap_or_default(),
+        stdout: stdout
+            .as_ref()
+            .map(|b| take_text(b, cap))
+            .unwrap_or_default(),
+        stderr: stderr
+            .as_ref()
+            .map(|b| take_text(b, cap))
+            .unwrap_or_default(),
         timed_out,
     })
 }
@@ -224,6 +271,7 @@ fn spec_for(args: &Args, command: &str) -> Result<CommandSpec, String> {
         env: env_pairs(args.raw("env"))?,
         runas,
         timeout: args.seconds("timeout")?.map(Duration::from_secs_f64),
+        output_cap: OUTPUT_CAP_BYTES,
     })
 }
 
@@ -345,6 +393,31 @@ mod tests {
         assert_eq!(out.changes["stdout"], json!("out"));
         assert_eq!(out.changes["stderr"], json!("err"));
         assert!(out.changes["pid"].as_u64().is_some_and(|p| p > 0));
+    }
+
+    #[test]
+    fn output_is_capped_to_its_tail_and_says_so() {
+        // 3 MiB on stdout, a little on stderr.
+        let c = chunk(
+            "cmd.run",
+            "noisy",
+            json!({"name": "head -c 3145728 /dev/zero | tr '\\0' x; echo; echo the-end; echo err >&2"}),
+        );
+        let out = run_state(&c, false);
+        assert_eq!(out.result, Some(true), "{}", out.comment);
+        let stdout = out.changes["stdout"].as_str().unwrap();
+        assert!(stdout.len() < OUTPUT_CAP_BYTES + 200, "{}", stdout.len());
+        assert!(stdout.ends_with("the-end"));
+        assert!(
+            stdout.starts_with("[corpus: the first ") && stdout.contains("1048576 bytes"),
+            "{}",
+            &stdout[..200]
+        );
+        assert_eq!(
+            out.changes["stderr"],
+            json!("err"),
+            "a short stream is whole"
+        );
     }
 
     #[test]

@@ -44,6 +44,8 @@ pub struct FakeServices {
     pub calls: Mutex<Vec<String>>,
     /// Units whose control verbs fail.
     pub broken: BTreeSet<String>,
+    /// Units whose next control verb fails, once (a service that comes up on a second try).
+    pub flaky: Mutex<BTreeSet<String>>,
     /// Pretend systemd is not running.
     pub unavailable: bool,
 }
@@ -80,7 +82,8 @@ impl ServiceControl for FakeServices {
         if let Ok(mut c) = self.calls.lock() {
             c.push(format!("{verb} {name}"));
         }
-        if self.broken.contains(name) {
+        let flaked = self.flaky.lock().is_ok_and(|mut f| f.remove(name));
+        if self.broken.contains(name) || flaked {
             return Err(format!("Job for {name}.service failed"));
         }
         let (Ok(mut active), Ok(mut enabled)) = (self.active.lock(), self.enabled.lock()) else {

@@ -343,6 +343,96 @@ fn an_agent_killed_at_each_step_boundary_recovers_to_a_complete_tree() -> anyhow
 }
 
 #[test]
+fn a_graceful_stop_mid_deploy_finishes_the_job_and_its_result_reaches_the_master()
+-> anyhow::Result<()> {
+    let mut cluster = Cluster::start()?;
+    let source = cluster.root.path().join("src");
+    let staging = cooked(&cluster, &source)?;
+    let first = live(&cluster.status(&staging, "app")?).context("no live deployment")?;
+    let building = cluster.root.path().join("building");
+    let slow_build = format!(
+        "copy_app:\n  cmd.run:\n    - name: touch {} && sleep 3 && cp -a {{{{ common.project_dir }}}}/app/. {{{{ common.run_dir }}}}/\n",
+        building.display()
+    );
+    sample_project(&source, "v2", &[("build.sls", &slow_build)])?;
+    let path = source.display().to_string();
+    let mut push = cluster.corpus_spawn(&["push", "local", &staging, "app", "--path", &path])?;
+    wait_until("the build to start", || Ok(building.exists()))?;
+    cluster.agent.proc.signal(libc::SIGTERM);
+    wait_until("the agent to stop", || {
+        Ok(cluster.agent.proc.child.try_wait()?.is_some())
+    })?;
+    push.kill();
+    // The deploy ran to its end before the agent exited.
+    let dir = cluster.project_dir(&staging, "app");
+    assert_eq!(
+        std::fs::read_to_string(dir.join("run/index.html"))?,
+        "hello v2\n"
+    );
+
+    cluster.restart_agent(&[])?;
+    wait_until("the master to learn how the deploy ended", || {
+        let status = cluster.status(&staging, "app")?;
+        let all = deployments(&status);
+        Ok(all.len() == 2 && all.iter().all(|d| d["result"] != "running"))
+    })?;
+    let status = cluster.status(&staging, "app")?;
+    let newest = deployments(&status)[1].clone();
+    assert_eq!(newest["result"], "success", "{status}");
+    let now_live = live(&status).context("no live deployment")?;
+    assert_ne!(now_live, first, "{status}");
+    assert_eq!(Some(now_live.as_str()), newest["id"].as_str(), "{status}");
+    let releases = status["releases"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        releases.len(),
+        2,
+        "the cooked release is recorded: {status}"
+    );
+    Ok(())
+}
+
+#[test]
+fn a_master_down_when_a_build_ends_gets_the_release_once_it_is_back() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start()?;
+    let source = cluster.root.path().join("src");
+    let staging = cooked(&cluster, &source)?;
+    let building = cluster.root.path().join("building");
+    let slow_build = format!(
+        "copy_app:\n  cmd.run:\n    - name: touch {} && sleep 1 && cp -a {{{{ common.project_dir }}}}/app/. {{{{ common.run_dir }}}}/\n",
+        building.display()
+    );
+    sample_project(&source, "v2", &[("build.sls", &slow_build)])?;
+    let path = source.display().to_string();
+    let mut push = cluster.corpus_spawn(&["push", "local", &staging, "app", "--path", &path])?;
+    wait_until("the build to start", || Ok(building.exists()))?;
+    let (addr, data_dir) = (cluster.master.addr.clone(), cluster.master.data_dir.clone());
+    cluster.master.proc.kill();
+    push.kill();
+    wait_until("the agent to retry the release upload", || {
+        Ok(cluster
+            .agent
+            .proc
+            .log_text()
+            .contains("cannot take the release now"))
+    })?;
+    cluster.master = corpus_tests::Master::serve(&data_dir, &addr)?;
+    wait_until("the master to record the deploy", || {
+        let status = cluster.status(&staging, "app")?;
+        let all = deployments(&status);
+        Ok(all.len() == 2 && all.iter().all(|d| d["result"] != "running"))
+    })?;
+    let status = cluster.status(&staging, "app")?;
+    assert_eq!(deployments(&status)[1]["result"], "success", "{status}");
+    let releases = status["releases"].as_array().cloned().unwrap_or_default();
+    assert_eq!(
+        releases.len(),
+        2,
+        "the cooked release is recorded: {status}"
+    );
+    Ok(())
+}
+
+#[test]
 fn bad_pushes_fail_clearly_and_change_nothing_on_the_agent() -> anyhow::Result<()> {
     let cluster = Cluster::start()?;
     let source = cluster.root.path().join("src");
