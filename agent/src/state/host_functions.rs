@@ -28,6 +28,7 @@ impl HostFunctions for LocalHost {
             env: Vec::new(),
             runas: None,
             timeout: Some(TEMPLATE_COMMAND_TIMEOUT),
+            output_cap: crate::state::cmd::OUTPUT_CAP_BYTES,
         })?;
         if output.timed_out {
             return Err(format!(
@@ -94,6 +95,7 @@ impl HostFunctions for LocalHost {
                 env: Vec::new(),
                 runas: None,
                 timeout: Some(TEMPLATE_COMMAND_TIMEOUT),
+                output_cap: crate::state::cmd::OUTPUT_CAP_BYTES,
             }) && output.retcode == 0
                 && !output.stdout.trim().is_empty()
             {
