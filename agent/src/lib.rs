@@ -2,6 +2,7 @@
 //! plans it receives (or, masterless, plans it renders itself with `apply --local`).
 
 pub mod apply_local;
+pub mod config;
 pub mod enroll;
 pub mod grains;
 pub mod jobs;

@@ -15,6 +15,7 @@ use tracing::{error, info, warn};
 
 use std::sync::Arc;
 
+use crate::config::LiveSettings;
 use crate::enroll;
 use crate::grains::Grains;
 use crate::jobs::{self, JobContext};
@@ -32,7 +33,9 @@ pub struct LinkOptions {
     pub id: String,
     pub state_dir: PathBuf,
     pub token: Option<String>,
-    pub slots: u32,
+    /// What SIGHUP may change (`config.rs`): new slots are said in a new Hello, a new
+    /// heartbeat applies at once.
+    pub live: watch::Receiver<LiveSettings>,
     /// How often a pending agent asks whether it was accepted.
     pub enroll_poll: Duration,
     /// How often a rejected agent asks again (an operator may change their mind).
@@ -77,6 +80,8 @@ enum Ended {
     Stopped,
     /// The link was up (Welcome received) and then ended.
     Closed(String),
+    /// The slots changed (SIGHUP): attach again at once, with new grains in the Hello.
+    Reconfigured,
 }
 
 enum AttachError {
@@ -90,8 +95,7 @@ enum AttachError {
 
 /// Runs the agent's link until `stop` says stop.
 pub async fn run(options: LinkOptions, mut stop: watch::Receiver<Signal>) -> anyhow::Result<()> {
-    let mut grains = crate::grains::collect(&options.id, options.slots);
-    grains.root = options.root.display().to_string();
+    let mut live = options.live.clone();
     let lifecycle = Arc::new(Lifecycle::new(options.root.clone()));
     let (outbox, mut outbox_rx) = mpsc::unbounded_channel();
     let running = jobs::RunningJobs::default();
@@ -102,6 +106,8 @@ pub async fn run(options: LinkOptions, mut stop: watch::Receiver<Signal>) -> any
         let Some(identity) = enroll::ensure_identity(&options, &mut stop).await? else {
             return Ok(());
         };
+        let mut grains = crate::grains::collect(&options.id, live.borrow_and_update().slots);
+        grains.root = options.root.display().to_string();
         let ctx = Arc::new(JobContext {
             lifecycle: lifecycle.clone(),
             state_dir: options.state_dir.clone(),
@@ -112,9 +118,21 @@ pub async fn run(options: LinkOptions, mut stop: watch::Receiver<Signal>) -> any
             outbox: outbox.clone(),
             running: running.clone(),
         });
-        let attached = attach_once(&options, &ctx, &grains, &mut outbox_rx, &mut stop).await;
+        let attached = attach_once(
+            &options,
+            &ctx,
+            &grains,
+            &mut outbox_rx,
+            &mut stop,
+            &mut live,
+        )
+        .await;
         let delay = match attached {
             Ok(Ended::Stopped) => return Ok(()),
+            Ok(Ended::Reconfigured) => {
+                info!("slots changed: attaching again to say so");
+                continue;
+            }
             Ok(Ended::Closed(why)) => {
                 backoff.reset();
                 let delay = backoff.next_delay();
@@ -151,6 +169,7 @@ async fn attach_once(
     grains: &Grains,
     outbox: &mut mpsc::UnboundedReceiver<AgentMessage>,
     stop: &mut watch::Receiver<Signal>,
+    live: &mut watch::Receiver<LiveSettings>,
 ) -> Result<Ended, AttachError> {
     let identity = &ctx.identity;
     let channel = corpus_runtime::tls::dial(
@@ -191,7 +210,7 @@ async fn attach_once(
         })?
         .into_inner();
 
-    let heartbeat = match inbound.message().await {
+    let asked = match inbound.message().await {
         Ok(Some(corpus_proto::MasterMessage {
             body: Some(master_message::Body::Welcome(w)),
         })) => Duration::from_secs(u64::from(w.heartbeat_seconds.max(1))),
@@ -200,12 +219,23 @@ async fn attach_once(
     };
     info!(master = %options.master, "attached to the master");
 
-    let mut ticker = tokio::time::interval(heartbeat);
+    // The master drops a link silent for three of its periods: the agent may beat more
+    // often than asked, never less.
+    let period = |live: &LiveSettings| live.heartbeat.map_or(asked, |h| h.min(asked));
+    let mut ticker = tokio::time::interval(period(&live.borrow()));
     ticker.tick().await;
     let mut sequence = 0u64;
     loop {
         tokio::select! {
             _ = stop.wait_for(|s| *s == Signal::Stop) => return Ok(Ended::Stopped),
+            Ok(()) = live.changed() => {
+                let now = live.borrow_and_update().clone();
+                if now.slots != grains.slots {
+                    return Ok(Ended::Reconfigured);
+                }
+                ticker = tokio::time::interval(period(&now));
+                ticker.tick().await;
+            }
             _ = ticker.tick() => {
                 sequence += 1;
                 let beat = AgentMessage {

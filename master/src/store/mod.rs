@@ -4,6 +4,7 @@
 //! Calls block on the disk: async code runs them through [`crate::MasterState::blocking`].
 
 mod jobs;
+mod nodes;
 
 use std::sync::Arc;
 
@@ -13,6 +14,7 @@ use serde::de::DeserializeOwned;
 use crate::db::{Db, DbError, Tree, Write};
 pub use crate::records::*;
 pub use jobs::ProjectChange;
+pub use nodes::NodeRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
