@@ -5,4 +5,5 @@ mod cli;
 mod console;
 mod foundation;
 mod lifecycle;
+mod nodes;
 mod render;
