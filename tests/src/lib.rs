@@ -626,10 +626,7 @@ impl Sshd {
         std::fs::create_dir_all("/run/sshd")?;
         let client_key = dir.join("client_key");
         ssh_keygen(&client_key)?;
-        std::fs::copy(
-            dir.join("client_key.pub"),
-            dir.join("authorized_keys"),
-        )?;
+        std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys"))?;
         let port = std::net::TcpListener::bind("127.0.0.1:0")?
             .local_addr()?
             .port();
@@ -673,7 +670,12 @@ impl Sshd {
             .stdout(Stdio::null())
             .stderr(stderr_file(&log)?)
             .spawn()
-            .with_context(|| format!("cannot start {} (apt-get install openssh-server)", Self::BINARY))?;
+            .with_context(|| {
+                format!(
+                    "cannot start {} (apt-get install openssh-server)",
+                    Self::BINARY
+                )
+            })?;
         let proc = Proc { child, log };
         let port = self.port;
         wait_until(&format!("sshd listening on port {port}"), || {
@@ -722,7 +724,10 @@ pub fn ssh_keygen(path: &Path) -> anyhow::Result<()> {
         .arg(path)
         .output()?;
     if !out.status.success() {
-        bail!("ssh-keygen failed: {}", String::from_utf8_lossy(&out.stderr));
+        bail!(
+            "ssh-keygen failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
     }
     Ok(())
 }

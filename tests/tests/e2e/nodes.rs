@@ -112,10 +112,19 @@ fn attach_starts_a_connected_agent_and_detach_removes_it() -> anyhow::Result<()>
     // A key the node does not authorize fails at the login step, before any token exists.
     let wrong_key = root.path().join("wrong_key");
     ssh_keygen(&wrong_key)?;
-    let out = attach(&master, &sshd, &wrong_key, &prefix, &["--accept-new-host-key"])?;
+    let out = attach(
+        &master,
+        &sshd,
+        &wrong_key,
+        &prefix,
+        &["--accept-new-host-key"],
+    )?;
     let (stdout, stderr) = text(&out);
     assert!(!out.status.success(), "{stdout}");
-    assert!(stdout.contains("==> connect") && stdout.contains("==> login"), "{stdout}");
+    assert!(
+        stdout.contains("==> connect") && stdout.contains("==> login"),
+        "{stdout}"
+    );
     assert!(!stdout.contains("==> enrollment token"), "{stdout}");
     assert!(stderr.contains("step `login` failed"), "{stderr}");
 
@@ -159,7 +168,10 @@ fn attach_starts_a_connected_agent_and_detach_removes_it() -> anyhow::Result<()>
     assert_eq!(node["connected"], true);
     let out = master.console(&["nodes", "list"], None)?;
     let (stdout, _) = text(&out);
-    assert!(stdout.contains(&fingerprint) && stdout.contains("accepted, connected"), "{stdout}");
+    assert!(
+        stdout.contains(&fingerprint) && stdout.contains("accepted, connected"),
+        "{stdout}"
+    );
 
     // The same attach again is refused: the node is attached.
     let out = attach(&master, &sshd, &sshd.client_key, &prefix, &[])?;
@@ -177,7 +189,10 @@ fn attach_starts_a_connected_agent_and_detach_removes_it() -> anyhow::Result<()>
     assert!(!config.exists());
     assert!(!prefix.join("var/lib/corpus-agent").exists());
     assert!(master.agent("node1")?.is_none());
-    assert_eq!(master.console_json(&["nodes", "list"])?, serde_json::json!([]));
+    assert_eq!(
+        master.console_json(&["nodes", "list"])?,
+        serde_json::json!([])
+    );
     Ok(())
 }
 
@@ -193,16 +208,31 @@ fn a_changed_host_key_is_refused_naming_both_fingerprints() -> anyhow::Result<()
     // A refused login still records the host key it accepted.
     let wrong_key = root.path().join("wrong_key");
     ssh_keygen(&wrong_key)?;
-    let out = attach(&master, &sshd, &wrong_key, &prefix, &["--accept-new-host-key"])?;
+    let out = attach(
+        &master,
+        &sshd,
+        &wrong_key,
+        &prefix,
+        &["--accept-new-host-key"],
+    )?;
     assert!(!out.status.success());
     let known = std::fs::read_to_string(master.data_dir.join("known_hosts"))?;
-    assert!(known.starts_with(&format!("[127.0.0.1]:{} ssh-ed25519 ", sshd.port)), "{known}");
+    assert!(
+        known.starts_with(&format!("[127.0.0.1]:{} ssh-ed25519 ", sshd.port)),
+        "{known}"
+    );
     let old = sshd.host_key_fingerprint()?;
 
     sshd.restart_with_new_host_key()?;
     let new = sshd.host_key_fingerprint()?;
     assert_ne!(old, new);
-    let out = attach(&master, &sshd, &sshd.client_key, &prefix, &["--accept-new-host-key"])?;
+    let out = attach(
+        &master,
+        &sshd,
+        &sshd.client_key,
+        &prefix,
+        &["--accept-new-host-key"],
+    )?;
     let (stdout, stderr) = text(&out);
     assert!(!out.status.success(), "{stdout}");
     assert!(

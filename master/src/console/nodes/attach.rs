@@ -140,7 +140,10 @@ pub async fn run(args: AttachArgs, console: &Console) -> anyhow::Result<()> {
 
     let node = open_session(console, &plan.target, &args.key, args.accept_new_host_key)?;
 
-    Step::Token.begin(&format!("single-use, for {id}"));
+    Step::Token.begin(&format!(
+        "single-use, valid {}",
+        humantime::format_duration(TOKEN_TTL)
+    ));
     let token = admin
         .create_enrollment_token(CreateTokenRequest {
             ttl_seconds: TOKEN_TTL.as_secs(),

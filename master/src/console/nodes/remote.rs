@@ -85,25 +85,14 @@ impl AgentConfig {
     }
 }
 
-/// `corpus-agent.service`, started at boot and restarted on failure.
+/// The unit shipped in `dist/systemd/`, installed as is in production.
+const DIST_UNIT: &str = include_str!("../../../../dist/systemd/corpus-agent.service");
+
+/// `corpus-agent.service`: the shipped unit, its binary and config paths under the prefix.
 pub fn systemd_unit(layout: &RemoteLayout) -> String {
-    format!(
-        "# Written by `corpus-master nodes attach`.\n\
-         [Unit]\n\
-         Description=corpus agent\n\
-         Wants=network-online.target\n\
-         After=network-online.target\n\n\
-         [Service]\n\
-         Type=notify\n\
-         ExecStart={binary} run --config {config}\n\
-         ExecReload=/bin/kill -HUP $MAINPID\n\
-         Restart=always\n\
-         RestartSec=5s\n\n\
-         [Install]\n\
-         WantedBy=multi-user.target\n",
-        binary = layout.binary(),
-        config = layout.config(),
-    )
+    DIST_UNIT
+        .replace("/usr/local/bin/corpus-agent", &layout.binary())
+        .replace("/etc/corpus/agent.yaml", &layout.config())
 }
 
 #[cfg(test)]
