@@ -406,10 +406,11 @@ async fn wait_connected(
     let mut last = None;
     loop {
         let agent = agents(admin).await?.into_iter().find(|a| a.id == id);
-        if let Some(agent) = &agent {
-            if agent.connected && agent.status == AgentStatus::Accepted as i32 {
-                return Ok(agent.clone());
-            }
+        if let Some(agent) = &agent
+            && agent.connected
+            && agent.status == AgentStatus::Accepted as i32
+        {
+            return Ok(agent.clone());
         }
         last = agent.or(last);
         if start.elapsed() >= wait {

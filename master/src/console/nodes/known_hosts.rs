@@ -113,10 +113,10 @@ impl KnownHosts {
             else {
                 continue;
             };
-            if hosts.split(',').any(|h| h == pattern) {
-                if let Ok(blob) = STANDARD.decode(key) {
-                    keys.push(blob);
-                }
+            if hosts.split(',').any(|h| h == pattern)
+                && let Ok(blob) = STANDARD.decode(key)
+            {
+                keys.push(blob);
             }
         }
         Ok(keys)
