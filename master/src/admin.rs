@@ -7,10 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corpus_proto::{
-    AddUserRequest, AgentInfo, AgentList, AgentRef, CreateTokenRequest, DefaultsRequest, Empty,
-    EnrollmentToken, Environment, EnvironmentList, GrantRequest, JobDetail, JobList, JobRef,
-    JobsRequest, Node, NodeList, PillarFiles, ProjectRequest, RenderRequest, RenderResponse,
-    RevokeTokenRequest, User, UserList,
+    AddUserRequest, AgentInfo, AgentList, AgentRef, AgentTokenRequest, CreateTokenRequest,
+    DefaultsRequest, Empty, EnrollmentToken, Environment, EnvironmentList, GrantRequest, JobDetail,
+    JobList, JobRef, JobsRequest, Node, NodeList, PillarFiles, ProjectRequest, RenderRequest,
+    RenderResponse, RevokeTokenRequest, User, UserList,
 };
 use tonic::{Request, Response, Status};
 use tracing::info;
@@ -394,6 +394,28 @@ impl corpus_proto::admin_server::Admin for AdminService {
             .await?;
         info!("enrollment token revoked");
         Ok(Response::new(Empty {}))
+    }
+
+    async fn create_agent_enrollment_token(
+        &self,
+        request: Request<AgentTokenRequest>,
+    ) -> Result<Response<EnrollmentToken>, Status> {
+        let AgentTokenRequest {
+            agent_id,
+            ttl_seconds,
+        } = request.into_inner();
+        corpus_proto::names::validate_agent_id(&agent_id).map_err(MasterError::from)?;
+        let ttl = Duration::from_secs(ttl_seconds.max(1)).min(MAX_TOKEN_TTL);
+        let id = agent_id.clone();
+        let (token, expires_at_unix) = self
+            .state
+            .blocking(move |s| Ok(s.auth.create_enrollment_token_for(ttl, Some(id))?))
+            .await?;
+        info!(agent = %agent_id, ttl = %humantime::format_duration(ttl), "enrollment token created for one agent");
+        Ok(Response::new(EnrollmentToken {
+            token,
+            expires_at_unix,
+        }))
     }
 
     async fn put_node(&self, request: Request<Node>) -> Result<Response<Node>, Status> {

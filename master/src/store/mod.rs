@@ -353,6 +353,7 @@ mod tests {
         let token = EnrollmentTokenRecord {
             created_at: 1,
             expires_at: 2,
+            agent_id: None,
         };
         store.put_enrollment_token("h", &token)?;
         assert_eq!(store.take_enrollment_token("h")?, Some(token));

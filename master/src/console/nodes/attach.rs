@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 use anyhow::Context;
 use corpus_proto::admin_client::AdminClient;
 use corpus_proto::{
-    AgentInfo, AgentStatus, CreateTokenRequest, Node as NodeRecord, RevokeTokenRequest,
+    AgentInfo, AgentStatus, AgentTokenRequest, Node as NodeRecord, RevokeTokenRequest,
 };
 use serde_json::json;
 use sha2::{Digest, Sha256};
@@ -141,11 +141,12 @@ pub async fn run(args: AttachArgs, console: &Console) -> anyhow::Result<()> {
     let node = open_session(console, &plan.target, &args.key, args.accept_new_host_key)?;
 
     Step::Token.begin(&format!(
-        "single-use, valid {}",
+        "single-use, for {id} only, valid {}",
         humantime::format_duration(TOKEN_TTL)
     ));
     let token = admin
-        .create_enrollment_token(CreateTokenRequest {
+        .create_agent_enrollment_token(AgentTokenRequest {
+            agent_id: id.clone(),
             ttl_seconds: TOKEN_TTL.as_secs(),
         })
         .await
