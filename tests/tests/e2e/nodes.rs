@@ -128,6 +128,24 @@ fn attach_starts_a_connected_agent_and_detach_removes_it() -> anyhow::Result<()>
     assert!(!stdout.contains("==> enrollment token"), "{stdout}");
     assert!(stderr.contains("step `login` failed"), "{stderr}");
 
+    // A remote command failing after the token was made: the step, the exit status and the
+    // remote stderr are reported, and the token is revoked.
+    let not_a_dir = root.path().join("not-a-dir");
+    std::fs::write(&not_a_dir, "")?;
+    let out = attach(&master, &sshd, &sshd.client_key, &not_a_dir, &[])?;
+    let (stdout, stderr) = text(&out);
+    assert!(!out.status.success(), "{stdout}");
+    assert!(stdout.contains("==> enrollment token"), "{stdout}");
+    assert!(
+        stderr.contains("step `prepare directories` failed")
+            && stderr.contains("exited with status 1")
+            && stderr.contains("Not a directory"),
+        "{stderr}"
+    );
+    wait_until("the failed attach's token to be revoked", || {
+        Ok(master.proc.log_text().contains("enrollment token revoked"))
+    })?;
+
     let out = attach(&master, &sshd, &sshd.client_key, &prefix, &[])?;
     let (stdout, stderr) = text(&out);
     assert!(
@@ -146,6 +164,12 @@ fn attach_starts_a_connected_agent_and_detach_removes_it() -> anyhow::Result<()>
     // Accepted without an operator: the single-use token admitted it (and was spent); its
     // file is gone from the node.
     master.wait_agent("node1", "accepted", true)?;
+    assert!(
+        master
+            .proc
+            .log_text()
+            .contains("agent accepted with an enrollment token")
+    );
     assert!(!prefix.join("etc/corpus/enroll.token").exists());
     let config = prefix.join("etc/corpus/agent.yaml");
     let config_text = std::fs::read_to_string(&config)?;
