@@ -16,7 +16,8 @@ use tonic::transport::Channel;
 
 use super::remote::{AgentConfig, RemoteLayout, systemd_unit};
 use super::{
-    Console, POLL, Step, agents, blocking, default_agent_binary, nodes, open_session, stop_command,
+    Console, POLL, Step, agents, blocking, default_agent_binary, nodes, open_session, progress,
+    stop_command,
 };
 use super::{Node, Target, quote};
 use crate::console::{print_json, printable, rpc};
@@ -339,11 +340,11 @@ async fn install(
         *started = true;
         let out = blocking(|| node.run("start the agent detached", &start))
             .map_err(Step::Start.failed())?;
-        println!(
+        progress(&format!(
             "    started the agent detached, pid {}, output in {}",
             out.stdout.trim(),
             layout.log_file()
-        );
+        ));
     } else {
         Step::Start.begin("corpus-agent.service");
         blocking(|| -> anyhow::Result<()> {

@@ -14,6 +14,7 @@ mod ssh;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 
 use corpus_proto::admin_client::AdminClient;
@@ -84,13 +85,25 @@ impl Step {
 
     /// Prints the step as it starts (flushed: the operator sees a slow step while it runs).
     fn begin(self, detail: &str) {
-        println!("==> {}: {}", self.label(), printable(detail));
-        std::io::stdout().flush().ok();
+        progress(&format!("==> {}: {}", self.label(), printable(detail)));
     }
 
     /// Wraps a failure of this step so the message names it.
     fn failed<E: std::fmt::Display>(self) -> impl FnOnce(E) -> anyhow::Error {
         move |e| anyhow::anyhow!("step `{}` failed: {e}", self.label())
+    }
+}
+
+/// With `--json`, stdout is the JSON result alone: progress goes to stderr.
+static PROGRESS_ON_STDERR: AtomicBool = AtomicBool::new(false);
+
+/// Prints a progress line at once.
+fn progress(line: &str) {
+    if PROGRESS_ON_STDERR.load(Ordering::Relaxed) {
+        eprintln!("{line}");
+    } else {
+        println!("{line}");
+        std::io::stdout().flush().ok();
     }
 }
 
@@ -136,13 +149,14 @@ fn open_session(
     } else {
         "known"
     };
-    println!("    host key {} ({trust})", node.fingerprint);
+    progress(&format!("    host key {} ({trust})", node.fingerprint));
     Step::Login.begin(&format!("as {} with {}", target.user, key.display()));
     blocking(|| node.login(key)).map_err(Step::Login.failed())?;
     Ok(node)
 }
 
 pub async fn run(command: NodesCommand, console: &Console) -> anyhow::Result<()> {
+    PROGRESS_ON_STDERR.store(console.json, Ordering::Relaxed);
     match command {
         NodesCommand::Attach(args) => attach::run(args, console).await,
         NodesCommand::Detach { id, key, purge } => detach(console, &id, key, purge).await,
