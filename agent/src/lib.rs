@@ -3,6 +3,7 @@
 
 pub mod apply_local;
 pub mod blobs;
+pub mod config;
 pub mod enroll;
 pub mod grains;
 pub mod jobs;

@@ -16,6 +16,7 @@ use tracing::{error, info, warn};
 
 use std::sync::Arc;
 
+use crate::config::LiveSettings;
 use crate::enroll;
 use crate::grains::Grains;
 use crate::jobs::{self, JobContext};
@@ -34,7 +35,9 @@ pub struct LinkOptions {
     pub id: String,
     pub state_dir: PathBuf,
     pub token: Option<String>,
-    pub slots: u32,
+    /// What SIGHUP may change (`config.rs`): new slots are said in a new Hello, a new
+    /// heartbeat applies at once.
+    pub live: watch::Receiver<LiveSettings>,
     /// How often a pending agent asks whether it was accepted.
     pub enroll_poll: Duration,
     /// How often a rejected agent asks again (an operator may change their mind).
@@ -81,6 +84,8 @@ enum Ended {
     Stopped,
     /// The link was up (Welcome received) and then ended.
     Closed(String),
+    /// The slots changed (SIGHUP): attach again at once, with new grains in the Hello.
+    Reconfigured,
 }
 
 enum AttachError {
@@ -124,8 +129,7 @@ async fn link(
     mut stop: watch::Receiver<Signal>,
     jobs_in_flight: &mut JoinSet<()>,
 ) -> anyhow::Result<()> {
-    let mut grains = crate::grains::collect(&options.id, options.slots);
-    grains.root = options.root.display().to_string();
+    let mut live = options.live.clone();
     let lifecycle = Arc::new(Lifecycle::new(options.root.clone()));
     let (outbox, mut outbox_rx) = mpsc::unbounded_channel();
     let running = RunningJobs::default();
@@ -137,6 +141,8 @@ async fn link(
         let Some(identity) = enroll::ensure_identity(options, &mut stop).await? else {
             return Ok(());
         };
+        let mut grains = crate::grains::collect(&options.id, live.borrow_and_update().slots);
+        grains.root = options.root.display().to_string();
         let ctx = Arc::new(JobContext {
             lifecycle: lifecycle.clone(),
             state_dir: options.state_dir.clone(),
@@ -160,10 +166,15 @@ async fn link(
             &mut outbox_rx,
             &mut stop,
             jobs_in_flight,
+            &mut live,
         )
         .await;
         let delay = match attached {
             Ok(Ended::Stopped) => return Ok(()),
+            Ok(Ended::Reconfigured) => {
+                info!("slots changed: attaching again to say so");
+                continue;
+            }
             Ok(Ended::Closed(why)) => {
                 backoff.reset();
                 let delay = backoff.next_delay();
@@ -201,6 +212,7 @@ async fn attach_once(
     outbox: &mut mpsc::UnboundedReceiver<AgentMessage>,
     stop: &mut watch::Receiver<Signal>,
     jobs_in_flight: &mut JoinSet<()>,
+    live: &mut watch::Receiver<LiveSettings>,
 ) -> Result<Ended, AttachError> {
     let identity = &ctx.identity;
     let channel = corpus_runtime::tls::dial(
@@ -241,7 +253,7 @@ async fn attach_once(
         })?
         .into_inner();
 
-    let heartbeat = match inbound.message().await {
+    let asked = match inbound.message().await {
         Ok(Some(corpus_proto::MasterMessage {
             body: Some(master_message::Body::Welcome(w)),
         })) => Duration::from_secs(u64::from(w.heartbeat_seconds.max(1))),
@@ -250,7 +262,10 @@ async fn attach_once(
     };
     info!(master = %options.master, "attached to the master");
 
-    let mut ticker = tokio::time::interval(heartbeat);
+    // The master drops a link silent for three of its periods: the agent may beat more
+    // often than asked, never less.
+    let period = |live: &LiveSettings| live.heartbeat.map_or(asked, |h| h.min(asked));
+    let mut ticker = tokio::time::interval(period(&live.borrow()));
     ticker.tick().await;
     let mut sequence = 0u64;
     loop {
@@ -258,6 +273,14 @@ async fn attach_once(
             _ = stop.wait_for(|s| *s == Signal::Stop) => return Ok(Ended::Stopped),
             // Reaps finished jobs so the set holds only those in flight.
             Some(_) = jobs_in_flight.join_next(), if !jobs_in_flight.is_empty() => {}
+            Ok(()) = live.changed() => {
+                let now = live.borrow_and_update().clone();
+                if now.slots != grains.slots {
+                    return Ok(Ended::Reconfigured);
+                }
+                ticker = tokio::time::interval(period(&now));
+                ticker.tick().await;
+            }
             _ = ticker.tick() => {
                 sequence += 1;
                 let beat = AgentMessage {

@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use anyhow::Context;
 use clap::{Args, Parser, Subcommand};
+use corpus_agent::config::{LogLevel, SettingsSource};
 use corpus_agent::link::{self, LinkOptions};
 
 #[derive(Parser)]
@@ -29,31 +30,41 @@ enum Command {
 
 #[derive(Args)]
 struct RunArgs {
+    /// YAML config (master, ca, id, state_dir, root, slots, token_file, log_level, heartbeat);
+    /// flags win. SIGHUP re-reads slots, log_level and heartbeat.
+    #[arg(long, env = "CORPUS_AGENT_CONFIG")]
+    config: Option<PathBuf>,
     /// The master's URL, https://HOST:PORT.
     #[arg(long, env = "CORPUS_MASTER")]
-    master: String,
+    master: Option<String>,
     /// The corpus CA certificate (the master's DATA_DIR/pki/ca.crt).
     #[arg(long, env = "CORPUS_CA")]
-    ca: PathBuf,
+    ca: Option<PathBuf>,
     /// This agent's id (default: the host name).
     #[arg(long, env = "CORPUS_AGENT_ID")]
     id: Option<String>,
-    /// Where the agent keeps its key and certificate.
-    #[arg(
-        long,
-        env = "CORPUS_STATE_DIR",
-        default_value = "/var/lib/corpus-agent"
-    )]
-    state_dir: PathBuf,
-    /// Single-use enrollment token (`corpus-master tokens create`): accepted at once.
-    #[arg(long, env = "CORPUS_ENROLLMENT_TOKEN", hide_env_values = true)]
+    /// Where the agent keeps its key and certificate (default /var/lib/corpus-agent).
+    #[arg(long, env = "CORPUS_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+    /// Single-use enrollment token (`corpus-master tokens create`): accepted at once. Prefer
+    /// --token-file or the environment: a command line is visible to every local user.
+    #[arg(long, env = "CORPUS_ENROLL_TOKEN", hide_env_values = true)]
     token: Option<String>,
-    /// How many environments this agent hosts.
-    #[arg(long, default_value_t = 4)]
-    slots: u32,
-    /// Where environments live: ROOT/<env-uuid>/srv/projects/<project>.
-    #[arg(long, env = "CORPUS_ROOT", default_value = "/srv/corpus")]
-    root: PathBuf,
+    /// A file holding the enrollment token (mode 0600).
+    #[arg(long)]
+    token_file: Option<PathBuf>,
+    /// How many environments this agent hosts (default 4).
+    #[arg(long)]
+    slots: Option<u32>,
+    /// Where environments live: ROOT/<env-uuid>/srv/projects/<project> (default /srv/corpus).
+    #[arg(long, env = "CORPUS_ROOT")]
+    root: Option<PathBuf>,
+    /// Log filter (default: RUST_LOG, then the config's log_level, then info).
+    #[arg(long)]
+    log_level: Option<String>,
+    /// Heartbeat at least this often, even if the master asks for less.
+    #[arg(long, value_parser = corpus_runtime::parse_duration)]
+    heartbeat: Option<Duration>,
     /// How often a pending agent asks whether it was accepted.
     #[arg(long, default_value = "5s", value_parser = corpus_runtime::parse_duration)]
     enroll_poll: Duration,
@@ -69,7 +80,9 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    corpus_runtime::init_logging("info");
+    if let Command::Apply(_) = cli.command {
+        corpus_runtime::init_logging("info");
+    }
     corpus_runtime::install_crypto_provider();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -101,34 +114,56 @@ fn default_id() -> anyhow::Result<String> {
 }
 
 async fn run(args: RunArgs) -> anyhow::Result<()> {
-    let id = match args.id {
+    let source = SettingsSource {
+        config: args.config,
+        master: args.master,
+        ca: args.ca,
+        id: args.id,
+        state_dir: args.state_dir,
+        root: args.root,
+        slots: args.slots,
+        token: args.token,
+        token_file: args.token_file,
+        log_level: args.log_level,
+        heartbeat: args.heartbeat,
+    };
+    let settings = source.load()?;
+    let log_level = LogLevel::install(&settings.live.log_level);
+    let id = match settings.id {
         Some(id) => id,
         None => default_id()?,
     };
     corpus_proto::names::validate_agent_id(&id)?;
-    corpus_runtime::tls::master_url(&args.master)?;
-    let ca_pem = std::fs::read_to_string(&args.ca)
-        .with_context(|| format!("cannot read the CA certificate {}", args.ca.display()))?;
+    corpus_runtime::tls::master_url(&settings.master)?;
+    let ca_pem = std::fs::read_to_string(&settings.ca)
+        .with_context(|| format!("cannot read the CA certificate {}", settings.ca.display()))?;
     if !ca_pem.contains("BEGIN CERTIFICATE") {
-        anyhow::bail!("{} is not a PEM certificate", args.ca.display());
+        anyhow::bail!("{} is not a PEM certificate", settings.ca.display());
     }
+    let (live_tx, live) = tokio::sync::watch::channel(settings.live);
     let options = LinkOptions {
-        master: args.master,
+        master: settings.master,
         ca_pem,
         id,
-        state_dir: args.state_dir,
-        token: args.token,
-        slots: args.slots,
+        state_dir: settings.state_dir,
+        token: settings.token,
+        live,
         enroll_poll: args.enroll_poll,
         rejected_poll: args.reconnect_max,
         reconnect_min: args.reconnect_min,
         reconnect_max: args.reconnect_max,
-        root: args.root,
+        root: settings.root,
         stop_deadline: args.stop_deadline,
     };
-    let stop = corpus_runtime::handle_signals(args.stop_deadline, || {
-        tracing::info!("SIGHUP: the agent has no reloadable configuration yet; nothing changed");
-    })?;
+    let stop =
+        corpus_runtime::handle_signals(args.stop_deadline, move || match source.reload_live() {
+            Ok(live) => {
+                log_level.set(&live.log_level);
+                tracing::info!(?live, "SIGHUP: settings reloaded");
+                live_tx.send_replace(live);
+            }
+            Err(e) => tracing::error!("SIGHUP: {e}; keeping the running settings"),
+        })?;
     tracing::info!(agent = %options.id, master = %options.master, "agent starting");
     corpus_runtime::notify_ready();
     link::run(options, stop).await

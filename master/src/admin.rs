@@ -7,9 +7,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use corpus_proto::{
-    AddUserRequest, AgentInfo, AgentList, AgentRef, CreateTokenRequest, DefaultsRequest, Empty,
-    EnrollmentToken, Environment, EnvironmentList, GrantRequest, JobDetail, JobList, JobRef,
-    JobsRequest, PillarFiles, ProjectRequest, RenderRequest, RenderResponse, User, UserList,
+    AddUserRequest, AgentInfo, AgentList, AgentRef, AgentTokenRequest, CreateTokenRequest,
+    DefaultsRequest, Empty, EnrollmentToken, Environment, EnvironmentList, GrantRequest, JobDetail,
+    JobList, JobRef, JobsRequest, Node, NodeList, PillarFiles, ProjectRequest, RenderRequest,
+    RenderResponse, RevokeTokenRequest, User, UserList,
 };
 use tonic::{Request, Response, Status};
 use tracing::info;
@@ -19,7 +20,7 @@ use crate::auth::now_unix;
 use crate::error::{MasterError, MasterResult};
 use crate::jobs::JobOutcome;
 use crate::link_registry::LinkClosed;
-use crate::store::{AgentRecord, AgentStatus, JobRecord, JobState};
+use crate::store::{AgentRecord, AgentStatus, JobRecord, JobState, NodeRecord};
 use crate::wire::{self, internal};
 
 /// Socket file name inside the data dir.
@@ -377,6 +378,133 @@ impl corpus_proto::admin_server::Admin for AdminService {
             created_at_unix: revision.created_at,
             files: revision.files.into_iter().collect(),
         }))
+    }
+
+    async fn revoke_enrollment_token(
+        &self,
+        request: Request<RevokeTokenRequest>,
+    ) -> Result<Response<Empty>, Status> {
+        let token = request.into_inner().token;
+        self.state
+            .blocking(move |s| {
+                s.store
+                    .take_enrollment_token(&crate::auth::secret_hash(&token))?;
+                Ok(())
+            })
+            .await?;
+        info!("enrollment token revoked");
+        Ok(Response::new(Empty {}))
+    }
+
+    async fn create_agent_enrollment_token(
+        &self,
+        request: Request<AgentTokenRequest>,
+    ) -> Result<Response<EnrollmentToken>, Status> {
+        let AgentTokenRequest {
+            agent_id,
+            ttl_seconds,
+        } = request.into_inner();
+        corpus_proto::names::validate_agent_id(&agent_id).map_err(MasterError::from)?;
+        let ttl = Duration::from_secs(ttl_seconds.max(1)).min(MAX_TOKEN_TTL);
+        let id = agent_id.clone();
+        let (token, expires_at_unix) = self
+            .state
+            .blocking(move |s| Ok(s.auth.create_enrollment_token_for(ttl, Some(id))?))
+            .await?;
+        info!(agent = %agent_id, ttl = %humantime::format_duration(ttl), "enrollment token created for one agent");
+        Ok(Response::new(EnrollmentToken {
+            token,
+            expires_at_unix,
+        }))
+    }
+
+    async fn put_node(&self, request: Request<Node>) -> Result<Response<Node>, Status> {
+        let node = node_record(request.into_inner())?;
+        let node = self
+            .state
+            .blocking(move |s| {
+                if let Some(existing) = s.store.node(&node.id)? {
+                    return Err(MasterError::AlreadyExists(format!(
+                        "node {:?} is already attached ({}@{}:{}): detach it first with \
+                         `corpus-master nodes detach {}`",
+                        existing.id, existing.user, existing.host, existing.port, existing.id
+                    )));
+                }
+                s.store.put_node(&node)?;
+                Ok(node)
+            })
+            .await?;
+        info!(agent = %node.id, host = %node.host, port = node.port, "node attached");
+        Ok(Response::new(node_wire(node)))
+    }
+
+    async fn list_nodes(&self, _: Request<Empty>) -> Result<Response<NodeList>, Status> {
+        let nodes = self
+            .state
+            .blocking(|s| Ok(s.store.nodes()?))
+            .await?
+            .into_iter()
+            .map(node_wire)
+            .collect();
+        Ok(Response::new(NodeList { nodes }))
+    }
+
+    async fn delete_node(&self, request: Request<AgentRef>) -> Result<Response<Node>, Status> {
+        let id = request.into_inner().id;
+        let node = self
+            .state
+            .blocking(move |s| {
+                let node = s.store.node(&id)?.ok_or_else(|| {
+                    MasterError::not_found(
+                        "node",
+                        format!("{id:?}"),
+                        ": see `corpus-master nodes list` for the attached ones",
+                    )
+                })?;
+                s.store.delete_node(&id)?;
+                Ok(node)
+            })
+            .await?;
+        info!(agent = %node.id, "node detached");
+        Ok(Response::new(node_wire(node)))
+    }
+}
+
+/// A node record from the console, its id and port checked.
+fn node_record(node: Node) -> MasterResult<NodeRecord> {
+    corpus_proto::names::validate_agent_id(&node.id).map_err(MasterError::from)?;
+    let port = u16::try_from(node.port)
+        .ok()
+        .filter(|p| *p != 0)
+        .ok_or_else(|| MasterError::invalid(format!("node port {} is invalid", node.port)))?;
+    Ok(NodeRecord {
+        id: node.id,
+        user: node.user,
+        host: node.host,
+        port,
+        host_key_fingerprint: node.host_key_fingerprint,
+        attached_at: now_unix(),
+        remote_prefix: node.remote_prefix,
+        systemd: node.systemd,
+        root: node.root,
+        state_dir: node.state_dir,
+        key_file: node.key_file,
+    })
+}
+
+fn node_wire(node: NodeRecord) -> Node {
+    Node {
+        id: node.id,
+        user: node.user,
+        host: node.host,
+        port: u32::from(node.port),
+        host_key_fingerprint: node.host_key_fingerprint,
+        attached_at_unix: node.attached_at,
+        remote_prefix: node.remote_prefix,
+        systemd: node.systemd,
+        root: node.root,
+        state_dir: node.state_dir,
+        key_file: node.key_file,
     }
 }
 

@@ -191,6 +191,15 @@ impl Auth {
     }
 
     pub fn create_enrollment_token(&self, ttl: Duration) -> Result<(String, i64), AuthError> {
+        self.create_enrollment_token_for(ttl, None)
+    }
+
+    /// A token that admits only the agent `agent_id` (any agent when None).
+    pub fn create_enrollment_token_for(
+        &self,
+        ttl: Duration,
+        agent_id: Option<String>,
+    ) -> Result<(String, i64), AuthError> {
         let token = new_secret();
         let now = now_unix();
         let expires_at = now + ttl.as_secs() as i64;
@@ -199,6 +208,7 @@ impl Auth {
             &EnrollmentTokenRecord {
                 created_at: now,
                 expires_at,
+                agent_id,
             },
         )?;
         Ok((token, expires_at))
@@ -210,6 +220,20 @@ impl Auth {
             .store
             .enrollment_token(&secret_hash(token))?
             .is_some_and(|t| t.expires_at > now_unix()))
+    }
+
+    /// Whether `token` is usable and may admit the agent `agent_id` (nothing is spent).
+    pub fn enrollment_token_usable_by(
+        &self,
+        token: &str,
+        agent_id: &str,
+    ) -> Result<bool, AuthError> {
+        Ok(self
+            .store
+            .enrollment_token(&secret_hash(token))?
+            .is_some_and(|t| {
+                t.expires_at > now_unix() && t.agent_id.as_deref().is_none_or(|id| id == agent_id)
+            }))
     }
 
     /// Consumes an enrollment token: true only for an existing, unexpired, unused one. A token
@@ -320,6 +344,12 @@ mod tests {
         assert!(!auth.consume_enrollment_token(&token)?);
         let (expired, _) = auth.create_enrollment_token(Duration::ZERO)?;
         assert!(!auth.consume_enrollment_token(&expired)?);
+        let (bound, _) =
+            auth.create_enrollment_token_for(Duration::from_secs(60), Some("node1".into()))?;
+        assert!(!auth.enrollment_token_usable_by(&bound, "node2")?);
+        assert!(auth.enrollment_token_usable_by(&bound, "node1")?);
+        let (any, _) = auth.create_enrollment_token(Duration::from_secs(60))?;
+        assert!(auth.enrollment_token_usable_by(&any, "node2")?);
         assert!(!auth.consume_enrollment_token("made-up")?);
         Ok(())
     }

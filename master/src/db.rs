@@ -33,6 +33,8 @@ pub enum Tree {
     JobsByProject,
     /// Format markers of the database (which migrations ran).
     Meta,
+    /// Compute nodes attached over SSH, keyed by agent id (`store/nodes.rs`).
+    Nodes,
 }
 
 impl Tree {
@@ -52,6 +54,7 @@ impl Tree {
             Tree::JobPayloads => "job_payloads",
             Tree::JobsByProject => "jobs_by_project",
             Tree::Meta => "meta",
+            Tree::Nodes => "nodes",
         }
     }
 }

@@ -113,7 +113,7 @@ impl MasterState {
     /// token is spent all the same. Call under `enroll_lock`, which keeps two enrollments from
     /// redeeming one token between its check and its spending.
     pub fn accept_with_token(&self, record: &mut AgentRecord, token: &str) -> MasterResult<bool> {
-        if !self.auth.enrollment_token_usable(token)? {
+        if !self.auth.enrollment_token_usable_by(token, &record.id)? {
             self.auth.consume_enrollment_token(token)?;
             return Ok(false);
         }

@@ -104,6 +104,13 @@ enum Command {
         #[command(flatten)]
         console: Console,
     },
+    /// Attach compute nodes over SSH (install and start their agent), detach and list them.
+    Nodes {
+        #[command(subcommand)]
+        command: console::nodes::NodesCommand,
+        #[command(flatten)]
+        console: Console,
+    },
     /// Show the pillar pushed for a project (its values are secrets: mind where you print them).
     Pillar {
         #[command(subcommand)]
@@ -180,6 +187,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Envs { command, console } => console::envs::run(command, &console).await,
         Command::Jobs { command, console } => console::jobs::run(command, &console).await,
         Command::Pillar { command, console } => console::pillar::run(command, &console).await,
+        Command::Nodes { command, console } => console::nodes::run(command, &console).await,
     }
 }
 

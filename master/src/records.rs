@@ -64,6 +64,9 @@ pub struct SessionRecord {
 pub struct EnrollmentTokenRecord {
     pub created_at: i64,
     pub expires_at: i64,
+    /// A token made for one agent (`nodes attach`) admits only that id; None admits any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub agent_id: Option<String>,
 }
 
 /// dev, staging or prod: the RFC's platform types.

@@ -573,3 +573,161 @@ pub fn snapshot(dir: &Path) -> anyhow::Result<std::collections::BTreeMap<String,
     }
     Ok(out)
 }
+
+impl Agent {
+    /// Starts `corpus-agent run --config CONFIG` (with the quick test timings as flags); its
+    /// state dir is `root/agent-ID`, which the config should name too.
+    pub fn spawn_with_config(root: &Path, id: &str, config: &Path) -> anyhow::Result<Agent> {
+        let state_dir = root.join(format!("agent-{id}"));
+        std::fs::create_dir_all(&state_dir)?;
+        let log = state_dir.join(format!("agent-{}.log", unique()));
+        let child = Command::new(bin("corpus-agent"))
+            .arg("run")
+            .arg("--config")
+            .arg(config)
+            .args([
+                "--enroll-poll",
+                "100ms",
+                "--reconnect-min",
+                "100ms",
+                "--reconnect-max",
+                "1s",
+            ])
+            .env_remove("RUST_LOG")
+            .stdout(Stdio::null())
+            .stderr(stderr_file(&log)?)
+            .spawn()?;
+        Ok(Agent {
+            id: id.to_owned(),
+            state_dir,
+            proc: Proc { child, log },
+        })
+    }
+}
+
+/// A real OpenSSH server (`/usr/sbin/sshd -D -e`) on a loopback port, with its own host key
+/// and one authorized client key, everything in a temporary directory: the "node" that
+/// `corpus-master nodes` tests attach. Killed when dropped.
+pub struct Sshd {
+    pub dir: PathBuf,
+    pub port: u16,
+    /// The private key whose public half is authorized (for root, the tests' user).
+    pub client_key: PathBuf,
+    proc: Option<Proc>,
+}
+
+impl Sshd {
+    pub const BINARY: &str = "/usr/sbin/sshd";
+
+    /// Starts sshd in `dir` (created) with a new ed25519 host key.
+    pub fn start(dir: &Path) -> anyhow::Result<Sshd> {
+        std::fs::create_dir_all(dir)?;
+        // sshd refuses to start without its privilege separation directory.
+        std::fs::create_dir_all("/run/sshd")?;
+        let client_key = dir.join("client_key");
+        ssh_keygen(&client_key)?;
+        std::fs::copy(dir.join("client_key.pub"), dir.join("authorized_keys"))?;
+        let port = std::net::TcpListener::bind("127.0.0.1:0")?
+            .local_addr()?
+            .port();
+        let mut sshd = Sshd {
+            dir: dir.to_owned(),
+            port,
+            client_key,
+            proc: None,
+        };
+        sshd.new_host_key()?;
+        sshd.spawn()?;
+        Ok(sshd)
+    }
+
+    fn new_host_key(&self) -> anyhow::Result<()> {
+        let key = self.dir.join("host_key");
+        let _ = std::fs::remove_file(&key);
+        let _ = std::fs::remove_file(self.dir.join("host_key.pub"));
+        ssh_keygen(&key)
+    }
+
+    fn spawn(&mut self) -> anyhow::Result<()> {
+        let dir = self.dir.display();
+        let config = self.dir.join("sshd_config");
+        std::fs::write(
+            &config,
+            format!(
+                "Port {port}\nListenAddress 127.0.0.1\nHostKey {dir}/host_key\n\
+                 PidFile {dir}/sshd.pid\nAuthorizedKeysFile {dir}/authorized_keys\n\
+                 StrictModes no\nUsePAM no\nPasswordAuthentication no\n\
+                 KbdInteractiveAuthentication no\nPubkeyAuthentication yes\n\
+                 PermitRootLogin prohibit-password\nLogLevel VERBOSE\n",
+                port = self.port
+            ),
+        )?;
+        let log = self.dir.join(format!("sshd-{}.log", unique()));
+        let child = Command::new(Self::BINARY)
+            .args(["-D", "-e", "-f"])
+            .arg(&config)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(stderr_file(&log)?)
+            .spawn()
+            .with_context(|| {
+                format!(
+                    "cannot start {} (apt-get install openssh-server)",
+                    Self::BINARY
+                )
+            })?;
+        let proc = Proc { child, log };
+        let port = self.port;
+        wait_until(&format!("sshd listening on port {port}"), || {
+            Ok(std::net::TcpStream::connect(("127.0.0.1", port)).is_ok())
+        })
+        .with_context(|| proc.log_text())?;
+        self.proc = Some(proc);
+        Ok(())
+    }
+
+    /// Restarts the server on the same port with a new host key (a reinstalled node).
+    pub fn restart_with_new_host_key(&mut self) -> anyhow::Result<()> {
+        if let Some(mut proc) = self.proc.take() {
+            proc.kill();
+        }
+        self.new_host_key()?;
+        self.spawn()
+    }
+
+    /// `ssh-keygen -l`'s `SHA256:...` fingerprint of the current host key.
+    pub fn host_key_fingerprint(&self) -> anyhow::Result<String> {
+        let out = Command::new("ssh-keygen")
+            .arg("-lf")
+            .arg(self.dir.join("host_key.pub"))
+            .output()?;
+        let text = String::from_utf8(out.stdout)?;
+        text.split_whitespace()
+            .nth(1)
+            .map(str::to_owned)
+            .with_context(|| format!("unexpected ssh-keygen -l output {text:?}"))
+    }
+
+    pub fn target(&self) -> String {
+        format!("root@127.0.0.1:{}", self.port)
+    }
+
+    pub fn log_text(&self) -> String {
+        self.proc.as_ref().map(Proc::log_text).unwrap_or_default()
+    }
+}
+
+/// A new passphrase-less ed25519 key pair at `path` and `path.pub`.
+pub fn ssh_keygen(path: &Path) -> anyhow::Result<()> {
+    let out = Command::new("ssh-keygen")
+        .args(["-q", "-t", "ed25519", "-N", "", "-C", "corpus-test", "-f"])
+        .arg(path)
+        .output()?;
+    if !out.status.success() {
+        bail!(
+            "ssh-keygen failed: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    Ok(())
+}

@@ -8,6 +8,7 @@
 pub mod agents;
 pub mod envs;
 pub mod jobs;
+pub mod nodes;
 pub mod pillar;
 pub mod render;
 pub mod tokens;

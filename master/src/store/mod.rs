@@ -4,6 +4,7 @@
 //! Calls block on the disk: async code runs them through [`crate::MasterState::blocking`].
 
 mod jobs;
+mod nodes;
 mod retention;
 
 use std::sync::Arc;
@@ -14,6 +15,7 @@ use serde::de::DeserializeOwned;
 use crate::db::{Db, DbError, Tree, Write};
 pub use crate::records::*;
 pub use jobs::ProjectChange;
+pub use nodes::NodeRecord;
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
@@ -371,6 +373,7 @@ mod tests {
         let token = EnrollmentTokenRecord {
             created_at: 1,
             expires_at: 2,
+            agent_id: None,
         };
         store.put_enrollment_token("h", &token)?;
         assert_eq!(store.take_enrollment_token("h")?, Some(token));

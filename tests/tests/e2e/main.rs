@@ -5,5 +5,6 @@ mod cli;
 mod console;
 mod foundation;
 mod lifecycle;
+mod nodes;
 mod reliability;
 mod render;
