@@ -87,6 +87,7 @@ pub fn collect(id: &str, slots: u32) -> Grains {
         guest_type: "dir".to_owned(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         root: String::new(),
+        isolation: crate::confine::detect_isolation().as_str().to_owned(),
     }
 }
 
@@ -108,6 +109,12 @@ mod tests {
         assert!(g.memory_bytes > 0);
         assert!(!g.kernel.is_empty());
         assert_eq!(g.guest_type, "dir");
+        // Tests run as root on a kernel with or without Landlock.
+        assert!(
+            ["landlock", "uid"].contains(&g.isolation.as_str()),
+            "{}",
+            g.isolation
+        );
         assert_eq!(to_json(&g)["slots"], 4);
     }
 

@@ -340,6 +340,10 @@ fn destroy_environment(ctx: &JobContext, job: &corpus_proto::Job) -> JobOutcome 
             };
         }
     }
+    // Its system user goes with it (after its processes), as B3's isolation made it.
+    if let Err(e) = crate::confine::forget_environment(&env_dir) {
+        return failure(job, Step::Destroy.as_str(), e.to_string());
+    }
     if let Err(e) = std::fs::remove_dir_all(&env_dir)
         && e.kind() != std::io::ErrorKind::NotFound
     {

@@ -4,6 +4,7 @@
 pub mod apply_local;
 pub mod blobs;
 pub mod config;
+pub mod confine;
 pub mod enroll;
 pub mod grains;
 pub mod jobs;

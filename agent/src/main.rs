@@ -26,6 +26,9 @@ enum Command {
     Run(RunArgs),
     /// Apply state files on this machine (masterless: `apply --local`).
     Apply(corpus_agent::apply_local::ApplyArgs),
+    /// Internal: one confined project phase, spawned by the agent (protocol on stdin/stdout).
+    #[command(name = "confined-phase", hide = true)]
+    ConfinedPhase,
 }
 
 #[derive(Args)]
@@ -80,6 +83,16 @@ struct RunArgs {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
+    if let Command::ConfinedPhase = cli.command {
+        // No runtime and no logging: stdout is the protocol to the agent.
+        return match corpus_agent::confine::child_main() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("corpus-agent confined-phase: error: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Command::Apply(_) = cli.command {
         corpus_runtime::init_logging("info");
     }
@@ -97,6 +110,7 @@ fn main() -> ExitCode {
             Ok(code) => return code,
             Err(e) => Err(e),
         },
+        Command::ConfinedPhase => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -27,6 +27,10 @@ pub struct Grains {
     /// Where environments live (`corpus-agent run --root`); `common`'s paths start there.
     #[serde(default)]
     pub root: String,
+    /// `landlock`, `uid` or `none`: how the agent confines environments (empty: an agent
+    /// older than isolation).
+    #[serde(default)]
+    pub isolation: String,
 }
 
 impl From<crate::v1::Grains> for Grains {
@@ -43,6 +47,7 @@ impl From<crate::v1::Grains> for Grains {
             guest_type: g.guest_type,
             version: g.version,
             root: g.root,
+            isolation: g.isolation,
         }
     }
 }
@@ -61,6 +66,7 @@ impl From<Grains> for crate::v1::Grains {
             guest_type: g.guest_type,
             version: g.version,
             root: g.root,
+            isolation: g.isolation,
         }
     }
 }

@@ -50,6 +50,8 @@ pub struct Engine<'a> {
     pub services: Arc<dyn ServiceControl>,
     /// Where `salt://` sources come from and how templates render, per phase.
     pub file_sources: Arc<dyn PhaseFileSources>,
+    /// The `corpus-agent` binary a confined phase's child runs (`confined.rs`).
+    pub phase_program: PathBuf,
 }
 
 impl Engine<'_> {
@@ -188,6 +190,13 @@ impl Engine<'_> {
             return Ok(());
         }
         let file_root = self.file_root().map_err(|e| StepFailure::new(step, e))?;
+        match crate::confine::Identity::from_common(&self.spec.common) {
+            Err(e) => return Err(StepFailure::new(step, e.into())),
+            Ok(Some(identity)) => {
+                return self.run_phase_confined(phase, &plan, file_root, identity);
+            }
+            Ok(None) => {}
+        }
         let sources = self
             .file_sources
             .for_phase(&file_root, self.template_context());

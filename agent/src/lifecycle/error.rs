@@ -49,6 +49,9 @@ pub enum StepError {
     HealthCheck(#[source] CheckError),
     #[error(transparent)]
     Settings(#[from] SettingsError),
+    /// The environment's isolation could not be set up, or its confined phase process failed.
+    #[error(transparent)]
+    Confine(#[from] crate::confine::ConfineError),
     /// The job lacks what the step needs, or what it was given is unusable.
     #[error("{0}")]
     Invalid(String),

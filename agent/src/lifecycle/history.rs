@@ -57,7 +57,7 @@ pub(super) fn write_status(engine: &Engine<'_>, result: Status) -> Result<(), St
     let text = serde_json::to_vec_pretty(&status)
         .map_err(std::io::Error::other)
         .at("write", &path)?;
-    write_atomic(&path, &text, 0o644).at("write", &path)
+    write_atomic(&path, &text, 0o600).at("write", &path)
 }
 
 /// The release bundled by deploy `id`, from its side file `releases/<id>.json` (the manifest

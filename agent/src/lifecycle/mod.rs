@@ -29,6 +29,7 @@
 
 mod archive;
 mod checks;
+mod confined;
 mod engine;
 mod error;
 mod history;
@@ -280,6 +281,9 @@ pub struct Lifecycle {
     services: Arc<dyn ServiceControl>,
     /// Where phases' `salt://` sources come from; injected for the same reason.
     file_sources: Arc<dyn PhaseFileSources>,
+    /// The binary whose hidden `confined-phase` subcommand runs a confined phase: this
+    /// process's own executable, or the built `corpus-agent` in tests.
+    phase_program: PathBuf,
 }
 
 impl Lifecycle {
@@ -289,7 +293,20 @@ impl Lifecycle {
             limits: Limits::default(),
             services: Arc::new(Systemctl::default()),
             file_sources: Arc::new(ProjectTreeSources),
+            phase_program: std::env::current_exe()
+                .unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
         }
+    }
+
+    /// Replaces the binary confined phases run in (this executable by default).
+    pub fn with_phase_program(mut self, program: PathBuf) -> Self {
+        self.phase_program = program;
+        self
+    }
+
+    /// `ROOT/<env>`: the environment root, its system user's home.
+    pub fn env_root(&self, env_uuid: &str) -> PathBuf {
+        self.root.join(env_uuid)
     }
 
     /// Replaces the service controller (systemd by default).
@@ -344,6 +361,38 @@ impl Lifecycle {
                 return refuse(Status::Failed, Step::Validate, msg);
             }
         };
+        // The environment's own user exists (or the job is refused, changing nothing) before
+        // anything of the project is made.
+        match crate::confine::Identity::from_common(&job.common) {
+            Ok(None) => {}
+            Ok(Some(identity)) => {
+                let env_root = self.env_root(&job.env_uuid);
+                if let Err(e) = crate::confine::prepare_environment(&env_root, &identity) {
+                    let msg = e.to_string();
+                    reporter.step(
+                        Step::Validate,
+                        "",
+                        StepStatus::Failed,
+                        Value::Null,
+                        &msg,
+                        Duration::ZERO,
+                    );
+                    return refuse(Status::Failed, Step::Validate, msg);
+                }
+            }
+            Err(e) => {
+                let msg = e.to_string();
+                reporter.step(
+                    Step::Validate,
+                    "",
+                    StepStatus::Failed,
+                    Value::Null,
+                    &msg,
+                    Duration::ZERO,
+                );
+                return refuse(Status::Failed, Step::Validate, msg);
+            }
+        }
         let layout = ProjectLayout::new(self.project_dir(&job.env_uuid, &job.project));
         if let Err(e) = fs::create_dir_all(layout.state_dir()).at("create", layout.state_dir()) {
             return refuse(Status::Failed, Step::Lock, e.to_string());
@@ -435,6 +484,7 @@ impl Lifecycle {
             started: Instant::now(),
             services: self.services.clone(),
             file_sources: self.file_sources.clone(),
+            phase_program: self.phase_program.clone(),
         }
     }
 

@@ -11,6 +11,9 @@ use super::lock::{LockHolder, ProjectLock};
 use super::step::Step;
 use super::{JobOutcome, Lifecycle, Mode, Reporter, now_rfc3339};
 
+/// How long processes a killed agent left behind get between TERM and KILL at start.
+const LEFTOVER_GRACE: std::time::Duration = std::time::Duration::from_secs(2);
+
 impl Lifecycle {
     /// On agent start: finishes (or undoes) every deploy interrupted by a crash, from its
     /// journal, and returns each job's outcome.
@@ -19,6 +22,11 @@ impl Lifecycle {
         reporter_for: &mut dyn FnMut(&str) -> Box<dyn Reporter>,
     ) -> Vec<(String, JobOutcome)> {
         let mut out = Vec::new();
+        // What a killed agent's phases left running would write into the trees recovery
+        // restores: it is stopped first.
+        for (_, identity) in crate::confine::recorded_environments(&self.root) {
+            crate::confine::stop_environment_processes(&identity, LEFTOVER_GRACE);
+        }
         let Ok(envs) = fs::read_dir(&self.root) else {
             return out;
         };
@@ -84,6 +92,7 @@ impl Lifecycle {
             started: std::time::Instant::now(),
             services: self.services.clone(),
             file_sources: self.file_sources.clone(),
+            phase_program: self.phase_program.clone(),
         };
         let j = &engine.journal;
         // The journal names the step it was in; before the first, the job stopped at its start.

@@ -6,6 +6,7 @@
 //! after a crash at any instant. Every error names the path it was working on.
 
 use std::fs;
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -125,7 +126,7 @@ impl Engine<'_> {
                 // record even after rotation removed `archives/<prev>`.
                 if let Ok(rec) = fs::read(l.archive(&prev).join("status.json")) {
                     let copy = arch.join("previous.json");
-                    write_atomic(&copy, &rec, 0o644).at("write", &copy)?;
+                    write_atomic(&copy, &rec, 0o600).at("write", &copy)?;
                 }
                 rename_durable(&tree, &dest)?;
             }
@@ -164,7 +165,7 @@ impl Engine<'_> {
                 && let Ok(rec) = fs::read(src.join("previous.json"))
             {
                 fs::create_dir_all(l.archive(&target)).at("create", l.archive(&target))?;
-                write_atomic(&record, &rec, 0o644).at("write", &record)?;
+                write_atomic(&record, &rec, 0o600).at("write", &record)?;
             }
             if src.join("data").is_dir() && !l.data().exists() {
                 rename_durable(&src.join("data"), &l.data())?;
@@ -269,11 +270,13 @@ impl Engine<'_> {
         });
         let release =
             archive::bundle(&l.tree(&id), &out, manifest).at("bundle a release into", &out)?;
+        // Releases and their records are root-only: a build's secrets may be in the tree.
+        fs::set_permissions(&out, fs::Permissions::from_mode(0o600)).at("set the mode of", &out)?;
         let side = l.releases().join(format!("{id}.json"));
         let text = serde_json::to_vec_pretty(&release.manifest)
             .map_err(std::io::Error::other)
             .at("write", &side)?;
-        write_atomic(&side, &text, 0o644).at("write", &side)?;
+        write_atomic(&side, &text, 0o600).at("write", &side)?;
         let msg = format!(
             "{} ({} bytes, sha256 {})",
             out.display(),

@@ -1,0 +1,107 @@
+//! Owners and modes of a confined environment, enforced before every confined phase whatever
+//! existed before: the environment root and the directories above projects are root's and
+//! 0711 (other environments' users can pass, never list); `project/ data/ build/ deploy/` and
+//! `run/` belong to the environment user; `pillar/` is root's and readable by the environment's
+//! group only; `.corpus/`, `releases/` and `archives/` are root-only.
+
+use std::fs;
+use std::os::unix::fs::{MetadataExt, PermissionsExt, lchown};
+use std::path::Path;
+
+use super::{ConfineError, Identity, identity_file, io_at};
+
+fn set_mode(path: &Path, mode: u32) -> Result<(), ConfineError> {
+    io_at(
+        fs::set_permissions(path, fs::Permissions::from_mode(mode)),
+        "set the mode of",
+        path,
+    )
+}
+
+fn set_owner(path: &Path, uid: u32, gid: u32) -> Result<(), ConfineError> {
+    io_at(
+        lchown(path, Some(uid), Some(gid)),
+        "change the owner of",
+        path,
+    )
+}
+
+/// A root-owned directory with `mode`, created if missing.
+fn root_dir(path: &Path, mode: u32) -> Result<(), ConfineError> {
+    io_at(fs::create_dir_all(path), "create", path)?;
+    set_owner(path, 0, 0)?;
+    set_mode(path, mode)
+}
+
+/// Gives a whole tree to `uid:gid`, never following links. A regular file with several links
+/// that the user does not own yet is skipped: it could be a hard link the user made to a
+/// root file elsewhere (`/etc/shadow`), which a recursive chown would hand over.
+fn give_tree(path: &Path, uid: u32, gid: u32) -> Result<(), ConfineError> {
+    let Ok(meta) = fs::symlink_metadata(path) else {
+        return Ok(());
+    };
+    let foreign_hard_link = meta.is_file() && meta.nlink() > 1 && meta.uid() != uid;
+    if (meta.uid() != uid || meta.gid() != gid) && !foreign_hard_link {
+        set_owner(path, uid, gid)?;
+    }
+    if meta.is_dir() {
+        for entry in io_at(fs::read_dir(path), "list", path)?.flatten() {
+            give_tree(&entry.path(), uid, gid)?;
+        }
+    }
+    Ok(())
+}
+
+/// The environment root (0711, root's), its private tmp (the user's, 0700), `.corpus/` (0700)
+/// with the identity record (0600), and `srv/projects/` (0711).
+pub fn secure_environment(env_root: &Path, id: &Identity) -> Result<(), ConfineError> {
+    root_dir(env_root, 0o711)?;
+    root_dir(&env_root.join(".corpus"), 0o700)?;
+    let record = identity_file(env_root);
+    let text = serde_json::to_vec_pretty(id).map_err(|e| ConfineError::Io {
+        op: "write",
+        path: record.clone(),
+        source: std::io::Error::other(e),
+    })?;
+    io_at(
+        crate::lifecycle::write_atomic(&record, &text, 0o600),
+        "write",
+        &record,
+    )?;
+    let tmp = env_root.join("tmp");
+    io_at(fs::create_dir_all(&tmp), "create", &tmp)?;
+    set_owner(&tmp, id.uid, id.gid)?;
+    set_mode(&tmp, 0o700)?;
+    root_dir(&env_root.join("srv"), 0o711)?;
+    root_dir(&env_root.join("srv").join("projects"), 0o711)
+}
+
+/// A project's directories, as the module doc says. Idempotent; cheap when nothing changed
+/// (one `lstat` per entry of the user's trees).
+pub fn secure_project(project_dir: &Path, id: &Identity) -> Result<(), ConfineError> {
+    root_dir(project_dir, 0o711)?;
+    for name in ["project", "data", "build", "deploy", "run"] {
+        let path = project_dir.join(name);
+        give_tree(&path, id.uid, id.gid)?;
+        if name != "run" && path.is_dir() {
+            set_mode(&path, 0o750)?;
+        }
+    }
+    let pillar = project_dir.join("pillar");
+    if pillar.is_dir() {
+        set_owner(&pillar, 0, id.gid)?;
+        set_mode(&pillar, 0o750)?;
+        for entry in io_at(fs::read_dir(&pillar), "list", &pillar)?.flatten() {
+            set_owner(&entry.path(), 0, id.gid)?;
+            set_mode(&entry.path(), 0o440)?;
+        }
+    }
+    for name in [".corpus", "releases", "archives"] {
+        let path = project_dir.join(name);
+        if path.is_dir() {
+            set_owner(&path, 0, 0)?;
+            set_mode(&path, 0o700)?;
+        }
+    }
+    Ok(())
+}
