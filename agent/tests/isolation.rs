@@ -166,11 +166,14 @@ fn a_confined_phase_runs_as_its_user_and_cannot_leave_its_root() {
         ),
         probe("outside", format!("touch {}", outside.display())),
         "touch run/built && echo $TMPDIR > data/tmpdir".to_string(),
+        // A daemon that forks away from its command: it must not outlive the phase.
+        "(setsid sleep 60 > /dev/null 2>&1 &) ; (sleep 60 > /dev/null 2>&1 &)".to_string(),
     ];
     let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
     let a =
         f.lc.run(&f.job(ENV_A, 59900, "a1", &commands), &mut NullReporter);
     assert_eq!(a.status, Status::Success, "{}", a.message);
+    assert_eq!(confine::processes_of(&identity(59900)), Vec::<i32>::new());
 
     let dir = f.dir(ENV_A);
     let read = |rel: &str| fs::read_to_string(dir.join(rel)).unwrap_or_default();
@@ -376,5 +379,72 @@ fn a_killed_agent_leaves_no_process_and_the_trees_restored() {
     assert_eq!(
         (snapshot(&dir.join("run/")), snapshot(&dir.join("data"))),
         before
+    );
+}
+
+/// `bench/isolation/run.sh`: a no-op project deploy (cooking; `test.nop` in configure, build
+/// and start) with isolation on (account made once, then a confined child per phase) and off
+/// (no `common.uid`). Prints medians; asserts only that both succeed.
+#[test]
+#[ignore = "bench: bench/isolation/run.sh"]
+fn bench_isolation_noop_deploy() {
+    let _guard = AccountGuard(vec!["corpus-59800".into()]);
+    let f = Fixture::new();
+    let source = f.source("v1");
+    let nop_job = |env: &str, confined: bool| {
+        let mut job = f.job(env, 59800, "v1", &[]);
+        job.source = Some(source.clone());
+        job.common = if confined {
+            common(59800)
+        } else {
+            json!({"env": "staging", "data": {}})
+        };
+        let nop = |phase: &str| Chunk {
+            id: format!("{phase}-nop"),
+            name: "nop".into(),
+            sls: phase.into(),
+            module: "test".into(),
+            function: "nop".into(),
+            args: serde_json::Map::new(),
+            requisites: Vec::new(),
+        };
+        job.plans.phases.clear();
+        for phase in ["configure", "build", "start"] {
+            job.plans.phases.insert(
+                phase.into(),
+                Plan {
+                    chunks: vec![nop(phase)],
+                },
+            );
+        }
+        job
+    };
+    let mut times: BTreeMap<bool, Vec<Duration>> = BTreeMap::new();
+    for round in 0..25 {
+        for confined in [false, true] {
+            let env = if confined { ENV_A } else { ENV_B };
+            let job = nop_job(env, confined);
+            let t = Instant::now();
+            let out = f.lc.run(&job, &mut NullReporter);
+            let took = t.elapsed();
+            assert_eq!(out.status, Status::Success, "{}", out.message);
+            // The first confined deploy creates the account: not what a deploy costs after.
+            if round > 0 {
+                times.entry(confined).or_default().push(took);
+            }
+        }
+    }
+    let median = |v: &mut Vec<Duration>| {
+        v.sort();
+        v[v.len() / 2]
+    };
+    let off = median(times.entry(false).or_default());
+    let on = median(times.entry(true).or_default());
+    println!(
+        "no-op cooking deploy (3 phases), median of 24: isolation off {:.1} ms, on {:.1} ms, +{:.1} ms ({})",
+        off.as_secs_f64() * 1000.0,
+        on.as_secs_f64() * 1000.0,
+        (on.as_secs_f64() - off.as_secs_f64()) * 1000.0,
+        confine::detect_isolation().as_str(),
     );
 }

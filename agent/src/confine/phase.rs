@@ -56,7 +56,12 @@ enum ServiceCall {
 enum ChildMessage {
     Result(Box<StateResult>),
     Service(ServiceCall),
-    Done { landlock: bool },
+    /// The phase ended; `clean` says the child, a subreaper, saw every process the phase
+    /// started end (else the agent looks for leftovers itself).
+    Done {
+        landlock: bool,
+        clean: bool,
+    },
 }
 
 /// How long what a phase left behind gets between TERM and KILL.
@@ -145,9 +150,11 @@ pub fn run_confined(
     let session = child.id() as i32;
     let result = talk(&mut child, request, services, on_result);
     let status = child.wait();
-    stop_processes(|| processes_in_session(session), LEFTOVER_GRACE);
+    if !matches!(result, Ok(Some((_, true)))) {
+        stop_processes(|| processes_in_session(session), LEFTOVER_GRACE);
+    }
     match result {
-        Ok(Some(landlock)) => Ok(landlock),
+        Ok(Some((landlock, _))) => Ok(landlock),
         Ok(None) | Err(_) => {
             let mut stderr = String::new();
             if let Some(mut err) = child.stderr.take() {
@@ -164,13 +171,13 @@ pub fn run_confined(
     }
 }
 
-/// The conversation: the request, then the child's lines until `done` or EOF.
+/// The conversation: the request, then the child's lines until `done` (landlock, clean) or EOF.
 fn talk(
     child: &mut std::process::Child,
     request: &PhaseRequest,
     services: &dyn ServiceControl,
     on_result: &mut dyn FnMut(&StateResult),
-) -> Result<Option<bool>, String> {
+) -> Result<Option<(bool, bool)>, String> {
     let (Some(mut stdin), Some(stdout)) = (child.stdin.take(), child.stdout.take()) else {
         return Err("has no pipes".into());
     };
@@ -198,7 +205,7 @@ fn talk(
                     .write_all(&text)
                     .map_err(|e| format!("did not take a service reply: {e}"))?;
             }
-            ChildMessage::Done { landlock } => return Ok(Some(landlock)),
+            ChildMessage::Done { landlock, clean } => return Ok(Some((landlock, clean))),
         }
     }
     Ok(None)
@@ -263,6 +270,10 @@ pub fn child_main() -> Result<(), ConfineError> {
         .map_err(|e| ConfineError::Child(format!("cannot read its request: {e}")))?;
     let mut request: PhaseRequest = serde_json::from_str(&first)
         .map_err(|e| ConfineError::Child(format!("got an invalid request: {e}")))?;
+    // Orphans of the phase (a command's background job, a daemon that forked away) become
+    // this process's children, so the end of the phase finds every one of them.
+    // SAFETY: a plain prctl on this process.
+    let subreaper = unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1, 0, 0, 0) } == 0;
     let landlock = sandbox::enter(&request.identity, &request.env_root)?;
     // The child already is the environment user; a `runas` of it would need root to switch.
     for chunk in &mut request.plan.chunks {
@@ -293,6 +304,67 @@ pub fn child_main() -> Result<(), ConfineError> {
             "cannot report to the agent: {e}"
         )));
     }
-    send(&ChildMessage::Done { landlock })
+    let clean = subreaper && stop_descendants(LEFTOVER_GRACE);
+    send(&ChildMessage::Done { landlock, clean })
         .map_err(|e| ConfineError::Child(format!("cannot report to the agent: {e}")))
+}
+
+/// This process's children (of every thread), zombies included; `None` when the kernel does
+/// not list them (`/proc/<pid>/task/<tid>/children` needs CONFIG_PROC_CHILDREN).
+fn own_children() -> Option<Vec<i32>> {
+    let mut out = Vec::new();
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let text = std::fs::read_to_string(task.path().join("children")).ok()?;
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|p| p.parse::<i32>().ok()),
+        );
+    }
+    Some(out)
+}
+
+/// Reaps children that have exited; returns the ones still running.
+fn live_children() -> Option<Vec<i32>> {
+    loop {
+        // SAFETY: waitpid with a null status pointer writes nothing.
+        let pid = unsafe { libc::waitpid(-1, std::ptr::null_mut(), libc::WNOHANG) };
+        if pid <= 0 {
+            break;
+        }
+    }
+    own_children()
+}
+
+/// Stops every process the phase left (TERM, `grace`, then KILL, until none is left: a
+/// killed child's own children are reparented here in turn). Returns whether none is left.
+fn stop_descendants(grace: Duration) -> bool {
+    let signal = |pids: &[i32], sig| {
+        for &pid in pids {
+            // SAFETY: kill touches no memory; a pid gone meanwhile fails with ESRCH.
+            unsafe { libc::kill(pid, sig) };
+        }
+    };
+    let Some(first) = live_children() else {
+        return false;
+    };
+    if first.is_empty() {
+        return true;
+    }
+    signal(&first, libc::SIGTERM);
+    let deadline = std::time::Instant::now() + grace;
+    let mut sig = libc::SIGTERM;
+    for _ in 0..500 {
+        let Some(left) = live_children() else {
+            return false;
+        };
+        if left.is_empty() {
+            return true;
+        }
+        if std::time::Instant::now() >= deadline {
+            sig = libc::SIGKILL;
+        }
+        signal(&left, sig);
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    false
 }
