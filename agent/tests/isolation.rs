@@ -170,8 +170,10 @@ fn a_confined_phase_runs_as_its_user_and_cannot_leave_its_root() {
         "(setsid sleep 60 > /dev/null 2>&1 &) ; (sleep 60 > /dev/null 2>&1 &)".to_string(),
     ];
     let commands: Vec<&str> = commands.iter().map(String::as_str).collect();
-    let a =
-        f.lc.run(&f.job(ENV_A, 59900, "a1", &commands), &mut NullReporter);
+    let mut job = f.job(ENV_A, 59900, "a1", &commands);
+    // The health check command is the project's too: it runs as the environment's user.
+    job.common["data"] = json!({"healthcheck": {"command": "test \"$(id -u)\" = 59900"}});
+    let a = f.lc.run(&job, &mut NullReporter);
     assert_eq!(a.status, Status::Success, "{}", a.message);
     assert_eq!(confine::processes_of(&identity(59900)), Vec::<i32>::new());
 
@@ -446,5 +448,30 @@ fn bench_isolation_noop_deploy() {
         on.as_secs_f64() * 1000.0,
         (on.as_secs_f64() - off.as_secs_f64()) * 1000.0,
         confine::detect_isolation().as_str(),
+    );
+    // Where the difference goes: one phase's child alone (spawn, sandbox, one state, exit).
+    let env_root = f.lc.env_root(ENV_A);
+    let request = confine::PhaseRequest {
+        identity: identity(59800),
+        env_root: env_root.clone(),
+        file_root: env_root.clone(),
+        plan: nop_job(ENV_A, true).plans.phases["build"].clone(),
+        pillar: json!({}),
+        grains: json!({}),
+        common: json!({}),
+        env: json!("staging"),
+    };
+    let services = corpus_agent::state::Systemctl::default();
+    let mut phase_times: Vec<Duration> = (0..30)
+        .map(|_| {
+            let t = Instant::now();
+            let ran = confine::run_confined(Path::new(AGENT), &request, &services, &mut |_| {});
+            assert!(ran.is_ok(), "{ran:?}");
+            t.elapsed()
+        })
+        .collect();
+    println!(
+        "one confined phase (spawn, sandbox, one test.nop, exit), median of 30: {:.1} ms",
+        median(&mut phase_times).as_secs_f64() * 1000.0
     );
 }

@@ -52,22 +52,29 @@ fn give_tree(path: &Path, uid: u32, gid: u32) -> Result<(), ConfineError> {
     Ok(())
 }
 
+fn write_identity(record: &Path, id: &Identity) -> Result<(), ConfineError> {
+    let text = serde_json::to_vec_pretty(id).map_err(|e| ConfineError::Io {
+        op: "write",
+        path: record.to_path_buf(),
+        source: std::io::Error::other(e),
+    })?;
+    io_at(
+        crate::lifecycle::write_atomic(record, &text, 0o600),
+        "write",
+        record,
+    )
+}
+
 /// The environment root (0711, root's), its private tmp (the user's, 0700), `.corpus/` (0700)
 /// with the identity record (0600), and `srv/projects/` (0711).
 pub fn secure_environment(env_root: &Path, id: &Identity) -> Result<(), ConfineError> {
     root_dir(env_root, 0o711)?;
     root_dir(&env_root.join(".corpus"), 0o700)?;
     let record = identity_file(env_root);
-    let text = serde_json::to_vec_pretty(id).map_err(|e| ConfineError::Io {
-        op: "write",
-        path: record.clone(),
-        source: std::io::Error::other(e),
-    })?;
-    io_at(
-        crate::lifecycle::write_atomic(&record, &text, 0o600),
-        "write",
-        &record,
-    )?;
+    // Written (and fsynced) once: every later job finds it unchanged.
+    if super::recorded_identity(env_root).as_ref() != Some(id) {
+        write_identity(&record, id)?;
+    }
     let tmp = env_root.join("tmp");
     io_at(fs::create_dir_all(&tmp), "create", &tmp)?;
     set_owner(&tmp, id.uid, id.gid)?;

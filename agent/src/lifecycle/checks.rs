@@ -62,9 +62,9 @@ pub enum CheckError {
 /// Time one probe may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(30);
 
-fn probe(check: &HealthProbe, cwd: &Path) -> Result<String, CheckError> {
+fn probe(check: &HealthProbe, cwd: &Path, run_as: Option<RunAs>) -> Result<String, CheckError> {
     match check {
-        HealthProbe::Command { command } => probe_command(command, cwd, PROBE_TIMEOUT),
+        HealthProbe::Command { command } => probe_command(command, cwd, PROBE_TIMEOUT, run_as),
         HealthProbe::Http { url, status } => {
             let agent: ureq::Agent = ureq::Agent::config_builder()
                 .timeout_global(Some(PROBE_TIMEOUT))
@@ -89,22 +89,45 @@ fn probe(check: &HealthProbe, cwd: &Path) -> Result<String, CheckError> {
     }
 }
 
+/// A confined environment's (uid, gid): its health check command runs as that user, never as
+/// root (the command is the project's).
+pub type RunAs = (u32, u32);
+
 /// Runs `command` with `/bin/sh -c` in its own process group; past `timeout` the whole group
 /// is killed, so a probe's children (a `curl`, a `sleep`) never outlive it.
-fn probe_command(command: &str, cwd: &Path, timeout: Duration) -> Result<String, CheckError> {
-    let mut child = Command::new("/bin/sh")
-        .arg("-c")
+fn probe_command(
+    command: &str,
+    cwd: &Path,
+    timeout: Duration,
+    run_as: Option<RunAs>,
+) -> Result<String, CheckError> {
+    let mut cmd = Command::new("/bin/sh");
+    cmd.arg("-c")
         .arg(command)
         .current_dir(cwd)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .stderr(Stdio::null())
-        .process_group(0)
-        .spawn()
-        .map_err(|source| CheckError::Spawn {
-            command: command.to_owned(),
-            source,
-        })?;
+        .process_group(0);
+    if let Some((uid, gid)) = run_as {
+        // SAFETY: between fork and exec only async-signal-safe syscalls run, on copied values.
+        unsafe {
+            cmd.pre_exec(move || {
+                let groups = [gid];
+                if libc::setgroups(1, groups.as_ptr()) != 0
+                    || libc::setgid(gid) != 0
+                    || libc::setuid(uid) != 0
+                {
+                    return Err(std::io::Error::last_os_error());
+                }
+                Ok(())
+            });
+        }
+    }
+    let mut child = cmd.spawn().map_err(|source| CheckError::Spawn {
+        command: command.to_owned(),
+        source,
+    })?;
     let deadline = Instant::now() + timeout;
     loop {
         match child.try_wait() {
@@ -136,11 +159,15 @@ fn probe_command(command: &str, cwd: &Path, timeout: Duration) -> Result<String,
 }
 
 /// Runs the check up to its `retries` times, `interval` apart. Ok(comment) or the last failure.
-pub fn run_healthcheck(check: &HealthCheck, cwd: &Path) -> Result<String, CheckError> {
+pub fn run_healthcheck(
+    check: &HealthCheck,
+    cwd: &Path,
+    run_as: Option<RunAs>,
+) -> Result<String, CheckError> {
     let retries = check.retries.max(1);
     let mut attempt = 1;
     loop {
-        match probe(&check.probe, cwd) {
+        match probe(&check.probe, cwd, run_as) {
             Ok(msg) => return Ok(format!("{msg} (attempt {attempt}/{retries})")),
             Err(e) if attempt >= retries => {
                 return Err(CheckError::Attempts {
@@ -193,7 +220,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let pidfile = dir.path().join("child.pid");
         let command = format!("sleep 30 & echo $! > {}; wait", pidfile.display());
-        let err = probe_command(&command, dir.path(), Duration::from_millis(300)).unwrap_err();
+        let err =
+            probe_command(&command, dir.path(), Duration::from_millis(300), None).unwrap_err();
         assert!(matches!(err, CheckError::Timeout { .. }), "{err}");
         assert!(
             err.to_string().contains("process group was killed"),

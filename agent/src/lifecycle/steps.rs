@@ -296,7 +296,11 @@ impl Engine<'_> {
         } else {
             self.layout.dir.clone()
         };
-        checks::run_healthcheck(&check, &cwd)
+        let run_as = crate::confine::Identity::from_common(&self.spec.common)
+            .ok()
+            .flatten()
+            .map(|id| (id.uid, id.gid));
+        checks::run_healthcheck(&check, &cwd, run_as)
             .map(Some)
             .map_err(StepError::HealthCheck)
     }
