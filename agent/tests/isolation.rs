@@ -268,6 +268,84 @@ fn a_plan_outside_the_contract_fails_its_phase_naming_the_state() {
     assert!(out.message.contains("runas \"root\""), "{}", out.message);
 }
 
+#[test]
+fn an_init_job_gives_the_new_layout_to_the_environment_user() {
+    let _guard = AccountGuard(vec!["corpus-59830".into()]);
+    let f = Fixture::new();
+    let mut job = f.job(ENV_A, 59830, "a1", &[]);
+    job.kind = JobKind::Init;
+    let out = f.lc.run(&job, &mut NullReporter);
+    assert_eq!(out.status, Status::Success, "{}", out.message);
+    let dir = f.dir(ENV_A);
+    for owned in ["data", "project", "build", "deploy"] {
+        assert_eq!(
+            fs::metadata(dir.join(owned)).unwrap().uid(),
+            59830,
+            "{owned}"
+        );
+    }
+    assert_eq!(mode_of(&dir.join("pillar/pillar.json")), 0o440);
+    assert_eq!(
+        fs::metadata(dir.join("pillar/pillar.json")).unwrap().gid(),
+        59830
+    );
+    assert_eq!(mode_of(&f.lc.env_root(ENV_A)), 0o711);
+}
+
+/// Records what the agent was asked to do with services.
+#[derive(Default)]
+struct RecordingServices(std::sync::Mutex<Vec<String>>);
+
+impl corpus_agent::state::ServiceControl for RecordingServices {
+    fn available(&self) -> Result<(), String> {
+        Ok(())
+    }
+    fn is_active(&self, _: &str) -> Result<bool, String> {
+        Ok(false)
+    }
+    fn is_enabled(&self, _: &str) -> Result<bool, String> {
+        Ok(true)
+    }
+    fn control(&self, verb: &str, name: &str) -> Result<(), String> {
+        if let Ok(mut calls) = self.0.lock() {
+            calls.push(format!("{verb} {name}"));
+        }
+        Ok(())
+    }
+}
+
+#[test]
+fn a_confined_phase_drives_its_own_services_through_the_agent() {
+    let _guard = AccountGuard(vec!["corpus-59840".into()]);
+    let services = std::sync::Arc::new(RecordingServices::default());
+    let mut f = Fixture::new();
+    f.lc = Lifecycle::new(f.base.join("root"))
+        .with_phase_program(PathBuf::from(AGENT))
+        .with_services(services.clone());
+    let mut job = f.job(ENV_A, 59840, "a1", &[]);
+    let service = Chunk {
+        id: "web".into(),
+        name: "corpus-59840-web".into(),
+        sls: "start".into(),
+        module: "service".into(),
+        function: "running".into(),
+        args: serde_json::Map::new(),
+        requisites: Vec::new(),
+    };
+    job.plans.phases.insert(
+        "start".into(),
+        Plan {
+            chunks: vec![service],
+        },
+    );
+    let out = f.lc.run(&job, &mut NullReporter);
+    assert_eq!(out.status, Status::Success, "{}", out.message);
+    assert_eq!(
+        services.0.lock().unwrap().as_slice(),
+        ["start corpus-59840-web"]
+    );
+}
+
 /// Not a test: the agent process of `a_killed_agent_leaves_no_process_and_the_trees_restored`.
 #[test]
 #[ignore = "child process of a_killed_agent_leaves_no_process_and_the_trees_restored"]

@@ -9,11 +9,26 @@ use std::time::Duration;
 use corpus_states::{Phase, Plan};
 use serde_json::Value;
 
-use super::StepStatus;
 use super::engine::{Engine, StepResult};
 use super::error::{NO_SPACE_TEXT, StepError, StepFailure};
 use super::step::Step;
+use super::{Job, Lifecycle, StepStatus};
 use crate::confine::{self, Identity, PhaseRequest};
+
+impl Lifecycle {
+    /// A confined job's account and environment root (`confine::prepare_environment`); a job
+    /// without identity needs nothing. The error is the refusal's message.
+    pub(super) fn prepare_confinement(&self, job: &Job) -> Result<(), String> {
+        match Identity::from_common(&job.common) {
+            Ok(None) => Ok(()),
+            Ok(Some(identity)) => {
+                confine::prepare_environment(&self.env_root(&job.env_uuid), &identity)
+                    .map_err(|e| e.to_string())
+            }
+            Err(e) => Err(e.to_string()),
+        }
+    }
+}
 
 impl Engine<'_> {
     pub(super) fn run_phase_confined(

@@ -16,7 +16,8 @@
 //!
 //! Parts: `engine.rs` (the state machine), `steps.rs` (the built-in steps' I/O), `history.rs`
 //! (deployment records), `recovery.rs`, `validate.rs`, `journal.rs`, `layout.rs`, `lock.rs`,
-//! `archive.rs`, `checks.rs` (health check, webhooks) and `error.rs` ([`StepError`]).
+//! `archive.rs`, `checks.rs` (health check, webhooks), `error.rs` ([`StepError`]) and
+//! `confined.rs` (a phase of a confined environment, through [`crate::confine`]).
 //! The service controller and the file sources are injected ([`Lifecycle::with_services`],
 //! [`Lifecycle::with_file_sources`]) so tests can run `service.*` states against a fake.
 //!
@@ -363,35 +364,16 @@ impl Lifecycle {
         };
         // The environment's own user exists (or the job is refused, changing nothing) before
         // anything of the project is made.
-        match crate::confine::Identity::from_common(&job.common) {
-            Ok(None) => {}
-            Ok(Some(identity)) => {
-                let env_root = self.env_root(&job.env_uuid);
-                if let Err(e) = crate::confine::prepare_environment(&env_root, &identity) {
-                    let msg = e.to_string();
-                    reporter.step(
-                        Step::Validate,
-                        "",
-                        StepStatus::Failed,
-                        Value::Null,
-                        &msg,
-                        Duration::ZERO,
-                    );
-                    return refuse(Status::Failed, Step::Validate, msg);
-                }
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                reporter.step(
-                    Step::Validate,
-                    "",
-                    StepStatus::Failed,
-                    Value::Null,
-                    &msg,
-                    Duration::ZERO,
-                );
-                return refuse(Status::Failed, Step::Validate, msg);
-            }
+        if let Err(msg) = self.prepare_confinement(job) {
+            reporter.step(
+                Step::Validate,
+                "",
+                StepStatus::Failed,
+                Value::Null,
+                &msg,
+                Duration::ZERO,
+            );
+            return refuse(Status::Failed, Step::Validate, msg);
         }
         let layout = ProjectLayout::new(self.project_dir(&job.env_uuid, &job.project));
         if let Err(e) = fs::create_dir_all(layout.state_dir()).at("create", layout.state_dir()) {
@@ -492,7 +474,15 @@ impl Lifecycle {
         let t = Instant::now();
         let res = layout
             .create(job.mode)
-            .and_then(|_| layout.write_pillar(&job.pillar));
+            .and_then(|_| layout.write_pillar(&job.pillar))
+            .and_then(
+                |_| match crate::confine::Identity::from_common(&job.common) {
+                    // A confined project's owners and modes hold from its first job on.
+                    Ok(Some(identity)) => crate::confine::secure_project(&layout.dir, &identity)
+                        .map_err(StepError::from),
+                    _ => Ok(()),
+                },
+            );
         let (status, st, msg) = match res {
             Ok(()) => (
                 Status::Success,
