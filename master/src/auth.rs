@@ -112,6 +112,7 @@ impl Auth {
             password_hash: hash_password(password)?,
             admin,
             created_at: now_unix(),
+            max_envs: None,
         };
         if !self.store.create_user(&user)? {
             return Err(AuthError::UserExists(id.to_owned()));

@@ -1,13 +1,18 @@
 //! Environments and projects as the `corpus` commands see them: who may act on an environment,
-//! creating one on an agent with a free slot, projects and their quotas.
+//! creating one on an agent with a free slot and its SMEP identity there (placement, the
+//! per-user limit, the migration of older records), projects and their quotas.
+
+use std::collections::{BTreeSet, HashMap};
 
 use serde_json::Value;
 
 use crate::MasterState;
 use crate::auth::now_unix;
 use crate::error::{MasterError, MasterResult};
+use crate::smep::{self, EnvIdentity};
 use crate::store::{
-    AgentRecord, AgentStatus, DEFAULT_QUOTA_BYTES, EnvironmentRecord, Mode, Platform, ProjectRecord,
+    AgentRecord, AgentStatus, DEFAULT_MAX_ENVS, DEFAULT_QUOTA_BYTES, EnvironmentRecord, Mode,
+    Platform, ProjectRecord,
 };
 
 fn is_admin(state: &MasterState, user: &str) -> MasterResult<bool> {
@@ -56,16 +61,19 @@ pub fn init_env(
             ))
         })?,
     };
-    // Choosing a slot and recording the environment are one step: two concurrent requests
-    // would otherwise both see the last free slot and both take it.
+    // Choosing a slot and an identity and recording the environment are one step: two
+    // concurrent requests would otherwise both see the last free slot (or number) and both
+    // take it.
     let _allocating = state
         .slot_allocation
         .lock()
         .unwrap_or_else(|p| p.into_inner());
     // A storage error here must refuse, not count as an empty host.
-    let mut hosted: std::collections::HashMap<String, u32> = Default::default();
-    for env in state.store.environments()? {
-        *hosted.entry(env.agent).or_default() += 1;
+    let environments = state.store.environments()?;
+    check_env_limit(state, user, &environments)?;
+    let mut hosted: HashMap<String, u32> = HashMap::new();
+    for env in &environments {
+        *hosted.entry(env.agent.clone()).or_default() += 1;
     }
     let free = |agent: &AgentRecord| {
         let slots = agent.grains.as_ref().map_or(0, |g| g.slots);
@@ -78,11 +86,12 @@ pub fn init_env(
             .into_iter()
             .filter(|a| a.status == AgentStatus::Accepted && state.links.is_connected(&a.id))
             .filter(|a| free(a) > 0)
+            .filter(|a| shares_safely(a, user, &environments))
             .collect();
         candidates.sort_by_key(|a| std::cmp::Reverse(free(a)));
         candidates.into_iter().next().ok_or_else(|| {
             MasterError::Exhausted(
-                "no connected agent has a free slot: see corpus listhosts".to_owned(),
+                "no connected agent has a free slot that can isolate your environment from other users': see corpus listhosts".to_owned(),
             )
         })?
     } else {
@@ -102,8 +111,16 @@ pub fn init_env(
                 "host {host:?} has no free slot"
             )));
         }
+        if !shares_safely(&agent, user, &environments) {
+            return Err(MasterError::Refused(format!(
+                "host {host:?} hosts environments of other users and reports isolation {:?}: an environment may share an agent with other users' only where the agent isolates them (landlock or uid); choose another host or run the agent as root on a kernel that supports it",
+                isolation_of(&agent)
+            )));
+        }
         agent
     };
+    let sheet = smep::sheet_number(&state.settings().sheet);
+    let identity = allocate_identity(&environments, &agent.id, sheet, platform)?;
     let env = EnvironmentRecord {
         uuid: uuid::Uuid::new_v4().to_string(),
         platform,
@@ -113,10 +130,103 @@ pub fn init_env(
         grants: vec![],
         defaults: Value::Object(Default::default()),
         created_at: now_unix(),
+        // Recorded with the environment, in the same write: the number is taken exactly when
+        // the environment exists.
+        smep: Some(identity.smep),
     };
     state.store.put_environment(&env)?;
-    tracing::info!(env = %env.uuid, agent = %env.agent, platform = platform.as_str(), user, "environment created");
+    tracing::info!(env = %env.uuid, agent = %env.agent, platform = platform.as_str(), smep = identity.smep, user, "environment created");
     Ok(env)
+}
+
+/// The agent's `isolation` grain; an agent that reports none (older agents) isolates nothing.
+fn isolation_of(agent: &AgentRecord) -> &str {
+    match agent.grains.as_ref().map(|g| g.isolation.as_str()) {
+        Some("") | None => "none",
+        Some(isolation) => isolation,
+    }
+}
+
+/// Whether `user` may get an environment on `agent`: always when every environment there is
+/// the user's own, otherwise only when the agent confines each environment to its own user.
+fn shares_safely(agent: &AgentRecord, user: &str, environments: &[EnvironmentRecord]) -> bool {
+    let others_there = environments
+        .iter()
+        .any(|e| e.agent == agent.id && e.owner != user);
+    !others_there || matches!(isolation_of(agent), "landlock" | "uid")
+}
+
+/// Refuses a new environment beyond the user's limit (admins have none).
+fn check_env_limit(
+    state: &MasterState,
+    user: &str,
+    environments: &[EnvironmentRecord],
+) -> MasterResult<()> {
+    let Some(record) = state.store.user(user)? else {
+        return Ok(());
+    };
+    if record.admin {
+        return Ok(());
+    }
+    let limit = record.max_envs.unwrap_or(DEFAULT_MAX_ENVS);
+    let owned = environments.iter().filter(|e| e.owner == user).count();
+    if owned >= limit as usize {
+        return Err(MasterError::Exhausted(format!(
+            "user {user:?} owns {owned} environments, the most allowed ({limit}): destroy one, or ask an operator to raise the limit (corpus-master users set {user} --max-envs N)"
+        )));
+    }
+    Ok(())
+}
+
+/// A new identity on `agent`: the lowest environment number none of its environments holds.
+fn allocate_identity(
+    environments: &[EnvironmentRecord],
+    agent: &str,
+    sheet: u32,
+    platform: Platform,
+) -> MasterResult<EnvIdentity> {
+    let used: BTreeSet<u32> = environments
+        .iter()
+        .filter(|e| e.agent == agent)
+        .filter_map(|e| e.smep.map(smep::machine_number))
+        .collect();
+    let machine = smep::free_machine_number(&used).ok_or_else(|| {
+        MasterError::Exhausted(format!(
+            "agent {agent:?} has no free environment number: all {} are taken; destroy an environment there or use another agent",
+            smep::MACHINE_NUMBERS.end()
+        ))
+    })?;
+    Ok(EnvIdentity::new(sheet, machine, platform))
+}
+
+/// Gives every environment recorded before SMEP identities existed one, once, at open: oldest
+/// first, each written as soon as it is chosen so a crash midway loses nothing.
+pub fn assign_missing_identities(state: &MasterState) -> MasterResult<()> {
+    let _allocating = state
+        .slot_allocation
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let mut environments = state.store.environments()?;
+    environments.sort_by_key(|e| e.created_at);
+    let sheet = smep::sheet_number(&state.settings().sheet);
+    for index in 0..environments.len() {
+        if environments[index].smep.is_some() {
+            continue;
+        }
+        let env = &environments[index];
+        let identity = allocate_identity(&environments, &env.agent, sheet, env.platform)?;
+        let mut migrated = env.clone();
+        migrated.smep = Some(identity.smep);
+        state.store.put_environment(&migrated)?;
+        tracing::info!(env = %migrated.uuid, agent = %migrated.agent, smep = identity.smep, "environment given its SMEP identity");
+        environments[index] = migrated;
+    }
+    Ok(())
+}
+
+/// The environment's identity, if it has one (every environment does once the master opened).
+pub fn identity(env: &EnvironmentRecord) -> Option<EnvIdentity> {
+    env.smep.map(|smep| EnvIdentity { smep })
 }
 
 /// The project's record, created with the default quota if it does not exist yet.
@@ -221,6 +331,7 @@ mod tests {
             grants: vec![],
             defaults: serde_json::json!({}),
             created_at: 0,
+            smep: None,
         };
         state.store.put_environment(&env)?;
         Ok(env)

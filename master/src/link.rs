@@ -95,6 +95,36 @@ pub async fn authenticate_agent<T>(
         .map_err(internal)?
 }
 
+/// Refuses a second connection presenting the certificate of an agent whose link is alive (it
+/// heartbeated within two periods): the real agent keeps its link, and a copy of its
+/// certificate cannot take its jobs over. An agent that lost its connection without the
+/// master noticing is let in once the old link has been silent for three periods and dropped;
+/// the refusal carries no `corpus-refusal` reason, so the agent simply retries with back-off.
+fn refuse_if_live_elsewhere(
+    state: &MasterState,
+    agent: &str,
+    address: &str,
+    heartbeat: Duration,
+) -> Result<(), Status> {
+    let Some((live_address, last_seen)) = state.links.peer(agent) else {
+        return Ok(());
+    };
+    let silent_for = now_unix().saturating_sub(last_seen);
+    let alive_within = i64::try_from(heartbeat.as_secs().saturating_mul(2)).unwrap_or(i64::MAX);
+    if silent_for > alive_within {
+        return Ok(());
+    }
+    warn!(
+        agent,
+        %address,
+        live_address,
+        "refused a second connection with the certificate of agent {agent:?} while its link is alive: possibly a cloned agent certificate"
+    );
+    Err(Status::already_exists(format!(
+        "agent {agent:?} is already connected and heartbeating: a second connection with its certificate is refused (if this is the real agent after a network failure, it is let in once the old link times out)"
+    )))
+}
+
 type MasterStream = Pin<Box<dyn Stream<Item = Result<MasterMessage, Status>> + Send>>;
 type BlobStream = ReceiverStream<Result<BlobChunk, Status>>;
 
@@ -170,6 +200,7 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
             })
             .await
             .map_err(internal)??;
+            refuse_if_live_elsewhere(&state, &record.id, &address, heartbeat)?;
             state.links.register(&record.id, tx, address.clone(), now)
         };
         info!(agent = %id, %address, "agent attached");

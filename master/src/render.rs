@@ -255,6 +255,16 @@ fn yaml_to_json(text: &str) -> Result<Value, String> {
     Ok(if json.is_null() { json!({}) } else { json })
 }
 
+/// The environment's root on its agent: every path a project's states may touch is beneath it.
+pub fn environment_root(env: &EnvironmentRecord, grains: &Grains) -> String {
+    let root = if grains.root.is_empty() {
+        "/srv/corpus"
+    } else {
+        grains.root.as_str()
+    };
+    format!("{root}/{}", env.uuid)
+}
+
 /// Builds `common` (PRODUCT.md's list) and renders every `.salt/<phase>.sls` there is.
 pub fn render_project(
     salt: &BTreeMap<String, String>,
@@ -275,12 +285,11 @@ pub fn render_project(
     );
     // A typo in a setting the agent acts on fails the push here, before any job exists.
     ProjectSettings::from_data(&data).map_err(|e| RenderError::Pillar(e.to_string()))?;
-    let root = if ctx.grains.root.is_empty() {
-        "/srv/corpus"
-    } else {
-        ctx.grains.root.as_str()
-    };
-    let base = format!("{root}/{}/srv/projects/{}", ctx.env.uuid, ctx.project);
+    let base = format!(
+        "{}/srv/projects/{}",
+        environment_root(ctx.env, ctx.grains),
+        ctx.project
+    );
     let user = data
         .get("user")
         .and_then(Value::as_str)
@@ -291,7 +300,7 @@ pub fn render_project(
         .and_then(Value::as_str)
         .unwrap_or(&user)
         .to_owned();
-    let common = json!({
+    let mut common = json!({
         "name": ctx.project,
         "env": ctx.env.platform.as_str(),
         "env_uuid": ctx.env.uuid,
@@ -311,6 +320,13 @@ pub fn render_project(
         "archives_dir": format!("{base}/archives"),
         "data": data,
     });
+    // The environment's identity on its agent (contract: uid, gid, user, group, ports, smep);
+    // it replaces any `user`/`group` the settings name, since the states run as it.
+    if let (Some(identity), Value::Object(map)) =
+        (crate::environments::identity(ctx.env), &mut common)
+    {
+        map.extend(identity.common_fields());
+    }
     let grains = serde_json::to_value(ctx.grains).unwrap_or_default();
     let context = TemplateContext::new(
         pillar.clone(),
@@ -350,6 +366,7 @@ mod tests {
             grants: vec![],
             defaults: json!({"keep_archives": 5, "workers": 2}),
             created_at: 0,
+            smep: None,
         }
     }
 
