@@ -793,4 +793,99 @@ mod tests {
         );
         Ok(())
     }
+
+    #[test]
+    fn a_prod_push_takes_only_releases_its_owner_cooked_in_staging() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        crate::init(dir.path(), &[], false)?;
+        let state = crate::open(&crate::ServeOptions {
+            data_dir: dir.path().to_owned(),
+            settings: Default::default(),
+        })?;
+        let env = |owner: &str, platform: Platform| -> anyhow::Result<EnvironmentRecord> {
+            let env = EnvironmentRecord {
+                uuid: uuid::Uuid::new_v4().to_string(),
+                platform,
+                mode: platform.default_mode(),
+                agent: "node1".into(),
+                owner: owner.into(),
+                grants: vec![],
+                defaults: serde_json::json!({}),
+                created_at: 0,
+                smep: None,
+            };
+            state.store.put_environment(&env)?;
+            Ok(env)
+        };
+        let release = |id: &str, cooked_in: &EnvironmentRecord| -> anyhow::Result<()> {
+            let job = JobRecord {
+                env_uuid: cooked_in.uuid.clone(),
+                ..deploy(id, 1, JobState::Success)
+            };
+            state.store.record_release(
+                &ReleaseRecord {
+                    id: id.into(),
+                    project: "app".into(),
+                    env_uuid: cooked_in.uuid.clone(),
+                    owner: cooked_in.owner.clone(),
+                    digest: format!("digest-{id}"),
+                    size: 1,
+                    commit: String::new(),
+                    created_at: 0,
+                    manifest: serde_json::json!({}),
+                },
+                &job,
+            )?;
+            Ok(())
+        };
+        let prod = env("alice", Platform::Prod)?;
+        let alice_staging = env("alice", Platform::Staging)?;
+        let bob_staging = env("bob", Platform::Staging)?;
+        let alice_dev = env("alice", Platform::Dev)?;
+        release("20260101T000000Z-a", &alice_staging)?;
+        // Newer, but bob's, or not cooked in staging: never chosen for alice's prod.
+        release("20260102T000000Z-b", &bob_staging)?;
+        release("20260103T000000Z-d", &alice_dev)?;
+        let request = |release_id: &str, from_env: &str| PushRequest {
+            env_uuid: prod.uuid.clone(),
+            project: "app".into(),
+            release_id: release_id.into(),
+            from_env: from_env.into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            find_release(&state, &prod, &request("", ""))?.id,
+            "20260101T000000Z-a"
+        );
+        assert!(matches!(
+            find_release(&state, &prod, &request("20260102T000000Z-b", "")),
+            Err(MasterError::NotFound {
+                what: "release",
+                ..
+            })
+        ));
+        // Two staging environments of alice cooked it: the push must say which.
+        let second = env("alice", Platform::Staging)?;
+        release("20260104T000000Z-c", &second)?;
+        match find_release(&state, &prod, &request("", "")) {
+            Err(MasterError::Refused(m)) => assert!(
+                m.contains(&alice_staging.uuid) && m.contains(&second.uuid) && m.contains("--from"),
+                "{m}"
+            ),
+            other => panic!("expected Refused, got {other:?}"),
+        }
+        assert_eq!(
+            find_release(&state, &prod, &request("", &alice_staging.uuid))?.id,
+            "20260101T000000Z-a"
+        );
+        assert_eq!(
+            find_release(&state, &prod, &request("20260104T000000Z-c", ""))?.id,
+            "20260104T000000Z-c"
+        );
+        assert!(matches!(
+            find_release(&state, &prod, &request("", &bob_staging.uuid)),
+            Err(MasterError::Refused(_))
+        ));
+        Ok(())
+    }
 }

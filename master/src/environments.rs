@@ -430,4 +430,170 @@ mod tests {
         assert_eq!(state.store.environments()?.len(), 32);
         Ok(())
     }
+
+    fn host(state: &MasterState, id: &str, slots: u32, isolation: &str) -> anyhow::Result<()> {
+        state.store.put_agent(&AgentRecord {
+            id: id.into(),
+            status: AgentStatus::Accepted,
+            csr_pem: String::new(),
+            certificate_pem: None,
+            fingerprint: None,
+            enrolled_at: 0,
+            decided_at: None,
+            grains: Some(crate::store::Grains {
+                slots,
+                isolation: isolation.into(),
+                ..Default::default()
+            }),
+            last_seen: None,
+            address: None,
+        })?;
+        Ok(())
+    }
+
+    fn user(
+        state: &MasterState,
+        id: &str,
+        admin: bool,
+        max_envs: Option<u32>,
+    ) -> anyhow::Result<()> {
+        state.store.put_user(&crate::store::UserRecord {
+            id: id.into(),
+            password_hash: String::new(),
+            admin,
+            created_at: 0,
+            max_envs,
+        })?;
+        Ok(())
+    }
+
+    fn open(dir: &std::path::Path) -> anyhow::Result<std::sync::Arc<MasterState>> {
+        crate::open(&crate::ServeOptions {
+            data_dir: dir.to_owned(),
+            settings: Default::default(),
+        })
+    }
+
+    #[test]
+    fn identities_are_unique_per_agent_stable_across_restarts_and_older_records_get_one()
+    -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        crate::init(dir.path(), &[], false)?;
+        let (staging, prod, other_host, old_uuid);
+        {
+            let state = open(dir.path())?;
+            host(&state, "node1", 10, "uid")?;
+            host(&state, "node2", 10, "uid")?;
+            // The default sheet, "corpus", is sheet 2.
+            staging = init_env(&state, "alice", "staging", "node1", "")?;
+            prod = init_env(&state, "alice", "prod", "node1", "")?;
+            other_host = init_env(&state, "alice", "dev", "node2", "")?;
+            assert_eq!(staging.smep, Some(20130));
+            assert_eq!(prod.smep, Some(20200));
+            // Numbers are per agent.
+            assert_eq!(other_host.smep, Some(20120));
+            // A record written before identities existed.
+            let mut old = environment(&state, "alice")?;
+            old.smep = None;
+            state.store.put_environment(&old)?;
+            old_uuid = old.uuid;
+        }
+        let state = open(dir.path())?;
+        let identities = |state: &MasterState| -> anyhow::Result<Vec<(String, Option<u32>)>> {
+            let mut all: Vec<_> = state
+                .store
+                .environments()?
+                .into_iter()
+                .map(|e| (e.uuid, e.smep))
+                .collect();
+            all.sort();
+            Ok(all)
+        };
+        let after_migration = identities(&state)?;
+        let get = |uuid: &str| {
+            after_migration
+                .iter()
+                .find(|(u, _)| u == uuid)
+                .and_then(|(_, s)| *s)
+        };
+        assert_eq!(get(&staging.uuid), Some(20130));
+        assert_eq!(get(&prod.uuid), Some(20200));
+        // The migrated staging environment on node1 takes the next free number there.
+        assert_eq!(get(&old_uuid), Some(20330));
+        drop(state);
+        // Opening again changes nothing.
+        let state = open(dir.path())?;
+        assert_eq!(identities(&state)?, after_migration);
+        // A freed number is given again only once its environment is gone.
+        state.store.delete_environment(&staging.uuid)?;
+        assert_eq!(
+            init_env(&state, "alice", "dev", "node1", "")?.smep,
+            Some(20120)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn an_agent_out_of_environment_numbers_refuses_clearly() -> anyhow::Result<()> {
+        let (_dir, state) = state()?;
+        host(&state, "node1", 200, "uid")?;
+        for machine in crate::smep::MACHINE_NUMBERS {
+            let mut env = environment(&state, "alice")?;
+            env.smep = Some(EnvIdentity::new(2, machine, Platform::Staging).smep);
+            state.store.put_environment(&env)?;
+        }
+        match init_env(&state, "root-user", "dev", "node1", "") {
+            Err(MasterError::Exhausted(m)) => {
+                assert!(m.contains("no free environment number"), "{m}")
+            }
+            other => panic!("expected Exhausted, got {other:?}"),
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn users_own_at_most_their_limit_of_environments() -> anyhow::Result<()> {
+        let (_dir, state) = state()?;
+        host(&state, "node1", 20, "uid")?;
+        user(&state, "alice", false, None)?;
+        user(&state, "bob", false, Some(1))?;
+        user(&state, "root", true, Some(1))?;
+        for _ in 0..DEFAULT_MAX_ENVS {
+            init_env(&state, "alice", "dev", "node1", "")?;
+        }
+        let refused = |result: MasterResult<EnvironmentRecord>| match result {
+            Err(MasterError::Exhausted(m)) => m,
+            other => panic!("expected Exhausted, got {other:?}"),
+        };
+        let message = refused(init_env(&state, "alice", "dev", "node1", ""));
+        assert!(
+            message.contains("owns 4 environments") && message.contains("--max-envs"),
+            "{message}"
+        );
+        init_env(&state, "bob", "dev", "node1", "")?;
+        refused(init_env(&state, "bob", "dev", "node1", ""));
+        // Admins are not limited.
+        init_env(&state, "root", "dev", "node1", "")?;
+        init_env(&state, "root", "dev", "node1", "")?;
+        Ok(())
+    }
+
+    #[test]
+    fn users_share_an_agent_only_where_it_isolates_environments() -> anyhow::Result<()> {
+        let (_dir, state) = state()?;
+        host(&state, "plain", 4, "")?;
+        host(&state, "confined", 4, "landlock")?;
+        init_env(&state, "alice", "staging", "plain", "")?;
+        init_env(&state, "alice", "staging", "confined", "")?;
+        // The same owner again is fine anywhere.
+        init_env(&state, "alice", "prod", "plain", "")?;
+        match init_env(&state, "bob", "staging", "plain", "") {
+            Err(MasterError::Refused(m)) => {
+                assert!(m.contains("other users") && m.contains("\"none\""), "{m}")
+            }
+            other => panic!("expected Refused, got {other:?}"),
+        }
+        init_env(&state, "bob", "staging", "confined", "")?;
+        Ok(())
+    }
 }

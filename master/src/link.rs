@@ -501,3 +501,36 @@ fn record_finished(state: &MasterState, agent: &str, finished: JobFinished) {
         Err(e) => warn!(job = %job_id, error = %e, "job result refused"),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_connection_is_refused_only_while_the_first_heartbeats() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        crate::init(dir.path(), &[], false)?;
+        let state = crate::open(&crate::ServeOptions {
+            data_dir: dir.path().to_owned(),
+            settings: Default::default(),
+        })?;
+        let heartbeat = Duration::from_secs(10);
+        assert!(refuse_if_live_elsewhere(&state, "node1", "10.0.0.2", heartbeat).is_ok());
+        let (tx, _rx) = mpsc::channel(1);
+        let (_, _, last_seen) = state
+            .links
+            .register("node1", tx, "10.0.0.1".into(), now_unix());
+        match refuse_if_live_elsewhere(&state, "node1", "10.0.0.2", heartbeat) {
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::AlreadyExists);
+                assert!(status.metadata().get(REFUSAL_REASON).is_none());
+                assert!(status.message().contains("already connected"));
+            }
+            Ok(()) => panic!("a second connection of a live agent was let in"),
+        }
+        // Silent for more than two heartbeats: the link is presumed dead; the agent gets in.
+        last_seen.store(now_unix() - 21, Ordering::Relaxed);
+        assert!(refuse_if_live_elsewhere(&state, "node1", "10.0.0.2", heartbeat).is_ok());
+        Ok(())
+    }
+}

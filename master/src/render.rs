@@ -412,6 +412,32 @@ mod tests {
     }
 
     #[test]
+    fn common_carries_the_environments_identity_over_the_settings_user() -> anyhow::Result<()> {
+        let mut env = env();
+        env.smep = Some(20130);
+        let grains = Grains::default();
+        let ctx = DeployContext {
+            project: "web",
+            env: &env,
+            mode: Mode::Cooking,
+            deploy_id: "d1",
+            commit: "abc",
+            grains: &grains,
+        };
+        let pillar = json!({"user": "root"});
+        let rendered = render_project(&BTreeMap::new(), &pillar, &ctx)?;
+        let common = &rendered.common;
+        assert_eq!(common["uid"], 20130);
+        assert_eq!(common["gid"], 20130);
+        assert_eq!(common["smep"], 20130);
+        assert_eq!(common["user"], "corpus-20130");
+        assert_eq!(common["group"], "corpus-20130");
+        assert_eq!(common["ports"], json!((20130..20140).collect::<Vec<_>>()));
+        assert_eq!(environment_root(&env, &grains), "/srv/corpus/e1");
+        Ok(())
+    }
+
+    #[test]
     fn render_errors_name_the_phase_file() {
         let mut salt = BTreeMap::new();
         salt.insert(
