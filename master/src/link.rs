@@ -191,6 +191,9 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
                 let state = state.clone();
                 move || -> Result<AgentRecord, Status> {
                     let mut record = check_agent(&state, &agent, &fp)?;
+                    // Before anything of this connection is recorded: a copy's grains (its
+                    // root, its isolation) must not replace the live agent's.
+                    refuse_if_live_elsewhere(&state, &agent, &peer_address, heartbeat)?;
                     record.grains = Some(grains);
                     record.last_seen = Some(now);
                     record.address = Some(peer_address);
@@ -200,7 +203,6 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
             })
             .await
             .map_err(internal)??;
-            refuse_if_live_elsewhere(&state, &record.id, &address, heartbeat)?;
             state.links.register(&record.id, tx, address.clone(), now)
         };
         info!(agent = %id, %address, "agent attached");
