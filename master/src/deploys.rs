@@ -498,7 +498,14 @@ pub fn destroy(
             let history = deployments(state, &env.uuid, &p.name)?;
             let entry = match last_deployed(&history) {
                 Some(j) => {
-                    let payload = state.store.job_payload(&j.id)?;
+                    let mut payload = state.store.job_payload(&j.id)?;
+                    // As for every job: the project is stopped as the environment's user,
+                    // even when its deployment was recorded before the environment had one.
+                    if let (Some(identity), Value::Object(common)) =
+                        (crate::environments::identity(&env), &mut payload.common)
+                    {
+                        common.extend(identity.common_fields());
+                    }
                     serde_json::json!({"plan": payload.plan, "common": payload.common, "pillar": payload.pillar})
                 }
                 None => serde_json::json!({}),

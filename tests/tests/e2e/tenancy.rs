@@ -234,6 +234,23 @@ fn states_that_leave_their_environment_are_refused_at_push_and_change_nothing() 
         .master
         .console(&["users", "set", "bob", "--max-envs", "2"], None)?;
     assert!(out.status.success(), "{}", stderr(&out));
+    let out = t.master.console(
+        &["users", "add", "carol", "--max-envs", "1"],
+        Some("a-long-password\n"),
+    )?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let users = t.master.console_json(&["users", "list"])?;
+    let limit = |id: &str| {
+        users
+            .as_array()
+            .into_iter()
+            .flatten()
+            .find(|u| u["id"] == id)
+            .map(|u| u["max_envs"].clone())
+    };
+    assert_eq!(limit("alice"), Some(4.into()));
+    assert_eq!(limit("bob"), Some(2.into()));
+    assert_eq!(limit("carol"), Some(1.into()));
     let host = if t.node2.is_some() { "node2" } else { "node1" };
     t.init_env(&t.bob.clone(), "dev", host)?;
     let out = corpus(&t.bob, &["init_env", "local", "dev", host])?;
