@@ -91,7 +91,7 @@ pub fn init_env(
         candidates.sort_by_key(|a| std::cmp::Reverse(free(a)));
         candidates.into_iter().next().ok_or_else(|| {
             MasterError::Exhausted(
-                "no connected agent has a free slot that can isolate your environment from other users': see corpus listhosts".to_owned(),
+                "no connected agent has a free slot for your environment (an agent that hosts other users' environments must report isolation landlock or uid): see corpus listhosts".to_owned(),
             )
         })?
     } else {
@@ -214,7 +214,15 @@ pub fn assign_missing_identities(state: &MasterState) -> MasterResult<()> {
             continue;
         }
         let env = &environments[index];
-        let identity = allocate_identity(&environments, &env.agent, sheet, env.platform)?;
+        // An agent with more environments than numbers cannot give this one an identity: the
+        // master still starts (its jobs run as before, unconfined) and says so.
+        let identity = match allocate_identity(&environments, &env.agent, sheet, env.platform) {
+            Ok(identity) => identity,
+            Err(e) => {
+                tracing::error!(env = %env.uuid, agent = %env.agent, "environment left without a SMEP identity: {e}");
+                continue;
+            }
+        };
         let mut migrated = env.clone();
         migrated.smep = Some(identity.smep);
         state.store.put_environment(&migrated)?;
