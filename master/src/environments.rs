@@ -120,7 +120,8 @@ pub fn init_env(
         agent
     };
     let sheet = smep::sheet_number(&state.settings().sheet);
-    let identity = allocate_identity(&environments, &agent.id, sheet, platform)?;
+    let numbers = state.settings().machine_numbers;
+    let identity = allocate_identity(&environments, &agent.id, sheet, numbers, platform)?;
     let env = EnvironmentRecord {
         uuid: uuid::Uuid::new_v4().to_string(),
         platform,
@@ -183,6 +184,7 @@ fn allocate_identity(
     environments: &[EnvironmentRecord],
     agent: &str,
     sheet: u32,
+    numbers: std::ops::RangeInclusive<u32>,
     platform: Platform,
 ) -> MasterResult<EnvIdentity> {
     let used: BTreeSet<u32> = environments
@@ -190,10 +192,10 @@ fn allocate_identity(
         .filter(|e| e.agent == agent)
         .filter_map(|e| e.smep.map(smep::machine_number))
         .collect();
-    let machine = smep::free_machine_number(&used).ok_or_else(|| {
+    let (first, last) = (*numbers.start(), *numbers.end());
+    let machine = smep::free_machine_number(&used, numbers).ok_or_else(|| {
         MasterError::Exhausted(format!(
-            "agent {agent:?} has no free environment number: all {} are taken; destroy an environment there or use another agent",
-            smep::MACHINE_NUMBERS.end()
+            "agent {agent:?} has no free environment number: all of {first}-{last} (the master's machine_numbers) are taken; destroy an environment there or use another agent"
         ))
     })?;
     Ok(EnvIdentity::new(sheet, machine, platform))
@@ -216,7 +218,14 @@ pub fn assign_missing_identities(state: &MasterState) -> MasterResult<()> {
         let env = &environments[index];
         // An agent with more environments than numbers cannot give this one an identity: the
         // master still starts (its jobs run as before, unconfined) and says so.
-        let identity = match allocate_identity(&environments, &env.agent, sheet, env.platform) {
+        let numbers = state.settings().machine_numbers;
+        let identity = match allocate_identity(
+            &environments,
+            &env.agent,
+            sheet,
+            numbers,
+            env.platform,
+        ) {
             Ok(identity) => identity,
             Err(e) => {
                 tracing::error!(env = %env.uuid, agent = %env.agent, "environment left without a SMEP identity: {e}");

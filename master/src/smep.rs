@@ -43,9 +43,12 @@ pub fn platform_digit(platform: Platform) -> u32 {
     }
 }
 
-/// The lowest environment number not in `used`, or None when the agent has all 99.
-pub fn free_machine_number(used: &BTreeSet<u32>) -> Option<u32> {
-    MACHINE_NUMBERS.clone().find(|m| !used.contains(m))
+/// The lowest environment number of `range` not in `used`, or None when all are taken.
+pub fn free_machine_number(
+    used: &BTreeSet<u32>,
+    range: std::ops::RangeInclusive<u32>,
+) -> Option<u32> {
+    range.into_iter().find(|m| !used.contains(m))
 }
 
 /// The M of a SMEP base (its thousands and hundreds digits).
@@ -145,9 +148,15 @@ mod tests {
 
     #[test]
     fn machine_numbers_are_the_lowest_free_and_run_out_at_99() {
-        assert_eq!(free_machine_number(&BTreeSet::new()), Some(1));
-        assert_eq!(free_machine_number(&BTreeSet::from([1, 2, 4])), Some(3));
+        assert_eq!(
+            free_machine_number(&BTreeSet::new(), MACHINE_NUMBERS),
+            Some(1)
+        );
+        assert_eq!(
+            free_machine_number(&BTreeSet::from([1, 2, 4]), MACHINE_NUMBERS),
+            Some(3)
+        );
         let all: BTreeSet<u32> = MACHINE_NUMBERS.collect();
-        assert_eq!(free_machine_number(&all), None);
+        assert_eq!(free_machine_number(&all, MACHINE_NUMBERS), None);
     }
 }

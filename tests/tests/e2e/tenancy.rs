@@ -58,6 +58,12 @@ struct Tenants {
 }
 
 impl Tenants {
+    /// The SMEP of the first staging environment on node1: sheet test-a (4), the first
+    /// environment number of this master's range, staging (3).
+    fn first_staging_smep(&self) -> u32 {
+        40_000 + self.master.identities.first * 100 + 30
+    }
+
     fn start() -> anyhow::Result<Tenants> {
         let root = tempfile::tempdir()?;
         let config = root.path().join("master.yaml");
@@ -163,12 +169,14 @@ fn states_that_leave_their_environment_are_refused_at_push_and_change_nothing() 
 {
     let mut t = Tenants::start()?;
     let alice_env = t.init_env(&t.alice.clone(), "staging", "node1")?;
-    // Sheet test-a is 4, alice's is node1's first environment (01), staging is 3.
-    assert_eq!(alice_env["smep"], 40130);
-    assert_eq!(alice_env["uid"], 40130);
+    // Sheet test-a is 4, alice's is node1's first environment (the first number of the
+    // harness's range for this master), staging is 3.
+    let smep = t.first_staging_smep();
+    assert_eq!(alice_env["smep"], smep);
+    assert_eq!(alice_env["uid"], smep);
     assert_eq!(
         alice_env["ports"],
-        Value::from((40130..40140).collect::<Vec<u32>>())
+        Value::from((smep..smep + 10).collect::<Vec<u32>>())
     );
     let (bob_env, bob_root) = t.bob_env("staging")?;
     let agent_key = t.node1.state_dir.join("agent.key").display().to_string();
@@ -377,9 +385,10 @@ fn identities_reach_the_job_and_survive_a_master_restart() -> anyhow::Result<()>
         .node1
         .project_dir(&staging, "app")
         .join("data/identity.txt");
+    let smep = t.first_staging_smep();
     let expected = format!(
-        "40130 40130 corpus-40130 {}\n",
-        (40130..40140)
+        "{smep} {smep} corpus-{smep} {}\n",
+        (smep..smep + 10)
             .map(|p| p.to_string())
             .collect::<Vec<_>>()
             .join(",")
@@ -393,7 +402,7 @@ fn identities_reach_the_job_and_survive_a_master_restart() -> anyhow::Result<()>
     let before = status(&t)?;
     assert_eq!(
         (before["uid"].clone(), before["smep"].clone()),
-        (40130.into(), 40130.into())
+        (smep.into(), smep.into())
     );
 
     // Restart the master on the same data dir and port.
