@@ -284,7 +284,7 @@ pub fn render_project(
         "archives_dir": format!("{base}/archives"),
         "data": data,
     });
-    let grains = serde_json::to_value(ctx.grains).unwrap_or_default();
+    let grains = ctx.grains.template_json();
     let context = TemplateContext::new(
         pillar.clone(),
         grains,
