@@ -17,8 +17,22 @@ pub const CATALOGUE: &[StateFunction] = &[
         module: "file",
         function: "managed",
         args: &[
-            "contents", "source", "template", "mode", "user", "group", "makedirs", "context",
+            "contents",
+            "contents_pillar",
+            "contents_grains",
+            "contents_newline",
+            "source",
+            "template",
+            "mode",
+            "user",
+            "group",
+            "makedirs",
+            "context",
             "defaults",
+            "create",
+            "replace",
+            "show_changes",
+            "dir_mode",
         ],
     },
     StateFunction {
@@ -103,6 +117,32 @@ pub const CATALOGUE: &[StateFunction] = &[
         args: &[],
     },
 ];
+
+/// Salt arguments corpus does not implement, refused by name (with what to do instead) rather
+/// than accepted and ignored: a state that asks for them fails instead of doing something else.
+pub const REFUSED_ARGS: &[(&str, &str)] = &[
+    (
+        "check_cmd",
+        "run the check as a separate cmd.run state that requires this one",
+    ),
+    ("clean", "remove unwanted files with file.absent states"),
+    (
+        "retry",
+        "make the state idempotent or retry inside the command (e.g. a shell loop)",
+    ),
+    (
+        "stateful",
+        "report changes through onchanges on a state that checks the result",
+    ),
+];
+
+/// Why `arg` is refused, if it is.
+pub fn refused_arg(arg: &str) -> Option<&'static str> {
+    REFUSED_ARGS
+        .iter()
+        .find(|(name, _)| *name == arg)
+        .map(|(_, why)| *why)
+}
 
 /// Looks up `module.function`.
 pub fn lookup(module: &str, function: &str) -> Option<&'static StateFunction> {

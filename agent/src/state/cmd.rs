@@ -267,9 +267,10 @@ pub fn run(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, String> {
         return Ok(Outcome::ok(reason));
     }
     if ctx.test {
+        // Salt 3004+ reports the command as the would-be change.
         return Ok(Outcome::would_change(
             format!("Command \"{name}\" would have been executed"),
-            Map::new(),
+            Map::from_iter([("cmd".to_string(), json!(name))]),
         ));
     }
     let spec = spec_for(&args, name)?;
@@ -523,6 +524,10 @@ mod tests {
         let out = run_state(&c, true);
         assert_eq!(out.result, None);
         assert!(out.comment.ends_with("would have been executed"));
+        assert_eq!(
+            Value::Object(out.changes),
+            json!({"cmd": format!("touch {}", marker.display())})
+        );
         assert!(!marker.exists());
         let guarded = chunk("cmd.run", "t", json!({"name": "true", "unless": "true"}));
         assert_eq!(run_state(&guarded, true).result, Some(true));

@@ -96,8 +96,23 @@ fn unknown_function(chunk: &Chunk) -> Outcome {
     ))
 }
 
+/// A state asking for an argument corpus refuses fails naming it, rather than running without it.
+fn refused_argument(chunk: &Chunk) -> Option<Outcome> {
+    chunk.args.keys().find_map(|arg| {
+        corpus_states::catalogue::refused_arg(arg).map(|instead| {
+            Outcome::fail(format!(
+                "argument `{arg}` of {}.{} is not supported by corpus: {instead}",
+                chunk.module, chunk.function
+            ))
+        })
+    })
+}
+
 /// Calls the state function of `chunk` (or its watch action when `watch` is set).
 fn call(chunk: &Chunk, ctx: &StateContext, watch: bool) -> Outcome {
+    if let Some(refused) = refused_argument(chunk) {
+        return refused;
+    }
     let res = match (chunk.module.as_str(), chunk.function.as_str(), watch) {
         ("file", "managed", false) => file::managed(chunk, ctx),
         ("file", "directory", false) => file::directory(chunk, ctx),
@@ -383,6 +398,23 @@ mod tests {
                 "{}.{}: {comment}",
                 f.module,
                 f.function
+            );
+        }
+    }
+
+    #[test]
+    fn refused_arguments_fail_the_state_naming_them() {
+        for arg in ["check_cmd", "clean", "retry", "stateful"] {
+            let c = chunk("cmd.run", "c", json!({"name": "true", arg: true}));
+            let report = run(&plan(vec![c]), false, &FakeServices::default());
+            let result = &report.results[0].result;
+            assert_eq!(result.result, Some(false), "{arg}");
+            assert!(
+                result
+                    .comment
+                    .starts_with(&format!("argument `{arg}` of cmd.run is not supported")),
+                "{}",
+                result.comment
             );
         }
     }
