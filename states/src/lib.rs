@@ -17,6 +17,7 @@ mod compile;
 pub mod error;
 mod high;
 pub mod plan;
+mod requisites;
 pub mod settings;
 mod show;
 

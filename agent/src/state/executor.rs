@@ -1,11 +1,13 @@
-//! Runs a [`Plan`] in order with Salt's semantics: requisites gate each state (`require`,
-//! `watch`, `onchanges`, `onfail`), `watch` calls the module's watch action when a target
-//! changed, and every state returns Salt's fields keyed by Salt's state key.
+//! Runs a [`Plan`] in order with Salt's semantics: requisites gate each state (see
+//! [`super::requisites`]), `watch` calls the module's watch action when a target changed,
+//! `prereq` test-runs its target first, `listen` fires watch actions at the end, and every
+//! state returns Salt's fields keyed by Salt's state key.
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use corpus_states::{Chunk, Plan, RequisiteKind};
+use corpus_states::{Chunk, Plan};
 
+use super::requisites::{Gate, gate, listeners_to_fire, prereq_failed, prereq_targets};
 use super::result::{KeyedResult, Outcome, Report, StateResult};
 use super::{FileSources, ServiceControl, StateContext, cmd, file, service, test};
 
@@ -17,65 +19,6 @@ pub struct Executor<'a> {
     pub sources: &'a dyn FileSources,
     /// The service manager (`systemctl`).
     pub services: &'a dyn ServiceControl,
-}
-
-/// What the requisites of a chunk decide before it runs.
-#[derive(Debug, PartialEq)]
-enum Gate {
-    /// A `require`/`watch`/`onchanges` target failed: these `sls.id` names.
-    Failed(Vec<String>),
-    /// It has `onfail` requisites and none of them failed.
-    OnfailUnmet,
-    /// It has `onchanges` requisites and none of them changed.
-    OnchangesUnmet,
-    /// A `watch` target changed: run, then the watch action if the run changed nothing.
-    Watched,
-    Met,
-}
-
-fn gate(chunk: &Chunk, plan: &Plan, results: &[KeyedResult]) -> Gate {
-    let mut failed = Vec::new();
-    let (mut onfail, mut onfail_met) = (false, false);
-    let (mut onchanges, mut onchanges_met) = (false, false);
-    let mut watched = false;
-    for req in &chunk.requisites {
-        let target_name = plan
-            .chunks
-            .get(req.target)
-            .map(|t| format!("{}.{}", t.sls, t.id))
-            .unwrap_or_else(|| format!("#{}", req.target));
-        // The planner puts targets first; a target that has not run yet counts as failed.
-        let Some(target) = results.get(req.target).map(|k| &k.result) else {
-            failed.push(target_name);
-            continue;
-        };
-        let target_failed = target.result == Some(false);
-        match req.kind {
-            RequisiteKind::Onfail => {
-                onfail = true;
-                onfail_met |= target_failed;
-            }
-            _ if target_failed => failed.push(target_name),
-            RequisiteKind::Onchanges => {
-                onchanges = true;
-                onchanges_met |= !target.changes.is_empty();
-            }
-            RequisiteKind::Watch => watched |= !target.changes.is_empty(),
-            RequisiteKind::Require => {}
-        }
-    }
-    if !failed.is_empty() {
-        failed.dedup();
-        Gate::Failed(failed)
-    } else if onfail && !onfail_met {
-        Gate::OnfailUnmet
-    } else if onchanges && !onchanges_met {
-        Gate::OnchangesUnmet
-    } else if watched {
-        Gate::Watched
-    } else {
-        Gate::Met
-    }
 }
 
 fn unknown_function(chunk: &Chunk) -> Outcome {
@@ -135,7 +78,7 @@ fn call(chunk: &Chunk, ctx: &StateContext, watch: bool) -> Outcome {
 }
 
 /// Whether the module has a watch action (Salt's `mod_watch`).
-fn has_watch_action(chunk: &Chunk) -> bool {
+pub(super) fn has_watch_action(chunk: &Chunk) -> bool {
     matches!(chunk.module.as_str(), "cmd" | "service")
 }
 
@@ -178,10 +121,15 @@ impl Executor<'_> {
             results: Vec::with_capacity(plan.chunks.len()),
         };
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // A prereq target is gated by the chunk that pre-requires it: never in a batch.
+        let gated_by_prereq = prereq_targets(plan);
         let mut next = 0;
         while next < plan.chunks.len() {
             let batch = if workers > 1 {
-                parallel_batch(&plan.chunks[next..])
+                let until = (next..plan.chunks.len())
+                    .find(|i| gated_by_prereq.contains(i))
+                    .unwrap_or(plan.chunks.len());
+                parallel_batch(&plan.chunks[next..until])
             } else {
                 0
             };
@@ -202,6 +150,19 @@ impl Executor<'_> {
             report.results.push(keyed);
             next += 1;
         }
+        // Salt's `listen`: each listener whose target changed runs its watch action once, last.
+        for index in listeners_to_fire(plan, &report.results) {
+            let chunk = &plan.chunks[index];
+            let timed = timed(|| call(chunk, &ctx, true));
+            let mut keyed = finish(chunk, report.results.len(), timed);
+            keyed.key = format!(
+                "{}_|-{}_|-{}_|-mod_watch",
+                chunk.module, chunk.id, chunk.name
+            );
+            keyed.function = format!("{}.mod_watch", chunk.module);
+            on_result(&keyed);
+            report.results.push(keyed);
+        }
         report
     }
 
@@ -212,6 +173,12 @@ impl Executor<'_> {
         done: &[KeyedResult],
         ctx: &StateContext,
     ) -> Outcome {
+        if let Some(names) = prereq_failed(done.len(), plan, done) {
+            return Outcome::fail(format!(
+                "One or more requisite failed: {}",
+                names.join(", ")
+            ));
+        }
         match gate(chunk, plan, done) {
             Gate::Failed(names) => Outcome::fail(format!(
                 "One or more requisite failed: {}",
@@ -230,6 +197,32 @@ impl Executor<'_> {
                     call(chunk, ctx, true)
                 } else {
                     first
+                }
+            }
+            Gate::Prereq(targets) => {
+                // Salt test-runs the pre-required states; this one runs only if one of them
+                // would change something.
+                let test_ctx = StateContext {
+                    test: true,
+                    sources: ctx.sources,
+                    services: ctx.services,
+                };
+                let mut would_change = false;
+                for target in targets {
+                    let probe = call(&plan.chunks[target], &test_ctx, false);
+                    if probe.result == Some(false) {
+                        let t = &plan.chunks[target];
+                        return Outcome::fail(format!(
+                            "One or more requisite failed: {}.{} (its test run: {})",
+                            t.sls, t.id, probe.comment
+                        ));
+                    }
+                    would_change |= !probe.changes.is_empty();
+                }
+                if would_change {
+                    call(chunk, ctx, false)
+                } else {
+                    Outcome::ok("No changes detected")
                 }
             }
             Gate::Met => call(chunk, ctx, false),
@@ -364,6 +357,7 @@ fn run_parallel(chunks: &[Chunk], ctx: &StateContext, workers: usize) -> Vec<Tim
 mod tests {
     use super::*;
     use crate::state::testing::{FakeServices, chunk, sources, with_req};
+    use corpus_states::RequisiteKind;
     use serde_json::{Value, json};
     use std::fs;
 

@@ -8,6 +8,7 @@ pub mod cmd;
 pub mod executor;
 pub mod file;
 pub mod host_functions;
+mod requisites;
 mod result;
 pub mod service;
 mod template;
