@@ -227,21 +227,12 @@ fn spec_for(args: &Args, command: &str) -> Result<CommandSpec, String> {
     })
 }
 
-/// A guard (`unless`/`onlyif`): booleans as given, commands by their exit status.
+/// A guard (`unless`/`onlyif`): booleans as given, commands by their exit status (run like
+/// the state's own command), `fun:` calls by their result ([`super::guards`]).
 fn guard_holds(args: &Args, key: &str) -> Result<Option<bool>, String> {
-    let commands = match args.raw(key) {
-        None => return Ok(None),
-        Some(Value::Bool(b)) => return Ok(Some(*b)),
-        Some(_) => args.string_list(key)?,
-    };
-    // Salt: the guard holds when every command succeeds.
-    for command in commands {
-        let out = execute(&spec_for(args, &command)?)?;
-        if out.retcode != 0 {
-            return Ok(Some(false));
-        }
-    }
-    Ok(Some(true))
+    super::guards::guard_holds(args.0, key, &|command| {
+        execute(&spec_for(args, command)?).map(|out| out.retcode)
+    })
 }
 
 /// Why the command should not run (Salt's `mod_run_check`), or `None` to run it.

@@ -56,6 +56,14 @@ fn call(chunk: &Chunk, ctx: &StateContext, watch: bool) -> Outcome {
     if let Some(refused) = refused_argument(chunk) {
         return refused;
     }
+    // Salt's onlyif/unless/creates apply to every state; cmd states check them themselves.
+    if chunk.module != "cmd" {
+        match super::guards::skip_reason(&chunk.args) {
+            Ok(Some(reason)) => return Outcome::ok(reason),
+            Ok(None) => {}
+            Err(e) => return Outcome::fail(e),
+        }
+    }
     let res = match (chunk.module.as_str(), chunk.function.as_str(), watch) {
         ("file", "managed", false) => file::managed(chunk, ctx),
         ("file", "directory", false) => file::directory(chunk, ctx),
@@ -394,6 +402,39 @@ mod tests {
                 f.function
             );
         }
+    }
+
+    #[test]
+    fn onlyif_unless_and_creates_guard_every_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("guarded").display().to_string();
+        let state = |guard: Value| {
+            let mut args = json!({"name": conf, "contents": "x"});
+            if let (Some(a), Some(g)) = (args.as_object_mut(), guard.as_object()) {
+                a.extend(g.clone());
+            }
+            chunk("file.managed", "f", args)
+        };
+        let cases = [
+            (json!({"onlyif": "false"}), "onlyif condition is false"),
+            (
+                json!({"unless": [{"fun": "test.true"}]}),
+                "unless condition is true",
+            ),
+            (json!({"creates": "/"}), "All files in creates exist"),
+        ];
+        for (guard, comment) in cases {
+            let report = run(&plan(vec![state(guard)]), false, &FakeServices::default());
+            assert_eq!(report.results[0].result.comment, comment);
+            assert!(fs::metadata(&conf).is_err());
+        }
+        let report = run(
+            &plan(vec![state(json!({"onlyif": "true", "unless": "false"}))]),
+            false,
+            &FakeServices::default(),
+        );
+        assert_eq!(report.results[0].result.result, Some(true));
+        assert!(fs::metadata(&conf).is_ok());
     }
 
     #[test]

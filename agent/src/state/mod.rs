@@ -7,6 +7,7 @@ mod args;
 pub mod cmd;
 pub mod executor;
 pub mod file;
+mod guards;
 pub mod host_functions;
 mod requisites;
 mod result;
