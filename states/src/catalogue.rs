@@ -90,6 +90,36 @@ pub const CATALOGUE: &[StateFunction] = &[
         function: "disabled",
         args: &[],
     },
+    StateFunction {
+        module: "pkg",
+        function: "installed",
+        args: &["pkgs", "version", "refresh", "fromrepo"],
+    },
+    StateFunction {
+        module: "pkg",
+        function: "latest",
+        args: &["pkgs", "refresh"],
+    },
+    StateFunction {
+        module: "pkg",
+        function: "removed",
+        args: &["pkgs"],
+    },
+    StateFunction {
+        module: "pkg",
+        function: "purged",
+        args: &["pkgs"],
+    },
+    StateFunction {
+        module: "pkgrepo",
+        function: "managed",
+        args: &["file", "humanname", "refresh", "refresh_db"],
+    },
+    StateFunction {
+        module: "pkgrepo",
+        function: "absent",
+        args: &["file"],
+    },
     // Salt's test states: placeholders and wiring checks in real trees.
     StateFunction {
         module: "test",
@@ -117,6 +147,20 @@ pub const CATALOGUE: &[StateFunction] = &[
         args: &[],
     },
 ];
+
+/// Modules that change the machine as a whole (packages, accounts, kernel settings, cron,
+/// hosts): for operator runs and `apply --local`. Project runs will get a confined subset of
+/// the catalogue and refuse these; they are not refused yet.
+pub const OPERATOR_ONLY_MODULES: &[&str] = &[
+    "pkg", "pkgrepo", "user", "group", "ssh_auth", "sysctl", "cron", "host",
+];
+
+impl StateFunction {
+    /// Whether only operator runs and `apply --local` should use this function.
+    pub fn operator_only(&self) -> bool {
+        OPERATOR_ONLY_MODULES.contains(&self.module)
+    }
+}
 
 /// Salt arguments corpus does not implement, refused by name (with what to do instead) rather
 /// than accepted and ignored: a state that asks for them fails instead of doing something else.
@@ -179,11 +223,16 @@ mod tests {
     fn catalogue_answers_lookups() {
         assert!(lookup("file", "managed").is_some());
         assert!(lookup("file", "manage").is_none());
-        assert_eq!(modules(), ["file", "cmd", "service", "test"]);
+        assert_eq!(
+            modules(),
+            ["file", "cmd", "service", "pkg", "pkgrepo", "test"]
+        );
         assert_eq!(
             functions_of("service"),
             ["running", "dead", "restarted", "enabled", "disabled"]
         );
-        assert!(functions_of("pkg").is_empty());
+        assert!(functions_of("apt").is_empty());
+        assert!(lookup("pkg", "installed").is_some_and(|f| f.operator_only()));
+        assert!(lookup("file", "managed").is_some_and(|f| !f.operator_only()));
     }
 }

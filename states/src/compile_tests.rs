@@ -387,8 +387,8 @@ fn errors_name_file_line_state_and_fix() {
             "a.sls, line 3, state 'bad': unknown state function 'file.manage': module 'file' has managed, directory, symlink, absent",
         ),
         (
-            &[("a.sls", "bad:\n  pkg.installed: []\n")],
-            "a.sls, line 1, state 'bad': unknown state module 'pkg': corpus supports file, cmd, service",
+            &[("a.sls", "bad:\n  apt.installed: []\n")],
+            "a.sls, line 1, state 'bad': unknown state module 'apt': corpus supports file, cmd, service",
         ),
         (
             &[(

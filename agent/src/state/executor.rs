@@ -9,7 +9,7 @@ use corpus_states::{Chunk, Plan};
 
 use super::requisites::{Gate, gate, listeners_to_fire, prereq_failed, prereq_targets};
 use super::result::{KeyedResult, Outcome, Report, StateResult};
-use super::{FileSources, ServiceControl, StateContext, cmd, file, service, test};
+use super::{FileSources, ServiceControl, StateContext, cmd, file, pkg, service, test};
 
 /// Runs plans against this host.
 pub struct Executor<'a> {
@@ -77,6 +77,12 @@ fn call(chunk: &Chunk, ctx: &StateContext, watch: bool) -> Outcome {
         ("service", "enabled", false) => service::enabled(chunk, ctx, true),
         ("service", "disabled", false) => service::enabled(chunk, ctx, false),
         ("service", _, true) => service::mod_watch(chunk, ctx),
+        ("pkg", "installed", false) => pkg::installed(chunk, ctx),
+        ("pkg", "latest", false) => pkg::latest(chunk, ctx),
+        ("pkg", "removed", false) => pkg::removed(chunk, ctx, false),
+        ("pkg", "purged", false) => pkg::removed(chunk, ctx, true),
+        ("pkgrepo", "managed", false) => pkg::repo_managed(chunk, ctx),
+        ("pkgrepo", "absent", false) => pkg::repo_absent(chunk, ctx),
         ("test", _, false) => {
             return test::call(chunk, ctx).unwrap_or_else(|| unknown_function(chunk));
         }
@@ -683,7 +689,7 @@ mod tests {
     fn unknown_functions_name_the_known_ones() {
         let p = plan(vec![
             chunk("file.manged", "x", json!({})),
-            chunk("pkg.installed", "y", json!({})),
+            chunk("apt.installed", "y", json!({})),
         ]);
         let report = run(&p, false, &FakeServices::default());
         let c0 = &report.results[0].result.comment;
@@ -699,7 +705,7 @@ mod tests {
             report.results[1]
                 .result
                 .comment
-                .contains("known modules: file, cmd, service, test")
+                .contains("known modules: file, cmd, service, pkg, pkgrepo, test")
         );
     }
 

@@ -9,6 +9,7 @@ pub mod executor;
 pub mod file;
 mod guards;
 pub mod host_functions;
+pub mod pkg;
 mod requisites;
 mod result;
 pub mod service;
