@@ -120,6 +120,42 @@ pub const CATALOGUE: &[StateFunction] = &[
         function: "absent",
         args: &["file"],
     },
+    StateFunction {
+        module: "user",
+        function: "present",
+        args: &[
+            "uid",
+            "gid",
+            "home",
+            "shell",
+            "fullname",
+            "groups",
+            "optional_groups",
+            "remove_groups",
+            "password",
+            "enforce_password",
+            "createhome",
+            "usergroup",
+            "system",
+            "allow_uid_change",
+            "allow_gid_change",
+        ],
+    },
+    StateFunction {
+        module: "user",
+        function: "absent",
+        args: &["purge", "force"],
+    },
+    StateFunction {
+        module: "group",
+        function: "present",
+        args: &["gid", "system", "members", "addusers", "delusers"],
+    },
+    StateFunction {
+        module: "group",
+        function: "absent",
+        args: &[],
+    },
     // Salt's test states: placeholders and wiring checks in real trees.
     StateFunction {
         module: "test",
@@ -225,7 +261,9 @@ mod tests {
         assert!(lookup("file", "manage").is_none());
         assert_eq!(
             modules(),
-            ["file", "cmd", "service", "pkg", "pkgrepo", "test"]
+            [
+                "file", "cmd", "service", "pkg", "pkgrepo", "user", "group", "test"
+            ]
         );
         assert_eq!(
             functions_of("service"),

@@ -9,7 +9,7 @@ use corpus_states::{Chunk, Plan};
 
 use super::requisites::{Gate, gate, listeners_to_fire, prereq_failed, prereq_targets};
 use super::result::{KeyedResult, Outcome, Report, StateResult};
-use super::{FileSources, ServiceControl, StateContext, cmd, file, pkg, service, test};
+use super::{FileSources, ServiceControl, StateContext, cmd, file, pkg, service, test, users};
 
 /// Runs plans against this host.
 pub struct Executor<'a> {
@@ -83,6 +83,10 @@ fn call(chunk: &Chunk, ctx: &StateContext, watch: bool) -> Outcome {
         ("pkg", "purged", false) => pkg::removed(chunk, ctx, true),
         ("pkgrepo", "managed", false) => pkg::repo_managed(chunk, ctx),
         ("pkgrepo", "absent", false) => pkg::repo_absent(chunk, ctx),
+        ("user", "present", false) => users::user_present(chunk, ctx),
+        ("user", "absent", false) => users::user_absent(chunk, ctx),
+        ("group", "present", false) => users::group_present(chunk, ctx),
+        ("group", "absent", false) => users::group_absent(chunk, ctx),
         ("test", _, false) => {
             return test::call(chunk, ctx).unwrap_or_else(|| unknown_function(chunk));
         }
@@ -705,7 +709,7 @@ mod tests {
             report.results[1]
                 .result
                 .comment
-                .contains("known modules: file, cmd, service, pkg, pkgrepo, test")
+                .contains("known modules: file, cmd, service, pkg, pkgrepo, user, group, test")
         );
     }
 

@@ -15,6 +15,7 @@ mod result;
 pub mod service;
 mod template;
 pub mod test;
+pub mod users;
 
 pub use executor::Executor;
 pub use file::{FileSources, JinjaRenderer, LocalFileSources};
