@@ -491,7 +491,7 @@ pub fn group_absent(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, String
             changes,
         ));
     }
-    run("groupdel", &[name.clone()])?;
+    run("groupdel", std::slice::from_ref(name))?;
     Ok(Outcome::changed(format!("Removed group {name}"), changes))
 }
 
