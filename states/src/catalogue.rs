@@ -51,6 +51,53 @@ pub const CATALOGUE: &[StateFunction] = &[
         args: &[],
     },
     StateFunction {
+        module: "file",
+        function: "replace",
+        args: &[
+            "pattern",
+            "repl",
+            "count",
+            "flags",
+            "append_if_not_found",
+            "prepend_if_not_found",
+            "not_found_content",
+            "ignore_if_missing",
+            "show_changes",
+        ],
+    },
+    StateFunction {
+        module: "file",
+        function: "blockreplace",
+        args: &[
+            "marker_start",
+            "marker_end",
+            "content",
+            "append_if_not_found",
+            "prepend_if_not_found",
+            "show_changes",
+        ],
+    },
+    StateFunction {
+        module: "file",
+        function: "append",
+        args: &["text", "makedirs"],
+    },
+    StateFunction {
+        module: "file",
+        function: "line",
+        args: &[
+            "mode",
+            "content",
+            "match",
+            "location",
+            "before",
+            "after",
+            "indent",
+            "create",
+            "show_changes",
+        ],
+    },
+    StateFunction {
         module: "cmd",
         function: "run",
         args: &[

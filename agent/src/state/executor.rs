@@ -9,7 +9,9 @@ use corpus_states::{Chunk, Plan};
 
 use super::requisites::{Gate, gate, listeners_to_fire, prereq_failed, prereq_targets};
 use super::result::{KeyedResult, Outcome, Report, StateResult};
-use super::{FileSources, ServiceControl, StateContext, cmd, file, pkg, service, test, users};
+use super::{
+    FileSources, ServiceControl, StateContext, cmd, file, file_edit, pkg, service, test, users,
+};
 
 /// Runs plans against this host.
 pub struct Executor<'a> {
@@ -69,6 +71,10 @@ fn call(chunk: &Chunk, ctx: &StateContext, watch: bool) -> Outcome {
         ("file", "directory", false) => file::directory(chunk, ctx),
         ("file", "symlink", false) => file::symlink(chunk, ctx),
         ("file", "absent", false) => file::absent(chunk, ctx),
+        ("file", "replace", false) => file_edit::replace(chunk, ctx),
+        ("file", "blockreplace", false) => file_edit::blockreplace(chunk, ctx),
+        ("file", "append", false) => file_edit::append(chunk, ctx),
+        ("file", "line", false) => file_edit::line(chunk, ctx),
         ("cmd", "run", false) => cmd::run(chunk, ctx),
         ("cmd", "run", true) => cmd::mod_watch(chunk, ctx),
         ("service", "running", false) => service::running(chunk, ctx),

@@ -17,7 +17,7 @@ use super::args::{Args, format_mode, scalar_to_string};
 use super::result::Outcome;
 
 /// Salt's note appended to test-mode comments of file states.
-const TEST_NOTE: &str =
+pub(super) const TEST_NOTE: &str =
     "Note: No changes made, actual changes may be different due to other states.";
 
 /// Where `source:` files come from and how `template: jinja` is rendered: the masterless agent
@@ -176,7 +176,7 @@ impl Owner {
     }
 }
 
-fn absolute_path(name: &str) -> Result<PathBuf, String> {
+pub(super) fn absolute_path(name: &str) -> Result<PathBuf, String> {
     let path = PathBuf::from(name);
     if !path.is_absolute() {
         return Err(format!("Specified file {name} is not an absolute path"));
@@ -341,7 +341,7 @@ fn lookup_contents(
 const MISSING: &str = "\u{0}missing";
 const MAPPING: &str = "\u{0}mapping";
 
-fn unified_diff(old: &[u8], new: &[u8]) -> String {
+pub(super) fn unified_diff(old: &[u8], new: &[u8]) -> String {
     let is_text = |b: &[u8]| !b.contains(&0) && std::str::from_utf8(b).is_ok();
     if !is_text(old) || !is_text(new) {
         return "Replace binary file".to_string();
@@ -368,7 +368,7 @@ fn dir_mode_for(file_mode: u32) -> u32 {
 
 /// Makes sure the parent of `path` exists: with `makedirs`, creates the missing ancestors
 /// (with `dir_mode`, or the umask's default); without it, fails with `missing`.
-fn ensure_parent(
+pub(super) fn ensure_parent(
     path: &Path,
     makedirs: bool,
     dir_mode: Option<u32>,
@@ -411,7 +411,7 @@ fn process_umask() -> Option<u32> {
 }
 
 /// Writes `content` to `path` through a temporary file in the same directory and a rename.
-fn write_atomically(
+pub(super) fn write_atomically(
     path: &Path,
     content: &[u8],
     mode: Option<u32>,

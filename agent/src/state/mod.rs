@@ -7,6 +7,7 @@ mod args;
 pub mod cmd;
 pub mod executor;
 pub mod file;
+mod file_edit;
 mod guards;
 pub mod host_functions;
 pub mod pkg;
