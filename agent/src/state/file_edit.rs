@@ -394,16 +394,17 @@ pub fn line(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, String> {
                     }
                 }
                 (Some(a), _) => {
-                    if !present(&lines, a + 1)
-                        && !(mode == "insert" && lines.iter().any(|l| l.trim() == content.trim()))
-                    {
+                    // `insert` adds the line once anywhere; `ensure` wants it right after.
+                    let in_place = present(&lines, a + 1);
+                    let anywhere = lines.iter().any(|l| l.trim() == content.trim());
+                    if !(in_place || mode == "insert" && anywhere) {
                         lines.insert(a + 1, content.clone());
                     }
                 }
                 (None, Some(b)) => {
-                    if !(b > 0 && present(&lines, b - 1))
-                        && !(mode == "insert" && lines.iter().any(|l| l.trim() == content.trim()))
-                    {
+                    let in_place = b > 0 && present(&lines, b - 1);
+                    let anywhere = lines.iter().any(|l| l.trim() == content.trim());
+                    if !(in_place || mode == "insert" && anywhere) {
                         lines.insert(b, content.clone());
                     }
                 }
