@@ -10,7 +10,8 @@ use corpus_states::{Chunk, Plan};
 use super::requisites::{Gate, gate, listeners_to_fire, prereq_failed, prereq_targets};
 use super::result::{KeyedResult, Outcome, Report, StateResult};
 use super::{
-    FileSources, ServiceControl, StateContext, cmd, file, file_edit, pkg, service, test, users,
+    FileSources, ServiceControl, StateContext, cmd, cmd_script, file, file_edit, pkg, service,
+    test, users,
 };
 
 /// Runs plans against this host.
@@ -77,6 +78,10 @@ fn call(chunk: &Chunk, ctx: &StateContext, watch: bool) -> Outcome {
         ("file", "line", false) => file_edit::line(chunk, ctx),
         ("cmd", "run", false) => cmd::run(chunk, ctx),
         ("cmd", "run", true) => cmd::mod_watch(chunk, ctx),
+        ("cmd", "wait", false) => cmd_script::wait(chunk, ctx),
+        ("cmd", "wait", true) => cmd::mod_watch(chunk, ctx),
+        ("cmd", "script", false) => cmd_script::script(chunk, ctx),
+        ("cmd", "script", true) => cmd_script::script(chunk, ctx),
         ("service", "running", false) => service::running(chunk, ctx),
         ("service", "dead", false) => service::dead(chunk, ctx),
         ("service", "restarted", false) => service::restarted(chunk, ctx),

@@ -5,6 +5,7 @@
 mod accounts;
 mod args;
 pub mod cmd;
+mod cmd_script;
 pub mod executor;
 pub mod file;
 mod file_edit;

@@ -249,6 +249,34 @@ mod tests {
     }
 
     #[test]
+    fn cmd_wait_runs_only_when_a_watched_state_changed() {
+        let dir = tempfile::tempdir().unwrap();
+        let marker = dir.path().join("ran");
+        let wait = |id: &str| {
+            chunk(
+                "cmd.wait",
+                id,
+                json!({"name": format!("echo {id} >> {}", marker.display())}),
+            )
+        };
+        let report = run(
+            vec![
+                chunk("test.succeed_without_changes", "quiet", json!({})),
+                chunk("test.succeed_with_changes", "loud", json!({})),
+                wait("alone"),
+                reqs(wait("on_quiet"), RequisiteKind::Watch, &[0]),
+                reqs(wait("on_loud"), RequisiteKind::Watch, &[1]),
+            ],
+            false,
+            &FakeServices::default(),
+        );
+        assert_eq!(report.results[2].result.comment, "");
+        assert!(report.results[3].result.changes.is_empty());
+        assert_eq!(report.results[4].result.changes["retcode"], json!(0));
+        assert_eq!(std::fs::read_to_string(&marker).unwrap(), "on_loud\n");
+    }
+
+    #[test]
     fn watch_any_restarts_when_a_succeeding_target_changed() {
         let svc = FakeServices::default();
         svc.active.lock().unwrap().insert("app".into());
