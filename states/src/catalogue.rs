@@ -98,6 +98,21 @@ pub const CATALOGUE: &[StateFunction] = &[
         ],
     },
     StateFunction {
+        module: "file",
+        function: "exists",
+        args: &[],
+    },
+    StateFunction {
+        module: "file",
+        function: "missing",
+        args: &[],
+    },
+    StateFunction {
+        module: "file",
+        function: "copy",
+        args: &["source", "force", "makedirs", "mode"],
+    },
+    StateFunction {
         module: "cmd",
         function: "run",
         args: &[
@@ -236,6 +251,16 @@ pub const CATALOGUE: &[StateFunction] = &[
         module: "group",
         function: "absent",
         args: &[],
+    },
+    StateFunction {
+        module: "host",
+        function: "present",
+        args: &["ip"],
+    },
+    StateFunction {
+        module: "host",
+        function: "absent",
+        args: &["ip"],
     },
     // Salt's test states: placeholders and wiring checks in real trees.
     StateFunction {

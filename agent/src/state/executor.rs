@@ -10,8 +10,8 @@ use corpus_states::{Chunk, Plan};
 use super::requisites::{Gate, gate, listeners_to_fire, prereq_failed, prereq_targets};
 use super::result::{KeyedResult, Outcome, Report, StateResult};
 use super::{
-    FileSources, ServiceControl, StateContext, cmd, cmd_script, file, file_edit, pkg, service,
-    test, users,
+    FileSources, ServiceControl, StateContext, cmd, cmd_script, file, file_edit, file_paths, hosts,
+    pkg, service, test, users,
 };
 
 /// Runs plans against this host.
@@ -76,6 +76,11 @@ fn call(chunk: &Chunk, ctx: &StateContext, watch: bool) -> Outcome {
         ("file", "blockreplace", false) => file_edit::blockreplace(chunk, ctx),
         ("file", "append", false) => file_edit::append(chunk, ctx),
         ("file", "line", false) => file_edit::line(chunk, ctx),
+        ("file", "exists", false) => file_paths::exists(chunk, ctx),
+        ("file", "missing", false) => file_paths::missing(chunk, ctx),
+        ("file", "copy", false) => file_paths::copy(chunk, ctx),
+        ("host", "present", false) => hosts::present(chunk, ctx),
+        ("host", "absent", false) => hosts::absent(chunk, ctx),
         ("cmd", "run", false) => cmd::run(chunk, ctx),
         ("cmd", "run", true) => cmd::mod_watch(chunk, ctx),
         ("cmd", "wait", false) => cmd_script::wait(chunk, ctx),
@@ -717,10 +722,9 @@ mod tests {
             "{c0}"
         );
         assert!(
-            report.results[1]
-                .result
-                .comment
-                .contains("known modules: file, cmd, service, pkg, pkgrepo, user, group, test")
+            report.results[1].result.comment.contains(
+                "known modules: file, cmd, service, pkg, pkgrepo, user, group, host, test"
+            )
         );
     }
 
