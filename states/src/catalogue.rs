@@ -262,6 +262,32 @@ pub const CATALOGUE: &[StateFunction] = &[
         function: "absent",
         args: &["ip"],
     },
+    StateFunction {
+        module: "cron",
+        function: "present",
+        args: &[
+            "user",
+            "minute",
+            "hour",
+            "daymonth",
+            "month",
+            "dayweek",
+            "special",
+            "identifier",
+            "comment",
+            "commented",
+        ],
+    },
+    StateFunction {
+        module: "cron",
+        function: "absent",
+        args: &["user", "identifier"],
+    },
+    StateFunction {
+        module: "sysctl",
+        function: "present",
+        args: &["value", "config"],
+    },
     // Salt's test states: placeholders and wiring checks in real trees.
     StateFunction {
         module: "test",

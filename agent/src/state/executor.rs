@@ -10,8 +10,8 @@ use corpus_states::{Chunk, Plan};
 use super::requisites::{Gate, gate, listeners_to_fire, prereq_failed, prereq_targets};
 use super::result::{KeyedResult, Outcome, Report, StateResult};
 use super::{
-    FileSources, ServiceControl, StateContext, cmd, cmd_script, file, file_edit, file_paths, hosts,
-    pkg, service, test, users,
+    FileSources, ServiceControl, StateContext, cmd, cmd_script, cron, file, file_edit, file_paths,
+    hosts, pkg, service, sysctl, test, users,
 };
 
 /// Runs plans against this host.
@@ -80,6 +80,9 @@ fn call(chunk: &Chunk, ctx: &StateContext, watch: bool) -> Outcome {
         ("file", "missing", false) => file_paths::missing(chunk, ctx),
         ("file", "copy", false) => file_paths::copy(chunk, ctx),
         ("host", "present", false) => hosts::present(chunk, ctx),
+        ("cron", "present", false) => cron::present(chunk, ctx),
+        ("cron", "absent", false) => cron::absent(chunk, ctx),
+        ("sysctl", "present", false) => sysctl::present(chunk, ctx),
         ("host", "absent", false) => hosts::absent(chunk, ctx),
         ("cmd", "run", false) => cmd::run(chunk, ctx),
         ("cmd", "run", true) => cmd::mod_watch(chunk, ctx),
@@ -721,11 +724,9 @@ mod tests {
             c0.contains("known file functions: managed, directory, symlink, absent"),
             "{c0}"
         );
-        assert!(
-            report.results[1].result.comment.contains(
-                "known modules: file, cmd, service, pkg, pkgrepo, user, group, host, test"
-            )
-        );
+        assert!(report.results[1].result.comment.contains(
+            "known modules: file, cmd, service, pkg, pkgrepo, user, group, host, cron, sysctl, test"
+        ));
     }
 
     #[test]

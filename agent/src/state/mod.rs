@@ -1,11 +1,13 @@
-//! Executing plans: the state modules (`file`, `cmd`, `service`, `test`, one file each, with
-//! Salt's names and argument names) and the [`Executor`] that runs a [`corpus_states::Plan`] in
-//! order with Salt's requisite semantics, returning Salt's result fields.
+//! Executing plans: the state modules (`file`, `cmd`, `service`, `pkg`/`pkgrepo`, `user`/`group`,
+//! `host`, `cron`, `sysctl`, `test`, with Salt's names and argument names) and the [`Executor`]
+//! that runs a [`corpus_states::Plan`] in order with Salt's requisite semantics, returning
+//! Salt's result fields.
 
 mod accounts;
 mod args;
 pub mod cmd;
 mod cmd_script;
+mod cron;
 pub mod executor;
 pub mod file;
 mod file_edit;
@@ -17,6 +19,7 @@ pub mod pkg;
 mod requisites;
 mod result;
 pub mod service;
+mod sysctl;
 mod template;
 pub mod test;
 pub mod users;
