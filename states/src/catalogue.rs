@@ -253,6 +253,16 @@ pub const CATALOGUE: &[StateFunction] = &[
         args: &[],
     },
     StateFunction {
+        module: "ssh_auth",
+        function: "present",
+        args: &["user", "enc", "comment", "options", "config"],
+    },
+    StateFunction {
+        module: "ssh_auth",
+        function: "absent",
+        args: &["user", "enc", "comment", "options", "config"],
+    },
+    StateFunction {
         module: "host",
         function: "present",
         args: &["ip"],
@@ -394,7 +404,8 @@ mod tests {
         assert_eq!(
             modules(),
             [
-                "file", "cmd", "service", "pkg", "pkgrepo", "user", "group", "test"
+                "file", "cmd", "service", "pkg", "pkgrepo", "user", "group", "ssh_auth", "host",
+                "cron", "sysctl", "test"
             ]
         );
         assert_eq!(

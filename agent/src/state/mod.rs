@@ -19,6 +19,7 @@ pub mod pkg;
 mod requisites;
 mod result;
 pub mod service;
+mod ssh_auth;
 mod sysctl;
 mod template;
 pub mod test;
