@@ -298,6 +298,19 @@ pub const CATALOGUE: &[StateFunction] = &[
         function: "present",
         args: &["value", "config"],
     },
+    StateFunction {
+        module: "git",
+        function: "latest",
+        args: &[
+            "target",
+            "rev",
+            "branch",
+            "remote",
+            "depth",
+            "user",
+            "force_reset",
+        ],
+    },
     // Salt's test states: placeholders and wiring checks in real trees.
     StateFunction {
         module: "test",
@@ -405,7 +418,7 @@ mod tests {
             modules(),
             [
                 "file", "cmd", "service", "pkg", "pkgrepo", "user", "group", "ssh_auth", "host",
-                "cron", "sysctl", "test"
+                "cron", "sysctl", "git", "test"
             ]
         );
         assert_eq!(

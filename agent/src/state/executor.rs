@@ -11,7 +11,7 @@ use super::requisites::{Gate, gate, listeners_to_fire, prereq_failed, prereq_tar
 use super::result::{KeyedResult, Outcome, Report, StateResult};
 use super::{
     FileSources, ServiceControl, StateContext, cmd, cmd_script, cron, file, file_edit, file_paths,
-    hosts, pkg, service, ssh_auth, sysctl, test, users,
+    git, hosts, pkg, service, ssh_auth, sysctl, test, users,
 };
 
 /// Runs plans against this host.
@@ -83,6 +83,7 @@ fn call(chunk: &Chunk, ctx: &StateContext, watch: bool) -> Outcome {
         ("cron", "present", false) => cron::present(chunk, ctx),
         ("cron", "absent", false) => cron::absent(chunk, ctx),
         ("sysctl", "present", false) => sysctl::present(chunk, ctx),
+        ("git", "latest", false) => git::latest(chunk, ctx),
         ("ssh_auth", "present", false) => ssh_auth::present(chunk, ctx),
         ("ssh_auth", "absent", false) => ssh_auth::absent(chunk, ctx),
         ("host", "absent", false) => hosts::absent(chunk, ctx),
@@ -727,7 +728,7 @@ mod tests {
             "{c0}"
         );
         assert!(report.results[1].result.comment.contains(
-            "known modules: file, cmd, service, pkg, pkgrepo, user, group, ssh_auth, host, cron, sysctl, test"
+            "known modules: file, cmd, service, pkg, pkgrepo, user, group, ssh_auth, host, cron, sysctl, git, test"
         ));
     }
 

@@ -12,6 +12,7 @@ pub mod executor;
 pub mod file;
 mod file_edit;
 mod file_paths;
+mod git;
 mod guards;
 pub mod host_functions;
 mod hosts;
