@@ -113,6 +113,23 @@ pub const CATALOGUE: &[StateFunction] = &[
         args: &["source", "force", "makedirs", "mode"],
     },
     StateFunction {
+        module: "file",
+        function: "recurse",
+        args: &[
+            "source",
+            "template",
+            "file_mode",
+            "dir_mode",
+            "include_pat",
+            "exclude_pat",
+            "user",
+            "group",
+            "context",
+            "defaults",
+            "replace",
+        ],
+    },
+    StateFunction {
         module: "cmd",
         function: "run",
         args: &[

@@ -11,7 +11,7 @@ use super::requisites::{Gate, gate, listeners_to_fire, prereq_failed, prereq_tar
 use super::result::{KeyedResult, Outcome, Report, StateResult};
 use super::{
     FileSources, ServiceControl, StateContext, cmd, cmd_script, cron, file, file_edit, file_paths,
-    git, hosts, pkg, service, ssh_auth, sysctl, test, users,
+    file_recurse, git, hosts, pkg, service, ssh_auth, sysctl, test, users,
 };
 
 /// Runs plans against this host.
@@ -79,6 +79,7 @@ fn call(chunk: &Chunk, ctx: &StateContext, watch: bool) -> Outcome {
         ("file", "exists", false) => file_paths::exists(chunk, ctx),
         ("file", "missing", false) => file_paths::missing(chunk, ctx),
         ("file", "copy", false) => file_paths::copy(chunk, ctx),
+        ("file", "recurse", false) => file_recurse::recurse(chunk, ctx),
         ("host", "present", false) => hosts::present(chunk, ctx),
         ("cron", "present", false) => cron::present(chunk, ctx),
         ("cron", "absent", false) => cron::absent(chunk, ctx),

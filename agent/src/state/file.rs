@@ -28,6 +28,14 @@ pub trait FileSources: Send + Sync {
     /// when it does not exist (Salt then tries the next source of a list).
     fn read(&self, source: &str) -> Result<Option<Vec<u8>>, String>;
 
+    /// The files under the directory `source`, as paths relative to it (`file.recurse`);
+    /// `None` when it is not a directory.
+    fn list(&self, source: &str) -> Result<Option<Vec<String>>, String> {
+        Err(format!(
+            "cannot list {source}: this file source has no directories"
+        ))
+    }
+
     /// Renders `text` (from the file `name`) as Jinja with the SLS context (pillar, grains,
     /// common, env) plus `extra` (the state's `defaults` overlaid with its `context`).
     fn render_jinja(
@@ -62,8 +70,9 @@ impl LocalFileSources {
         }
     }
 
-    fn read_uncached(&self, source: &str) -> Result<Option<Vec<u8>>, String> {
-        let path = if let Some(rel) = source.strip_prefix("salt://") {
+    /// Where `source` is on this machine.
+    fn resolve(&self, source: &str) -> Result<PathBuf, String> {
+        Ok(if let Some(rel) = source.strip_prefix("salt://") {
             let rel = rel.split('?').next().unwrap_or(rel);
             let root = self
                 .file_root
@@ -82,7 +91,11 @@ impl LocalFileSources {
             return Err(format!(
                 "source {source:?} is not supported: use salt://, file:// or an absolute path"
             ));
-        };
+        })
+    }
+
+    fn read_uncached(&self, source: &str) -> Result<Option<Vec<u8>>, String> {
+        let path = self.resolve(source)?;
         match fs::read(&path) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
@@ -104,6 +117,10 @@ impl FileSources for LocalFileSources {
             cache.insert(source.to_string(), bytes.clone());
         }
         Ok(bytes.map(|b| b.as_ref().clone()))
+    }
+
+    fn list(&self, source: &str) -> Result<Option<Vec<String>>, String> {
+        super::file_recurse::files_under(&self.resolve(source)?)
     }
 
     fn render_jinja(

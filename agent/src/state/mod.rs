@@ -12,6 +12,7 @@ pub mod executor;
 pub mod file;
 mod file_edit;
 mod file_paths;
+mod file_recurse;
 mod git;
 mod guards;
 pub mod host_functions;
