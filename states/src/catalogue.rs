@@ -130,6 +130,11 @@ pub const CATALOGUE: &[StateFunction] = &[
         ],
     },
     StateFunction {
+        module: "file",
+        function: "accumulated",
+        args: &["filename", "text"],
+    },
+    StateFunction {
         module: "cmd",
         function: "run",
         args: &[

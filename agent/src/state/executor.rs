@@ -10,8 +10,8 @@ use corpus_states::{Chunk, Plan};
 use super::requisites::{Gate, gate, listeners_to_fire, prereq_failed, prereq_targets};
 use super::result::{KeyedResult, Outcome, Report, StateResult};
 use super::{
-    FileSources, ServiceControl, StateContext, cmd, cmd_script, cron, file, file_edit, file_paths,
-    file_recurse, git, hosts, pkg, service, ssh_auth, sysctl, test, users,
+    FileSources, ServiceControl, StateContext, accumulated, cmd, cmd_script, cron, file, file_edit,
+    file_paths, file_recurse, git, hosts, pkg, service, ssh_auth, sysctl, test, users,
 };
 
 /// Runs plans against this host.
@@ -80,6 +80,7 @@ fn call(chunk: &Chunk, ctx: &StateContext, watch: bool) -> Outcome {
         ("file", "missing", false) => file_paths::missing(chunk, ctx),
         ("file", "copy", false) => file_paths::copy(chunk, ctx),
         ("file", "recurse", false) => file_recurse::recurse(chunk, ctx),
+        ("file", "accumulated", false) => accumulated::accumulated(chunk, ctx),
         ("host", "present", false) => hosts::present(chunk, ctx),
         ("cron", "present", false) => cron::present(chunk, ctx),
         ("cron", "absent", false) => cron::absent(chunk, ctx),
@@ -157,6 +158,7 @@ impl Executor<'_> {
             test: self.test,
             sources: self.sources,
             services: self.services,
+            accumulators: Default::default(),
         };
         let mut report = Report {
             results: Vec::with_capacity(plan.chunks.len()),
@@ -247,6 +249,7 @@ impl Executor<'_> {
                     test: true,
                     sources: ctx.sources,
                     services: ctx.services,
+                    accumulators: ctx.accumulators.clone(),
                 };
                 let mut would_change = false;
                 for target in targets {

@@ -256,8 +256,11 @@ fn desired_content(
     }
     let render = |name: &str, text: &str| -> Result<String, String> {
         if template.is_some() {
-            ctx.sources
-                .render_jinja(name, text, &template_context(args))
+            let mut extra = template_context(args);
+            if let Some(accumulator) = ctx.accumulators.for_file(&chunk.name) {
+                extra.insert("accumulator".into(), Value::Object(accumulator));
+            }
+            ctx.sources.render_jinja(name, text, &extra)
         } else {
             Ok(text.to_string())
         }

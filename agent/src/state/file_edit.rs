@@ -213,6 +213,23 @@ pub fn blockreplace(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, String
     if !content.is_empty() && !content.ends_with('\n') {
         content.push('\n');
     }
+    // Salt appends what `file.accumulated` states gathered for this file to the block.
+    for lines in ctx
+        .accumulators
+        .for_file(&chunk.name)
+        .into_iter()
+        .flat_map(|m| m.into_values())
+    {
+        for line in lines
+            .as_array()
+            .into_iter()
+            .flatten()
+            .filter_map(Value::as_str)
+        {
+            content.push_str(line);
+            content.push('\n');
+        }
+    }
     let Some(old) = read_text(name)? else {
         return Ok(Outcome::fail(format!("{name}: file not found")));
     };

@@ -4,6 +4,7 @@
 //! Salt's result fields.
 
 mod accounts;
+mod accumulated;
 mod args;
 pub mod cmd;
 mod cmd_script;
@@ -39,6 +40,8 @@ pub struct StateContext<'a> {
     pub test: bool,
     pub sources: &'a dyn FileSources,
     pub services: &'a dyn ServiceControl,
+    /// `file.accumulated` text of this run, for the templates and blocks it feeds.
+    pub accumulators: std::sync::Arc<accumulated::Accumulators>,
 }
 
 #[cfg(test)]

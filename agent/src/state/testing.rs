@@ -135,5 +135,6 @@ pub fn ctx<'a>(
         test,
         sources,
         services,
+        accumulators: Default::default(),
     }
 }
