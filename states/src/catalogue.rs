@@ -333,6 +333,22 @@ pub const CATALOGUE: &[StateFunction] = &[
             "force_reset",
         ],
     },
+    StateFunction {
+        module: "archive",
+        function: "extracted",
+        args: &[
+            "source",
+            "source_hash",
+            "archive_format",
+            "if_missing",
+            "enforce_toplevel",
+            "options",
+            "tar_options",
+            "overwrite",
+            "user",
+            "group",
+        ],
+    },
     // Salt's test states: placeholders and wiring checks in real trees.
     StateFunction {
         module: "test",
@@ -440,7 +456,7 @@ mod tests {
             modules(),
             [
                 "file", "cmd", "service", "pkg", "pkgrepo", "user", "group", "ssh_auth", "host",
-                "cron", "sysctl", "git", "test"
+                "cron", "sysctl", "git", "archive", "test"
             ]
         );
         assert_eq!(

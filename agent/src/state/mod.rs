@@ -5,6 +5,7 @@
 
 mod accounts;
 mod accumulated;
+mod archive;
 mod args;
 pub mod cmd;
 mod cmd_script;
