@@ -349,6 +349,37 @@ pub const CATALOGUE: &[StateFunction] = &[
             "group",
         ],
     },
+    StateFunction {
+        module: "pip",
+        function: "installed",
+        args: &[
+            "pkgs",
+            "requirements",
+            "bin_env",
+            "user",
+            "upgrade",
+            "no_index",
+            "pre_releases",
+            "index_url",
+            "extra_index_url",
+            "find_links",
+        ],
+    },
+    StateFunction {
+        module: "virtualenv",
+        function: "managed",
+        args: &[
+            "python",
+            "system_site_packages",
+            "pip_pkgs",
+            "requirements",
+            "user",
+            "no_index",
+            "index_url",
+            "extra_index_url",
+            "find_links",
+        ],
+    },
     // Salt's test states: placeholders and wiring checks in real trees.
     StateFunction {
         module: "test",
@@ -455,8 +486,22 @@ mod tests {
         assert_eq!(
             modules(),
             [
-                "file", "cmd", "service", "pkg", "pkgrepo", "user", "group", "ssh_auth", "host",
-                "cron", "sysctl", "git", "archive", "test"
+                "file",
+                "cmd",
+                "service",
+                "pkg",
+                "pkgrepo",
+                "user",
+                "group",
+                "ssh_auth",
+                "host",
+                "cron",
+                "sysctl",
+                "git",
+                "archive",
+                "pip",
+                "virtualenv",
+                "test"
             ]
         );
         assert_eq!(

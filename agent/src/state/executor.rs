@@ -11,7 +11,8 @@ use super::requisites::{Gate, gate, listeners_to_fire, prereq_failed, prereq_tar
 use super::result::{KeyedResult, Outcome, Report, StateResult};
 use super::{
     FileSources, ServiceControl, StateContext, accumulated, archive, cmd, cmd_script, cron, file,
-    file_edit, file_paths, file_recurse, git, hosts, pkg, service, ssh_auth, sysctl, test, users,
+    file_edit, file_paths, file_recurse, git, hosts, pip, pkg, service, ssh_auth, sysctl, test,
+    users,
 };
 
 /// Runs plans against this host.
@@ -87,6 +88,8 @@ fn call(chunk: &Chunk, ctx: &StateContext, watch: bool) -> Outcome {
         ("sysctl", "present", false) => sysctl::present(chunk, ctx),
         ("git", "latest", false) => git::latest(chunk, ctx),
         ("archive", "extracted", false) => archive::extracted(chunk, ctx),
+        ("pip", "installed", false) => pip::installed(chunk, ctx),
+        ("virtualenv", "managed", false) => pip::virtualenv_managed(chunk, ctx),
         ("ssh_auth", "present", false) => ssh_auth::present(chunk, ctx),
         ("ssh_auth", "absent", false) => ssh_auth::absent(chunk, ctx),
         ("host", "absent", false) => hosts::absent(chunk, ctx),
@@ -733,7 +736,7 @@ mod tests {
             "{c0}"
         );
         assert!(report.results[1].result.comment.contains(
-            "known modules: file, cmd, service, pkg, pkgrepo, user, group, ssh_auth, host, cron, sysctl, git, archive, test"
+            "known modules: file, cmd, service, pkg, pkgrepo, user, group, ssh_auth, host, cron, sysctl, git, archive, pip, virtualenv, test"
         ));
     }
 

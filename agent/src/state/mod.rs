@@ -19,6 +19,7 @@ mod git;
 mod guards;
 pub mod host_functions;
 mod hosts;
+mod pip;
 pub mod pkg;
 mod requisites;
 mod result;
