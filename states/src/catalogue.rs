@@ -6,8 +6,8 @@
 pub struct StateFunction {
     pub module: &'static str,
     pub function: &'static str,
-    /// Arguments the function understands, Salt's names. `name` is implied. Others are passed
-    /// through unchecked, as Salt does, so existing sls keep working.
+    /// Arguments the function understands, Salt's names. `name` and [`GLOBAL_ARGS`] are implied;
+    /// a state given any other argument fails naming it rather than running without it.
     pub args: &'static [&'static str],
 }
 
@@ -38,7 +38,7 @@ pub const CATALOGUE: &[StateFunction] = &[
     StateFunction {
         module: "file",
         function: "directory",
-        args: &["mode", "user", "group", "makedirs"],
+        args: &["mode", "dir_mode", "user", "group", "makedirs"],
     },
     StateFunction {
         module: "file",
@@ -438,7 +438,31 @@ pub const REFUSED_ARGS: &[(&str, &str)] = &[
         "stateful",
         "report changes through onchanges on a state that checks the result",
     ),
+    ("failhard", "make the states after it require it"),
 ];
+
+/// Arguments every state accepts besides its own: the guards corpus runs for every state, and
+/// Salt's cache-reload and event flags, which have nothing to act on in corpus (no module
+/// loader, no caches, no event bus): accepted as no-ops, as documented in the README.
+pub const GLOBAL_ARGS: &[&str] = &[
+    "name",
+    "onlyif",
+    "unless",
+    "creates",
+    "reload_modules",
+    "reload_pillar",
+    "reload_grains",
+    "fire_event",
+    "parallel",
+];
+
+impl StateFunction {
+    /// Whether the function takes `arg` (its own, or a global one). Salt's `test` states take
+    /// any keyword, as placeholders do.
+    pub fn accepts(&self, arg: &str) -> bool {
+        self.module == "test" || self.args.contains(&arg) || GLOBAL_ARGS.contains(&arg)
+    }
+}
 
 /// Why `arg` is refused, if it is.
 pub fn refused_arg(arg: &str) -> Option<&'static str> {

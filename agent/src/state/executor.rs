@@ -45,14 +45,38 @@ fn unknown_function(chunk: &Chunk) -> Outcome {
 
 /// A state asking for an argument corpus refuses fails naming it, rather than running without it.
 fn refused_argument(chunk: &Chunk) -> Option<Outcome> {
-    chunk.args.keys().find_map(|arg| {
+    let what = format!("{}.{}", chunk.module, chunk.function);
+    let named = chunk.args.keys().find_map(|arg| {
         corpus_states::catalogue::refused_arg(arg).map(|instead| {
             Outcome::fail(format!(
-                "argument `{arg}` of {}.{} is not supported by corpus: {instead}",
-                chunk.module, chunk.function
+                "argument `{arg}` of {what} is not supported by corpus: {instead}"
             ))
         })
-    })
+    });
+    if named.is_some() {
+        return named;
+    }
+    let function = corpus_states::catalogue::lookup(&chunk.module, &chunk.function)?;
+    let unknown: Vec<&str> = chunk
+        .args
+        .keys()
+        .map(String::as_str)
+        .filter(|arg| !function.accepts(arg))
+        .collect();
+    if unknown.is_empty() {
+        return None;
+    }
+    Some(Outcome::fail(format!(
+        "{} `{}` of {what} not supported by corpus: remove {}, or use one of: {}",
+        if unknown.len() == 1 {
+            "argument"
+        } else {
+            "arguments"
+        },
+        unknown.join("`, `"),
+        if unknown.len() == 1 { "it" } else { "them" },
+        function.args.join(", ")
+    )))
 }
 
 /// Calls the state function of `chunk` (or its watch action when `watch` is set).
@@ -426,7 +450,11 @@ mod tests {
     #[test]
     fn every_catalogue_function_is_dispatched_by_the_executor() {
         for f in corpus_states::catalogue::CATALOGUE {
-            let args = json!({"contents": "", "target": "/nonexistent/target"});
+            // Only arguments the function takes, so the call reaches its module.
+            let mut args = json!({"contents": "", "target": "/nonexistent/target"});
+            if let Some(map) = args.as_object_mut() {
+                map.retain(|arg, _| f.accepts(arg));
+            }
             let c = chunk(
                 &format!("{}.{}", f.module, f.function),
                 "/nonexistent/corpus-probe",
@@ -435,6 +463,7 @@ mod tests {
             // Test mode: nothing is written, nothing runs.
             let report = run(&plan(vec![c]), true, &FakeServices::default());
             let comment = &report.results[0].result.comment;
+            assert!(!comment.contains("not supported by corpus"), "{comment}");
             assert!(
                 !comment.contains("was not found"),
                 "{}.{}: {comment}",
@@ -475,6 +504,34 @@ mod tests {
         );
         assert_eq!(report.results[0].result.result, Some(true));
         assert!(fs::metadata(&conf).is_ok());
+    }
+
+    #[test]
+    fn arguments_a_function_does_not_take_fail_the_state_naming_them() {
+        let c = chunk(
+            "file.directory",
+            "d",
+            json!({"name": "/nonexistent/corpus-d", "recurse": ["user"], "backup": "minion"}),
+        );
+        let report = run(&plan(vec![c]), true, &FakeServices::default());
+        let result = &report.results[0].result;
+        assert_eq!(result.result, Some(false));
+        assert_eq!(
+            result.comment,
+            "arguments `backup`, `recurse` of file.directory not supported by corpus: remove \
+             them, or use one of: mode, dir_mode, user, group, makedirs"
+        );
+        // Global arguments and test states' keywords are accepted.
+        let ok = vec![
+            chunk("test.nop", "n", json!({"anything": 1})),
+            chunk(
+                "test.nop",
+                "g",
+                json!({"reload_modules": true, "unless": "false"}),
+            ),
+        ];
+        let report = run(&plan(ok), false, &FakeServices::default());
+        assert!(report.succeeded(), "{:?}", report.results);
     }
 
     #[test]
