@@ -69,8 +69,9 @@ pub fn render_for_agent<S: AsRef<str>>(
     render(trees, None, agent_id, grains, sls)
 }
 
-/// Like [`render_for_agent`], on the machine itself: the sls templates (and the `file.managed`
-/// templates given [`AgentRender::context`]) get the host's render-time functions.
+/// Like [`render_for_agent`], on the machine itself: the pillar and sls templates (and the
+/// `file.managed` templates given [`AgentRender::context`]) get the host's render-time
+/// functions.
 pub fn render_on_host<S: AsRef<str>>(
     hosted: &HostedTrees,
     agent_id: &str,
@@ -94,9 +95,11 @@ fn render<S: AsRef<str>>(
     sls: &[S],
 ) -> Result<AgentRender, AgentRenderError> {
     let env = json!(SALTENV);
-    let pillar = PillarTree::new(trees.pillar_root.clone())
-        .compile(agent_id, &grains, &env)?
-        .data;
+    let mut pillar_tree = PillarTree::new(trees.pillar_root.clone());
+    if let Some(host) = &host {
+        pillar_tree = pillar_tree.with_host(host.clone());
+    }
+    let pillar = pillar_tree.compile(agent_id, &grains, &env)?.data;
     let mut context = TemplateContext::new(pillar.clone(), grains, json!({}), env);
     if let Some(host) = host {
         context = context.with_host(host);
@@ -185,12 +188,16 @@ mod tests {
     #[test]
     fn a_render_on_the_host_lets_sls_and_file_templates_run_host_functions()
     -> Result<(), AgentRenderError> {
-        let sls = "x:\n  test.nop:\n    - name: {{ salt['cmd.run']('uname') }}\n";
+        let sls = "x:\n  test.nop:\n    - name: {{ salt['cmd.run']('uname') }} {{ pillar.k }}\n";
         let trees = AgentTrees {
             file_root: Arc::new(MemoryTree::new().with("a.sls", sls)),
-            pillar_root: Arc::new(MemoryTree::new()),
+            pillar_root: Arc::new(
+                MemoryTree::new()
+                    .with("top.sls", "base:\n  '*':\n    - p\n")
+                    .with("p.sls", "k: \"{{ salt['cmd.run']('id') }}\"\n"),
+            ),
         };
-        // The master has no host: the function fails naming itself.
+        // The master has no host: the function (here in the pillar) fails naming itself.
         let err = render_for_agent(&trees, "web1", json!({"id": "web1"}), &["a"]);
         assert!(
             matches!(&err, Err(e) if e.to_string().contains("cmd.run")),
@@ -198,7 +205,7 @@ mod tests {
         );
         let hosted = trees.on_host(Arc::new(EchoHost));
         let render = render_on_host(&hosted, "web1", json!({"id": "web1"}), &["a"])?;
-        assert_eq!(render.rendered.plan.chunks[0].name, "ran uname");
+        assert_eq!(render.rendered.plan.chunks[0].name, "ran uname ran id");
         assert!(render.context.host.is_some());
         Ok(())
     }
