@@ -327,7 +327,7 @@ pub fn render_project(
     {
         map.extend(identity.common_fields());
     }
-    let grains = serde_json::to_value(ctx.grains).unwrap_or_default();
+    let grains = ctx.grains.template_json();
     let context = TemplateContext::new(
         pillar.clone(),
         grains,
