@@ -11,7 +11,7 @@ use std::time::Instant;
 
 use anyhow::{Context, bail};
 use corpus_pillar::{DirTree, SourceTree, TemplateContext};
-use corpus_states::{AgentRender, AgentRenderError, AgentTrees, render_for_agent};
+use corpus_states::{AgentRender, AgentRenderError, AgentTrees, render_on_host};
 use serde_json::{Value, json};
 
 use crate::state::{Executor, JinjaRenderer, KeyedResult, LocalFileSources, Report, Systemctl};
@@ -114,15 +114,17 @@ pub fn run_to(args: ApplyArgs, out: &mut dyn std::io::Write) -> anyhow::Result<E
     let started = Instant::now();
     let grains = local_grains(&id);
     let tree: Arc<dyn SourceTree> = Arc::new(DirTree::new(&args.file_root));
+    // Rendering runs on this machine, so `salt['cmd.run']`, `user.info`, ... may ask it.
     let trees = AgentTrees {
         file_root: tree.clone(),
         pillar_root: Arc::new(DirTree::new(&args.pillar_root)),
-    };
+    }
+    .on_host(Arc::new(crate::state::host_functions::LocalHost));
     let AgentRender {
         rendered,
         context: ctx,
         ..
-    } = render_for_agent(&trees, &id, grains, &args.sls).map_err(|e| match e {
+    } = render_on_host(&trees, &id, grains, &args.sls).map_err(|e| match e {
         AgentRenderError::Pillar(e) => anyhow::anyhow!(
             "cannot compile the pillar from {}: {e}",
             args.pillar_root.display()

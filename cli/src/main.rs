@@ -79,6 +79,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             path,
             pillar,
             release,
+            from,
             ..
         } => {
             let args = commands::push::PushArgs {
@@ -87,6 +88,7 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
                 path: path.clone(),
                 pillar: pillar.clone(),
                 release: release.as_deref(),
+                from: from.as_deref(),
                 json,
             };
             commands::push::run(session, args).await

@@ -58,6 +58,13 @@ enum Command {
         /// Pillar tree for `render` (Salt's pillar_roots); default DATA_DIR/pillar.
         #[arg(long)]
         pillar_root: Option<PathBuf>,
+        /// The sheet new environments' SMEP identities belong to (default `corpus`).
+        #[arg(long)]
+        sheet: Option<String>,
+        /// The environment numbers (SMEP's M) handed out on each agent, `FIRST-LAST` within
+        /// 1-99 (default 1-99): masters sharing agents take disjoint ranges.
+        #[arg(long)]
+        machine_numbers: Option<String>,
     },
     /// Print the rendered, ordered plan for one agent without running it (Salt's state.show_sls).
     Render {
@@ -164,6 +171,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             stop_deadline,
             file_root,
             pillar_root,
+            sheet,
+            machine_numbers,
         } => {
             let options = ServeOptions {
                 data_dir: dir.data_dir,
@@ -172,6 +181,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     heartbeat,
                     file_root,
                     pillar_root,
+                    sheet,
+                    machine_numbers,
                 },
             };
             serve(options, &listen, stop_deadline).await

@@ -18,6 +18,14 @@ pub struct Settings {
     pub pillar_root: PathBuf,
     /// How long finished jobs and their events are kept (see [`crate::retention`]).
     pub retention: Retention,
+    /// The sheet this master's environments belong to (`sheet:` in the config file); its
+    /// number is the first digit of every environment's SMEP identity. Existing environments
+    /// keep theirs when it changes: only new ones use the new sheet.
+    pub sheet: String,
+    /// The environment numbers (SMEP's M, within 1-99) this master hands out on each agent
+    /// (`machine_numbers: "1-99"`): masters whose agents share a UID space keep apart by
+    /// taking disjoint ranges (the end-to-end tests do, running side by side).
+    pub machine_numbers: std::ops::RangeInclusive<u32>,
 }
 
 /// What the background purge keeps. It never removes a running job, the job of a live
@@ -51,6 +59,8 @@ struct SettingsFile {
     pillar_root: Option<PathBuf>,
     #[serde(default)]
     retention: RetentionFile,
+    sheet: Option<String>,
+    machine_numbers: Option<String>,
 }
 
 /// `retention:` in the config file.
@@ -94,6 +104,34 @@ pub struct SettingsSource {
     pub heartbeat: Option<Duration>,
     pub file_root: Option<PathBuf>,
     pub pillar_root: Option<PathBuf>,
+    pub sheet: Option<String>,
+    pub machine_numbers: Option<String>,
+}
+
+/// Parses `A-B` (or `A`), a range within SMEP's environment numbers 1-99.
+pub fn parse_machine_numbers(text: &str) -> anyhow::Result<std::ops::RangeInclusive<u32>> {
+    let all = crate::smep::MACHINE_NUMBERS;
+    // Quoted short: an error never echoes a long input back.
+    let shown = format!("{:?}", text.chars().take(32).collect::<String>());
+    let (first, last) = text.split_once('-').unwrap_or((text, text));
+    let number = |t: &str| {
+        t.trim().parse::<u32>().map_err(|_| {
+            anyhow::anyhow!(
+                "machine_numbers {shown} is invalid: write FIRST-LAST within {}-{}, e.g. 1-99",
+                all.start(),
+                all.end()
+            )
+        })
+    };
+    let (first, last) = (number(first)?, number(last)?);
+    if first < *all.start() || last > *all.end() || first > last {
+        anyhow::bail!(
+            "machine_numbers {shown} is out of range: write FIRST-LAST within {}-{}, e.g. 1-99",
+            all.start(),
+            all.end()
+        );
+    }
+    Ok(first..=last)
 }
 
 impl SettingsSource {
@@ -119,8 +157,26 @@ impl SettingsSource {
         if heartbeat < Duration::from_secs(1) {
             anyhow::bail!("heartbeat {heartbeat:?} is too short: use at least 1s");
         }
+        let sheet = self
+            .sheet
+            .clone()
+            .or(file.sheet)
+            .unwrap_or_else(|| crate::smep::DEFAULT_SHEET.to_owned());
+        let machine_numbers = match self
+            .machine_numbers
+            .as_ref()
+            .or(file.machine_numbers.as_ref())
+        {
+            Some(text) => parse_machine_numbers(text)?,
+            None => crate::smep::MACHINE_NUMBERS,
+        };
+        if sheet.trim().is_empty() {
+            anyhow::bail!("config sheet is empty: name the sheet or remove the key");
+        }
         Ok(Settings {
             heartbeat,
+            sheet,
+            machine_numbers,
             retention: file.retention.resolve()?,
             file_root: self
                 .file_root
@@ -165,8 +221,40 @@ mod tests {
             err.contains("master.yaml") && err.contains("hartbeat"),
             "{err}"
         );
+        assert_eq!(s.sheet, "corpus");
+        std::fs::write(&config, "sheet: acme\n")?;
+        assert_eq!(source.load(Path::new("/data"))?.sheet, "acme");
         std::fs::write(&config, "heartbeat: 10ms\n")?;
         assert!(source.load(Path::new("/data")).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn machine_numbers_default_to_all_and_a_bad_range_is_named() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("master.yaml");
+        std::fs::write(&config, "machine_numbers: 10-19\n")?;
+        let mut source = SettingsSource {
+            config: Some(config.clone()),
+            ..Default::default()
+        };
+        assert_eq!(source.load(dir.path())?.machine_numbers, 10..=19);
+        source.machine_numbers = Some("7".into());
+        source.sheet = Some("flagged".into());
+        let s = source.load(dir.path())?;
+        assert_eq!((s.machine_numbers, s.sheet.as_str()), (7..=7, "flagged"));
+        for bad in ["0-5", "5-100", "9-3", "x", ""] {
+            source.machine_numbers = Some(bad.into());
+            let err = source.load(dir.path()).err().map(|e| e.to_string());
+            assert!(
+                err.as_deref()
+                    .is_some_and(|e| e.contains("machine_numbers")),
+                "{bad:?}: {err:?}"
+            );
+        }
+        std::fs::write(&config, "")?;
+        source.machine_numbers = None;
+        assert_eq!(source.load(dir.path())?.machine_numbers, 1..=99);
         Ok(())
     }
 

@@ -8,7 +8,7 @@ use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 
 use crate::merge::deep_merge_into;
-use crate::template::{RenderError, TemplateContext, TemplateEngine};
+use crate::template::{HostFunctions, RenderError, TemplateContext, TemplateEngine};
 use crate::top::{TopError, TopFile};
 use crate::tree::{SourceTree, TreeError, read_sls, resolve_include};
 use crate::yaml::{YamlError, parse_yaml, yaml_key, yaml_to_json};
@@ -51,6 +51,8 @@ pub struct Pillar {
 pub struct PillarTree {
     tree: Arc<dyn SourceTree>,
     engine: TemplateEngine,
+    /// The machine compiled for, when compiling runs on it (`apply --local`).
+    host: Option<Arc<dyn HostFunctions>>,
 }
 
 impl PillarTree {
@@ -58,7 +60,15 @@ impl PillarTree {
         PillarTree {
             engine: TemplateEngine::new(tree.clone()),
             tree,
+            host: None,
         }
+    }
+
+    /// Compiles on the machine `host` stands for: pillar templates may call `cmd.run`,
+    /// `user.info`, ... as in Salt's masterless runs.
+    pub fn with_host(mut self, host: Arc<dyn HostFunctions>) -> PillarTree {
+        self.host = Some(host);
+        self
     }
 
     /// Compiles the pillar of agent `agent_id`. Templates see `grains`, `env`, `opts.id` and
@@ -76,6 +86,10 @@ impl PillarTree {
             env.clone(),
         )
         .with_var("opts", serde_json::json!({ "id": agent_id }));
+        let base_ctx = match &self.host {
+            Some(host) => base_ctx.with_host(host.clone()),
+            None => base_ctx,
+        };
         let Some(top_text) = self.tree.read("top.sls")? else {
             return Ok(Pillar {
                 data: Json::Object(Default::default()),

@@ -27,8 +27,9 @@ pub struct Grains {
     /// Where environments live (`corpus-agent run --root`); `common`'s paths start there.
     #[serde(default)]
     pub root: String,
-    /// `landlock`, `uid` or `none`: how the agent confines environments (empty: an agent
-    /// older than isolation).
+    /// How the agent confines an environment's project states: `landlock` (its own user and a
+    /// Landlock ruleset), `uid` (its own user only) or `none` (as root, e.g. not run as root).
+    /// Empty from agents that predate isolation, which the master treats as `none`.
     #[serde(default)]
     pub isolation: String,
 }

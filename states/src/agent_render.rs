@@ -5,6 +5,7 @@
 
 use std::sync::Arc;
 
+use corpus_pillar::template::HostFunctions;
 use corpus_pillar::{PillarError, PillarTree, SourceTree, TemplateContext};
 use serde_json::{Value as Json, json};
 
@@ -21,6 +22,20 @@ pub struct AgentTrees {
     pub file_root: Arc<dyn SourceTree>,
     /// A tree without `top.sls` gives an empty pillar, as in Salt.
     pub pillar_root: Arc<dyn SourceTree>,
+}
+
+impl AgentTrees {
+    /// Renders on the machine `host` stands for (`apply --local`), so the sls's render-time
+    /// functions (`cmd.run`, `user.info`, ...) may ask it. The master renders without one.
+    pub fn on_host(self, host: Arc<dyn HostFunctions>) -> HostedTrees {
+        HostedTrees { trees: self, host }
+    }
+}
+
+/// [`AgentTrees`] rendered on the machine itself, with its render-time functions.
+pub struct HostedTrees {
+    pub trees: AgentTrees,
+    pub host: Arc<dyn HostFunctions>,
 }
 
 /// What one agent's render produced.
@@ -51,11 +66,44 @@ pub fn render_for_agent<S: AsRef<str>>(
     grains: Json,
     sls: &[S],
 ) -> Result<AgentRender, AgentRenderError> {
+    render(trees, None, agent_id, grains, sls)
+}
+
+/// Like [`render_for_agent`], on the machine itself: the pillar and sls templates (and the
+/// `file.managed` templates given [`AgentRender::context`]) get the host's render-time
+/// functions.
+pub fn render_on_host<S: AsRef<str>>(
+    hosted: &HostedTrees,
+    agent_id: &str,
+    grains: Json,
+    sls: &[S],
+) -> Result<AgentRender, AgentRenderError> {
+    render(
+        &hosted.trees,
+        Some(hosted.host.clone()),
+        agent_id,
+        grains,
+        sls,
+    )
+}
+
+fn render<S: AsRef<str>>(
+    trees: &AgentTrees,
+    host: Option<Arc<dyn HostFunctions>>,
+    agent_id: &str,
+    grains: Json,
+    sls: &[S],
+) -> Result<AgentRender, AgentRenderError> {
     let env = json!(SALTENV);
-    let pillar = PillarTree::new(trees.pillar_root.clone())
-        .compile(agent_id, &grains, &env)?
-        .data;
-    let context = TemplateContext::new(pillar.clone(), grains, json!({}), env);
+    let mut pillar_tree = PillarTree::new(trees.pillar_root.clone());
+    if let Some(host) = &host {
+        pillar_tree = pillar_tree.with_host(host.clone());
+    }
+    let pillar = pillar_tree.compile(agent_id, &grains, &env)?.data;
+    let mut context = TemplateContext::new(pillar.clone(), grains, json!({}), env);
+    if let Some(host) = host {
+        context = context.with_host(host);
+    }
     let states = StateTree::new(trees.file_root.clone());
     let rendered = if sls.is_empty() {
         states.render_highstate(agent_id, &context)?
@@ -109,6 +157,56 @@ mod tests {
             named.rendered.plan.chunks[1].args["contents"],
             "port=8080 env=base id=web1"
         );
+        Ok(())
+    }
+
+    /// A host whose commands all print `ran <command>`.
+    #[derive(Debug)]
+    struct EchoHost;
+
+    impl HostFunctions for EchoHost {
+        fn cmd_run(&self, command: &str, _cwd: Option<&str>) -> Result<String, String> {
+            Ok(format!("ran {command}"))
+        }
+        fn which(&self, _name: &str) -> Option<String> {
+            None
+        }
+        fn user_info(&self, _name: &str) -> Option<Json> {
+            None
+        }
+        fn pkg_version(&self, _name: &str) -> String {
+            String::new()
+        }
+        fn path_exists(&self, _path: &str, _kind: corpus_pillar::template::PathKind) -> bool {
+            false
+        }
+        fn read_file(&self, _path: &str) -> Option<String> {
+            None
+        }
+    }
+
+    #[test]
+    fn a_render_on_the_host_lets_sls_and_file_templates_run_host_functions()
+    -> Result<(), AgentRenderError> {
+        let sls = "x:\n  test.nop:\n    - name: {{ salt['cmd.run']('uname') }} {{ pillar.k }}\n";
+        let trees = AgentTrees {
+            file_root: Arc::new(MemoryTree::new().with("a.sls", sls)),
+            pillar_root: Arc::new(
+                MemoryTree::new()
+                    .with("top.sls", "base:\n  '*':\n    - p\n")
+                    .with("p.sls", "k: \"{{ salt['cmd.run']('id') }}\"\n"),
+            ),
+        };
+        // The master has no host: the function (here in the pillar) fails naming itself.
+        let err = render_for_agent(&trees, "web1", json!({"id": "web1"}), &["a"]);
+        assert!(
+            matches!(&err, Err(e) if e.to_string().contains("cmd.run")),
+            "{err:?}"
+        );
+        let hosted = trees.on_host(Arc::new(EchoHost));
+        let render = render_on_host(&hosted, "web1", json!({"id": "web1"}), &["a"])?;
+        assert_eq!(render.rendered.plan.chunks[0].name, "ran uname ran id");
+        assert!(render.context.host.is_some());
         Ok(())
     }
 

@@ -15,6 +15,9 @@ use corpus_pillar::{RenderError, SourceTree, TemplateContext, TemplateEngine, To
 use crate::error::{Location, StateError};
 use crate::high::{Exclude, SlsFile, StateCall, StateDecl, check_function, parse_sls};
 use crate::plan::{Chunk, Plan, Requisite, RequisiteKind};
+use crate::requisites::{
+    RawRequisite, UNSUPPORTED_REQUISITES, kind_name, parse_requisites, requisite_kind,
+};
 
 /// A plan and the sls files it was built from.
 #[derive(Debug, Clone, PartialEq)]
@@ -237,44 +240,6 @@ fn parse_rendered(path: &str, rendered: &str) -> Result<Yaml, StateError> {
     })
 }
 
-const REQUISITES: &[(&str, RequisiteKind)] = &[
-    ("require", RequisiteKind::Require),
-    ("watch", RequisiteKind::Watch),
-    ("onchanges", RequisiteKind::Onchanges),
-    ("onfail", RequisiteKind::Onfail),
-];
-
-const UNSUPPORTED_REQUISITES: &[&str] = &[
-    "prereq",
-    "use",
-    "listen",
-    "require_any",
-    "watch_any",
-    "onchanges_any",
-    "onfail_any",
-    "onfail_all",
-    "onfail_stop",
-];
-
-fn requisite_kind(arg: &str) -> Option<(RequisiteKind, bool)> {
-    let (base, inverted) = match arg.strip_suffix("_in") {
-        Some(base) => (base, true),
-        None => (arg, false),
-    };
-    REQUISITES
-        .iter()
-        .find(|(name, _)| *name == base)
-        .map(|(_, kind)| (*kind, inverted))
-}
-
-fn kind_name(kind: RequisiteKind) -> &'static str {
-    REQUISITES
-        .iter()
-        .find(|(_, k)| *k == kind)
-        .map(|(name, _)| *name)
-        .unwrap_or("require")
-}
-
 /// Applies `extend:` (requisites appended, other arguments replaced) and `exclude:`.
 fn apply_extends_and_excludes(
     mut decls: Vec<StateDecl>,
@@ -363,23 +328,6 @@ fn order_key(value: &Yaml, at: &Location) -> Result<OrderKey, StateError> {
     }
 }
 
-/// A requisite as written: `- file: /etc/x`, `- sls: web`, or a bare id.
-#[derive(Debug, Clone)]
-struct RawRequisite {
-    kind: RequisiteKind,
-    module: Option<String>,
-    target: String,
-}
-
-impl RawRequisite {
-    fn describe(&self) -> String {
-        match &self.module {
-            Some(module) => format!("{module}: {}", self.target),
-            None => self.target.clone(),
-        }
-    }
-}
-
 /// A chunk before ordering: Salt's low chunk plus what planning needs.
 struct Low {
     chunk: Chunk,
@@ -387,48 +335,6 @@ struct Low {
     order: OrderKey,
     requisites: Vec<RawRequisite>,
     requisites_in: Vec<RawRequisite>,
-}
-
-fn parse_requisites(
-    kind: RequisiteKind,
-    value: Yaml,
-    arg: &str,
-    at: &Location,
-) -> Result<Vec<RawRequisite>, StateError> {
-    let items = match value {
-        Yaml::Sequence(items) => items,
-        Yaml::Null => Vec::new(),
-        other => vec![other],
-    };
-    let mut out = Vec::new();
-    for item in items {
-        match item {
-            Yaml::Mapping(map) if !map.is_empty() => {
-                for (module, target) in map {
-                    out.push(RawRequisite {
-                        kind,
-                        module: Some(yaml_key(&module)),
-                        target: yaml_key(&target),
-                    });
-                }
-            }
-            Yaml::String(_) | Yaml::Number(_) | Yaml::Bool(_) => out.push(RawRequisite {
-                kind,
-                module: None,
-                target: yaml_key(&item),
-            }),
-            other => {
-                return Err(StateError::Invalid {
-                    at: at.clone(),
-                    message: format!(
-                        "{arg} entry '{}' is not a state reference: use - module: id_or_name or - id",
-                        yaml_key(&other).trim()
-                    ),
-                });
-            }
-        }
-    }
-    Ok(out)
 }
 
 fn scalar_string(value: &Yaml, what: &str, at: &Location) -> Result<String, StateError> {
@@ -472,8 +378,8 @@ fn expand(decl: &StateDecl, call: &StateCall, out: &mut Vec<Low>) -> Result<(), 
                     return Err(StateError::Invalid {
                         at: at.clone(),
                         message: format!(
-                            "requisite '{key}' is not supported: use require, watch, onchanges or \
-                             onfail (or their _in forms)"
+                            "requisite '{key}' is not supported: use require, watch, onchanges, \
+                             onfail, listen, prereq, their _any forms or their _in forms"
                         ),
                     });
                 } else {
@@ -591,14 +497,31 @@ fn plan(decls: Vec<StateDecl>) -> Result<Plan, StateError> {
         list.sort_by_key(|&(_, j)| j);
     }
 
-    // Depth-first: each chunk in order, its requisites pulled in first.
+    // What must run first: a requisite's target, except that a `prereq` chunk runs before its
+    // target and `listen` does not order at all.
+    let mut run_after: Vec<Vec<usize>> = vec![Vec::new(); lows.len()];
+    for (i, list) in edges.iter().enumerate() {
+        for &(kind, j) in list {
+            match kind {
+                RequisiteKind::Listen => {}
+                RequisiteKind::Prereq => run_after[j].push(i),
+                _ => run_after[i].push(j),
+            }
+        }
+    }
+    for list in &mut run_after {
+        list.sort_unstable();
+        list.dedup();
+    }
+
+    // Depth-first: each chunk in order, what it runs after pulled in first.
     let mut emitted: Vec<usize> = Vec::with_capacity(lows.len());
     let mut position: HashMap<usize, usize> = HashMap::new();
     let mut on_stack = vec![false; lows.len()];
     for start in 0..lows.len() {
         visit(
             start,
-            &edges,
+            &run_after,
             &lows,
             &mut on_stack,
             &mut position,
@@ -632,7 +555,7 @@ fn dangling(low: &Low, req: &RawRequisite, inverted: bool) -> StateError {
 
 fn visit(
     i: usize,
-    edges: &[Vec<(RequisiteKind, usize)>],
+    edges: &[Vec<usize>],
     lows: &[Low],
     on_stack: &mut [bool],
     position: &mut HashMap<usize, usize>,
@@ -653,7 +576,7 @@ fn visit(
     }
     on_stack[i] = true;
     stack.push(i);
-    for &(_, j) in &edges[i] {
+    for &j in &edges[i] {
         visit(j, edges, lows, on_stack, position, emitted, stack)?;
     }
     stack.pop();

@@ -195,6 +195,64 @@ fn each_requisite_pulls_its_target_first() {
 }
 
 #[test]
+fn any_requisites_pull_their_targets_first_like_the_plain_ones() {
+    for kind in ["require_any", "watch_any", "onchanges_any", "onfail_any"] {
+        for (arg, on) in [(kind.to_string(), "svc"), (format!("{kind}_in"), "conf")] {
+            let target = if on == "svc" {
+                "file: conf"
+            } else {
+                "service: nginx"
+            };
+            let (svc_req, conf_req) = if on == "svc" {
+                (format!("    - {arg}:\n      - {target}\n"), String::new())
+            } else {
+                (String::new(), format!("    - {arg}:\n      - {target}\n"))
+            };
+            let sls = format!(
+                "svc:\n  service.running:\n    - name: nginx\n{svc_req}conf:\n  file.managed:\n    - name: /etc/nginx.conf\n{conf_req}"
+            );
+            expect_plan(
+                &[("a.sls", &sls)],
+                &["a"],
+                &format!(
+                    "0 file.managed conf name=/etc/nginx.conf\n1 service.running svc name=nginx [{kind}:0]"
+                ),
+            );
+        }
+    }
+}
+
+#[test]
+fn prereq_runs_before_its_target_and_listen_does_not_reorder() {
+    // `stop` pre-requires `deploy`: it comes first, its edge pointing forward.
+    expect_plan(
+        &[(
+            "a.sls",
+            "deploy:\n  file.managed:\n    - name: /srv/app\nstop:\n  service.dead:\n    - name: app\n    - prereq:\n      - file: deploy\n",
+        )],
+        &["a"],
+        "0 service.dead stop name=app [prereq:1]\n1 file.managed deploy name=/srv/app",
+    );
+    expect_plan(
+        &[(
+            "a.sls",
+            "deploy:\n  file.managed:\n    - name: /srv/app\n    - prereq_in:\n      - service: app\nstop:\n  service.dead:\n    - name: app\n",
+        )],
+        &["a"],
+        "0 service.dead stop name=app [prereq:1]\n1 file.managed deploy name=/srv/app",
+    );
+    // A listener keeps its place, before its target here.
+    expect_plan(
+        &[(
+            "a.sls",
+            "svc:\n  service.running:\n    - name: app\n    - listen:\n      - file: conf\nconf:\n  file.managed:\n    - name: /etc/app\n",
+        )],
+        &["a"],
+        "0 service.running svc name=app [listen:1]\n1 file.managed conf name=/etc/app",
+    );
+}
+
+#[test]
 fn each_requisite_in_form_adds_the_edge_to_the_target() {
     for kind in ["require", "watch", "onchanges", "onfail"] {
         let sls = format!(
@@ -329,8 +387,8 @@ fn errors_name_file_line_state_and_fix() {
             "a.sls, line 3, state 'bad': unknown state function 'file.manage': module 'file' has managed, directory, symlink, absent",
         ),
         (
-            &[("a.sls", "bad:\n  pkg.installed: []\n")],
-            "a.sls, line 1, state 'bad': unknown state module 'pkg': corpus supports file, cmd, service",
+            &[("a.sls", "bad:\n  apt.installed: []\n")],
+            "a.sls, line 1, state 'bad': unknown state module 'apt': corpus supports file, cmd, service",
         ),
         (
             &[(
@@ -394,8 +452,8 @@ fn errors_name_file_line_state_and_fix() {
             "state id 'x' is declared in sls 'b' and in sls 'a': ids must be unique across the tree; rename one",
         ),
         (
-            &[("a.sls", "x:\n  cmd.run:\n    - prereq:\n      - cmd: y\n")],
-            "a.sls, line 1, state 'x': requisite 'prereq' is not supported: use require, watch, onchanges or onfail (or their _in forms)",
+            &[("a.sls", "x:\n  cmd.run:\n    - use:\n      - cmd: y\n")],
+            "a.sls, line 1, state 'x': requisite 'use' is not supported: use require, watch, onchanges, onfail, listen, prereq, their _any forms or their _in forms",
         ),
         (
             &[("a.sls", "x:\n  cmd.run:\n    - order: soon\n")],

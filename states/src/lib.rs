@@ -17,10 +17,14 @@ mod compile;
 pub mod error;
 mod high;
 pub mod plan;
+mod requisites;
 pub mod settings;
 mod show;
 
-pub use agent_render::{AgentRender, AgentRenderError, AgentTrees, SALTENV, render_for_agent};
+pub use agent_render::{
+    AgentRender, AgentRenderError, AgentTrees, HostedTrees, SALTENV, render_for_agent,
+    render_on_host,
+};
 pub use compile::{RenderedPlan, StateTree};
 pub use corpus_pillar::{DirTree, MemoryTree, SourceTree, TemplateContext, TreeError};
 pub use error::{Location, StateError};

@@ -25,8 +25,8 @@ pub struct Chunk {
     pub function: String,
     /// Every remaining argument (requisites and `order` removed), as Salt would pass them.
     pub args: Map<String, Value>,
-    /// Requisites resolved to indices into [`Plan::chunks`]; a target always precedes its
-    /// dependant in the plan.
+    /// Requisites resolved to indices into [`Plan::chunks`]; a target precedes its dependant
+    /// in the plan, except a `prereq` target (which follows) and a `listen` target (anywhere).
     pub requisites: Vec<Requisite>,
 }
 
@@ -51,6 +51,20 @@ pub enum RequisiteKind {
     Onchanges,
     /// Run only if the target failed.
     Onfail,
+    /// Run if at least one of the `require_any` targets succeeded.
+    RequireAny,
+    /// Like `require_any`; the watch action runs when a target changed.
+    WatchAny,
+    /// Run if at least one of the `onchanges_any` targets changed.
+    OnchangesAny,
+    /// Run if at least one of the `onfail_any` targets failed.
+    OnfailAny,
+    /// Does not gate or order: when the target changed, the module's watch action runs once at
+    /// the end of the run (Salt's `mod_watch` result).
+    Listen,
+    /// Runs *before* its target, and only if the target, run in test mode first, would change;
+    /// the target then fails if this chunk failed. The one edge whose target comes later.
+    Prereq,
 }
 
 impl Chunk {

@@ -4,18 +4,10 @@
 use serde_yaml::{Mapping, Value as Yaml};
 
 use crate::plan::{Plan, RequisiteKind};
+use crate::requisites::kind_name;
 
 fn yaml(value: &serde_json::Value) -> Yaml {
     serde_yaml::to_value(value).unwrap_or(Yaml::Null)
-}
-
-fn kind_name(kind: RequisiteKind) -> &'static str {
-    match kind {
-        RequisiteKind::Require => "require",
-        RequisiteKind::Watch => "watch",
-        RequisiteKind::Onchanges => "onchanges",
-        RequisiteKind::Onfail => "onfail",
-    }
 }
 
 /// The plan as Salt's `state.show_sls` YAML.
@@ -36,6 +28,12 @@ pub fn show_sls(plan: &Plan) -> String {
             RequisiteKind::Watch,
             RequisiteKind::Onchanges,
             RequisiteKind::Onfail,
+            RequisiteKind::RequireAny,
+            RequisiteKind::WatchAny,
+            RequisiteKind::OnchangesAny,
+            RequisiteKind::OnfailAny,
+            RequisiteKind::Listen,
+            RequisiteKind::Prereq,
         ] {
             let targets: Vec<Yaml> = chunk
                 .requisites

@@ -8,7 +8,8 @@
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::sync::mpsc;
+use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::{Arc, Mutex, Weak, mpsc};
 use std::time::{Duration, Instant};
 
 use anyhow::{Context, bail};
@@ -99,6 +100,99 @@ pub struct Master {
     pub data_dir: PathBuf,
     pub addr: String,
     pub proc: Proc,
+    /// The SMEP numbers this master's environments get; shared by a restart on the same data
+    /// dir, released (its accounts removed) when the last master using it is dropped.
+    pub identities: Arc<IdentityRange>,
+}
+
+/// Sheet names whose SMEP sheet number is 1, 2, 3, 4 and 5 (md5 of the name and a newline).
+const TEST_SHEETS: [&str; 5] = [
+    "corpus-test-9",
+    "corpus-test-0",
+    "corpus-test-5",
+    "corpus-test-1",
+    "corpus-test-7",
+];
+
+/// Environment numbers each test master takes: tests run side by side on one machine, and
+/// agents create real `corpus-<smep>` accounts, so no two masters may hand out the same one.
+const NUMBERS_PER_MASTER: u32 = 3;
+
+/// A test master's share of the SMEP space: its sheet (S) and environment numbers (M).
+pub struct IdentityRange {
+    pub sheet_number: u32,
+    pub first: u32,
+    pub last: u32,
+}
+
+impl IdentityRange {
+    /// The `serve` flags that confine the master to this range (the sheet only when the test
+    /// does not bring its own config).
+    fn flags(&self, with_sheet: bool) -> Vec<String> {
+        let mut flags = vec![
+            "--machine-numbers".to_owned(),
+            format!("{}-{}", self.first, self.last),
+        ];
+        if with_sheet {
+            flags.push("--sheet".to_owned());
+            flags.push(TEST_SHEETS[self.sheet_number as usize - 1].to_owned());
+        }
+        flags
+    }
+}
+
+impl Drop for IdentityRange {
+    /// Removes the accounts agents may have created for this range, under any sheet (a test
+    /// may bring its own): nothing a test made outlives it.
+    fn drop(&mut self) {
+        for sheet in 1..=5u32 {
+            for machine in self.first..=self.last {
+                for platform in [0u32, 2, 3] {
+                    let name = format!("corpus-{}", sheet * 10_000 + machine * 100 + platform * 10);
+                    for (database, remove) in
+                        [("passwd", ["userdel", "-f"]), ("group", ["groupdel", "-f"])]
+                    {
+                        let exists = Command::new("getent")
+                            .args([database, &name])
+                            .output()
+                            .is_ok_and(|o| o.status.success());
+                        if exists {
+                            let _ = Command::new(remove[0])
+                                .args(&remove[1..])
+                                .arg(&name)
+                                .status();
+                        }
+                    }
+                }
+            }
+        }
+    }
+}
+
+/// The range of the master on `data_dir`: the one a running master there already has, or the
+/// next free one.
+fn identity_range(data_dir: &Path) -> Arc<IdentityRange> {
+    static RANGES: Mutex<Vec<(PathBuf, Weak<IdentityRange>)>> = Mutex::new(Vec::new());
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let mut ranges = RANGES.lock().unwrap_or_else(|p| p.into_inner());
+    ranges.retain(|(_, range)| range.strong_count() > 0);
+    if let Some(range) = ranges
+        .iter()
+        .find(|(dir, _)| dir == data_dir)
+        .and_then(|(_, range)| range.upgrade())
+    {
+        return range;
+    }
+    let slots_per_sheet = 99 / NUMBERS_PER_MASTER;
+    let k = NEXT.fetch_add(1, Ordering::Relaxed);
+    let first = 1 + (k / 5 % slots_per_sheet) * NUMBERS_PER_MASTER;
+    let range = Arc::new(IdentityRange {
+        sheet_number: k % 5 + 1,
+        first,
+        last: first + NUMBERS_PER_MASTER - 1,
+    });
+    ranges.push((data_dir.to_owned(), Arc::downgrade(&range)));
+    range
 }
 
 impl Master {
@@ -128,6 +222,8 @@ impl Master {
     /// `serve` with extra flags (e.g. `--file-root`).
     pub fn serve_with(data_dir: &Path, listen: &str, extra: &[&str]) -> anyhow::Result<Master> {
         let log = data_dir.join(format!("serve-{}.log", unique()));
+        let identities = identity_range(data_dir);
+        let own_sheet = extra.iter().any(|a| *a == "--config" || *a == "--sheet");
         let mut child = Command::new(bin("corpus-master"))
             .args([
                 "serve",
@@ -138,6 +234,7 @@ impl Master {
                 "--data-dir",
             ])
             .arg(data_dir)
+            .args(identities.flags(!own_sheet))
             .args(extra)
             .env("RUST_LOG", "info")
             .stdout(Stdio::piped())
@@ -162,6 +259,7 @@ impl Master {
             data_dir: data_dir.to_owned(),
             addr,
             proc,
+            identities,
         })
     }
 

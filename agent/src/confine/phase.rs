@@ -277,7 +277,11 @@ pub fn child_main() -> Result<(), ConfineError> {
     let landlock = sandbox::enter(&request.identity, &request.env_root)?;
     // The child already is the environment user; a `runas` of it would need root to switch.
     for chunk in &mut request.plan.chunks {
-        if chunk.args.get("runas").and_then(Value::as_str) == Some(request.identity.user.as_str()) {
+        if chunk
+            .args
+            .get("runas")
+            .is_some_and(|v| super::plan_check::is_own_account(v, &request.identity))
+        {
             chunk.args.remove("runas");
         }
     }

@@ -6,6 +6,7 @@
 
 use std::path::{Component, Path, PathBuf};
 
+use corpus_states::catalogue::OPERATOR_ONLY_MODULES;
 use corpus_states::{Chunk, Plan};
 use serde_json::Value;
 
@@ -20,13 +21,8 @@ pub struct PlanRefusal {
     pub reason: String,
 }
 
-/// The modules a confined project may use: everything else (accounts, packages, ...) is the
-/// operator's.
-const PROJECT_MODULES: &[&str] = &["file", "cmd", "service", "test"];
-
 /// `path` with `.` and `..` resolved lexically, if it is absolute and never climbs above `/`.
-fn normalize(path: &str) -> Option<PathBuf> {
-    let path = Path::new(path);
+fn normalize(path: &Path) -> Option<PathBuf> {
     if !path.is_absolute() {
         return None;
     }
@@ -46,11 +42,30 @@ fn normalize(path: &str) -> Option<PathBuf> {
     Some(out)
 }
 
-fn beneath(path: &str, root: &Path) -> bool {
+fn beneath(path: &Path, root: &Path) -> bool {
     normalize(path).is_some_and(|p| p.starts_with(root))
 }
 
-/// Checks every state of `plan` against the environment's identity and root.
+/// Whether an account argument (`runas`, `user`, `group`) names the environment's own
+/// account: its name, or its number as text or as a number (uid = gid).
+pub fn is_own_account(value: &Value, id: &Identity) -> bool {
+    match value {
+        Value::String(name) => *name == id.user || *name == id.group || *name == id.uid.to_string(),
+        Value::Number(n) => n.as_u64() == Some(u64::from(id.uid)),
+        _ => false,
+    }
+}
+
+fn strings(value: &Value) -> Vec<&str> {
+    match value {
+        Value::String(s) => vec![s.as_str()],
+        Value::Array(items) => items.iter().filter_map(Value::as_str).collect(),
+        _ => Vec::new(),
+    }
+}
+
+/// Checks every state of `plan` against the environment's identity and root: the rules of the
+/// master's push-time check (`master/src/confine.rs`), enforced again here.
 pub fn check_plan(plan: &Plan, id: &Identity, env_root: &Path) -> Result<(), PlanRefusal> {
     plan.chunks
         .iter()
@@ -63,39 +78,50 @@ fn check_chunk(chunk: &Chunk, id: &Identity, env_root: &Path) -> Result<(), Plan
         function: format!("{}.{}", chunk.module, chunk.function),
         reason,
     };
-    if !PROJECT_MODULES.contains(&chunk.module.as_str()) {
+    if OPERATOR_ONLY_MODULES.contains(&chunk.module.as_str()) {
         return Err(refuse(format!(
-            "module {:?} is the operator's; projects may use {}",
-            chunk.module,
-            PROJECT_MODULES.join(", ")
+            "module {:?} changes the whole machine: it is the operator's, not a project's",
+            chunk.module
         )));
     }
-    let arg = |key: &str| chunk.args.get(key).and_then(Value::as_str);
-    let root = env_root.display();
-    for (key, allowed) in [
-        ("user", &id.user),
-        ("runas", &id.user),
-        ("group", &id.group),
-    ] {
-        if let Some(value) = arg(key)
-            && value != allowed.as_str()
+    for key in ["runas", "user", "group"] {
+        if let Some(value) = chunk.args.get(key)
+            && !is_own_account(value, id)
         {
             return Err(refuse(format!(
-                "{key} {value:?} is not the environment's own ({allowed:?})"
+                "{key} {value} is not the environment's own account ({:?})",
+                id.user
             )));
         }
     }
+    let outside = |what: &str, path: &str| {
+        Err(refuse(format!(
+            "{what} {path:?} is not beneath the environment root {}",
+            env_root.display()
+        )))
+    };
     match chunk.module.as_str() {
-        "file" if !beneath(&chunk.name, env_root) => Err(refuse(format!(
-            "path {:?} is not beneath the environment root {root}",
-            chunk.name
-        ))),
-        "cmd" => match arg("cwd") {
-            Some(cwd) if !beneath(cwd, env_root) => Err(refuse(format!(
-                "cwd {cwd:?} is not beneath the environment root {root}"
-            ))),
-            _ => Ok(()),
-        },
+        "file" => {
+            if !beneath(Path::new(&chunk.name), env_root) {
+                return outside("path", &chunk.name);
+            }
+            for source in chunk.args.get("source").into_iter().flat_map(strings) {
+                let local = source.strip_prefix("file://").unwrap_or(source);
+                if !source.starts_with("salt://") && !beneath(Path::new(local), env_root) {
+                    return outside("source", source);
+                }
+            }
+            if chunk.function == "symlink"
+                && let Some(target) = chunk.args.get("target").and_then(Value::as_str)
+            {
+                // A relative target resolves from the link's directory, as the kernel does.
+                let link_dir = Path::new(&chunk.name).parent().unwrap_or(Path::new("/"));
+                if !beneath(&link_dir.join(target), env_root) {
+                    return outside("symlink target", target);
+                }
+            }
+            Ok(())
+        }
         "service" if !chunk.name.starts_with(&id.service_prefix()) => Err(refuse(format!(
             "service {:?} is not the environment's: its units start with {:?}",
             chunk.name,
@@ -175,21 +201,28 @@ mod tests {
         assert!(check(chunk("file", "managed", climb, json!({}))).is_err());
         assert!(check(chunk("file", "absent", "relative/path", json!({}))).is_err());
         assert!(check(chunk("file", "directory", "/srv/corpus/env-ab", json!({}))).is_err());
-        assert!(
-            check(chunk(
-                "cmd",
-                "run",
-                "ls",
-                json!({"cwd": "/var/lib/corpus-agent"})
-            ))
-            .is_err()
-        );
+        let inside = "/srv/corpus/env-a/x";
+        let stolen = json!({"source": "/var/lib/corpus-agent/agent.key"});
+        assert!(check(chunk("file", "managed", inside, stolen)).is_err());
+        let escape = json!({"target": "../../../etc/shadow"});
+        assert!(check(chunk("file", "symlink", "/srv/corpus/env-a/x/link", escape)).is_err());
+        let salt = json!({"source": "salt://files/x"});
+        assert_eq!(check(chunk("file", "managed", inside, salt)), Ok(()));
     }
 
     #[test]
     fn runas_and_owners_are_only_the_environment_user() {
         let e = check(chunk("cmd", "run", "id", json!({"runas": "root"})));
         assert!(e.is_err_and(|e| e.reason.contains("runas \"root\"")));
+        assert!(check(chunk("cmd", "run", "id", json!({"runas": 0}))).is_err());
+        assert_eq!(
+            check(chunk("cmd", "run", "id", json!({"runas": 52320}))),
+            Ok(())
+        );
+        assert_eq!(
+            check(chunk("cmd", "run", "id", json!({"runas": "52320"}))),
+            Ok(())
+        );
         let inside = "/srv/corpus/env-a/x";
         assert!(check(chunk("file", "managed", inside, json!({"user": "root"}))).is_err());
         assert!(
@@ -207,6 +240,8 @@ mod tests {
     fn operator_modules_and_foreign_services_are_refused() {
         let e = check(chunk("user", "present", "bob", json!({})));
         assert!(e.is_err_and(|e| e.reason.contains("operator")));
+        let git = chunk("git", "latest", "https://example.invalid/r", json!({}));
+        assert_eq!(check(git), Ok(()));
         assert!(check(chunk("pkg", "installed", "nginx", json!({}))).is_err());
         let e = check(chunk("service", "running", "sshd", json!({})));
         assert!(e.is_err_and(|e| e.reason.contains("corpus-52320-")));

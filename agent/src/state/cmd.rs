@@ -275,21 +275,12 @@ fn spec_for(args: &Args, command: &str) -> Result<CommandSpec, String> {
     })
 }
 
-/// A guard (`unless`/`onlyif`): booleans as given, commands by their exit status.
+/// A guard (`unless`/`onlyif`): booleans as given, commands by their exit status (run like
+/// the state's own command), `fun:` calls by their result ([`super::guards`]).
 fn guard_holds(args: &Args, key: &str) -> Result<Option<bool>, String> {
-    let commands = match args.raw(key) {
-        None => return Ok(None),
-        Some(Value::Bool(b)) => return Ok(Some(*b)),
-        Some(_) => args.string_list(key)?,
-    };
-    // Salt: the guard holds when every command succeeds.
-    for command in commands {
-        let out = execute(&spec_for(args, &command)?)?;
-        if out.retcode != 0 {
-            return Ok(Some(false));
-        }
-    }
-    Ok(Some(true))
+    super::guards::guard_holds(args.0, key, &|command| {
+        execute(&spec_for(args, command)?).map(|out| out.retcode)
+    })
 }
 
 /// Why the command should not run (Salt's `mod_run_check`), or `None` to run it.
@@ -315,9 +306,10 @@ pub fn run(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, String> {
         return Ok(Outcome::ok(reason));
     }
     if ctx.test {
+        // Salt 3004+ reports the command as the would-be change.
         return Ok(Outcome::would_change(
             format!("Command \"{name}\" would have been executed"),
-            Map::new(),
+            Map::from_iter([("cmd".to_string(), json!(name))]),
         ));
     }
     let spec = spec_for(&args, name)?;
@@ -596,6 +588,10 @@ mod tests {
         let out = run_state(&c, true);
         assert_eq!(out.result, None);
         assert!(out.comment.ends_with("would have been executed"));
+        assert_eq!(
+            Value::Object(out.changes),
+            json!({"cmd": format!("touch {}", marker.display())})
+        );
         assert!(!marker.exists());
         let guarded = chunk("cmd.run", "t", json!({"name": "true", "unless": "true"}));
         assert_eq!(run_state(&guarded, true).result, Some(true));

@@ -1,13 +1,19 @@
-//! Runs a [`Plan`] in order with Salt's semantics: requisites gate each state (`require`,
-//! `watch`, `onchanges`, `onfail`), `watch` calls the module's watch action when a target
-//! changed, and every state returns Salt's fields keyed by Salt's state key.
+//! Runs a [`Plan`] in order with Salt's semantics: requisites gate each state (see
+//! [`super::requisites`]), `watch` calls the module's watch action when a target changed,
+//! `prereq` test-runs its target first, `listen` fires watch actions at the end, and every
+//! state returns Salt's fields keyed by Salt's state key.
 
 use std::time::{Instant, SystemTime, UNIX_EPOCH};
 
-use corpus_states::{Chunk, Plan, RequisiteKind};
+use corpus_states::{Chunk, Plan};
 
+use super::requisites::{Gate, gate, listeners_to_fire, prereq_failed, prereq_targets};
 use super::result::{KeyedResult, Outcome, Report, StateResult};
-use super::{FileSources, ServiceControl, StateContext, cmd, file, service, test};
+use super::{
+    FileSources, ServiceControl, StateContext, accumulated, archive, cmd, cmd_script, cron, file,
+    file_edit, file_paths, file_recurse, git, hosts, pip, pkg, service, ssh_auth, sysctl, test,
+    users,
+};
 
 /// Runs plans against this host.
 pub struct Executor<'a> {
@@ -17,65 +23,6 @@ pub struct Executor<'a> {
     pub sources: &'a dyn FileSources,
     /// The service manager (`systemctl`).
     pub services: &'a dyn ServiceControl,
-}
-
-/// What the requisites of a chunk decide before it runs.
-#[derive(Debug, PartialEq)]
-enum Gate {
-    /// A `require`/`watch`/`onchanges` target failed: these `sls.id` names.
-    Failed(Vec<String>),
-    /// It has `onfail` requisites and none of them failed.
-    OnfailUnmet,
-    /// It has `onchanges` requisites and none of them changed.
-    OnchangesUnmet,
-    /// A `watch` target changed: run, then the watch action if the run changed nothing.
-    Watched,
-    Met,
-}
-
-fn gate(chunk: &Chunk, plan: &Plan, results: &[KeyedResult]) -> Gate {
-    let mut failed = Vec::new();
-    let (mut onfail, mut onfail_met) = (false, false);
-    let (mut onchanges, mut onchanges_met) = (false, false);
-    let mut watched = false;
-    for req in &chunk.requisites {
-        let target_name = plan
-            .chunks
-            .get(req.target)
-            .map(|t| format!("{}.{}", t.sls, t.id))
-            .unwrap_or_else(|| format!("#{}", req.target));
-        // The planner puts targets first; a target that has not run yet counts as failed.
-        let Some(target) = results.get(req.target).map(|k| &k.result) else {
-            failed.push(target_name);
-            continue;
-        };
-        let target_failed = target.result == Some(false);
-        match req.kind {
-            RequisiteKind::Onfail => {
-                onfail = true;
-                onfail_met |= target_failed;
-            }
-            _ if target_failed => failed.push(target_name),
-            RequisiteKind::Onchanges => {
-                onchanges = true;
-                onchanges_met |= !target.changes.is_empty();
-            }
-            RequisiteKind::Watch => watched |= !target.changes.is_empty(),
-            RequisiteKind::Require => {}
-        }
-    }
-    if !failed.is_empty() {
-        failed.dedup();
-        Gate::Failed(failed)
-    } else if onfail && !onfail_met {
-        Gate::OnfailUnmet
-    } else if onchanges && !onchanges_met {
-        Gate::OnchangesUnmet
-    } else if watched {
-        Gate::Watched
-    } else {
-        Gate::Met
-    }
 }
 
 fn unknown_function(chunk: &Chunk) -> Outcome {
@@ -96,21 +43,102 @@ fn unknown_function(chunk: &Chunk) -> Outcome {
     ))
 }
 
+/// A state asking for an argument corpus refuses fails naming it, rather than running without it.
+fn refused_argument(chunk: &Chunk) -> Option<Outcome> {
+    let what = format!("{}.{}", chunk.module, chunk.function);
+    let named = chunk.args.keys().find_map(|arg| {
+        corpus_states::catalogue::refused_arg(arg).map(|instead| {
+            Outcome::fail(format!(
+                "argument `{arg}` of {what} is not supported by corpus: {instead}"
+            ))
+        })
+    });
+    if named.is_some() {
+        return named;
+    }
+    let function = corpus_states::catalogue::lookup(&chunk.module, &chunk.function)?;
+    let unknown: Vec<&str> = chunk
+        .args
+        .keys()
+        .map(String::as_str)
+        .filter(|arg| !function.accepts(arg))
+        .collect();
+    if unknown.is_empty() {
+        return None;
+    }
+    Some(Outcome::fail(format!(
+        "{} `{}` of {what} not supported by corpus: remove {}, or use one of: {}",
+        if unknown.len() == 1 {
+            "argument"
+        } else {
+            "arguments"
+        },
+        unknown.join("`, `"),
+        if unknown.len() == 1 { "it" } else { "them" },
+        function.args.join(", ")
+    )))
+}
+
 /// Calls the state function of `chunk` (or its watch action when `watch` is set).
 fn call(chunk: &Chunk, ctx: &StateContext, watch: bool) -> Outcome {
+    if let Some(refused) = refused_argument(chunk) {
+        return refused;
+    }
+    // Salt's onlyif/unless/creates apply to every state; cmd states check them themselves.
+    if chunk.module != "cmd" {
+        match super::guards::skip_reason(&chunk.args) {
+            Ok(Some(reason)) => return Outcome::ok(reason),
+            Ok(None) => {}
+            Err(e) => return Outcome::fail(e),
+        }
+    }
     let res = match (chunk.module.as_str(), chunk.function.as_str(), watch) {
         ("file", "managed", false) => file::managed(chunk, ctx),
         ("file", "directory", false) => file::directory(chunk, ctx),
         ("file", "symlink", false) => file::symlink(chunk, ctx),
         ("file", "absent", false) => file::absent(chunk, ctx),
+        ("file", "replace", false) => file_edit::replace(chunk, ctx),
+        ("file", "blockreplace", false) => file_edit::blockreplace(chunk, ctx),
+        ("file", "append", false) => file_edit::append(chunk, ctx),
+        ("file", "line", false) => file_edit::line(chunk, ctx),
+        ("file", "exists", false) => file_paths::exists(chunk, ctx),
+        ("file", "missing", false) => file_paths::missing(chunk, ctx),
+        ("file", "copy", false) => file_paths::copy(chunk, ctx),
+        ("file", "recurse", false) => file_recurse::recurse(chunk, ctx),
+        ("file", "accumulated", false) => accumulated::accumulated(chunk, ctx),
+        ("host", "present", false) => hosts::present(chunk, ctx),
+        ("cron", "present", false) => cron::present(chunk, ctx),
+        ("cron", "absent", false) => cron::absent(chunk, ctx),
+        ("sysctl", "present", false) => sysctl::present(chunk, ctx),
+        ("git", "latest", false) => git::latest(chunk, ctx),
+        ("archive", "extracted", false) => archive::extracted(chunk, ctx),
+        ("pip", "installed", false) => pip::installed(chunk, ctx),
+        ("virtualenv", "managed", false) => pip::virtualenv_managed(chunk, ctx),
+        ("ssh_auth", "present", false) => ssh_auth::present(chunk, ctx),
+        ("ssh_auth", "absent", false) => ssh_auth::absent(chunk, ctx),
+        ("host", "absent", false) => hosts::absent(chunk, ctx),
         ("cmd", "run", false) => cmd::run(chunk, ctx),
         ("cmd", "run", true) => cmd::mod_watch(chunk, ctx),
+        ("cmd", "wait", false) => cmd_script::wait(chunk, ctx),
+        ("cmd", "wait", true) => cmd::mod_watch(chunk, ctx),
+        ("cmd", "script", false) => cmd_script::script(chunk, ctx),
+        ("cmd", "script", true) => cmd_script::script(chunk, ctx),
         ("service", "running", false) => service::running(chunk, ctx),
         ("service", "dead", false) => service::dead(chunk, ctx),
         ("service", "restarted", false) => service::restarted(chunk, ctx),
         ("service", "enabled", false) => service::enabled(chunk, ctx, true),
         ("service", "disabled", false) => service::enabled(chunk, ctx, false),
         ("service", _, true) => service::mod_watch(chunk, ctx),
+        ("pkg", "installed", false) => pkg::installed(chunk, ctx),
+        ("pkg", "latest", false) => pkg::latest(chunk, ctx),
+        ("pkg", "removed", false) => pkg::removed(chunk, ctx, false),
+        ("pkg", "purged", false) => pkg::removed(chunk, ctx, true),
+        ("pkgrepo", "managed", false) => pkg::repo_managed(chunk, ctx),
+        ("pkgrepo", "absent", false) => pkg::repo_absent(chunk, ctx),
+        ("user", "present", false) => users::user_present(chunk, ctx),
+        ("user", "absent", false) => users::user_absent(chunk, ctx),
+        ("group", "present", false) => users::group_present(chunk, ctx),
+        ("group", "absent", false) => users::group_absent(chunk, ctx),
         ("test", _, false) => {
             return test::call(chunk, ctx).unwrap_or_else(|| unknown_function(chunk));
         }
@@ -120,7 +148,7 @@ fn call(chunk: &Chunk, ctx: &StateContext, watch: bool) -> Outcome {
 }
 
 /// Whether the module has a watch action (Salt's `mod_watch`).
-fn has_watch_action(chunk: &Chunk) -> bool {
+pub(super) fn has_watch_action(chunk: &Chunk) -> bool {
     matches!(chunk.module.as_str(), "cmd" | "service")
 }
 
@@ -158,15 +186,21 @@ impl Executor<'_> {
             test: self.test,
             sources: self.sources,
             services: self.services,
+            accumulators: Default::default(),
         };
         let mut report = Report {
             results: Vec::with_capacity(plan.chunks.len()),
         };
         let workers = std::thread::available_parallelism().map_or(1, |n| n.get());
+        // A prereq target is gated by the chunk that pre-requires it: never in a batch.
+        let gated_by_prereq = prereq_targets(plan);
         let mut next = 0;
         while next < plan.chunks.len() {
             let batch = if workers > 1 {
-                parallel_batch(&plan.chunks[next..])
+                let until = (next..plan.chunks.len())
+                    .find(|i| gated_by_prereq.contains(i))
+                    .unwrap_or(plan.chunks.len());
+                parallel_batch(&plan.chunks[next..until])
             } else {
                 0
             };
@@ -187,6 +221,19 @@ impl Executor<'_> {
             report.results.push(keyed);
             next += 1;
         }
+        // Salt's `listen`: each listener whose target changed runs its watch action once, last.
+        for index in listeners_to_fire(plan, &report.results) {
+            let chunk = &plan.chunks[index];
+            let timed = timed(|| call(chunk, &ctx, true));
+            let mut keyed = finish(chunk, report.results.len(), timed);
+            keyed.key = format!(
+                "{}_|-{}_|-{}_|-mod_watch",
+                chunk.module, chunk.id, chunk.name
+            );
+            keyed.function = format!("{}.mod_watch", chunk.module);
+            on_result(&keyed);
+            report.results.push(keyed);
+        }
         report
     }
 
@@ -197,6 +244,12 @@ impl Executor<'_> {
         done: &[KeyedResult],
         ctx: &StateContext,
     ) -> Outcome {
+        if let Some(names) = prereq_failed(done.len(), plan, done) {
+            return Outcome::fail(format!(
+                "One or more requisite failed: {}",
+                names.join(", ")
+            ));
+        }
         match gate(chunk, plan, done) {
             Gate::Failed(names) => Outcome::fail(format!(
                 "One or more requisite failed: {}",
@@ -215,6 +268,33 @@ impl Executor<'_> {
                     call(chunk, ctx, true)
                 } else {
                     first
+                }
+            }
+            Gate::Prereq(targets) => {
+                // Salt test-runs the pre-required states; this one runs only if one of them
+                // would change something.
+                let test_ctx = StateContext {
+                    test: true,
+                    sources: ctx.sources,
+                    services: ctx.services,
+                    accumulators: ctx.accumulators.clone(),
+                };
+                let mut would_change = false;
+                for target in targets {
+                    let probe = call(&plan.chunks[target], &test_ctx, false);
+                    if probe.result == Some(false) {
+                        let t = &plan.chunks[target];
+                        return Outcome::fail(format!(
+                            "One or more requisite failed: {}.{} (its test run: {})",
+                            t.sls, t.id, probe.comment
+                        ));
+                    }
+                    would_change |= !probe.changes.is_empty();
+                }
+                if would_change {
+                    call(chunk, ctx, false)
+                } else {
+                    Outcome::ok("No changes detected")
                 }
             }
             Gate::Met => call(chunk, ctx, false),
@@ -349,6 +429,7 @@ fn run_parallel(chunks: &[Chunk], ctx: &StateContext, workers: usize) -> Vec<Tim
 mod tests {
     use super::*;
     use crate::state::testing::{FakeServices, chunk, sources, with_req};
+    use corpus_states::RequisiteKind;
     use serde_json::{Value, json};
     use std::fs;
 
@@ -369,7 +450,11 @@ mod tests {
     #[test]
     fn every_catalogue_function_is_dispatched_by_the_executor() {
         for f in corpus_states::catalogue::CATALOGUE {
-            let args = json!({"contents": "", "target": "/nonexistent/target"});
+            // Only arguments the function takes, so the call reaches its module.
+            let mut args = json!({"contents": "", "target": "/nonexistent/target"});
+            if let Some(map) = args.as_object_mut() {
+                map.retain(|arg, _| f.accepts(arg));
+            }
             let c = chunk(
                 &format!("{}.{}", f.module, f.function),
                 "/nonexistent/corpus-probe",
@@ -378,11 +463,90 @@ mod tests {
             // Test mode: nothing is written, nothing runs.
             let report = run(&plan(vec![c]), true, &FakeServices::default());
             let comment = &report.results[0].result.comment;
+            assert!(!comment.contains("not supported by corpus"), "{comment}");
             assert!(
                 !comment.contains("was not found"),
                 "{}.{}: {comment}",
                 f.module,
                 f.function
+            );
+        }
+    }
+
+    #[test]
+    fn onlyif_unless_and_creates_guard_every_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let conf = dir.path().join("guarded").display().to_string();
+        let state = |guard: Value| {
+            let mut args = json!({"name": conf, "contents": "x"});
+            if let (Some(a), Some(g)) = (args.as_object_mut(), guard.as_object()) {
+                a.extend(g.clone());
+            }
+            chunk("file.managed", "f", args)
+        };
+        let cases = [
+            (json!({"onlyif": "false"}), "onlyif condition is false"),
+            (
+                json!({"unless": [{"fun": "test.true"}]}),
+                "unless condition is true",
+            ),
+            (json!({"creates": "/"}), "All files in creates exist"),
+        ];
+        for (guard, comment) in cases {
+            let report = run(&plan(vec![state(guard)]), false, &FakeServices::default());
+            assert_eq!(report.results[0].result.comment, comment);
+            assert!(fs::metadata(&conf).is_err());
+        }
+        let report = run(
+            &plan(vec![state(json!({"onlyif": "true", "unless": "false"}))]),
+            false,
+            &FakeServices::default(),
+        );
+        assert_eq!(report.results[0].result.result, Some(true));
+        assert!(fs::metadata(&conf).is_ok());
+    }
+
+    #[test]
+    fn arguments_a_function_does_not_take_fail_the_state_naming_them() {
+        let c = chunk(
+            "file.directory",
+            "d",
+            json!({"name": "/nonexistent/corpus-d", "recurse": ["user"], "backup": "minion"}),
+        );
+        let report = run(&plan(vec![c]), true, &FakeServices::default());
+        let result = &report.results[0].result;
+        assert_eq!(result.result, Some(false));
+        assert_eq!(
+            result.comment,
+            "arguments `backup`, `recurse` of file.directory not supported by corpus: remove \
+             them, or use one of: mode, dir_mode, user, group, makedirs"
+        );
+        // Global arguments and test states' keywords are accepted.
+        let ok = vec![
+            chunk("test.nop", "n", json!({"anything": 1})),
+            chunk(
+                "test.nop",
+                "g",
+                json!({"reload_modules": true, "unless": "false"}),
+            ),
+        ];
+        let report = run(&plan(ok), false, &FakeServices::default());
+        assert!(report.succeeded(), "{:?}", report.results);
+    }
+
+    #[test]
+    fn refused_arguments_fail_the_state_naming_them() {
+        for arg in ["check_cmd", "clean", "retry", "stateful"] {
+            let c = chunk("cmd.run", "c", json!({"name": "true", arg: true}));
+            let report = run(&plan(vec![c]), false, &FakeServices::default());
+            let result = &report.results[0].result;
+            assert_eq!(result.result, Some(false), "{arg}");
+            assert!(
+                result
+                    .comment
+                    .starts_with(&format!("argument `{arg}` of cmd.run is not supported")),
+                "{}",
+                result.comment
             );
         }
     }
@@ -616,7 +780,7 @@ mod tests {
     fn unknown_functions_name_the_known_ones() {
         let p = plan(vec![
             chunk("file.manged", "x", json!({})),
-            chunk("pkg.installed", "y", json!({})),
+            chunk("apt.installed", "y", json!({})),
         ]);
         let report = run(&p, false, &FakeServices::default());
         let c0 = &report.results[0].result.comment;
@@ -628,12 +792,9 @@ mod tests {
             c0.contains("known file functions: managed, directory, symlink, absent"),
             "{c0}"
         );
-        assert!(
-            report.results[1]
-                .result
-                .comment
-                .contains("known modules: file, cmd, service, test")
-        );
+        assert!(report.results[1].result.comment.contains(
+            "known modules: file, cmd, service, pkg, pkgrepo, user, group, ssh_auth, host, cron, sysctl, git, archive, pip, virtualenv, test"
+        ));
     }
 
     #[test]

@@ -17,7 +17,7 @@ use super::args::{Args, format_mode, scalar_to_string};
 use super::result::Outcome;
 
 /// Salt's note appended to test-mode comments of file states.
-const TEST_NOTE: &str =
+pub(super) const TEST_NOTE: &str =
     "Note: No changes made, actual changes may be different due to other states.";
 
 /// Where `source:` files come from and how `template: jinja` is rendered: the masterless agent
@@ -27,6 +27,14 @@ pub trait FileSources: Send + Sync {
     /// The bytes of `source` (`salt://path`, `file:///path` or an absolute path), or `None`
     /// when it does not exist (Salt then tries the next source of a list).
     fn read(&self, source: &str) -> Result<Option<Vec<u8>>, String>;
+
+    /// The files under the directory `source`, as paths relative to it (`file.recurse`);
+    /// `None` when it is not a directory.
+    fn list(&self, source: &str) -> Result<Option<Vec<String>>, String> {
+        Err(format!(
+            "cannot list {source}: this file source has no directories"
+        ))
+    }
 
     /// Renders `text` (from the file `name`) as Jinja with the SLS context (pillar, grains,
     /// common, env) plus `extra` (the state's `defaults` overlaid with its `context`).
@@ -62,8 +70,9 @@ impl LocalFileSources {
         }
     }
 
-    fn read_uncached(&self, source: &str) -> Result<Option<Vec<u8>>, String> {
-        let path = if let Some(rel) = source.strip_prefix("salt://") {
+    /// Where `source` is on this machine.
+    fn resolve(&self, source: &str) -> Result<PathBuf, String> {
+        Ok(if let Some(rel) = source.strip_prefix("salt://") {
             let rel = rel.split('?').next().unwrap_or(rel);
             let root = self
                 .file_root
@@ -82,7 +91,11 @@ impl LocalFileSources {
             return Err(format!(
                 "source {source:?} is not supported: use salt://, file:// or an absolute path"
             ));
-        };
+        })
+    }
+
+    fn read_uncached(&self, source: &str) -> Result<Option<Vec<u8>>, String> {
+        let path = self.resolve(source)?;
         match fs::read(&path) {
             Ok(bytes) => Ok(Some(bytes)),
             Err(e) if e.kind() == ErrorKind::NotFound => Ok(None),
@@ -104,6 +117,10 @@ impl FileSources for LocalFileSources {
             cache.insert(source.to_string(), bytes.clone());
         }
         Ok(bytes.map(|b| b.as_ref().clone()))
+    }
+
+    fn list(&self, source: &str) -> Result<Option<Vec<String>>, String> {
+        super::file_recurse::files_under(&self.resolve(source)?)
     }
 
     fn render_jinja(
@@ -176,7 +193,7 @@ impl Owner {
     }
 }
 
-fn absolute_path(name: &str) -> Result<PathBuf, String> {
+pub(super) fn absolute_path(name: &str) -> Result<PathBuf, String> {
     let path = PathBuf::from(name);
     if !path.is_absolute() {
         return Err(format!("Specified file {name} is not an absolute path"));
@@ -239,12 +256,35 @@ fn desired_content(
     }
     let render = |name: &str, text: &str| -> Result<String, String> {
         if template.is_some() {
-            ctx.sources
-                .render_jinja(name, text, &template_context(args))
+            let mut extra = template_context(args);
+            if let Some(accumulator) = ctx.accumulators.for_file(&chunk.name) {
+                extra.insert("accumulator".into(), Value::Object(accumulator));
+            }
+            ctx.sources.render_jinja(name, text, &extra)
         } else {
             Ok(text.to_string())
         }
     };
+    let given: Vec<&str> = ["contents", "contents_pillar", "contents_grains"]
+        .into_iter()
+        .filter(|key| args.raw(key).is_some())
+        .collect();
+    if given.len() > 1 {
+        return Err(
+            "Only one of 'contents', 'contents_pillar', and 'contents_grains' is permitted"
+                .to_string(),
+        );
+    }
+    if let Some(data_key) = given.first().filter(|key| **key != "contents") {
+        if args.raw("source").is_some() {
+            return Err(format!("`source` and `{data_key}` are mutually exclusive"));
+        }
+        let mut text = lookup_contents(chunk, args, ctx, data_key)?;
+        if args.bool("contents_newline", true)? && !text.ends_with('\n') {
+            text.push('\n');
+        }
+        return Ok(Some(text.into_bytes()));
+    }
     if let Some(contents) = args.raw("contents") {
         if args.raw("source").is_some() {
             return Err("`source` and `contents` are mutually exclusive".to_string());
@@ -275,7 +315,53 @@ fn desired_content(
     Err(format!("Source file {} not found", sources.join(", ")))
 }
 
-fn unified_diff(old: &[u8], new: &[u8]) -> String {
+/// Looks a template value up for `contents_pillar` / `contents_grains` (a `a:b:c` path): a
+/// string as is, a list one item a line, as Salt writes them. A missing key fails naming it.
+fn lookup_contents(
+    chunk: &Chunk,
+    args: &Args,
+    ctx: &StateContext,
+    data_key: &str,
+) -> Result<String, String> {
+    let path = args
+        .string(data_key)?
+        .ok_or_else(|| format!("argument `{data_key}` must name a key"))?;
+    let source = if data_key == "contents_pillar" {
+        "pillar"
+    } else {
+        "grains"
+    };
+    // The lookup goes through the state's template context, so it sees the same pillar and
+    // grains as `{{ salt['pillar.get'](...) }}` would.
+    let template = format!(
+        "{{%- set v = salt['{source}.get'](__corpus_key, none) -%}}\
+         {{%- if v is none -%}}{MISSING}\
+         {{%- elif v is mapping -%}}{MAPPING}\
+         {{%- elif v is string -%}}{{{{ v }}}}\
+         {{%- elif v is sequence -%}}{{{{ v|join('\\n') }}}}\
+         {{%- else -%}}{{{{ v }}}}{{%- endif -%}}"
+    );
+    let extra = Map::from_iter([("__corpus_key".to_string(), json!(path))]);
+    let text =
+        ctx.sources
+            .render_jinja(&format!("{data_key} of {}", chunk.id), &template, &extra)?;
+    match text.as_str() {
+        MISSING => Err(format!(
+            "{source} key {path:?} (from `{data_key}`) does not exist"
+        )),
+        MAPPING => Err(format!(
+            "{source} key {path:?} (from `{data_key}`) is a mapping: point it at a string or a list"
+        )),
+        _ => Ok(text),
+    }
+}
+
+/// What the `contents_pillar` lookup template prints for a missing key and for a mapping:
+/// NUL-led, so no pillar string is mistaken for them.
+const MISSING: &str = "\u{0}missing";
+const MAPPING: &str = "\u{0}mapping";
+
+pub(super) fn unified_diff(old: &[u8], new: &[u8]) -> String {
     let is_text = |b: &[u8]| !b.contains(&0) && std::str::from_utf8(b).is_ok();
     if !is_text(old) || !is_text(new) {
         return "Replace binary file".to_string();
@@ -302,7 +388,7 @@ fn dir_mode_for(file_mode: u32) -> u32 {
 
 /// Makes sure the parent of `path` exists: with `makedirs`, creates the missing ancestors
 /// (with `dir_mode`, or the umask's default); without it, fails with `missing`.
-fn ensure_parent(
+pub(super) fn ensure_parent(
     path: &Path,
     makedirs: bool,
     dir_mode: Option<u32>,
@@ -345,7 +431,7 @@ fn process_umask() -> Option<u32> {
 }
 
 /// Writes `content` to `path` through a temporary file in the same directory and a rename.
-fn write_atomically(
+pub(super) fn write_atomically(
     path: &Path,
     content: &[u8],
     mode: Option<u32>,
@@ -402,6 +488,11 @@ pub fn managed(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, String> {
     if meta.as_ref().is_some_and(|m| m.is_dir()) {
         return Ok(Outcome::fail(format!(
             "Specified target {name} is a directory"
+        )));
+    }
+    if meta.is_none() && !args.bool("create", true)? {
+        return Ok(Outcome::ok(format!(
+            "File {name} is not present and is not set for creation"
         )));
     }
     let content = if meta.is_some() && !replace {
@@ -912,6 +1003,67 @@ mod tests {
         assert_eq!(fs::read_to_string(&name).unwrap(), "y\n");
         fs::write(&name, "x\n").unwrap();
         assert_eq!(fx.run(managed, true, &c).result, Some(true));
+    }
+
+    #[test]
+    fn managed_writes_contents_pillar_and_contents_grains_and_refuses_missing_keys() {
+        let fx = Fixture::new();
+        let tree = std::sync::Arc::new(corpus_pillar::MemoryTree::new());
+        let context = corpus_pillar::TemplateContext::new(
+            json!({"app": {"key": "secret-line", "lines": ["a", "b"], "map": {"x": 1}}}),
+            json!({"id": "web1"}),
+            json!({}),
+            json!("base"),
+        );
+        let src = LocalFileSources::new(None, Some(crate::state::file_renderer(tree, context)));
+        let svc = FakeServices::default();
+        let apply = |args: Value| {
+            let c = chunk("file.managed", "p", args);
+            managed(&c, &ctx(false, &src, &svc)).unwrap_or_else(Outcome::fail)
+        };
+        let name = fx.path("from-pillar");
+        let out = apply(json!({"name": name, "contents_pillar": "app:key"}));
+        assert_eq!(out.result, Some(true), "{}", out.comment);
+        assert_eq!(fs::read_to_string(&name).unwrap(), "secret-line\n");
+        apply(json!({"name": name, "contents_pillar": "app:lines"}));
+        assert_eq!(fs::read_to_string(&name).unwrap(), "a\nb\n");
+        apply(json!({"name": name, "contents_grains": "id", "contents_newline": false}));
+        assert_eq!(fs::read_to_string(&name).unwrap(), "web1");
+        let missing = apply(json!({"name": fx.path("none"), "contents_pillar": "app:nope"}));
+        assert_eq!(missing.result, Some(false));
+        assert!(
+            missing.comment.contains("\"app:nope\""),
+            "{}",
+            missing.comment
+        );
+        assert!(!Path::new(&fx.path("none")).exists());
+        let mapping = apply(json!({"name": fx.path("m"), "contents_pillar": "app:map"}));
+        assert!(
+            mapping.comment.contains("is a mapping"),
+            "{}",
+            mapping.comment
+        );
+        let both = apply(json!({"name": name, "contents": "x", "contents_pillar": "app:key"}));
+        assert!(both.comment.starts_with("Only one of"), "{}", both.comment);
+    }
+
+    #[test]
+    fn managed_with_create_false_leaves_a_missing_file_missing() {
+        let fx = Fixture::new();
+        let name = fx.path("absent");
+        let c = chunk(
+            "file.managed",
+            "k",
+            json!({"name": name, "contents": "x", "create": false}),
+        );
+        let out = fx.run(managed, false, &c);
+        assert_eq!(out.result, Some(true));
+        assert!(out.changes.is_empty());
+        assert!(out.comment.ends_with("is not set for creation"));
+        assert!(!Path::new(&name).exists());
+        fs::write(&name, "old\n").unwrap();
+        fx.run(managed, false, &c);
+        assert_eq!(fs::read_to_string(&name).unwrap(), "x\n");
     }
 
     #[test]

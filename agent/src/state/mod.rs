@@ -1,17 +1,34 @@
-//! Executing plans: the state modules (`file`, `cmd`, `service`, `test`, one file each, with
-//! Salt's names and argument names) and the [`Executor`] that runs a [`corpus_states::Plan`] in
-//! order with Salt's requisite semantics, returning Salt's result fields.
+//! Executing plans: the state modules (`file`, `cmd`, `service`, `pkg`/`pkgrepo`, `user`/`group`,
+//! `host`, `cron`, `sysctl`, `test`, with Salt's names and argument names) and the [`Executor`]
+//! that runs a [`corpus_states::Plan`] in order with Salt's requisite semantics, returning
+//! Salt's result fields.
 
 mod accounts;
+mod accumulated;
+mod archive;
 mod args;
 pub mod cmd;
+mod cmd_script;
+mod cron;
 pub mod executor;
 pub mod file;
+mod file_edit;
+mod file_paths;
+mod file_recurse;
+mod git;
+mod guards;
 pub mod host_functions;
+mod hosts;
+mod pip;
+pub mod pkg;
+mod requisites;
 mod result;
 pub mod service;
+mod ssh_auth;
+mod sysctl;
 mod template;
 pub mod test;
+pub mod users;
 
 pub use executor::Executor;
 pub use file::{FileSources, JinjaRenderer, LocalFileSources};
@@ -25,6 +42,8 @@ pub struct StateContext<'a> {
     pub test: bool,
     pub sources: &'a dyn FileSources,
     pub services: &'a dyn ServiceControl,
+    /// `file.accumulated` text of this run, for the templates and blocks it feeds.
+    pub accumulators: std::sync::Arc<accumulated::Accumulators>,
 }
 
 #[cfg(test)]

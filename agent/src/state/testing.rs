@@ -138,5 +138,6 @@ pub fn ctx<'a>(
         test,
         sources,
         services,
+        accumulators: Default::default(),
     }
 }

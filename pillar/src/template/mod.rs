@@ -263,13 +263,8 @@ impl TemplateEngine {
         // Rendering 1,000 templated states uses well under 1% of it.
         env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_auto_escape_callback(|_| AutoEscape::None);
-        // Salt restores the trailing newline Jinja drops; files must come out byte-identical.
-        let syntax = minijinja::syntax::SyntaxConfig::builder()
-            .keep_trailing_newline(true)
-            .build();
-        if let Ok(syntax) = syntax {
-            env.set_syntax(syntax);
-        }
+        // Jinja drops a template's final newline (also in imports and includes, as in Salt);
+        // `render` then restores it on the file rendered, as Salt's renderer does.
         minijinja_contrib::add_to_environment(&mut env);
         env.set_unknown_method_callback(minijinja_contrib::pycompat::unknown_method_callback);
         add_salt_filters(&mut env, &tree);
@@ -295,10 +290,26 @@ impl TemplateEngine {
         source: &str,
         ctx: &TemplateContext,
     ) -> Result<String, RenderError> {
+        let newline = trailing_newline(source);
         let source = prepass::rewrite(source, file);
-        self.env
+        let mut text = self
+            .env
             .render_named_str(file, &source, ctx.to_value(&self.tree))
-            .map_err(|err| render_error(file, &err))
+            .map_err(|err| render_error(file, &err))?;
+        text.push_str(newline);
+        Ok(text)
+    }
+}
+
+/// Salt's renderer notes whether the template ends in a newline and appends it to the output,
+/// whatever the last tag stripped: `a{% endif -%}\n` renders `a\n`.
+fn trailing_newline(source: &str) -> &'static str {
+    if source.ends_with("\r\n") {
+        "\r\n"
+    } else if source.ends_with('\n') {
+        "\n"
+    } else {
+        ""
     }
 }
 

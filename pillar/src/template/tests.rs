@@ -643,3 +643,22 @@ fn a_container_cannot_be_put_inside_itself() {
         "ok",
     )]);
 }
+
+#[test]
+fn a_template_keeps_its_final_newline_as_salt_renders_it() {
+    let tree = MemoryTree::new().with("part.jinja", "included\n");
+    let cases = [
+        ("a\n", "a\n"),
+        ("a", "a"),
+        ("a\n\n", "a\n\n"),
+        ("a\r\n", "a\r\n"),
+        // Salt appends the newline after rendering, whatever the last tag stripped.
+        ("{% if true %}a{% endif -%}\n", "a\n"),
+        // Includes lose theirs, as in Salt.
+        ("{% include 'part.jinja' %}|\n", "included|\n"),
+    ];
+    for (source, expected) in cases {
+        let got = render_with(tree.clone(), "t.jinja", source, &ctx());
+        assert_eq!(got, expected, "{source:?}");
+    }
+}

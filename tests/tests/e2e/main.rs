@@ -8,3 +8,4 @@ mod lifecycle;
 mod nodes;
 mod reliability;
 mod render;
+mod tenancy;
