@@ -79,6 +79,7 @@ pub fn skip_reason(args: &Map<String, Value>) -> Result<Option<String>, String> 
             env: Vec::new(),
             runas: None,
             timeout: Some(GUARD_FUNCTION_TIMEOUT),
+            output_cap: crate::state::cmd::OUTPUT_CAP_BYTES,
         })
         .map(|out| out.retcode)
     };
@@ -139,6 +140,7 @@ fn call_function(key: &str, call: &Map<String, Value>) -> Result<Value, String> 
                 env: Vec::new(),
                 runas: None,
                 timeout: Some(GUARD_FUNCTION_TIMEOUT),
+                output_cap: crate::state::cmd::OUTPUT_CAP_BYTES,
             })?;
             Value::from(output.retcode)
         }
