@@ -116,7 +116,7 @@ const TEST_SHEETS: [&str; 5] = [
 
 /// Environment numbers each test master takes: tests run side by side on one machine, and
 /// agents create real `corpus-<smep>` accounts, so no two masters may hand out the same one.
-const NUMBERS_PER_MASTER: u32 = 3;
+const NUMBERS_PER_MASTER: u32 = 4;
 
 /// A test master's share of the SMEP space: its sheet (S) and environment numbers (M).
 pub struct IdentityRange {
@@ -384,6 +384,12 @@ impl Agent {
     ) -> anyhow::Result<Agent> {
         let state_dir = root.join(format!("agent-{id}"));
         std::fs::create_dir_all(&state_dir)?;
+        // Environment users (isolation) must pass through the test's temporary directory to
+        // reach their roots under the agent's --root, as they pass through /srv in production.
+        {
+            use std::os::unix::fs::PermissionsExt;
+            std::fs::set_permissions(root, std::fs::Permissions::from_mode(0o755))?;
+        }
         let log = state_dir.join(format!("agent-{}.log", unique()));
         let mut cmd = Command::new(bin("corpus-agent"));
         cmd.args(["run", "--master", url, "--id", id])

@@ -46,6 +46,13 @@ pub enum ConfineError {
         value: String,
         holder: String,
     },
+    /// A directory above the environment root does not let other users pass.
+    #[error("the environment's user {user} cannot pass through {} (mode {mode:o}): the agent's --root and every directory above it must be traversable by others (chmod o+x)", dir.display())]
+    Unreachable {
+        user: String,
+        dir: PathBuf,
+        mode: u32,
+    },
     /// A system command (`useradd`, `groupadd`, ...) failed.
     #[error("cannot run `{command}`: {message}")]
     Command { command: String, message: String },

@@ -1,7 +1,8 @@
 //! Owners and modes of a confined environment, enforced before every confined phase whatever
 //! existed before: the environment root and the directories above projects are root's and
-//! 0711 (other environments' users can pass, never list); `project/ data/ build/ deploy/` and
-//! `run/` belong to the environment user; `pillar/` is root's and readable by the environment's
+//! 0711 (other environments' users can pass, never list); the project directory is
+//! root:group 1770; `project/ data/ build/ deploy/` (and `run/` while it is a directory)
+//! belong to the environment user; `pillar/` is root's and readable by the environment's
 //! group only; `.corpus/`, `releases/` and `archives/` are root-only.
 
 use std::fs;
@@ -65,9 +66,28 @@ fn write_identity(record: &Path, id: &Identity) -> Result<(), ConfineError> {
     )
 }
 
+/// Every existing directory above the environment root must let others pass (`o+x`), or the
+/// environment's user could never reach its root: refused with what to change.
+fn check_reachable(env_root: &Path, id: &Identity) -> Result<(), ConfineError> {
+    for dir in env_root.ancestors().skip(1) {
+        let Ok(meta) = fs::metadata(dir) else {
+            continue;
+        };
+        if meta.mode() & 0o001 == 0 {
+            return Err(ConfineError::Unreachable {
+                user: id.user.clone(),
+                dir: dir.to_path_buf(),
+                mode: meta.mode() & 0o7777,
+            });
+        }
+    }
+    Ok(())
+}
+
 /// The environment root (0711, root's), its private tmp (the user's, 0700), `.corpus/` (0700)
 /// with the identity record (0600), and `srv/projects/` (0711).
 pub fn secure_environment(env_root: &Path, id: &Identity) -> Result<(), ConfineError> {
+    check_reachable(env_root, id)?;
     root_dir(env_root, 0o711)?;
     root_dir(&env_root.join(".corpus"), 0o700)?;
     let record = identity_file(env_root);
@@ -86,13 +106,26 @@ pub fn secure_environment(env_root: &Path, id: &Identity) -> Result<(), ConfineE
 /// A project's directories, as the module doc says. Idempotent; cheap when nothing changed
 /// (one `lstat` per entry of the user's trees).
 pub fn secure_project(project_dir: &Path, id: &Identity) -> Result<(), ConfineError> {
-    root_dir(project_dir, 0o711)?;
-    for name in ["project", "data", "build", "deploy", "run"] {
+    // `common.project_root`: the project may write its own files here (group, 0770), and the
+    // sticky bit keeps it from renaming or removing what it does not own (`.corpus/`, the
+    // `run` link, `releases/`...).
+    io_at(fs::create_dir_all(project_dir), "create", project_dir)?;
+    set_owner(project_dir, 0, id.gid)?;
+    set_mode(project_dir, 0o1770)?;
+    for name in ["project", "data", "build", "deploy"] {
         let path = project_dir.join(name);
         give_tree(&path, id.uid, id.gid)?;
-        if name != "run" && path.is_dir() {
+        if path.is_dir() {
             set_mode(&path, 0o750)?;
         }
+    }
+    // `run` is the agent's link (root's); only a real directory there (before the first
+    // switch) is the user's tree.
+    let run = project_dir.join("run");
+    if fs::symlink_metadata(&run).is_ok_and(|m| m.is_dir()) {
+        give_tree(&run, id.uid, id.gid)?;
+    } else if fs::symlink_metadata(&run).is_ok() {
+        set_owner(&run, 0, 0)?;
     }
     let pillar = project_dir.join("pillar");
     if pillar.is_dir() {

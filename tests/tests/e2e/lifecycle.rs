@@ -349,7 +349,8 @@ fn a_graceful_stop_mid_deploy_finishes_the_job_and_its_result_reaches_the_master
     let source = cluster.root.path().join("src");
     let staging = cooked(&cluster, &source)?;
     let first = live(&cluster.status(&staging, "app")?).context("no live deployment")?;
-    let building = cluster.root.path().join("building");
+    // Inside the project's root: a confined build cannot write anywhere else.
+    let building = cluster.project_dir(&staging, "app").join("building");
     let slow_build = format!(
         "copy_app:\n  cmd.run:\n    - name: touch {} && sleep 3 && cp -a {{{{ common.project_dir }}}}/app/. {{{{ common.run_dir }}}}/\n",
         building.display()
@@ -396,7 +397,8 @@ fn a_master_down_when_a_build_ends_gets_the_release_once_it_is_back() -> anyhow:
     let mut cluster = Cluster::start()?;
     let source = cluster.root.path().join("src");
     let staging = cooked(&cluster, &source)?;
-    let building = cluster.root.path().join("building");
+    // Inside the project's root: a confined build cannot write anywhere else.
+    let building = cluster.project_dir(&staging, "app").join("building");
     let slow_build = format!(
         "copy_app:\n  cmd.run:\n    - name: touch {} && sleep 1 && cp -a {{{{ common.project_dir }}}}/app/. {{{{ common.run_dir }}}}/\n",
         building.display()
