@@ -12,6 +12,7 @@
 mod filters;
 mod functions;
 mod host;
+pub mod limits;
 mod prepass;
 mod python;
 mod salt;
@@ -282,7 +283,7 @@ impl TemplateEngine {
             let source = loader_tree
                 .read(&path)
                 .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
-            Ok(source.map(|text| prepass::rewrite(&text, &path)))
+            Ok(source.map(|text| limits::guard_template(&prepass::rewrite(&text, &path))))
         });
         TemplateEngine { env, tree }
     }
@@ -295,10 +296,33 @@ impl TemplateEngine {
         source: &str,
         ctx: &TemplateContext,
     ) -> Result<String, RenderError> {
-        let source = prepass::rewrite(source, file);
-        self.env
-            .render_named_str(file, &source, ctx.to_value(&self.tree))
-            .map_err(|err| render_error(file, &err))
+        let source = limits::guard_template(&prepass::rewrite(source, file));
+        let mut output = limits::CappedOutput::default();
+        let rendered = self
+            .env
+            .template_from_named_str(file, &source)
+            .and_then(|template| {
+                template
+                    .render_captured_to(ctx.to_value(&self.tree), &mut output)
+                    .map(|_| ())
+            });
+        if output.overflowed {
+            return Err(RenderError {
+                file: file.to_string(),
+                line: None,
+                message: format!(
+                    "the rendered text is over the limit of {} bytes; render less, or split \
+                     the file",
+                    limits::MAX_TEMPLATE_OUTPUT
+                ),
+            });
+        }
+        rendered.map_err(|err| render_error(file, &err))?;
+        String::from_utf8(output.bytes).map_err(|err| RenderError {
+            file: file.to_string(),
+            line: None,
+            message: format!("the rendered text is not UTF-8: {err}"),
+        })
     }
 }
 
@@ -325,6 +349,7 @@ fn add_salt_filters(env: &mut Environment<'static>, tree: &Arc<dyn SourceTree>) 
     env.add_function("__dict", filters::make_mutable);
     env.add_function("__list", filters::make_mutable);
     env.add_function("__load_data", filters::load_data);
+    env.add_function("__guard", limits::guard);
     let tree = tree.clone();
     env.add_function(
         "__import_data",
