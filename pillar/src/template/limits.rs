@@ -195,10 +195,13 @@ fn guard_level(
     // An attribute or filter name (`x.set`, `x|format`) is never a keyword.
     let mut after_dot_or_pipe = false;
     let mut after_star = false;
+    let mut previous_ends_operand = false;
+    let mut test_pending = false;
     let mut i = start;
     while i < end {
         let (token, text) = tokens[i];
-        let operand_ends_here = current.is_some();
+        // `+`/`-` are binary only right after something that ends an operand (`a - -b`).
+        let operand_ends_here = current.is_some() && previous_ends_operand;
         let boundary = match token {
             Token::Space => None,
             Token::Punct(b'~') => Some(true),
@@ -214,6 +217,15 @@ fn guard_level(
         if token != Token::Space {
             previous_name = (token == Token::Name).then_some(text);
             after_dot_or_pipe = matches!(token, Token::Punct(b'.' | b'|'));
+            // After a test's name (`x is divisibleby -3`) a sign starts the test's argument.
+            let test_name = token == Token::Name && test_pending && text != "not";
+            previous_ends_operand = !test_name
+                && matches!(
+                    token,
+                    Token::Name | Token::Str | Token::Num | Token::Punct(b')' | b']' | b'}')
+                );
+            test_pending =
+                token == Token::Name && (text == "is" || (text == "not" && test_pending));
         }
         if let Some(concatenation) = boundary {
             if let Some(operand) = current.take() {
@@ -234,6 +246,9 @@ fn guard_level(
                 guard_level(tokens, i + 1, close, depth + 1, pieces);
             }
             last = close;
+            // The group is skipped whole: it ends an operand as its closing bracket would.
+            previous_ends_operand = true;
+            test_pending = false;
         }
         if token != Token::Space {
             // A leading `*` is a splat (`f(**kwargs)`), not a product; `**` is one operator.
@@ -314,6 +329,17 @@ mod tests {
             ("x.set ~ -y", "__guard(x.set) ~ __guard(-y)"),
             (" include 'a' ~ b ", " include __guard('a') ~ __guard(b) "),
             ("f(**kw)", "f(**kw)"),
+            // Found by the property tests (pillar/tests/hostile_input.rs): signs that are unary.
+            ("1 ~ --y", "__guard(1) ~ __guard(--y)"),
+            (
+                "y is divisibleby -3 ~ z",
+                "__guard(y is divisibleby -3) ~ __guard(z)",
+            ),
+            ("y is number + y", "y is number + y"),
+            (
+                "(1 + 2) + 1 ~ 1",
+                "__guard((__guard(1) + __guard(2))) + __guard(1) ~ __guard(1)",
+            ),
             ("not a ~ b", "not __guard(a) ~ __guard(b)"),
             ("{'k': a ~ b}", "{'k': __guard(a) ~ __guard(b)}"),
         ];
