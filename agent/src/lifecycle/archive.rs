@@ -534,4 +534,85 @@ mod tests {
             .unwrap_or_default();
         assert!(err.contains("must be a plain tar"), "{err}");
     }
+
+    /// One raw tar entry, written without the tar crate's path checks (hostile archives are
+    /// exactly what those checks would refuse to build).
+    fn raw_entry(out: &mut Vec<u8>, path: &str, kind: u8, link: &str) {
+        let mut header = tar::Header::new_old();
+        let name = path.as_bytes();
+        let len = name.len().min(99);
+        header.as_old_mut().name[..len].copy_from_slice(&name[..len]);
+        let link = link.as_bytes();
+        let len = link.len().min(99);
+        header.as_old_mut().linkname[..len].copy_from_slice(&link[..len]);
+        header.set_mode(0o755);
+        header.as_old_mut().linkflag[0] = kind;
+        let body: &[u8] = if kind == b'0' { b"x" } else { b"" };
+        header.set_size(body.len() as u64);
+        header.set_cksum();
+        out.extend_from_slice(header.as_bytes());
+        if !body.is_empty() {
+            let mut block = [0u8; 512];
+            block[..body.len()].copy_from_slice(body);
+            out.extend_from_slice(&block);
+        }
+    }
+
+    fn hostile_path() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let part = prop::sample::select(vec!["a", "b", "..", ".", "", "evil"]);
+        (any::<bool>(), prop::collection::vec(part, 1..5)).prop_map(|(absolute, parts)| {
+            let path = parts.join("/");
+            if absolute { format!("/{path}") } else { path }
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(64)
+        ))]
+        #[test]
+        fn no_archive_writes_or_links_outside_its_tree(
+            entries in proptest::collection::vec(
+                (hostile_path(), proptest::sample::select(vec![b'0', b'2', b'5', b'1']), hostile_path()),
+                1..8,
+            )
+        ) {
+            let sandbox = tempfile::tempdir().unwrap();
+            let dst = sandbox.path().join("tree");
+            let mut bytes = Vec::new();
+            for (path, kind, link) in &entries {
+                raw_entry(&mut bytes, path, *kind, link);
+            }
+            bytes.extend_from_slice(&[0u8; 1024]);
+            let result = unpack(bytes.as_slice(), &dst, None, Limits::default());
+            let outside: Vec<_> = fs::read_dir(sandbox.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name())
+                .filter(|n| n != "tree")
+                .collect();
+            proptest::prop_assert!(outside.is_empty(), "{entries:?} wrote {outside:?}");
+            if result.is_ok() {
+                let root = fs::canonicalize(&dst).unwrap();
+                let mut stack = vec![dst.clone()];
+                while let Some(dir) = stack.pop() {
+                    for entry in fs::read_dir(&dir).unwrap().flatten() {
+                        let path = entry.path();
+                        let kind = entry.file_type().unwrap();
+                        if kind.is_symlink() {
+                            let rel = path.strip_prefix(&root).or_else(|_| path.strip_prefix(&dst));
+                            let rel = rel.unwrap().to_path_buf();
+                            proptest::prop_assert!(
+                                resolves_inside(&root, &rel),
+                                "{entries:?}: {} leaves", rel.display()
+                            );
+                        } else if kind.is_dir() {
+                            stack.push(path);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }
