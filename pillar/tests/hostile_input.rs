@@ -76,7 +76,7 @@ fn jinjaish() -> impl Strategy<Value = String> {
 }
 
 /// A Jinja expression over small values, with no literal the pre-pass rewrites for other
-/// reasons (lists, dicts, `%`), so that the engine's result can be compared with plain minijinja.
+/// reasons (lists, dicts, a string `%`), so that the engine's result can be compared with plain minijinja.
 fn expression() -> impl Strategy<Value = String> {
     let atom = prop::sample::select(vec![
         "1",
@@ -97,9 +97,37 @@ fn expression() -> impl Strategy<Value = String> {
         "none",
         "(y * 2)",
         "'c' * 2",
+        "y is divisibleby 2",
+        "defined",
+        "string",
+        "range(2)|list|length",
+        "x[0]",
+        "namespace(a=x ~ 1).a",
+        ")",
     ]);
     let op = prop::sample::select(vec![
-        " ~ ", " + ", " - ", " * ", " == ", " != ", " < ", " and ", " or ", " in ", " ~ -",
+        " ~ ",
+        " + ",
+        " - ",
+        " * ",
+        " == ",
+        " != ",
+        " < ",
+        " and ",
+        " or ",
+        " in ",
+        " ~ -",
+        " if x else ",
+        " is ",
+        " is not ",
+        " // ",
+        " ** ",
+        "|default(",
+        ")|join(",
+        " not in ",
+        ", ",
+        "|replace('s', ",
+        "(",
     ]);
     (atom.clone(), prop::collection::vec((op, atom), 0..6)).prop_map(|(first, rest)| {
         let mut text = first.to_string();
@@ -199,6 +227,8 @@ fn regressions() {
     let render = |source: &str| engine().render("t.sls", source, &context());
     assert_eq!(render("{{ 1 ~ --y }}"), Ok("12".to_string()));
     assert!(render("{{ y is number + y }}").is_err());
+    assert!(render("{{ 1 ~ y is number in 'a' }}").is_err());
+    assert_eq!(render("{{ 1 or 1 ~ 1 is not not x }}"), Ok("1".to_string()));
     // A group ends an operand: `+` after it is binary, and `~` binds tighter than `+`.
     assert!(render("{{ (1 + 2) + 1 ~ 1 }}").is_err());
     assert_eq!(render("{{ (1 + 2) ~ 1 }}"), Ok("31".to_string()));

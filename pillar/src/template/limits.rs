@@ -191,12 +191,13 @@ fn guard_level(
     // The separators between them: whether each is `~` or `+`.
     let mut joins: Vec<bool> = Vec::new();
     let mut current: Option<(usize, usize, bool)> = None;
-    let mut previous_name: Option<&str> = None;
     // An attribute or filter name (`x.set`, `x|format`) is never a keyword.
     let mut after_dot_or_pipe = false;
     let mut after_star = false;
     let mut previous_ends_operand = false;
-    let mut test_pending = false;
+    // After `is`: 1 (a `not` may follow), after `is not`: 2; the next word is the test's name.
+    let mut test_state = 0u8;
+    let mut after_test_name = false;
     let mut i = start;
     while i < end {
         let (token, text) = tokens[i];
@@ -208,24 +209,31 @@ fn guard_level(
             Token::Punct(b'+' | b'-') if operand_ends_here => Some(token == Token::Punct(b'+')),
             Token::Punct(b'=' | b'!' | b'<' | b'>' | b',' | b':') => Some(false),
             Token::Name if !after_dot_or_pipe && LOOSER_WORDS.contains(&text) => {
-                // `is not`, `is defined`: a test binds tighter than `~`.
-                let test = previous_name == Some("is") || text == "is";
+                // `is not`, `is defined`: a test binds tighter than `~`; after a test's name a
+                // word other than `and`/`or`/`else`/`is` is its argument (minijinja's rule).
+                let test = test_state > 0
+                    || text == "is"
+                    || (after_test_name && !matches!(text, "and" | "or" | "else"));
                 (!test).then_some(false)
             }
             _ => None,
         };
         if token != Token::Space {
-            previous_name = (token == Token::Name).then_some(text);
             after_dot_or_pipe = matches!(token, Token::Punct(b'.' | b'|'));
             // After a test's name (`x is divisibleby -3`) a sign starts the test's argument.
-            let test_name = token == Token::Name && test_pending && text != "not";
+            let test_name =
+                token == Token::Name && (test_state == 2 || (test_state == 1 && text != "not"));
+            after_test_name = test_name;
             previous_ends_operand = !test_name
                 && matches!(
                     token,
                     Token::Name | Token::Str | Token::Num | Token::Punct(b')' | b']' | b'}')
                 );
-            test_pending =
-                token == Token::Name && (text == "is" || (text == "not" && test_pending));
+            test_state = match (token, text) {
+                (Token::Name, "is") => 1,
+                (Token::Name, "not") if test_state == 1 => 2,
+                _ => 0,
+            };
         }
         if let Some(concatenation) = boundary {
             if let Some(operand) = current.take() {
@@ -248,7 +256,8 @@ fn guard_level(
             last = close;
             // The group is skipped whole: it ends an operand as its closing bracket would.
             previous_ends_operand = true;
-            test_pending = false;
+            test_state = 0;
+            after_test_name = false;
         }
         if token != Token::Space {
             // A leading `*` is a splat (`f(**kwargs)`), not a product; `**` is one operator.
