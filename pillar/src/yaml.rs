@@ -462,6 +462,17 @@ mod tests {
             .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
             .collect();
         assert!(parse_yaml("x", &format!("{nested}{}[[[1]]]\n", " ".repeat(31))).is_ok());
+        // A quote inside a plain scalar does not hide the brackets that follow from the scan.
+        for hiding in ["a: b 'c\n", "a: b - 'c\n", "- x 'y\n", "a: don't\n"] {
+            let text = format!("{hiding}z: {}{}\n", "[".repeat(5_000), "]".repeat(5_000));
+            let err = parse_yaml("deep.sls", &text).unwrap_err();
+            assert!(
+                err.message.contains("limit of 64 levels"),
+                "{hiding:?}: {err}"
+            );
+        }
+        let quoted = "a: 'x'\nb: [\"y\", 'z']\nc: {\"k\":\"v\"}\nd:\n- 'w'\n";
+        assert_eq!(too_deep(quoted, MAX_YAML_DEPTH), None);
     }
 
     #[test]

@@ -189,6 +189,7 @@ pub(super) fn too_deep(text: &str, limit: usize) -> Option<(usize, usize)> {
                 block_scalar_parent = Some(indent);
             }
         }
+        let indicators_end = i;
         let token_start = |at: usize| {
             at == 0
                 || matches!(
@@ -207,7 +208,7 @@ pub(super) fn too_deep(text: &str, limit: usize) -> Option<(usize, usize)> {
                     b'#' if token_start(i) && (i == 0 || bytes[i - 1].is_ascii_whitespace()) => {
                         break;
                     }
-                    b'\'' | b'"' if token_start(i) => quote = Some(b),
+                    b'\'' | b'"' if quote_starts(bytes, i, flow, indicators_end) => quote = Some(b),
                     b'[' | b'{' if flow > 0 || token_start(i) => {
                         flow += 1;
                         if block_depth + flow > limit {
@@ -222,6 +223,24 @@ pub(super) fn too_deep(text: &str, limit: usize) -> Option<(usize, usize)> {
         }
     }
     None
+}
+
+/// Whether a quote at `at` starts a quoted scalar, as YAML reads it: at the start of a value
+/// (`key: '`, `- '`, `['`, `, '`, line start), not inside a plain scalar (`don't`, `a 'b`).
+/// Missing a quote only makes the scan count more brackets; seeing one YAML does not would hide
+/// brackets from it, so the rule is strict. `indicators_end` is where the line's leading `- `/`? `
+/// indicators end: ` - '` after them is inside a plain scalar.
+fn quote_starts(bytes: &[u8], at: usize, flow: usize, indicators_end: usize) -> bool {
+    let Some(j) = bytes[..at].iter().rposition(|b| *b != b' ' && *b != b'\t') else {
+        return true;
+    };
+    let spaced = j + 1 < at;
+    match bytes[j] {
+        b'[' | b'{' | b',' => true,
+        b':' => spaced || flow > 0,
+        b'-' | b'?' => spaced && j < indicators_end,
+        _ => false,
+    }
 }
 
 /// Whether a block-context line ends with a block scalar header (`key: |`, `- >-`, `|2 # c`).
