@@ -6,11 +6,14 @@
 //!   them in `__guard(...)`, [`guard_operators`]), which refuses a string over
 //!   [`MAX_TEMPLATE_STRING`] bytes or a list over [`MAX_TEMPLATE_LIST`] items; a concatenation
 //!   of two guarded values is at most twice the limit, and using it again fails;
-//! - the rendered text is written into a [`CappedOutput`] that stops at [`MAX_TEMPLATE_OUTPUT`].
+//! - the rendered text is written into a [`CappedOutput`] that stops at [`MAX_TEMPLATE_OUTPUT`],
+//!   and every printed value is counted ([`counting_formatter`], [`MAX_TEMPLATE_PRINTED`]), also
+//!   when it goes into a `{% set %}` block or a macro's output.
 //!
 //! What remains unbounded: a filter or method that builds one large value from small operands
 //! (`'x'|center(10**9)`, `'x'.ljust(...)`, `join` of a long repeated list) allocates once before
-//! any check can see it; each such value is bounded by its arguments, not by a limit here.
+//! any check can see it; and the literal text of a loop body captured by `{% set %}...{% endset %}`
+//! grows with the iterations (bounded only by fuel), since minijinja has no hook there.
 
 use minijinja::value::{Value, ValueKind};
 use minijinja::{Error, ErrorKind};
@@ -23,6 +26,43 @@ pub const MAX_TEMPLATE_OUTPUT: usize = 32 * 1024 * 1024;
 pub const MAX_TEMPLATE_STRING: usize = 16 * 1024 * 1024;
 /// The most items a list may have when it is concatenated (`+`) or multiplied.
 pub const MAX_TEMPLATE_LIST: usize = 1_000_000;
+
+/// The most bytes of values one render may print (`{{ ... }}`), counted also when the text goes
+/// into a `{% set %}` block or a macro's output, which [`MAX_TEMPLATE_OUTPUT`] never sees.
+pub const MAX_TEMPLATE_PRINTED: usize = 64 * 1024 * 1024;
+
+/// The render-local counter of printed bytes ([`counting_formatter`]).
+const PRINTED_TEMP: &str = "__corpus_printed_bytes";
+
+/// The formatter every `{{ ... }}` goes through: minijinja's own, after counting the value's
+/// size (strings exactly, lists and maps roughly by their length) against
+/// [`MAX_TEMPLATE_PRINTED`].
+pub(crate) fn counting_formatter(
+    out: &mut minijinja::Output,
+    state: &mut minijinja::State,
+    value: &Value,
+) -> Result<(), Error> {
+    let size = match value.as_str() {
+        Some(text) => text.len(),
+        None => value.len().unwrap_or(1).saturating_mul(8),
+    };
+    let printed = state
+        .get_temp(PRINTED_TEMP)
+        .and_then(|v| u64::try_from(v).ok())
+        .unwrap_or(0)
+        .saturating_add(size as u64);
+    if printed > MAX_TEMPLATE_PRINTED as u64 {
+        return Err(Error::new(
+            ErrorKind::InvalidOperation,
+            format!(
+                "the template prints more than the limit of {MAX_TEMPLATE_PRINTED} bytes of \
+                 values in one render"
+            ),
+        ));
+    }
+    state.set_temp(PRINTED_TEMP, Value::from(printed));
+    minijinja::escape_formatter(out, state, value)
+}
 
 /// `__guard(value)`: the value itself, unless it is a string or list over the limits.
 pub(crate) fn guard(value: Value) -> Result<Value, Error> {
@@ -390,6 +430,14 @@ mod tests {
             render("{{ pillar.a ~ '-' ~ 2 }} {{ 1 + 2 * 3 }} {{ [1] + [2] }} {{ 'ab' * 2 }}"),
             Ok("x-2 7 [1, 2] abab".to_string())
         );
+    }
+
+    #[test]
+    fn values_printed_into_a_capture_are_counted() {
+        let capture = "{% set big = 'x' * 1000000 %}{% set s %}{% for i in range(100) %}\
+            {{ big }}{% endfor %}{% endset %}{{ s|length }}";
+        let err = render(capture).unwrap_err();
+        assert!(err.contains("limit of 67108864 bytes of values"), "{err}");
     }
 
     #[test]

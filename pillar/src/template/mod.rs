@@ -264,6 +264,7 @@ impl TemplateEngine {
         // Rendering 1,000 templated states uses well under 1% of it.
         env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_auto_escape_callback(|_| AutoEscape::None);
+        env.set_formatter(limits::counting_formatter);
         // Salt restores the trailing newline Jinja drops; files must come out byte-identical.
         let syntax = minijinja::syntax::SyntaxConfig::builder()
             .keep_trailing_newline(true)
