@@ -4,6 +4,7 @@
 //! held whole in memory. Every write error, the last one included, fails the upload and leaves
 //! nothing under the digest: a full disk is named as such.
 
+use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 
 use sha2::{Digest, Sha256};
@@ -79,6 +80,11 @@ impl BlobStore {
     pub fn open(dir: PathBuf) -> Result<BlobStore, BlobError> {
         let tmp = dir.join("tmp");
         std::fs::create_dir_all(&tmp).map_err(io(&tmp))?;
+        // Blobs hold users' sources: owner only, whatever the umask or an older layout left.
+        for private in [&dir, &tmp] {
+            std::fs::set_permissions(private, std::fs::Permissions::from_mode(0o700))
+                .map_err(io(private))?;
+        }
         // Leftovers of uploads interrupted by a crash.
         if let Ok(entries) = std::fs::read_dir(&tmp) {
             for entry in entries.flatten() {
@@ -101,7 +107,14 @@ impl BlobStore {
     pub async fn writer(&self, limit: u64) -> Result<BlobWriter, BlobError> {
         let name = format!("{}.part", hex::encode(rand::random::<[u8; 16]>()));
         let tmp = self.dir.join("tmp").join(name);
-        let file = tokio::fs::File::create(&tmp).await.map_err(io(&tmp))?;
+        // 0600 from the start (then the umask can only narrow it); fixed again in `finish`.
+        let file = tokio::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)
+            .await
+            .map_err(io(&tmp))?;
         Ok(BlobWriter {
             store: self.clone(),
             file,
@@ -206,7 +219,10 @@ impl BlobWriter {
         self.make_durable().await?;
         let path = self.store.path(&digest)?;
         if let Some(parent) = path.parent() {
-            tokio::fs::create_dir_all(parent)
+            tokio::fs::DirBuilder::new()
+                .recursive(true)
+                .mode(0o700)
+                .create(parent)
                 .await
                 .map_err(io(parent))?;
         }

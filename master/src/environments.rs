@@ -21,8 +21,12 @@ fn is_admin(state: &MasterState, user: &str) -> MasterResult<bool> {
 
 /// The environment, if `user` owns it, was granted it, or is an admin.
 pub fn authorize(state: &MasterState, user: &str, uuid: &str) -> MasterResult<EnvironmentRecord> {
-    uuid::Uuid::parse_str(uuid)
-        .map_err(|_| MasterError::invalid(format!("environment id {uuid:?} is not a UUID")))?;
+    uuid::Uuid::parse_str(uuid).map_err(|_| {
+        MasterError::invalid(format!(
+            "environment id {} is not a UUID",
+            corpus_proto::names::quote_input(uuid)
+        ))
+    })?;
     let env = state
         .store
         .environment(uuid)?
@@ -50,14 +54,16 @@ pub fn init_env(
 ) -> MasterResult<EnvironmentRecord> {
     let platform = Platform::parse(platform).ok_or_else(|| {
         MasterError::invalid(format!(
-            "platform type {platform:?} is invalid: use dev, staging or prod"
+            "platform type {} is invalid: use dev, staging or prod",
+            corpus_proto::names::quote_input(platform)
         ))
     })?;
     let mode = match mode {
         "" => platform.default_mode(),
         m => Mode::parse(m).ok_or_else(|| {
             MasterError::invalid(format!(
-                "mode {m:?} is invalid: use editable, cooking or final"
+                "mode {} is invalid: use editable, cooking or final",
+                corpus_proto::names::quote_input(m)
             ))
         })?,
     };

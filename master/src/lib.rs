@@ -205,7 +205,39 @@ pub fn init(data_dir: &Path, sans: &[String], force: bool) -> anyhow::Result<()>
     let dir = DataDir(data_dir.to_owned());
     pki::init(&dir.pki(), sans, force)?;
     SledDb::open(&dir.db())?;
+    restrict_data_dir(data_dir)?;
     Ok(())
+}
+
+/// Makes the data dir private whatever the umask or an earlier version left: the dir and every
+/// dir under it 0700, every file 0600 (the database, blobs, known hosts). `pki/` keeps the modes
+/// `pki.rs` gives (keys 0600, public certificates 0644); links are not followed.
+fn restrict_data_dir(data_dir: &Path) -> anyhow::Result<()> {
+    fn restrict(path: &Path, mode: u32) -> anyhow::Result<()> {
+        std::fs::set_permissions(path, std::fs::Permissions::from_mode(mode))
+            .with_context(|| format!("cannot restrict {} to {mode:o}", path.display()))
+    }
+    fn walk(dir: &Path, skip: &Path) -> anyhow::Result<()> {
+        restrict(dir, 0o700)?;
+        let entries =
+            std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+        for entry in entries {
+            let entry = entry.with_context(|| format!("cannot list {}", dir.display()))?;
+            let path = entry.path();
+            let kind = entry
+                .file_type()
+                .with_context(|| format!("cannot stat {}", path.display()))?;
+            if path == skip {
+                restrict(&path, 0o700)?;
+            } else if kind.is_dir() {
+                walk(&path, skip)?;
+            } else if kind.is_file() {
+                restrict(&path, 0o600)?;
+            }
+        }
+        Ok(())
+    }
+    walk(data_dir, &DataDir(data_dir.to_owned()).pki())
 }
 
 #[derive(Debug, Clone)]
@@ -245,6 +277,7 @@ pub fn open(options: &ServeOptions) -> anyhow::Result<Arc<MasterState>> {
     });
     jobs::Jobs::load(&state)?;
     environments::assign_missing_identities(&state)?;
+    restrict_data_dir(&options.data_dir)?;
     Ok(state)
 }
 
@@ -366,6 +399,44 @@ mod tests {
             last_seen: None,
             address: None,
         })
+    }
+
+    #[test]
+    fn the_data_dir_is_made_private_whatever_existed_before() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let data = dir.path().join("data");
+        let mode = |p: &Path| -> anyhow::Result<u32> {
+            Ok(std::fs::symlink_metadata(p)?.permissions().mode() & 0o777)
+        };
+        std::fs::create_dir(&data)?;
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755))?;
+        init(&data, &[], false)?;
+        assert_eq!(mode(&data)?, 0o700);
+        // An older master (or a loose umask) left readable files and dirs behind.
+        std::fs::set_permissions(&data, std::fs::Permissions::from_mode(0o755))?;
+        std::fs::create_dir_all(data.join("blobs/ab"))?;
+        std::fs::set_permissions(data.join("blobs"), std::fs::Permissions::from_mode(0o755))?;
+        std::fs::write(data.join("blobs/ab/old"), "x")?;
+        std::fs::set_permissions(
+            data.join("blobs/ab/old"),
+            std::fs::Permissions::from_mode(0o644),
+        )?;
+        open(&ServeOptions {
+            data_dir: data.clone(),
+            settings: Default::default(),
+        })?;
+        assert_eq!(mode(&data)?, 0o700);
+        assert_eq!(mode(&data.join("blobs"))?, 0o700);
+        assert_eq!(mode(&data.join("blobs/ab"))?, 0o700);
+        assert_eq!(mode(&data.join("blobs/ab/old"))?, 0o600);
+        for entry in std::fs::read_dir(data.join("db"))? {
+            let path = entry?.path();
+            let expected = if path.is_dir() { 0o700 } else { 0o600 };
+            assert_eq!(mode(&path)?, expected, "{}", path.display());
+        }
+        // Public certificates stay readable; keys stay private.
+        assert_eq!(mode(&data.join("pki").join(pki::CA_CERT))?, 0o644);
+        Ok(())
     }
 
     #[test]

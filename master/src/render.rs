@@ -105,7 +105,18 @@ impl RenderError {
 /// The files of the project's `.salt/` directory, paths relative to it.
 pub fn read_salt_tree(archive: &Path) -> Result<BTreeMap<String, String>, RenderError> {
     let bad = |e: std::io::Error| RenderError::BadArchive(e.to_string());
-    let file = std::fs::File::open(archive).map_err(bad)?;
+    let mut file = std::fs::File::open(archive).map_err(bad)?;
+    // The agent unpacks sources as plain tar only and refuses one that starts like a zstd
+    // frame; refusing it here too keeps a tar/zstd polyglot from being checked as one thing and
+    // unpacked as another.
+    let mut magic = [0u8; 4];
+    let read = std::io::Read::read(&mut file, &mut magic).map_err(bad)?;
+    if read == 4 && magic == [0x28, 0xb5, 0x2f, 0xfd] {
+        return Err(RenderError::BadArchive(
+            "the source starts like a zstd stream: push a plain tar".into(),
+        ));
+    }
+    std::io::Seek::rewind(&mut file).map_err(bad)?;
     let mut tar = tar::Archive::new(file);
     let mut files = BTreeMap::new();
     let mut has_salt = false;
@@ -550,6 +561,38 @@ mod tests {
         )?;
         let files = read_salt_tree(&archive)?;
         assert_eq!(files.keys().collect::<Vec<_>>(), vec!["start.sls"]);
+        Ok(())
+    }
+
+    #[test]
+    fn a_source_that_starts_like_zstd_is_refused() -> anyhow::Result<()> {
+        // A valid tar whose first entry's name begins with the zstd magic: the tar crate reads
+        // it, the agent would have decompressed it instead.
+        let dir = tempfile::tempdir()?;
+        let path = dir.path().join("polyglot.tar");
+        let mut builder = tar::Builder::new(std::fs::File::create(&path)?);
+        let body: &[u8] = b"ok:\n  cmd.run:\n    - name: true\n";
+        let mut header = tar::Header::new_old();
+        header.set_size(body.len() as u64);
+        header.set_mode(0o644);
+        header.as_old_mut().name[..5].copy_from_slice(&[0x28, 0xb5, 0x2f, 0xfd, b'x']);
+        header.set_cksum();
+        builder.append(&header, body)?;
+        let mut salt = tar::Header::new_gnu();
+        salt.set_size(body.len() as u64);
+        salt.set_mode(0o644);
+        salt.set_cksum();
+        builder.append_data(&mut salt, ".salt/start.sls", body)?;
+        builder.finish()?;
+        drop(builder);
+        let err = match read_salt_tree(&path) {
+            Err(e) => e,
+            Ok(files) => anyhow::bail!("accepted, with files {:?}", files.keys()),
+        };
+        assert!(
+            err.to_string().contains("starts like a zstd stream"),
+            "{err}"
+        );
         Ok(())
     }
 }

@@ -27,6 +27,12 @@ pub enum PillarError {
     /// The file rendered to something that is not pillar data.
     #[error("pillar {file}: {message}")]
     Invalid { file: String, message: String },
+    /// The merged pillar is larger than [`MAX_PILLAR_BYTES`] (it is stored with every job).
+    #[error(
+        "pillar {file}: the merged pillar is over the limit of {limit} bytes of JSON once this \
+         file is merged; keep large data out of pillar (a file in the source tree)"
+    )]
+    TooLarge { file: String, limit: usize },
     /// An sls named by top.sls or an include does not exist.
     #[error(
         "pillar sls '{name}' not found (named in {by}): create {path}.sls or {path}/init.sls in the pillar tree"
@@ -36,6 +42,30 @@ pub enum PillarError {
         by: String,
         path: String,
     },
+}
+
+/// The most bytes an agent's compiled pillar may take as JSON. The pillar is rendered for every
+/// job and stored with it, so a few kilobytes that expand to megabytes cost each push.
+pub const MAX_PILLAR_BYTES: usize = 8 * 1024 * 1024;
+
+/// Whether `data` serializes to more than `limit` bytes of JSON, found without building the text.
+pub fn json_larger_than(data: &Json, limit: usize) -> bool {
+    struct Counter {
+        left: usize,
+    }
+    impl std::io::Write for Counter {
+        fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+            self.left = self
+                .left
+                .checked_sub(buf.len())
+                .ok_or_else(|| std::io::Error::other("over the limit"))?;
+            Ok(buf.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+    serde_json::to_writer(&mut Counter { left: limit }, data).is_err()
 }
 
 /// An agent's compiled pillar and where it came from.
@@ -107,6 +137,12 @@ impl PillarTree {
         for name in top.sls_for(agent_id, grains) {
             let data = self.render_sls(&name, "top.sls", &mut state)?;
             deep_merge_into(&mut state.data, data);
+            if json_larger_than(&state.data, MAX_PILLAR_BYTES) {
+                return Err(PillarError::TooLarge {
+                    file: name,
+                    limit: MAX_PILLAR_BYTES,
+                });
+            }
             state.ctx.pillar = Arc::new(state.data.clone());
         }
         Ok(Pillar {
@@ -255,6 +291,32 @@ mod tests {
         let pillar = compile(tree, "db1").unwrap();
         assert_eq!(pillar.data["role"], json!("db"));
         assert_eq!(pillar.sls, ["common", "db"]);
+    }
+
+    #[test]
+    fn a_pillar_that_expands_past_the_size_limit_is_refused() {
+        // 40 KB of text whose aliases expand to 10 MB of JSON.
+        let big = format!(
+            "a: &a {}\nb: [{}]\n",
+            "y".repeat(1_000),
+            vec!["*a"; 10_000].join(", ")
+        );
+        let tree = MemoryTree::new()
+            .with("top.sls", "base:\n  '*':\n    - small\n    - big\n")
+            .with("small.sls", "x: 1\n")
+            .with("big.sls", &big);
+        let err = compile(tree, "web1").unwrap_err();
+        assert_eq!(
+            err,
+            PillarError::TooLarge {
+                file: "big".into(),
+                limit: MAX_PILLAR_BYTES
+            }
+        );
+        assert!(
+            err.to_string().contains("over the limit of 8388608 bytes"),
+            "{err}"
+        );
     }
 
     #[test]

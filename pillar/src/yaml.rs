@@ -11,6 +11,9 @@ use std::borrow::Cow;
 use serde_json::Value as Json;
 use serde_yaml::Value as Yaml;
 
+mod limits;
+use limits::{BuildYaml, ExpansionBudget, too_deep};
+
 /// The rendered text of a file is not valid YAML. `line` counts lines of the rendered text, which
 /// match the source file unless Jinja loops or includes added lines.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -21,9 +24,51 @@ pub struct YamlError {
     pub message: String,
 }
 
-/// Parses rendered text. An empty document (everything rendered away) is `Yaml::Null`.
+/// The deepest nesting (block levels plus flow brackets) a YAML document may have. Checked by a
+/// linear scan before parsing: the parser's time grows with the square of the nesting depth.
+pub const MAX_YAML_DEPTH: usize = 64;
+/// The most nodes (scalars, lists, mappings) a YAML document may hold once its aliases are
+/// expanded: a flat alias fan-out turns a few kilobytes into hundreds of millions of nodes.
+pub const MAX_YAML_NODES: usize = 1_000_000;
+/// The most bytes of scalar text a YAML document may hold once its aliases are expanded.
+pub const MAX_YAML_EXPANDED_BYTES: usize = 64 * 1024 * 1024;
+
+/// Parses rendered text. An empty document (everything rendered away) is `Yaml::Null`. The
+/// nesting depth is checked before parsing and the expanded size while parsing, so a hostile
+/// document fails in time linear in its length (see [`MAX_YAML_DEPTH`], [`MAX_YAML_NODES`],
+/// [`MAX_YAML_EXPANDED_BYTES`]).
 pub fn parse_yaml(file: &str, text: &str) -> Result<Yaml, YamlError> {
-    serde_yaml::from_str::<Yaml>(&salt_scalars(text)).map_err(|err| YamlError {
+    if let Some((depth, line)) = too_deep(text, MAX_YAML_DEPTH) {
+        return Err(YamlError {
+            file: file.to_string(),
+            line: Some(line),
+            message: format!(
+                "nesting depth reaches {depth}, over the limit of {MAX_YAML_DEPTH} levels; \
+                 flatten the data"
+            ),
+        });
+    }
+    let budget = std::cell::Cell::new(ExpansionBudget {
+        nodes: MAX_YAML_NODES,
+        bytes: MAX_YAML_EXPANDED_BYTES,
+        exceeded: false,
+    });
+    let parsed = serde::de::DeserializeSeed::deserialize(
+        BuildYaml(&budget),
+        serde_yaml::Deserializer::from_str(&salt_scalars(text)),
+    );
+    if budget.get().exceeded {
+        return Err(YamlError {
+            file: file.to_string(),
+            line: None,
+            message: format!(
+                "the document expands to more than {MAX_YAML_NODES} nodes or \
+                 {MAX_YAML_EXPANDED_BYTES} bytes of text once its aliases (*name) are \
+                 resolved; use fewer aliases or smaller anchored values"
+            ),
+        });
+    }
+    parsed.map_err(|err| YamlError {
         file: file.to_string(),
         line: err.location().map(|l| l.line()),
         message: format!("{err}; check the indentation and quoting near that line"),
@@ -351,6 +396,83 @@ mod tests {
             err.to_string().starts_with("web.sls, line 3: yaml error: "),
             "{err}"
         );
+    }
+
+    #[test]
+    fn refuses_a_flat_alias_fan_out_before_building_it() {
+        // 20,000 items aliased 20,000 times: 400 million nodes from about 200 KB of text.
+        let text = format!(
+            "a: &a [{}]\nb: [{}]\n",
+            vec!["x"; 20_000].join(", "),
+            vec!["*a"; 20_000].join(", ")
+        );
+        let started = std::time::Instant::now();
+        let err = parse_yaml("pillar/big.sls", &text).unwrap_err();
+        assert!(
+            err.to_string().starts_with("pillar/big.sls: yaml error: "),
+            "{err}"
+        );
+        assert!(err.message.contains("more than 1000000 nodes"), "{err}");
+        assert!(started.elapsed() < std::time::Duration::from_secs(20));
+        // Long anchored strings count by their bytes.
+        let text = format!(
+            "a: &a {}\nb: [{}]\n",
+            "y".repeat(100_000),
+            vec!["*a"; 1_000].join(", ")
+        );
+        let err = parse_yaml("x.sls", &text).unwrap_err();
+        assert!(err.message.contains("67108864 bytes"), "{err}");
+        // A few aliases stay fine, tags and duplicates behave as before.
+        let ok = parse_yaml("x", "a: &a [1, 2]\nb: *a\nc: !t v\n").map(|y| yaml_to_json(&y));
+        assert_eq!(ok, Ok(json!({"a": [1, 2], "b": [1, 2], "c": "v"})));
+        let dup = parse_yaml("x", "a: 1\na: 2\n").unwrap_err();
+        assert!(
+            dup.message.contains("duplicate entry with key \"a\""),
+            "{dup}"
+        );
+    }
+
+    #[test]
+    fn refuses_deep_nesting_before_parsing() {
+        let flow = format!("a: {}{}\n", "[".repeat(300_000), "]".repeat(300_000));
+        let started = std::time::Instant::now();
+        let err = parse_yaml("deep.sls", &flow).unwrap_err();
+        assert!(started.elapsed() < std::time::Duration::from_secs(5));
+        assert_eq!(err.line, Some(1));
+        assert!(err.message.contains("over the limit of 64 levels"), "{err}");
+        let block: String = (0..80)
+            .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+            .collect();
+        let err = parse_yaml("deep.sls", &block).unwrap_err();
+        assert_eq!(err.line, Some(65), "{err}");
+        // Brackets in block scalars, quotes and comments are not nesting.
+        let text = format!(
+            "a: |\n  {}\nb: '{}'\nc: 1 # {}\nd: \"{}\"\n",
+            "[".repeat(100),
+            "{".repeat(100),
+            "[".repeat(100),
+            "[".repeat(100)
+        );
+        assert!(
+            parse_yaml("x", &text).is_ok(),
+            "{:?}",
+            parse_yaml("x", &text)
+        );
+        let nested: String = (0..30)
+            .map(|i| format!("{}k{i}:\n", " ".repeat(i)))
+            .collect();
+        assert!(parse_yaml("x", &format!("{nested}{}[[[1]]]\n", " ".repeat(31))).is_ok());
+        // A quote inside a plain scalar does not hide the brackets that follow from the scan.
+        for hiding in ["a: b 'c\n", "a: b - 'c\n", "- x 'y\n", "a: don't\n"] {
+            let text = format!("{hiding}z: {}{}\n", "[".repeat(5_000), "]".repeat(5_000));
+            let err = parse_yaml("deep.sls", &text).unwrap_err();
+            assert!(
+                err.message.contains("limit of 64 levels"),
+                "{hiding:?}: {err}"
+            );
+        }
+        let quoted = "a: 'x'\nb: [\"y\", 'z']\nc: {\"k\":\"v\"}\nd:\n- 'w'\n";
+        assert_eq!(too_deep(quoted, MAX_YAML_DEPTH), None);
     }
 
     #[test]

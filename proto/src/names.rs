@@ -1,5 +1,6 @@
 //! Validation of the names that cross the wire and end up as paths or keys: agent ids, user
-//! ids, environment and project names. Every entry point calls these before acting.
+//! ids, environment and project names. Every entry point calls these before acting. Also
+//! [`quote_input`], the one way an error quotes a value it refused.
 
 use std::fmt;
 
@@ -15,9 +16,24 @@ impl fmt::Display for InvalidName {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         write!(
             f,
-            "{} {:?} is invalid: {}",
-            self.what, self.value, self.rule
+            "{} {} is invalid: {}",
+            self.what,
+            quote_input(&self.value),
+            self.rule
         )
+    }
+}
+
+/// The most characters of a refused value an error message quotes.
+pub const QUOTED_INPUT_CHARS: usize = 64;
+
+/// Quotes a value that came from outside for an error message: escaped as a Rust string literal
+/// and cut after [`QUOTED_INPUT_CHARS`] characters (then with its full length), so a hostile
+/// 10 MB value is not echoed back or logged in full.
+pub fn quote_input(value: &str) -> String {
+    match value.char_indices().nth(QUOTED_INPUT_CHARS) {
+        Some((cut, _)) => format!("{:?}... ({} bytes)", &value[..cut], value.len()),
+        None => format!("{value:?}"),
     }
 }
 
@@ -100,6 +116,19 @@ mod tests {
             "project name \"../x\" is invalid: use lowercase letters, digits, '-' and '_' (at most 64, starting with a letter or digit)"
         );
         assert!(validate_project_name("MyProject").is_err());
+    }
+
+    #[test]
+    fn refused_values_are_quoted_only_up_to_a_short_prefix() {
+        assert_eq!(quote_input("dev\n"), "\"dev\\n\"");
+        let huge = "é".repeat(5_000_000);
+        let quoted = quote_input(&huge);
+        assert_eq!(
+            quoted,
+            format!("\"{}\"... (10000000 bytes)", "é".repeat(QUOTED_INPUT_CHARS))
+        );
+        let err = validate_agent_id(&"x".repeat(10_000_000)).unwrap_err();
+        assert!(err.to_string().len() < 300, "{err}");
     }
 
     #[test]

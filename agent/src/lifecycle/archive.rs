@@ -107,7 +107,8 @@ pub fn bundle(tree: &Path, out: &Path, mut manifest: Value) -> io::Result<Releas
     })
 }
 
-/// Opens `path` as a tar stream, decompressing zstd when the file starts with its magic.
+/// Opens `path` as a tar stream, decompressing zstd when the file starts with its magic. For
+/// release archives, which the agent built itself; project sources go through [`open_source`].
 pub fn open_tar(path: &Path) -> io::Result<Box<dyn Read>> {
     let mut file = File::open(path)?;
     let mut magic = [0u8; 4];
@@ -122,6 +123,26 @@ pub fn open_tar(path: &Path) -> io::Result<Box<dyn Read>> {
     } else {
         Ok(Box::new(BufReader::with_capacity(1 << 20, file)))
     }
+}
+
+/// Opens the project source at `path` as a plain tar stream, the one format the master checks
+/// (`read_salt_tree`): a file that starts like a zstd frame is refused rather than decompressed,
+/// so a tar/zstd polyglot cannot unpack to a tree the master never saw.
+pub fn open_source(path: &Path) -> io::Result<Box<dyn Read>> {
+    let mut file = File::open(path)?;
+    let mut magic = [0u8; 4];
+    let n = file.read(&mut magic)?;
+    if n == 4 && magic == ZSTD_MAGIC {
+        return Err(refused(format!(
+            "source {} starts like a zstd stream: a project source must be a plain tar",
+            path.display()
+        )));
+    }
+    {
+        use std::io::Seek;
+        file.rewind()?;
+    }
+    Ok(Box::new(BufReader::with_capacity(1 << 20, file)))
 }
 
 /// Reads the manifest of the release archive at `path` (its first entry).
@@ -191,6 +212,70 @@ fn link_stays_inside(link: &Path, target: &Path) -> bool {
                 }
             }
             _ => return false,
+        }
+    }
+    true
+}
+
+/// How many links one resolution may follow before it counts as a loop (the kernel's limit).
+const MAX_LINK_HOPS: usize = 40;
+
+/// Whether the symlink `link` (relative to the canonical tree `root`) resolves inside the tree,
+/// following links found in the tree component by component. Missing components are taken by
+/// name; a loop, an unreadable link or a step above the root count as leaving.
+fn resolves_inside(root: &Path, link: &Path) -> bool {
+    // The real path reached so far, as components under the root.
+    let mut at: Vec<std::ffi::OsString> = link
+        .parent()
+        .map(|p| p.iter().map(|c| c.to_os_string()).collect())
+        .unwrap_or_default();
+    let mut pending: Vec<std::ffi::OsString> = Vec::new();
+    let mut hops = 0usize;
+    let push_target = |pending: &mut Vec<std::ffi::OsString>, target: &Path| -> bool {
+        if target.is_absolute() {
+            return false;
+        }
+        for c in target.iter().rev() {
+            pending.push(c.to_os_string());
+        }
+        true
+    };
+    let Ok(first) = fs::read_link(root.join(link)) else {
+        return false;
+    };
+    if !push_target(&mut pending, &first) {
+        return false;
+    }
+    while let Some(component) = pending.pop() {
+        match component.to_str() {
+            Some(".") => continue,
+            Some("..") => {
+                if at.pop().is_none() {
+                    return false;
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let candidate: PathBuf = root
+            .iter()
+            .chain(at.iter().map(|c| c.as_os_str()))
+            .collect();
+        let candidate = candidate.join(&component);
+        match fs::symlink_metadata(&candidate) {
+            Ok(meta) if meta.file_type().is_symlink() => {
+                hops += 1;
+                if hops > MAX_LINK_HOPS {
+                    return false;
+                }
+                match fs::read_link(&candidate) {
+                    Ok(target) if push_target(&mut pending, &target) => {}
+                    _ => return false,
+                }
+            }
+            Ok(_) => at.push(component),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => at.push(component),
+            Err(_) => return false,
         }
     }
     true
@@ -347,15 +432,17 @@ pub fn unpack(
             }
         }
     }
-    // A chain of in-tree links can still resolve outside: check every link by the kernel.
+    // A chain of in-tree links can still resolve outside (`a -> .`, `b -> a/a/../../x`): follow
+    // every link through the tree as the kernel would. A target that does not exist yet is no
+    // excuse: the walk goes on by name, and one it cannot finish counts as leaving.
     let root = fs::canonicalize(dst)?;
     for link in symlinks {
-        if let Ok(real) = fs::canonicalize(&link)
-            && !real.starts_with(&root)
-        {
+        let rel = link.strip_prefix(dst).unwrap_or(&link);
+        let by_kernel_outside = fs::canonicalize(&link).is_ok_and(|real| !real.starts_with(&root));
+        if by_kernel_outside || !resolves_inside(&root, rel) {
             return Err(refused(format!(
-                "link {} resolves outside the tree",
-                link.strip_prefix(dst).unwrap_or(&link).display()
+                "link {} resolves outside the tree (or cannot be resolved)",
+                rel.display()
             )));
         }
     }
@@ -363,4 +450,169 @@ pub fn unpack(
         fs::set_permissions(&dir, fs::Permissions::from_mode(mode))?;
     }
     Ok(stats)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A tar of `(path, link target)` symlinks and `(path, "")` one-byte files.
+    fn tar_of(entries: &[(&str, &str)]) -> Vec<u8> {
+        let mut builder = tar::Builder::new(Vec::new());
+        for (path, target) in entries {
+            let mut header = tar::Header::new_gnu();
+            header.set_mode(0o644);
+            if target.is_empty() {
+                header.set_entry_type(tar::EntryType::Regular);
+                header.set_size(1);
+                header.set_cksum();
+                builder.append_data(&mut header, path, &b"x"[..]).unwrap();
+            } else {
+                header.set_entry_type(tar::EntryType::Symlink);
+                header.set_size(0);
+                builder.append_link(&mut header, path, target).unwrap();
+            }
+        }
+        builder.into_inner().unwrap()
+    }
+
+    #[test]
+    fn a_dangling_link_chain_that_leaves_the_tree_is_refused() {
+        let tmp = tempfile::tempdir().unwrap();
+        let dst = tmp.path().join("tree");
+        // `a/a` is the root, so `a/a/../..` is above it; `evil` does not exist yet.
+        let bytes = tar_of(&[("a", "."), ("b", "a/a/../../evil")]);
+        let err = unpack(bytes.as_slice(), &dst, None, Limits::default()).unwrap_err();
+        assert!(
+            err.to_string().contains("link b resolves outside the tree"),
+            "{err}"
+        );
+        // A loop cannot be resolved: it counts as leaving.
+        let bytes = tar_of(&[("x", "y"), ("y", "x")]);
+        let err = unpack(
+            bytes.as_slice(),
+            &tmp.path().join("loop"),
+            None,
+            Limits::default(),
+        );
+        assert!(err.is_err());
+        // Links inside the tree pass, dangling or not, through other links or not.
+        let bytes = tar_of(&[
+            ("d/f", ""),
+            ("d/up", ".."),
+            ("l", "d/up/d/f"),
+            ("later", "d/not-yet/file"),
+            ("d/e/back", "../../d/f"),
+        ]);
+        unpack(
+            bytes.as_slice(),
+            &tmp.path().join("ok"),
+            None,
+            Limits::default(),
+        )
+        .unwrap();
+        assert_eq!(fs::read_to_string(tmp.path().join("ok/l")).unwrap(), "x");
+    }
+
+    #[test]
+    fn a_source_that_starts_like_zstd_is_refused_not_decompressed() {
+        let tmp = tempfile::tempdir().unwrap();
+        let plain = tmp.path().join("plain.tar");
+        fs::write(&plain, tar_of(&[("f", "")])).unwrap();
+        let mut read = Vec::new();
+        open_source(&plain).unwrap().read_to_end(&mut read).unwrap();
+        assert_eq!(read, fs::read(&plain).unwrap());
+        let zstd = tmp.path().join("src.tar");
+        fs::write(
+            &zstd,
+            zstd::encode_all(&fs::read(&plain).unwrap()[..], 3).unwrap(),
+        )
+        .unwrap();
+        let err = open_source(&zstd)
+            .err()
+            .map(|e| e.to_string())
+            .unwrap_or_default();
+        assert!(err.contains("must be a plain tar"), "{err}");
+    }
+
+    /// One raw tar entry, written without the tar crate's path checks (hostile archives are
+    /// exactly what those checks would refuse to build).
+    fn raw_entry(out: &mut Vec<u8>, path: &str, kind: u8, link: &str) {
+        let mut header = tar::Header::new_old();
+        let name = path.as_bytes();
+        let len = name.len().min(99);
+        header.as_old_mut().name[..len].copy_from_slice(&name[..len]);
+        let link = link.as_bytes();
+        let len = link.len().min(99);
+        header.as_old_mut().linkname[..len].copy_from_slice(&link[..len]);
+        header.set_mode(0o755);
+        header.as_old_mut().linkflag[0] = kind;
+        let body: &[u8] = if kind == b'0' { b"x" } else { b"" };
+        header.set_size(body.len() as u64);
+        header.set_cksum();
+        out.extend_from_slice(header.as_bytes());
+        if !body.is_empty() {
+            let mut block = [0u8; 512];
+            block[..body.len()].copy_from_slice(body);
+            out.extend_from_slice(&block);
+        }
+    }
+
+    fn hostile_path() -> impl proptest::strategy::Strategy<Value = String> {
+        use proptest::prelude::*;
+        let part = prop::sample::select(vec!["a", "b", "..", ".", "", "evil"]);
+        (any::<bool>(), prop::collection::vec(part, 1..5)).prop_map(|(absolute, parts)| {
+            let path = parts.join("/");
+            if absolute { format!("/{path}") } else { path }
+        })
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(
+            std::env::var("PROPTEST_CASES").ok().and_then(|c| c.parse().ok()).unwrap_or(64)
+        ))]
+        #[test]
+        fn no_archive_writes_or_links_outside_its_tree(
+            entries in proptest::collection::vec(
+                (hostile_path(), proptest::sample::select(vec![b'0', b'2', b'5', b'1']), hostile_path()),
+                1..8,
+            )
+        ) {
+            let sandbox = tempfile::tempdir().unwrap();
+            let dst = sandbox.path().join("tree");
+            let mut bytes = Vec::new();
+            for (path, kind, link) in &entries {
+                raw_entry(&mut bytes, path, *kind, link);
+            }
+            bytes.extend_from_slice(&[0u8; 1024]);
+            let result = unpack(bytes.as_slice(), &dst, None, Limits::default());
+            let outside: Vec<_> = fs::read_dir(sandbox.path())
+                .unwrap()
+                .flatten()
+                .map(|e| e.file_name())
+                .filter(|n| n != "tree")
+                .collect();
+            proptest::prop_assert!(outside.is_empty(), "{entries:?} wrote {outside:?}");
+            if result.is_ok() {
+                let root = fs::canonicalize(&dst).unwrap();
+                let mut stack = vec![dst.clone()];
+                while let Some(dir) = stack.pop() {
+                    for entry in fs::read_dir(&dir).unwrap().flatten() {
+                        let path = entry.path();
+                        let kind = entry.file_type().unwrap();
+                        if kind.is_symlink() {
+                            let rel = path.strip_prefix(&root).or_else(|_| path.strip_prefix(&dst));
+                            let rel = rel.unwrap().to_path_buf();
+                            proptest::prop_assert!(
+                                resolves_inside(&root, &rel),
+                                "{entries:?}: {} leaves", rel.display()
+                            );
+                        } else if kind.is_dir() {
+                            stack.push(path);
+                        }
+                    }
+                }
+            }
+        }
+    }
 }

@@ -54,7 +54,7 @@ impl Engine<'_> {
         }
         let partial = build.join(format!(".source-{}.partial", self.id()));
         let _ = fs::remove_dir_all(&partial);
-        let reader = archive::open_tar(&src).at("open", &src)?;
+        let reader = archive::open_source(&src).at("open", &src)?;
         archive::unpack(reader, &partial, None, self.limits).map_err(|source| {
             StepError::Archive {
                 what: "source",
@@ -202,7 +202,7 @@ impl Engine<'_> {
         super::layout::restore_project(&l.dir).at("restore project/ in", &l.dir)?;
         let fresh = l.dir.join(".project.new");
         let _ = fs::remove_dir_all(&fresh);
-        let reader = archive::open_tar(&src).at("open", &src)?;
+        let reader = archive::open_source(&src).at("open", &src)?;
         let stats = archive::unpack(reader, &fresh, None, self.limits).map_err(|source| {
             StepError::Archive {
                 what: "source",

@@ -15,6 +15,7 @@ pub mod file;
 mod file_edit;
 mod file_paths;
 mod file_recurse;
+mod file_sources;
 mod git;
 mod guards;
 pub mod host_functions;
@@ -31,7 +32,7 @@ pub mod test;
 pub mod users;
 
 pub use executor::Executor;
-pub use file::{FileSources, JinjaRenderer, LocalFileSources};
+pub use file_sources::{FileSources, JinjaRenderer, LocalFileSources};
 pub use result::{KeyedResult, Outcome, Report, StateResult};
 pub use service::{ServiceControl, Systemctl};
 pub use template::file_renderer;

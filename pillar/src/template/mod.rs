@@ -12,6 +12,7 @@
 mod filters;
 mod functions;
 mod host;
+pub mod limits;
 mod prepass;
 mod python;
 mod salt;
@@ -263,6 +264,7 @@ impl TemplateEngine {
         // Rendering 1,000 templated states uses well under 1% of it.
         env.set_fuel(Some(TEMPLATE_FUEL));
         env.set_auto_escape_callback(|_| AutoEscape::None);
+        env.set_formatter(limits::counting_formatter);
         // Jinja drops a template's final newline (also in imports and includes, as in Salt);
         // `render` then restores it on the file rendered, as Salt's renderer does.
         minijinja_contrib::add_to_environment(&mut env);
@@ -277,7 +279,7 @@ impl TemplateEngine {
             let source = loader_tree
                 .read(&path)
                 .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
-            Ok(source.map(|text| prepass::rewrite(&text, &path)))
+            Ok(source.map(|text| limits::guard_template(&prepass::rewrite(&text, &path))))
         });
         TemplateEngine { env, tree }
     }
@@ -291,11 +293,33 @@ impl TemplateEngine {
         ctx: &TemplateContext,
     ) -> Result<String, RenderError> {
         let newline = trailing_newline(source);
-        let source = prepass::rewrite(source, file);
-        let mut text = self
+        let source = limits::guard_template(&prepass::rewrite(source, file));
+        let mut output = limits::CappedOutput::default();
+        let rendered = self
             .env
-            .render_named_str(file, &source, ctx.to_value(&self.tree))
-            .map_err(|err| render_error(file, &err))?;
+            .template_from_named_str(file, &source)
+            .and_then(|template| {
+                template
+                    .render_captured_to(ctx.to_value(&self.tree), &mut output)
+                    .map(|_| ())
+            });
+        if output.overflowed {
+            return Err(RenderError {
+                file: file.to_string(),
+                line: None,
+                message: format!(
+                    "the rendered text is over the limit of {} bytes; render less, or split \
+                     the file",
+                    limits::MAX_TEMPLATE_OUTPUT
+                ),
+            });
+        }
+        rendered.map_err(|err| render_error(file, &err))?;
+        let mut text = String::from_utf8(output.bytes).map_err(|err| RenderError {
+            file: file.to_string(),
+            line: None,
+            message: format!("the rendered text is not UTF-8: {err}"),
+        })?;
         text.push_str(newline);
         Ok(text)
     }
@@ -336,6 +360,7 @@ fn add_salt_filters(env: &mut Environment<'static>, tree: &Arc<dyn SourceTree>) 
     env.add_function("__dict", filters::make_mutable);
     env.add_function("__list", filters::make_mutable);
     env.add_function("__load_data", filters::load_data);
+    env.add_function("__guard", limits::guard);
     let tree = tree.clone();
     env.add_function(
         "__import_data",

@@ -65,14 +65,14 @@ fn rewrite_tag(
 }
 
 /// The next `{{`, `{%` or `{#`.
-fn find_open(text: &str) -> Option<usize> {
+pub(super) fn find_open(text: &str) -> Option<usize> {
     let bytes = text.as_bytes();
     (0..bytes.len().saturating_sub(1))
         .find(|&i| bytes[i] == b'{' && matches!(bytes[i + 1], b'{' | b'%' | b'#'))
 }
 
 /// The end of a tag body: the `%}` or `}}` outside string literals and brackets.
-fn find_close(body: &str, marker: u8) -> Option<usize> {
+pub(super) fn find_close(body: &str, marker: u8) -> Option<usize> {
     let bytes = body.as_bytes();
     let mut depth = 0usize;
     let mut i = 0;
@@ -113,7 +113,7 @@ fn skip_string(bytes: &[u8], start: usize) -> usize {
 }
 
 /// Splits whitespace-control markers (`-`, `+`) off a tag body.
-fn split_marks(body: &str) -> (&str, &str, &str) {
+pub(super) fn split_marks(body: &str) -> (&str, &str, &str) {
     let open = if body.starts_with(['-', '+']) { 1 } else { 0 };
     let close = if body.len() > open && body.ends_with(['-', '+']) {
         1
@@ -128,7 +128,7 @@ fn split_marks(body: &str) -> (&str, &str, &str) {
 }
 
 /// For `{% raw %}`, the length of `after` up to and including its `{% endraw %}`.
-fn raw_block_len(body: &str, after: &str) -> Option<usize> {
+pub(super) fn raw_block_len(body: &str, after: &str) -> Option<usize> {
     let (_, inner, _) = split_marks(body);
     if inner.trim() != "raw" {
         return None;
@@ -204,7 +204,7 @@ fn quote(text: &str) -> String {
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Token {
+pub(super) enum Token {
     Space,
     Str,
     Num,
@@ -212,7 +212,7 @@ enum Token {
     Punct(u8),
 }
 
-fn tokenize(text: &str) -> Vec<(Token, &str)> {
+pub(super) fn tokenize(text: &str) -> Vec<(Token, &str)> {
     let bytes = text.as_bytes();
     let mut out = Vec::new();
     let mut i = 0;

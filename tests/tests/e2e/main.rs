@@ -4,6 +4,7 @@ mod apply_local;
 mod cli;
 mod console;
 mod foundation;
+mod hostile;
 mod lifecycle;
 mod nodes;
 mod reliability;
