@@ -21,7 +21,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::blobs::{self, UploadError, blob_file, valid_hex};
 use crate::enroll::AgentIdentity;
 use crate::lifecycle::{self, Finished, JobOutcome, Lifecycle, Reporter, Step, StepStatus};
-use crate::results::{self, RunningJobs, StoredResult, capped_text, wire_status};
+use crate::results::{self, EventLog, RunningJobs, StoredResult, capped_text, wire_status};
 
 /// Messages for the master, queued across reconnects.
 pub type Outbox = UnboundedSender<AgentMessage>;
@@ -85,16 +85,22 @@ pub struct OutboxReporter {
     sequence: u64,
     /// Where the result is kept (`results.rs`).
     state_dir: PathBuf,
+    /// The job's events on disk, until the master's ack covers them.
+    events: EventLog,
     started: Instant,
 }
 
 impl OutboxReporter {
+    /// A reporter for `job_id`; a job resumed after a crash continues the sequence of the
+    /// events it kept (the master stores one event per sequence: reused ones would be lost).
     pub fn new(job_id: &str, outbox: Outbox, state_dir: &Path) -> Self {
+        let events = EventLog::new(state_dir, job_id);
         OutboxReporter {
             job_id: job_id.to_owned(),
             outbox,
-            sequence: 0,
+            sequence: events.last_sequence(),
             state_dir: state_dir.to_path_buf(),
+            events,
             started: Instant::now(),
         }
     }
@@ -129,6 +135,7 @@ impl Reporter for OutboxReporter {
             timestamp_unix_ms: time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64
                 / 1_000_000,
         };
+        self.events.append(&event);
         let _ = self.outbox.send(AgentMessage {
             body: Some(agent_message::Body::Event(event)),
         });
@@ -136,6 +143,8 @@ impl Reporter for OutboxReporter {
 
     fn finished(&mut self, result: &Finished<'_>) {
         let duration_ms = self.started.elapsed().as_millis() as u64;
+        // The events first: a kept result has all its events on disk.
+        self.events.sync();
         results::keep_or_warn(
             &self.state_dir,
             &StoredResult::of(&self.job_id, result, duration_ms),
@@ -476,5 +485,128 @@ mod tests {
         assert!(
             event.changes_json.len() + event.comment.len() < corpus_proto::MAX_MESSAGE_BYTES / 4
         );
+    }
+
+    fn emit(reporter: &mut OutboxReporter, count: usize) {
+        for n in 0..count {
+            reporter.step(
+                Step::Phase(corpus_states::Phase::Build),
+                &format!("state-{n}"),
+                StepStatus::Success,
+                serde_json::json!({"n": n}),
+                "",
+                Duration::ZERO,
+            );
+        }
+    }
+
+    /// The master died as the job ended: it stored 2 of 5 events, and the messages queued
+    /// for the link are gone with it. The agent restarts (only its disk is left); the master's
+    /// ack of the resent result gets the missing events, then the result, then the job goes.
+    #[test]
+    fn events_the_master_missed_are_resent_from_disk_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            drop(rx); // the link broke: nothing queued reaches the master
+            let mut reporter = OutboxReporter::new("job-1", tx, dir.path());
+            emit(&mut reporter, 5);
+            let outcome = JobOutcome {
+                status: lifecycle::Status::Success,
+                failed_step: String::new(),
+                failed_state: String::new(),
+                message: "deployed".into(),
+                deploy_id: "d1".into(),
+                release: None,
+            };
+            reporter.finished(&Finished {
+                env_uuid: "env",
+                project: "app",
+                live: Some("d1"),
+                outcome: &outcome,
+            });
+        }
+        // A crash may tear the line being written: it is skipped.
+        let events_path = dir.path().join("results/job-1.events");
+        let mut torn = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&events_path)
+            .unwrap();
+        std::io::Write::write_all(&mut torn, b"{\"sequence\":6,\"st").unwrap();
+
+        // After the restart, the Hello offers the result.
+        let offered = results::unacknowledged(dir.path());
+        assert_eq!(offered.len(), 1);
+        let results::AckOutcome::Resend(messages) = results::acknowledge(dir.path(), "job-1", 2)
+        else {
+            panic!("the missing events must be resent");
+        };
+        let sequences: Vec<u64> = messages
+            .iter()
+            .filter_map(|m| match &m.body {
+                Some(agent_message::Body::Event(e)) => Some(e.sequence),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sequences, [3, 4, 5]);
+        let Some(agent_message::Body::Event(third)) = &messages[0].body else {
+            panic!("events come first");
+        };
+        assert_eq!(third.state_id, "state-2");
+        assert_eq!(third.job_id, "job-1");
+        assert!(matches!(
+            messages.last().and_then(|m| m.body.as_ref()),
+            Some(agent_message::Body::Finished(f)) if f.job_id == "job-1"
+        ));
+        // The master now holds all five: the job is forgotten, events and result.
+        assert!(matches!(
+            results::acknowledge(dir.path(), "job-1", 5),
+            results::AckOutcome::Forgotten
+        ));
+        assert!(!events_path.exists());
+        assert!(results::unacknowledged(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn a_resumed_job_continues_its_event_sequence_and_a_gap_is_not_resent_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        emit(&mut OutboxReporter::new("job-2", tx.clone(), dir.path()), 3);
+        let mut resumed = OutboxReporter::new("job-2", tx, dir.path());
+        emit(&mut resumed, 1);
+        let sequences: Vec<u64> = results::kept_events(dir.path(), "job-2")
+            .iter()
+            .map(|e| e.sequence)
+            .collect();
+        assert_eq!(sequences, [1, 2, 3, 4]);
+        let result = StoredResult {
+            job_id: "job-2".into(),
+            env_uuid: "env".into(),
+            project: "app".into(),
+            status: corpus_proto::JobStatus::Success as i32,
+            failed_step: String::new(),
+            failed_state: String::new(),
+            message: String::new(),
+            deploy_id: "d2".into(),
+            release: None,
+            duration_ms: 1,
+            used_bytes: 0,
+            live_deploy_id: "d2".into(),
+            pending_release: None,
+            event_resends: 0,
+        };
+        results::keep(dir.path(), &result).unwrap();
+        // A master that never fills its gap (stuck at 1) gets a bounded number of resends.
+        for _ in 0..results::MAX_EVENT_RESENDS {
+            assert!(matches!(
+                results::acknowledge(dir.path(), "job-2", 1),
+                results::AckOutcome::Resend(_)
+            ));
+        }
+        assert!(matches!(
+            results::acknowledge(dir.path(), "job-2", 1),
+            results::AckOutcome::Forgotten
+        ));
+        assert!(results::unacknowledged(dir.path()).is_empty());
     }
 }

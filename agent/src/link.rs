@@ -2,6 +2,7 @@
 //! Hello (grains), heartbeat, receive jobs; reconnect forever with jittered exponential backoff.
 //! The agent never listens on a port.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -79,6 +80,42 @@ impl Backoff {
     }
 }
 
+/// Messages taken from the outbox lately, sent again on the next link: those still in the
+/// stream's buffers when a link breaks never reached the master, and the agent cannot tell
+/// which. Every message is idempotent at the master (events stored once by sequence, results
+/// applied once), so a duplicate costs nothing. Bounded; the outbox of results (`results.rs`)
+/// is the backstop for events and results beyond it.
+#[derive(Default)]
+struct RecentlySent {
+    messages: VecDeque<AgentMessage>,
+    bytes: usize,
+}
+
+impl RecentlySent {
+    /// More than the link's channel (64) holds, with room for what h2 buffers.
+    const MAX_MESSAGES: usize = 256;
+    const MAX_BYTES: usize = 32 * 1024 * 1024;
+
+    fn weight(message: &AgentMessage) -> usize {
+        match &message.body {
+            Some(agent_message::Body::Event(e)) => 128 + e.changes_json.len() + e.comment.len(),
+            Some(agent_message::Body::Finished(f)) => 256 + f.message.len(),
+            _ => 256,
+        }
+    }
+
+    fn push(&mut self, message: AgentMessage) {
+        self.bytes += Self::weight(&message);
+        self.messages.push_back(message);
+        while self.messages.len() > Self::MAX_MESSAGES || self.bytes > Self::MAX_BYTES {
+            match self.messages.pop_front() {
+                Some(old) => self.bytes -= Self::weight(&old),
+                None => break,
+            }
+        }
+    }
+}
+
 /// Why one attached session ended.
 enum Ended {
     Stopped,
@@ -136,6 +173,7 @@ async fn link(
     // Deploys a crash interrupted are finished (or undone) before anything else.
     jobs::recover(lifecycle.clone(), options.state_dir.clone(), outbox.clone()).await;
     let mut uploads_resumed = false;
+    let mut recently_sent = RecentlySent::default();
     let mut backoff = Backoff::new(options.reconnect_min, options.reconnect_max);
     loop {
         let Some(identity) = enroll::ensure_identity(options, &mut stop).await? else {
@@ -164,6 +202,7 @@ async fn link(
             &ctx,
             &grains,
             &mut outbox_rx,
+            &mut recently_sent,
             &mut stop,
             jobs_in_flight,
             &mut live,
@@ -210,6 +249,7 @@ async fn attach_once(
     ctx: &Arc<JobContext>,
     grains: &Grains,
     outbox: &mut mpsc::UnboundedReceiver<AgentMessage>,
+    recently_sent: &mut RecentlySent,
     stop: &mut watch::Receiver<Signal>,
     jobs_in_flight: &mut JoinSet<()>,
     live: &mut watch::Receiver<LiveSettings>,
@@ -267,6 +307,12 @@ async fn attach_once(
     let period = |live: &LiveSettings| live.heartbeat.map_or(asked, |h| h.min(asked));
     let mut ticker = tokio::time::interval(period(&live.borrow()));
     ticker.tick().await;
+    // What the last link may have lost in its buffers, before anything new.
+    for message in recently_sent.messages.iter().cloned() {
+        if tx.send(message).await.is_err() {
+            return Ok(Ended::Closed("outbound stream closed".into()));
+        }
+    }
     let mut sequence = 0u64;
     loop {
         tokio::select! {
@@ -295,6 +341,7 @@ async fn attach_once(
             }
             queued = outbox.recv() => {
                 let Some(queued) = queued else { continue };
+                recently_sent.push(queued.clone());
                 if tx.send(queued).await.is_err() {
                     return Ok(Ended::Closed("outbound stream closed".into()));
                 }
@@ -306,7 +353,21 @@ async fn attach_once(
                         jobs_in_flight.spawn(jobs::run(ctx.clone(), job));
                     }
                     Some(master_message::Body::Ack(ack)) => {
-                        results::acknowledge(&options.state_dir, &ack.job_id);
+                        let acked = results::acknowledge(
+                            &options.state_dir,
+                            &ack.job_id,
+                            ack.events_stored,
+                        );
+                        if let results::AckOutcome::Resend(messages) = acked {
+                            info!(
+                                job = %ack.job_id,
+                                events = messages.len() - 1,
+                                "the master misses events of this job: sending them again"
+                            );
+                            for message in messages {
+                                let _ = ctx.outbox.send(message);
+                            }
+                        }
                     }
                     Some(other) => tracing::debug!(?other, "message from the master"),
                     None => {}
