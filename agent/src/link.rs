@@ -85,13 +85,14 @@ impl Backoff {
 /// which. Every message is idempotent at the master (events stored once by sequence, results
 /// applied once), so a duplicate costs nothing. Bounded; the outbox of results (`results.rs`)
 /// is the backstop for events and results beyond it.
-#[derive(Default)]
-struct RecentlySent {
-    messages: VecDeque<AgentMessage>,
-    bytes: usize,
+struct Outgoing {
+    /// The outbox's receiving end, shared by every link of the agent's life.
+    queue: mpsc::UnboundedReceiver<AgentMessage>,
+    recently_sent: VecDeque<AgentMessage>,
+    recent_bytes: usize,
 }
 
-impl RecentlySent {
+impl Outgoing {
     /// More than the link's channel (64) holds, with room for what h2 buffers.
     const MAX_MESSAGES: usize = 256;
     const MAX_BYTES: usize = 32 * 1024 * 1024;
@@ -104,12 +105,20 @@ impl RecentlySent {
         }
     }
 
-    fn push(&mut self, message: AgentMessage) {
-        self.bytes += Self::weight(&message);
-        self.messages.push_back(message);
-        while self.messages.len() > Self::MAX_MESSAGES || self.bytes > Self::MAX_BYTES {
-            match self.messages.pop_front() {
-                Some(old) => self.bytes -= Self::weight(&old),
+    fn new(queue: mpsc::UnboundedReceiver<AgentMessage>) -> Self {
+        Outgoing {
+            queue,
+            recently_sent: VecDeque::new(),
+            recent_bytes: 0,
+        }
+    }
+
+    fn remember(&mut self, message: AgentMessage) {
+        self.recent_bytes += Self::weight(&message);
+        self.recently_sent.push_back(message);
+        while self.recently_sent.len() > Self::MAX_MESSAGES || self.recent_bytes > Self::MAX_BYTES {
+            match self.recently_sent.pop_front() {
+                Some(old) => self.recent_bytes -= Self::weight(&old),
                 None => break,
             }
         }
@@ -168,12 +177,12 @@ async fn link(
 ) -> anyhow::Result<()> {
     let mut live = options.live.clone();
     let lifecycle = Arc::new(Lifecycle::new(options.root.clone()));
-    let (outbox, mut outbox_rx) = mpsc::unbounded_channel();
+    let (outbox, outbox_rx) = mpsc::unbounded_channel();
+    let mut outgoing = Outgoing::new(outbox_rx);
     let running = RunningJobs::default();
     // Deploys a crash interrupted are finished (or undone) before anything else.
     jobs::recover(lifecycle.clone(), options.state_dir.clone(), outbox.clone()).await;
     let mut uploads_resumed = false;
-    let mut recently_sent = RecentlySent::default();
     let mut backoff = Backoff::new(options.reconnect_min, options.reconnect_max);
     loop {
         let Some(identity) = enroll::ensure_identity(options, &mut stop).await? else {
@@ -201,8 +210,7 @@ async fn link(
             options,
             &ctx,
             &grains,
-            &mut outbox_rx,
-            &mut recently_sent,
+            &mut outgoing,
             &mut stop,
             jobs_in_flight,
             &mut live,
@@ -248,8 +256,7 @@ async fn attach_once(
     options: &LinkOptions,
     ctx: &Arc<JobContext>,
     grains: &Grains,
-    outbox: &mut mpsc::UnboundedReceiver<AgentMessage>,
-    recently_sent: &mut RecentlySent,
+    outgoing: &mut Outgoing,
     stop: &mut watch::Receiver<Signal>,
     jobs_in_flight: &mut JoinSet<()>,
     live: &mut watch::Receiver<LiveSettings>,
@@ -308,7 +315,7 @@ async fn attach_once(
     let mut ticker = tokio::time::interval(period(&live.borrow()));
     ticker.tick().await;
     // What the last link may have lost in its buffers, before anything new.
-    for message in recently_sent.messages.iter().cloned() {
+    for message in outgoing.recently_sent.iter().cloned() {
         if tx.send(message).await.is_err() {
             return Ok(Ended::Closed("outbound stream closed".into()));
         }
@@ -339,9 +346,9 @@ async fn attach_once(
                     return Ok(Ended::Closed("outbound stream closed".into()));
                 }
             }
-            queued = outbox.recv() => {
+            queued = outgoing.queue.recv() => {
                 let Some(queued) = queued else { continue };
-                recently_sent.push(queued.clone());
+                outgoing.remember(queued.clone());
                 if tx.send(queued).await.is_err() {
                     return Ok(Ended::Closed("outbound stream closed".into()));
                 }

@@ -19,6 +19,8 @@ const EXIT_JOB_FAILED: u8 = 1;
 /// The command could not run: arguments, configuration, connection, login or a refusal.
 /// clap's own usage errors exit 2 as well.
 const EXIT_ERROR: u8 = 2;
+/// Ctrl-C or SIGTERM stopped the client (not the job), as a shell reports SIGINT.
+const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -44,6 +46,8 @@ fn main() -> ExitCode {
             eprintln!("corpus: error: {e:#}");
             ExitCode::from(if e.is::<progress::JobFailed>() {
                 EXIT_JOB_FAILED
+            } else if e.is::<progress::Interrupted>() {
+                EXIT_INTERRUPTED
             } else {
                 EXIT_ERROR
             })
@@ -81,7 +85,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             release,
             ..
         } => {
+            let endpoint_name = session.endpoint.name.clone();
             let args = commands::push::PushArgs {
+                endpoint: &endpoint_name,
                 env,
                 project,
                 path: path.clone(),

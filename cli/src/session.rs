@@ -33,9 +33,17 @@ pub struct Session {
     pub endpoint: Endpoint,
 }
 
+/// Metadata key the master sets on an Unavailable answer that is not about itself (e.g. the
+/// hosting agent is down: `master/src/wire.rs`).
+const UNAVAILABLE_PART: &str = "corpus-unavailable";
+
 /// The master's refusal, as a user should read it.
 pub fn rpc_error(endpoint: &Endpoint, status: Status) -> anyhow::Error {
     match status.code() {
+        // The master answered: something behind it (the agent) is down; its message says what.
+        Code::Unavailable if status.metadata().get(UNAVAILABLE_PART).is_some() => {
+            anyhow::anyhow!("{}", status.message())
+        }
         Code::Unavailable => anyhow::anyhow!(
             "the master at {} is unreachable: {}",
             endpoint.url,
@@ -80,4 +88,36 @@ pub async fn login(endpoint: &Endpoint) -> anyhow::Result<Session> {
             .max_decoding_message_size(corpus_proto::MAX_MESSAGE_BYTES),
         endpoint: endpoint.clone(),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn endpoint() -> Endpoint {
+        Endpoint {
+            name: "local".into(),
+            url: "https://127.0.0.1:1".into(),
+            id: "u".into(),
+            password: "p".into(),
+            ca: "/nonexistent".into(),
+        }
+    }
+
+    #[test]
+    fn an_agent_down_is_not_reported_as_the_master_unreachable() {
+        let mut status =
+            Status::unavailable("agent \"node1\" hosting environment e is not connected");
+        status
+            .metadata_mut()
+            .insert(UNAVAILABLE_PART, MetadataValue::from_static("agent"));
+        let text = rpc_error(&endpoint(), status).to_string();
+        assert!(!text.contains("master"), "{text}");
+        assert!(text.contains("node1"), "{text}");
+        let text = rpc_error(&endpoint(), Status::unavailable("connection refused")).to_string();
+        assert!(
+            text.starts_with("the master at https://127.0.0.1:1 is unreachable"),
+            "{text}"
+        );
+    }
 }
