@@ -294,7 +294,26 @@ fn destroy_environment(ctx: &JobContext, job: &corpus_proto::Job) -> JobOutcome 
             format!("environment id {:?} is not a UUID", job.env_uuid),
         );
     }
-    let plans: serde_json::Value = serde_json::from_slice(&job.plan_json).unwrap_or_default();
+    // Plans that do not parse would skip each project's stop.sls: refuse rather than destroy a
+    // running service without stopping it.
+    let plans: serde_json::Value = if job.plan_json.is_empty() {
+        serde_json::Value::Null
+    } else {
+        match serde_json::from_slice(&job.plan_json) {
+            Ok(plans) => plans,
+            Err(e) => {
+                return failure(
+                    job,
+                    Step::Validate.as_str(),
+                    format!(
+                        "the destroy's plans are not valid JSON ({e}): nothing was destroyed, \
+                         since no project's stop.sls could run; push the projects again or \
+                         report this master bug"
+                    ),
+                );
+            }
+        }
+    };
     // ROOT/<env>/srv/projects/<p>: the projects dir is its parent, the env dir three up.
     let some_project = ctx.lifecycle.project_dir(&job.env_uuid, "_");
     let (Some(projects_dir), Some(env_dir)) =
@@ -325,6 +344,25 @@ fn destroy_environment(ctx: &JobContext, job: &corpus_proto::Job) -> JobOutcome 
     let mut reporter = OutboxReporter::new(&job.job_id, ctx.outbox.clone(), &ctx.state_dir);
     for name in names {
         let entry = &plans[&name];
+        // A project without an entry has no deploy to stop (never deployed); one whose entry
+        // does not parse would be destroyed without its stop.sls.
+        let project_plans = match entry.get("plan").filter(|p| !p.is_null()) {
+            None => corpus_states::ProjectPlan::default(),
+            Some(plan) => match serde_json::from_value(plan.clone()) {
+                Ok(plans) => plans,
+                Err(e) => {
+                    return failure(
+                        job,
+                        Step::Validate.as_str(),
+                        format!(
+                            "project {name:?}: its latest plans are invalid ({e}), so its \
+                             stop.sls cannot run: nothing more was destroyed; push the project \
+                             again, then destroy"
+                        ),
+                    );
+                }
+            },
+        };
         let project_job = lifecycle::Job {
             job_id: job.job_id.clone(),
             kind: lifecycle::JobKind::Destroy,
@@ -332,7 +370,7 @@ fn destroy_environment(ctx: &JobContext, job: &corpus_proto::Job) -> JobOutcome 
             project: name.clone(),
             mode,
             deploy_id: String::new(),
-            plans: serde_json::from_value(entry["plan"].clone()).unwrap_or_default(),
+            plans: project_plans,
             common: entry["common"].clone(),
             pillar: entry["pillar"].clone(),
             grains: ctx.grains.clone(),
@@ -348,6 +386,15 @@ fn destroy_environment(ctx: &JobContext, job: &corpus_proto::Job) -> JobOutcome 
                 ..outcome
             };
         }
+        // At once: a destroy failing at a later project leaves the master listing only the
+        // projects that remain.
+        let _ = ctx.outbox.send(AgentMessage {
+            body: Some(agent_message::Body::Removed(corpus_proto::ProjectRemoved {
+                job_id: job.job_id.clone(),
+                env_uuid: job.env_uuid.clone(),
+                project: name.clone(),
+            })),
+        });
     }
     if let Err(e) = std::fs::remove_dir_all(&env_dir)
         && e.kind() != std::io::ErrorKind::NotFound
@@ -608,5 +655,101 @@ mod tests {
             results::AckOutcome::Forgotten
         ));
         assert!(results::unacknowledged(dir.path()).is_empty());
+    }
+
+    fn destroy_context(
+        root: &Path,
+        state_dir: &Path,
+    ) -> (
+        JobContext,
+        tokio::sync::mpsc::UnboundedReceiver<AgentMessage>,
+    ) {
+        let (outbox, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (_, stop) = watch::channel(Signal::Running);
+        let ctx = JobContext {
+            lifecycle: Arc::new(Lifecycle::new(root.to_path_buf())),
+            state_dir: state_dir.to_path_buf(),
+            master: "https://127.0.0.1:1".into(),
+            ca_pem: String::new(),
+            identity: AgentIdentity {
+                certificate_pem: String::new(),
+                key_pem: String::new(),
+            },
+            grains: serde_json::json!({}),
+            outbox,
+            running: RunningJobs::default(),
+            stop,
+        };
+        (ctx, rx)
+    }
+
+    fn destroy_job(env: &str, plans: &[u8]) -> corpus_proto::Job {
+        corpus_proto::Job {
+            job_id: "job-d".into(),
+            kind: WireKind::Destroy as i32,
+            env_uuid: env.into(),
+            plan_json: plans.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_environment_destroy_reports_each_project_it_removed() {
+        let (root, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (ctx, mut rx) = destroy_context(root.path(), state.path());
+        let env = "3f2b8c1e-8a4b-4c7e-9d0a-1b2c3d4e5f60";
+        for project in ["alpha", "beta"] {
+            std::fs::create_dir_all(ctx.lifecycle.project_dir(env, project)).unwrap();
+        }
+        let plan = serde_json::to_value(corpus_states::ProjectPlan::default()).unwrap();
+        let plans = serde_json::json!({"alpha": {"plan": plan}});
+        let outcome = destroy_environment(
+            &ctx,
+            &destroy_job(env, &serde_json::to_vec(&plans).unwrap()),
+        );
+        assert_eq!(
+            outcome.status,
+            lifecycle::Status::Success,
+            "{}",
+            outcome.message
+        );
+        let mut removed = Vec::new();
+        while let Ok(message) = rx.try_recv() {
+            if let Some(agent_message::Body::Removed(r)) = message.body {
+                assert_eq!((r.job_id.as_str(), r.env_uuid.as_str()), ("job-d", env));
+                removed.push(r.project);
+            }
+        }
+        assert_eq!(removed, ["alpha", "beta"]);
+    }
+
+    #[test]
+    fn a_destroy_with_malformed_plans_fails_saying_why_and_removes_nothing() {
+        let (root, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (ctx, mut rx) = destroy_context(root.path(), state.path());
+        let env = "3f2b8c1e-8a4b-4c7e-9d0a-1b2c3d4e5f61";
+        let dir = ctx.lifecycle.project_dir(env, "alpha");
+        std::fs::create_dir_all(&dir).unwrap();
+        let bad = serde_json::json!({"alpha": {"plan": "not a plan"}});
+        let outcome =
+            destroy_environment(&ctx, &destroy_job(env, &serde_json::to_vec(&bad).unwrap()));
+        assert_eq!(outcome.status, lifecycle::Status::Failed);
+        assert!(outcome.message.contains("\"alpha\""), "{}", outcome.message);
+        assert!(outcome.message.contains("stop.sls"), "{}", outcome.message);
+        assert!(dir.is_dir());
+        let outcome = destroy_environment(&ctx, &destroy_job(env, b"{not json"));
+        assert_eq!(outcome.status, lifecycle::Status::Failed);
+        assert!(
+            outcome.message.contains("not valid JSON"),
+            "{}",
+            outcome.message
+        );
+        assert!(dir.is_dir());
+        while let Ok(message) = rx.try_recv() {
+            assert!(!matches!(
+                message.body,
+                Some(agent_message::Body::Removed(_))
+            ));
+        }
     }
 }
