@@ -112,6 +112,17 @@ pub enum Command {
 
 impl Command {
     /// The endpoint named on the command line, if any.
+    /// Whether the command follows a job to its end (no answer deadline applies).
+    pub fn follows_a_job(&self) -> bool {
+        matches!(
+            self,
+            Command::Init { .. }
+                | Command::Push { .. }
+                | Command::Rollback { .. }
+                | Command::Destroy { .. }
+        )
+    }
+
     pub fn endpoint(&self) -> Option<&str> {
         match self {
             Command::Listhosts { endpoint } => endpoint.as_deref(),

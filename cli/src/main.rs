@@ -56,7 +56,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let path = match cli.config {
+    let path = match cli.config.clone() {
         Some(path) => path,
         None => config::default_path()?,
     };
@@ -64,6 +64,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let endpoint = config.endpoint(cli.command.endpoint())?;
     let session = session::login(endpoint).await?;
     let json = cli.json;
+    if cli.command.follows_a_job() {
+        // A job may run silently for long: its stream has h2 keep-alive pings instead.
+        return run_command(&cli, session, json).await;
+    }
+    let limit = session::deadline(session::ANSWER_DEADLINE);
+    let endpoint = session.endpoint.clone();
+    tokio::time::timeout(limit, run_command(&cli, session, json))
+        .await
+        .map_err(|_| session::silent_master(&endpoint, "waiting for its answer", limit))?
+}
+
+async fn run_command(cli: &Cli, session: session::Session, json: bool) -> anyhow::Result<()> {
     match &cli.command {
         Command::Listhosts { .. } => commands::listhosts::run(session, json).await,
         Command::InitEnv {
