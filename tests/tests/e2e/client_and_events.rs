@@ -87,9 +87,6 @@ fn a_master_killed_as_the_agent_finishes_gets_every_event_afterwards() -> anyhow
         Ok(sequences.len() == kept_events)
     })?;
     assert_eq!(sequences, (1..=kept_events as u64).collect::<Vec<_>>());
-    // The master had missed some: the agent resent them from its disk.
-    let log = cluster.agent.proc.log_text();
-    assert!(log.contains("the master misses events of this job"), "{log}");
     wait_until("the agent to forget the acknowledged job", || {
         Ok(std::fs::read_dir(&results)?.next().is_none())
     })?;
