@@ -94,6 +94,14 @@ pub enum Command {
         env: String,
         project: Option<String>,
     },
+    /// Follow a job to its end: the latest job of PROJECT, or the job JOB_ID (e.g. after
+    /// Ctrl-C during a push).
+    Follow {
+        endpoint: String,
+        env: String,
+        /// A project name, or a job id.
+        target: String,
+    },
     /// Shrink a project's storage quota by SIZE.
     Trim {
         endpoint: String,
@@ -120,6 +128,7 @@ impl Command {
                 | Command::Push { .. }
                 | Command::Rollback { .. }
                 | Command::Destroy { .. }
+                | Command::Follow { .. }
         )
     }
 
@@ -132,6 +141,7 @@ impl Command {
             | Command::Rollback { endpoint, .. }
             | Command::Status { endpoint, .. }
             | Command::Destroy { endpoint, .. }
+            | Command::Follow { endpoint, .. }
             | Command::Trim { endpoint, .. }
             | Command::Enlarge { endpoint, .. } => Some(endpoint),
         }
@@ -171,6 +181,14 @@ impl Command {
                 env_uuid(env)?;
                 if let Some(project) = project {
                     corpus_proto::names::validate_project_name(project)?;
+                }
+            }
+            Command::Follow { env, target, .. } => {
+                env_uuid(env)?;
+                if uuid::Uuid::try_parse(target).is_err() {
+                    corpus_proto::names::validate_project_name(target).map_err(|e| {
+                        anyhow::anyhow!("{target:?} is neither a job id nor a project name: {e}")
+                    })?;
                 }
             }
             Command::Trim {

@@ -118,6 +118,9 @@ async fn run_command(cli: &Cli, session: session::Session, json: bool) -> anyhow
         Command::Destroy { env, project, .. } => {
             commands::destroy::run(session, env, project.as_deref(), json).await
         }
+        Command::Follow { env, target, .. } => {
+            commands::follow::run(session, env, target, json).await
+        }
         Command::Trim {
             env, project, size, ..
         } => commands::quota::run(session, env, project, size, false, json).await,

@@ -6,11 +6,15 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use corpus_proto::{JobFinished, JobStatus, JobUpdate, StepResult, job_update};
+use corpus_proto::{FollowRequest, JobFinished, JobStatus, JobUpdate, StepResult, job_update};
 use serde_json::json;
 use tonic::Streaming;
 
-use crate::session::{Session, rpc_error};
+use crate::session::{self, Session, rpc_error};
+
+/// How long a client whose stream broke (the master restarted, the network blinked) tries to
+/// reattach to its job before giving up.
+pub const REATTACH_FOR: Duration = Duration::from_secs(120);
 
 /// The job ran and did not succeed (failed, rolled back or refused); the message says which
 /// and at what step.
@@ -84,9 +88,49 @@ fn millis(ms: u64) -> String {
     }
 }
 
-/// Follows a job's updates to the end; Ok only when the job succeeded.
+/// Attaches again to `job_id` from event `from_sequence` on, logging in anew each time (the
+/// master may have restarted), until [`REATTACH_FOR`] after `since`.
+async fn reattach(
+    session: &mut Session,
+    env: &str,
+    job_id: &str,
+    from_sequence: u64,
+    since: Instant,
+) -> anyhow::Result<Streaming<JobUpdate>> {
+    let mut last_error = String::new();
+    while since.elapsed() < REATTACH_FOR {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let fresh = match session::login(&session.endpoint).await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                last_error = format!("{e:#}");
+                continue;
+            }
+        };
+        *session = fresh;
+        let request = FollowRequest {
+            env_uuid: env.to_owned(),
+            job_id: job_id.to_owned(),
+            project: String::new(),
+            from_sequence,
+        };
+        match session.client.follow(request).await {
+            Ok(updates) => return Ok(updates.into_inner()),
+            Err(status) => last_error = rpc_error(&session.endpoint, status).to_string(),
+        }
+    }
+    anyhow::bail!(
+        "lost the master while following job {job_id} and could not reattach within {} s \
+         ({last_error}): the job may still run; follow it with `corpus follow {} {env} {job_id}`",
+        REATTACH_FOR.as_secs(),
+        session.endpoint.name
+    )
+}
+
+/// Follows a job's updates to the end, reattaching (from the last event seen) when the
+/// stream breaks; Ok only when the job succeeded.
 pub async fn follow(
-    session: &Session,
+    mut session: Session,
     env: &str,
     what: &str,
     mut updates: Streaming<JobUpdate>,
@@ -104,31 +148,52 @@ pub async fn follow(
         None => println!("{line}"),
     };
     let mut job_id = String::new();
+    let mut last_sequence = 0u64;
+    let mut broken_since: Option<Instant> = None;
+    let interruption = |endpoint: &str, job_id: &str| -> anyhow::Error {
+        if let Some(bar) = &spinner {
+            bar.finish_and_clear();
+        }
+        Interrupted(if job_id.is_empty() {
+            format!("interrupted: {what} may still run: see `corpus status {endpoint} {env}`")
+        } else {
+            format!(
+                "interrupted: {what} goes on without this client (job {job_id}): follow it \
+                 with `corpus follow {endpoint} {env} {job_id}`"
+            )
+        })
+        .into()
+    };
     loop {
         let next = tokio::select! {
             next = updates.message() => next,
-            () = interrupted() => {
-                if let Some(bar) = &spinner {
-                    bar.finish_and_clear();
-                }
-                let endpoint = &session.endpoint.name;
-                return Err(Interrupted(if job_id.is_empty() {
-                    format!(
-                        "interrupted: {what} may still run: see `corpus status {endpoint} {env}`"
-                    )
-                } else {
-                    format!(
-                        "interrupted: {what} goes on without this client (job {job_id}): \
-                         follow it with `corpus follow {endpoint} {env} {job_id}`"
-                    )
-                })
-                .into());
+            () = interrupted() => return Err(interruption(&session.endpoint.name, &job_id)),
+        };
+        let update = match next {
+            Ok(Some(update)) => update,
+            Ok(None) => break,
+            // A broken stream of a known job: attach again, from the next event.
+            Err(status) if !job_id.is_empty() => {
+                let since = *broken_since.get_or_insert_with(Instant::now);
+                say(format!(
+                    "  note: the stream from the master broke ({}): reattaching to job {job_id}",
+                    status.message()
+                ));
+                let name = session.endpoint.name.clone();
+                updates = tokio::select! {
+                    attached = reattach(&mut session, env, &job_id, last_sequence + 1, since) => attached?,
+                    () = interrupted() => return Err(interruption(&name, &job_id)),
+                };
+                continue;
             }
+            Err(status) => return Err(rpc_error(&session.endpoint, status)),
         };
-        let Some(update) = next.map_err(|s| rpc_error(&session.endpoint, s))? else {
-            break;
-        };
+        if !matches!(update.body, Some(job_update::Body::JobId(_))) {
+            broken_since = None;
+        }
         match update.body {
+            // Said once: a reattached stream starts with it again.
+            Some(job_update::Body::JobId(id)) if id == job_id => {}
             Some(job_update::Body::JobId(id)) => {
                 job_id = id.clone();
                 if json {
@@ -137,7 +202,10 @@ pub async fn follow(
                     say(format!("{what}: job {id}"));
                 }
             }
+            // Seen before the stream broke.
+            Some(job_update::Body::Event(e)) if e.sequence <= last_sequence => {}
             Some(job_update::Body::Event(e)) => {
+                last_sequence = e.sequence;
                 let result = StepResult::try_from(e.result).unwrap_or(StepResult::Unspecified);
                 if json {
                     println!(

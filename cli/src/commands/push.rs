@@ -238,7 +238,7 @@ async fn push(mut session: Session, args: &PushArgs<'_>) -> anyhow::Result<()> {
         args.project,
         commit.get(..8).unwrap_or(&commit)
     );
-    progress::follow(&session, args.env, &what, updates, args.json).await
+    progress::follow(session, args.env, &what, updates, args.json).await
 }
 
 #[cfg(test)]

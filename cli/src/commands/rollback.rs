@@ -24,7 +24,7 @@ pub async fn run(
         .map_err(|s| rpc_error(&session.endpoint, s))?
         .into_inner();
     progress::follow(
-        &session,
+        session,
         env,
         &format!("rollback of {project}"),
         updates,

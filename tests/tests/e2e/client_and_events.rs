@@ -157,3 +157,41 @@ fn an_agent_down_is_named_as_such_not_as_the_master_unreachable() -> anyhow::Res
     assert!(!text.contains("the master at"), "{text}");
     Ok(())
 }
+
+#[test]
+fn a_push_reattaches_after_a_master_restart_and_follow_replays_the_job() -> anyhow::Result<()> {
+    let mut cluster = Cluster::start()?;
+    let env = cluster.init_env("staging")?;
+    let source = cluster.root.path().join("src");
+    let started = cluster.root.path().join("started");
+    let build = format!(
+        "slow:\n  cmd.run:\n    - name: touch {} && sleep 3\ncopy_app:\n  cmd.run:\n    - name: cp -a {{{{ common.project_dir }}}}/app/. {{{{ common.run_dir }}}}/\n",
+        started.display()
+    );
+    sample_project(&source, "v1", &[("build.sls", &build)])?;
+    let push = Command::new(bin("corpus"))
+        .args(["push", "local", &env, "app", "--path"])
+        .arg(&source)
+        .env("CORPUS_CONFIG", &cluster.config)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    wait_until("the build to start", || Ok(started.exists()))?;
+    let (addr, data_dir) = (cluster.master.addr.clone(), cluster.master.data_dir.clone());
+    cluster.master.proc.kill();
+    cluster.master = corpus_tests::Master::serve(&data_dir, &addr)?;
+    let out = push.wait_with_output()?;
+    let shown = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{shown}\n{}", stderr(&out));
+    assert!(shown.contains("reattaching to job"), "{shown}");
+    assert!(shown.contains("succeeded"), "{shown}");
+    // Each step once, though the stream was replayed from the master's store.
+    assert_eq!(shown.matches("copy_app").count(), 1, "{shown}");
+
+    let out = cluster.corpus(&["follow", "local", &env, "app"])?;
+    let shown = stdout(&out);
+    assert_eq!(out.status.code(), Some(0), "{shown}\n{}", stderr(&out));
+    assert!(shown.contains("copy_app"), "{shown}");
+    assert!(shown.contains("succeeded"), "{shown}");
+    Ok(())
+}
