@@ -177,6 +177,13 @@ fn a_push_reattaches_after_a_master_restart_and_follow_replays_the_job() -> anyh
         .stderr(std::process::Stdio::piped())
         .spawn()?;
     wait_until("the build to start", || Ok(started.exists()))?;
+    let out = cluster.corpus(&["status", "local", &env, "app"])?;
+    assert!(
+        stdout(&out).contains("running: job "),
+        "{}{}",
+        stdout(&out),
+        stderr(&out)
+    );
     let (addr, data_dir) = (cluster.master.addr.clone(), cluster.master.data_dir.clone());
     cluster.master.proc.kill();
     cluster.master = corpus_tests::Master::serve(&data_dir, &addr)?;
