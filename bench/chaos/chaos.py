@@ -268,6 +268,10 @@ def main():
             wrong = []
             for env_name in ("staging", "prod"):
                 versions = [previous[env_name], str(cycle)]
+                if env_name == "prod":
+                    # A final push deploys the latest cooked release: the previous one's
+                    # version when this cycle's cooking failed.
+                    versions.append(previous["staging"])
                 problems, run_v = check(ENVS[env_name], versions)
                 wrong += ["%s: %s" % (env_name, w) for w in problems]
                 if run_v is not None:

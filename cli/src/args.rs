@@ -14,7 +14,8 @@ Exit status:
   0  success
   1  the job ran and did not succeed: it failed, was rolled back, or was refused by the agent
   2  the command could not run: invalid arguments, configuration, connection or login, or the
-     master refused the request";
+     master refused the request
+  130  interrupted (Ctrl-C, SIGTERM): the job goes on; `corpus follow` shows it";
 
 #[derive(Parser)]
 #[command(
