@@ -164,10 +164,12 @@ pub async fn follow(
         })
         .into()
     };
+    // Listening from the start to the end: a signal between two updates is not lost.
+    let mut stop = std::pin::pin!(interrupted());
     loop {
         let next = tokio::select! {
             next = updates.message() => next,
-            () = interrupted() => return Err(interruption(&session.endpoint.name, &job_id)),
+            () = &mut stop => return Err(interruption(&session.endpoint.name, &job_id)),
         };
         let update = match next {
             Ok(Some(update)) => update,
@@ -182,7 +184,7 @@ pub async fn follow(
                 let name = session.endpoint.name.clone();
                 updates = tokio::select! {
                     attached = reattach(&mut session, env, &job_id, last_sequence + 1, since) => attached?,
-                    () = interrupted() => return Err(interruption(&name, &job_id)),
+                    () = &mut stop => return Err(interruption(&name, &job_id)),
                 };
                 continue;
             }

@@ -156,19 +156,26 @@ pub struct PushArgs<'a> {
 }
 
 pub async fn run(session: Session, args: PushArgs<'_>) -> anyhow::Result<()> {
-    let what = format!("push of {}", args.project);
-    tokio::select! {
-        pushed = push(session, &args) => pushed,
-        // Before the job exists (following handles its own interruption).
-        () = progress::interrupted() => Err(progress::Interrupted(format!(
-            "interrupted: {what} stopped while uploading; the master may have received it: \
-             see `corpus status {} {}`", args.endpoint, args.env
-        ))
-        .into()),
-    }
+    // Interrupting the upload; once the job exists, following handles interruptions.
+    let (session, updates, what) = tokio::select! {
+        uploaded = upload(session, &args) => uploaded?,
+        () = progress::interrupted() => {
+            return Err(progress::Interrupted(format!(
+                "interrupted: the push of {} stopped while uploading; the master may have \
+                 received it: see `corpus status {} {}`",
+                args.project, args.endpoint, args.env
+            ))
+            .into());
+        }
+    };
+    progress::follow(session, args.env, &what, updates, args.json).await
 }
 
-async fn push(mut session: Session, args: &PushArgs<'_>) -> anyhow::Result<()> {
+/// Sends the source and pillar: the job's update stream, and what to call the job.
+async fn upload(
+    mut session: Session,
+    args: &PushArgs<'_>,
+) -> anyhow::Result<(Session, tonic::Streaming<corpus_proto::JobUpdate>, String)> {
     let pillar_files = match &args.pillar {
         Some(p) => read_pillar(p)?,
         None => HashMap::new(),
@@ -238,7 +245,7 @@ async fn push(mut session: Session, args: &PushArgs<'_>) -> anyhow::Result<()> {
         args.project,
         commit.get(..8).unwrap_or(&commit)
     );
-    progress::follow(session, args.env, &what, updates, args.json).await
+    Ok((session, updates, what))
 }
 
 #[cfg(test)]

@@ -202,3 +202,43 @@ fn a_push_reattaches_after_a_master_restart_and_follow_replays_the_job() -> anyh
     assert!(shown.contains("succeeded"), "{shown}");
     Ok(())
 }
+
+#[test]
+fn ctrl_c_during_a_push_says_the_job_goes_on_and_leaves_no_tarball() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let env = cluster.init_env("staging")?;
+    let source = cluster.root.path().join("src");
+    let started = cluster.root.path().join("started");
+    let build = format!(
+        "slow:\n  cmd.run:\n    - name: touch {} && sleep 2\ncopy_app:\n  cmd.run:\n    - name: cp -a {{{{ common.project_dir }}}}/app/. {{{{ common.run_dir }}}}/\n",
+        started.display()
+    );
+    sample_project(&source, "v1", &[("build.sls", &build)])?;
+    let tmp = cluster.root.path().join("client-tmp");
+    std::fs::create_dir_all(&tmp)?;
+    let push = Command::new(bin("corpus"))
+        .args(["push", "local", &env, "app", "--path"])
+        .arg(&source)
+        .env("CORPUS_CONFIG", &cluster.config)
+        .env("TMPDIR", &tmp)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()?;
+    wait_until("the build to start", || Ok(started.exists()))?;
+    // SAFETY: kill(2) on our own child's pid.
+    unsafe { libc::kill(push.id() as i32, libc::SIGINT) };
+    let out = push.wait_with_output()?;
+    let text = stderr(&out);
+    assert_eq!(out.status.code(), Some(130), "{text}");
+    assert!(text.contains("goes on without this client"), "{text}");
+    assert!(
+        text.contains(&format!("corpus follow local {env} ")),
+        "{text}"
+    );
+    assert_eq!(std::fs::read_dir(&tmp)?.count(), 0, "no tarball is left");
+    wait_until("the job to succeed without its client", || {
+        let status = cluster.status(&env, "app")?;
+        Ok(status["deployments"][0]["result"] == "success")
+    })?;
+    Ok(())
+}
