@@ -87,6 +87,8 @@ pub fn collect(id: &str, slots: u32) -> Grains {
         guest_type: "dir".to_owned(),
         version: env!("CARGO_PKG_VERSION").to_owned(),
         root: String::new(),
+        // Filled by the agent's confinement (B3); empty reads as "none" on the master.
+        isolation: String::new(),
     }
 }
 

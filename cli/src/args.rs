@@ -74,6 +74,10 @@ pub enum Command {
         /// Final mode: the release to deploy (default: the latest cooked one).
         #[arg(long)]
         release: Option<String>,
+        /// Final mode: take the release from this staging environment (UUID) of the prod
+        /// environment's owner, when they cooked it in several.
+        #[arg(long, value_name = "ENV")]
+        from: Option<String>,
     },
     /// Return to the previous deployment, or to --to DEPLOY_ID.
     Rollback {
@@ -172,9 +176,16 @@ impl Command {
                     bail!("mode {mode:?} is invalid: use editable, cooking or final");
                 }
             }
-            Command::Init { env, project, .. }
-            | Command::Push { env, project, .. }
-            | Command::Rollback { env, project, .. } => {
+            Command::Push {
+                env, project, from, ..
+            } => {
+                env_uuid(env)?;
+                corpus_proto::names::validate_project_name(project)?;
+                if let Some(from) = from {
+                    env_uuid(from)?;
+                }
+            }
+            Command::Init { env, project, .. } | Command::Rollback { env, project, .. } => {
                 env_uuid(env)?;
                 corpus_proto::names::validate_project_name(project)?;
             }

@@ -95,6 +95,7 @@ async fn run_command(cli: &Cli, session: session::Session, json: bool) -> anyhow
             path,
             pillar,
             release,
+            from,
             ..
         } => {
             let endpoint_name = session.endpoint.name.clone();
@@ -105,6 +106,7 @@ async fn run_command(cli: &Cli, session: session::Session, json: bool) -> anyhow
                 path: path.clone(),
                 pillar: pillar.clone(),
                 release: release.as_deref(),
+                from: from.as_deref(),
                 json,
             };
             commands::push::run(session, args).await

@@ -10,7 +10,7 @@ use corpus_proto::{
     AddUserRequest, AgentInfo, AgentList, AgentRef, AgentTokenRequest, CreateTokenRequest,
     DefaultsRequest, Empty, EnrollmentToken, Environment, EnvironmentList, GrantRequest, JobDetail,
     JobList, JobRef, JobsRequest, Node, NodeList, PillarFiles, ProjectRequest, RenderRequest,
-    RenderResponse, RevokeTokenRequest, User, UserList,
+    RenderResponse, RevokeTokenRequest, User, UserLimitsRequest, UserList,
 };
 use tonic::{Request, Response, Status};
 use tracing::info;
@@ -28,6 +28,16 @@ pub const SOCKET: &str = "admin.sock";
 /// Default and longest lifetime of an enrollment token.
 pub const DEFAULT_TOKEN_TTL: Duration = Duration::from_secs(3600);
 pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
+
+/// A user as the console sees it; the password hash never leaves the master.
+fn user_message(user: crate::store::UserRecord) -> User {
+    User {
+        max_envs: user.max_envs.unwrap_or(crate::store::DEFAULT_MAX_ENVS),
+        id: user.id,
+        admin: user.admin,
+        created_at_unix: user.created_at,
+    }
+}
 
 pub struct AdminService {
     pub state: Arc<MasterState>,
@@ -70,18 +80,49 @@ impl corpus_proto::admin_server::Admin for AdminService {
             id,
             password,
             admin,
+            max_envs,
         } = request.into_inner();
         corpus_proto::names::validate_user_id(&id).map_err(MasterError::from)?;
         let user = self
             .state
-            .blocking(move |s| Ok(s.auth.add_user(&id, &password, admin)?))
+            .blocking(move |s| {
+                let mut user = s.auth.add_user(&id, &password, admin)?;
+                if max_envs > 0 {
+                    user.max_envs = Some(max_envs);
+                    s.store.put_user(&user)?;
+                }
+                Ok(user)
+            })
             .await?;
         info!(user = %user.id, admin = user.admin, "user added");
-        Ok(Response::new(User {
-            id: user.id,
-            admin: user.admin,
-            created_at_unix: user.created_at,
-        }))
+        Ok(Response::new(user_message(user)))
+    }
+
+    async fn set_user_limits(
+        &self,
+        request: Request<UserLimitsRequest>,
+    ) -> Result<Response<User>, Status> {
+        let UserLimitsRequest { id, max_envs } = request.into_inner();
+        corpus_proto::names::validate_user_id(&id).map_err(MasterError::from)?;
+        let user = self
+            .state
+            .blocking(move |s| {
+                let mut user = s.store.user(&id)?.ok_or_else(|| {
+                    MasterError::not_found(
+                        "user",
+                        format!("{id:?}"),
+                        ": see corpus-master users list",
+                    )
+                })?;
+                if max_envs > 0 {
+                    user.max_envs = Some(max_envs);
+                }
+                s.store.put_user(&user)?;
+                Ok(user)
+            })
+            .await?;
+        info!(user = %user.id, max_envs = ?user.max_envs, "user limits set");
+        Ok(Response::new(user_message(user)))
     }
 
     async fn list_users(&self, _: Request<Empty>) -> Result<Response<UserList>, Status> {
@@ -90,11 +131,7 @@ impl corpus_proto::admin_server::Admin for AdminService {
             .blocking(|s| Ok(s.store.users()?))
             .await?
             .into_iter()
-            .map(|u| User {
-                id: u.id,
-                admin: u.admin,
-                created_at_unix: u.created_at,
-            })
+            .map(user_message)
             .collect();
         Ok(Response::new(UserList { users }))
     }

@@ -140,6 +140,9 @@ pub trait Db: Send + Sync + 'static {
     fn batch(&self, writes: Vec<Write>) -> Result<(), DbError>;
 }
 
+/// How long [`SledDb::open`] waits for a lock a just-closed database still holds.
+const LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(5);
+
 /// sled 0.34, the embedded default.
 pub struct SledDb {
     db: sled::Db,
@@ -147,14 +150,28 @@ pub struct SledDb {
 
 impl SledDb {
     pub fn open(path: &Path) -> Result<Arc<dyn Db>, DbError> {
-        let db = sled::Config::new()
-            .path(path)
-            .open()
-            .map_err(|source| DbError::Open {
-                path: path.display().to_string(),
-                source,
-            })?;
-        Ok(Arc::new(SledDb { db }))
+        // sled's lock file outlives a dropped `Db` for a moment (its flusher thread holds the
+        // last reference until it wakes), so a reopen right after a close, as a restart or a
+        // test does, can find it still locked. Retrying for a bounded time tells that apart
+        // from another process really holding the database.
+        let deadline = std::time::Instant::now() + LOCK_WAIT;
+        loop {
+            match sled::Config::new().path(path).open() {
+                Ok(db) => return Ok(Arc::new(SledDb { db })),
+                Err(source)
+                    if source.to_string().contains("could not acquire lock")
+                        && std::time::Instant::now() < deadline =>
+                {
+                    std::thread::sleep(std::time::Duration::from_millis(50));
+                }
+                Err(source) => {
+                    return Err(DbError::Open {
+                        path: path.display().to_string(),
+                        source,
+                    });
+                }
+            }
+        }
     }
 
     fn tree(&self, tree: Tree) -> Result<sled::Tree, DbError> {

@@ -8,6 +8,7 @@ use serde_json::Value;
 
 use crate::MasterState;
 use crate::auth::now_unix;
+use crate::confine::Confinement;
 use crate::environments::{
     authorize, check_quota, ensure_project, existing_project, validate_project,
 };
@@ -32,6 +33,9 @@ pub struct PushRequest {
     pub pillar_files: BTreeMap<String, String>,
     /// The release a final push deploys (empty: the latest).
     pub release_id: String,
+    /// A final push: the staging environment (uuid) whose release to take (empty: the only
+    /// staging environment of the prod environment's owner that cooked one).
+    pub from_env: String,
     /// The announced size of the source archive (0: not announced).
     pub source_size: u64,
     /// The announced sha256 of the source archive (empty: not announced).
@@ -168,9 +172,14 @@ fn dispatch(state: &MasterState, new: NewJob<'_>) -> MasterResult<Updates> {
         files,
     });
     // The agent's templates see its grains in `common`; the stored payload does not keep them.
+    // Every job carries the environment's identity, replayed ones (rollback, destroy) of
+    // deployments recorded before the environment had one included.
     let mut common = new.payload.common.clone();
     if let Value::Object(map) = &mut common {
         map.insert("grains".into(), grains);
+        if let Some(identity) = crate::environments::identity(new.env) {
+            map.extend(identity.common_fields());
+        }
     }
     let order = JobOrder {
         job,
@@ -214,44 +223,93 @@ pub fn check_push(
     state.jobs.check_free(state, &env.uuid, &request.project)?;
     let room = check_quota(state, &env.uuid, &request.project, request.source_size)?;
     if env.mode == Mode::Final {
-        find_release(state, user, &request.project, &request.release_id)?;
+        find_release(state, &env, request)?;
     }
     Ok((env, room))
 }
 
-/// The release a final push deploys: the named one, else the latest cooked for this project
-/// in an environment the user may act on.
+/// The release a final push deploys. Only releases cooked in a staging environment of the
+/// prod environment's owner qualify, whoever pushes (an admin or a grantee deploys the owner's
+/// release, never one of their own or another user's): the named one, else the newest of the
+/// staging environment `--from` names or, without it, of the only such environment there is.
 fn find_release(
     state: &MasterState,
-    user: &str,
-    project: &str,
-    id: &str,
+    prod: &EnvironmentRecord,
+    request: &PushRequest,
 ) -> MasterResult<ReleaseRecord> {
-    let releases: Vec<_> = state
-        .store
-        .releases(project)?
-        .into_iter()
-        .filter(|r| authorize(state, user, &r.env_uuid).is_ok() || r.owner == user)
-        .collect();
-    let found = if id.is_empty() {
-        releases.into_iter().max_by(|a, b| a.id.cmp(&b.id))
-    } else {
-        releases.into_iter().find(|r| r.id == id)
-    };
-    found.ok_or_else(|| {
-        if id.is_empty() {
-            MasterError::Refused(format!(
-                "no release of project {project:?} was cooked yet: push it to a staging (cooking) environment first; nothing was changed"
-            ))
-        } else {
-            MasterError::not_found(
-                "release",
-                format!("{id:?}"),
-                format!(
-                    " of project {project:?}: see corpus status for the available ones; nothing was changed"
-                ),
-            )
+    let project = &request.project;
+    let mut releases = Vec::new();
+    for release in state.store.releases(project)? {
+        if trusted_release(state, prod, &release)? {
+            releases.push(release);
         }
+    }
+    if !request.from_env.is_empty() {
+        releases.retain(|r| r.env_uuid == request.from_env);
+    }
+    if !request.release_id.is_empty() {
+        return releases
+            .into_iter()
+            .find(|r| r.id == request.release_id)
+            .ok_or_else(|| {
+                MasterError::not_found(
+                    "release",
+                    format!("{:?}", request.release_id),
+                    format!(
+                        " of project {project:?} cooked in a staging environment of {} (the prod environment's owner){}: see corpus status for the available ones; nothing was changed",
+                        prod.owner,
+                        from_detail(&request.from_env)
+                    ),
+                )
+            });
+    }
+    let mut sources: Vec<&str> = releases.iter().map(|r| r.env_uuid.as_str()).collect();
+    sources.sort_unstable();
+    sources.dedup();
+    if sources.len() > 1 {
+        return Err(MasterError::Refused(format!(
+            "project {project:?} has releases from {} staging environments of {}: {}; name one with --release ID or --from ENV; nothing was changed",
+            sources.len(),
+            prod.owner,
+            sources.join(", ")
+        )));
+    }
+    releases
+        .into_iter()
+        .max_by(|a, b| a.id.cmp(&b.id))
+        .ok_or_else(|| {
+            MasterError::Refused(format!(
+                "no release of project {project:?} was cooked in a staging environment of {} (the prod environment's owner){}: push it to their staging (cooking) environment first; nothing was changed",
+                prod.owner,
+                from_detail(&request.from_env)
+            ))
+        })
+}
+
+fn from_detail(from_env: &str) -> String {
+    if from_env.is_empty() {
+        String::new()
+    } else {
+        format!(" in environment {from_env}")
+    }
+}
+
+/// Whether a prod environment may deploy `release`: cooked for its owner, in an environment
+/// that is (still) a staging environment of that owner. A release whose environment is gone
+/// is trusted on the owner recorded when it was cooked.
+fn trusted_release(
+    state: &MasterState,
+    prod: &EnvironmentRecord,
+    release: &ReleaseRecord,
+) -> MasterResult<bool> {
+    if release.owner != prod.owner {
+        return Ok(false);
+    }
+    Ok(match state.store.environment(&release.env_uuid)? {
+        Some(cooked_in) => {
+            cooked_in.owner == prod.owner && cooked_in.platform == crate::store::Platform::Staging
+        }
+        None => true,
     })
 }
 
@@ -271,12 +329,7 @@ pub fn push(
     let pillar =
         render::compile_pillar(&request.pillar_files, &env.agent, &grains_json, &env_json)?;
     let release = match env.mode {
-        Mode::Final => Some(find_release(
-            state,
-            user,
-            &request.project,
-            &request.release_id,
-        )?),
+        Mode::Final => Some(find_release(state, env, request)?),
         _ => None,
     };
     let deploy_id = new_deploy_id();
@@ -295,6 +348,16 @@ pub fn push(
             grains: &grains,
         },
     )?;
+    // On an agent shared with other users, a state that leaves the environment is refused here,
+    // before anything is recorded.
+    if let Some(identity) = crate::environments::identity(env) {
+        let env_root = render::environment_root(env, &grains);
+        Confinement {
+            identity,
+            env_root: &env_root,
+        }
+        .check(&rendered.plan, salt)?;
+    }
     let payload = JobPayload {
         plan: serde_json::to_value(&rendered.plan).unwrap_or_default(),
         common: rendered.common,
@@ -435,7 +498,14 @@ pub fn destroy(
             let history = deployments(state, &env.uuid, &p.name)?;
             let entry = match last_deployed(&history) {
                 Some(j) => {
-                    let payload = state.store.job_payload(&j.id)?;
+                    let mut payload = state.store.job_payload(&j.id)?;
+                    // As for every job: the project is stopped as the environment's user,
+                    // even when its deployment was recorded before the environment had one.
+                    if let (Some(identity), Value::Object(common)) =
+                        (crate::environments::identity(&env), &mut payload.common)
+                    {
+                        common.extend(identity.common_fields());
+                    }
                     serde_json::json!({"plan": payload.plan, "common": payload.common, "pillar": payload.pillar})
                 }
                 None => serde_json::json!({}),
@@ -512,6 +582,7 @@ mod tests {
             grants: vec!["bob".into()],
             defaults: serde_json::json!({}),
             created_at: 0,
+            smep: None,
         };
         state.store.put_environment(&env)?;
         let holder = JobRecord {
@@ -617,6 +688,7 @@ mod tests {
             grants: vec![],
             defaults: serde_json::json!({}),
             created_at: 0,
+            smep: None,
         };
         let mut new = NewJob::plain(JobKind::Deploy, &env, "app", "alice");
         new.payload.plan = Value::String("x".repeat(corpus_proto::MAX_MESSAGE_BYTES));
@@ -672,6 +744,7 @@ mod tests {
             grants: vec![],
             defaults: serde_json::json!({}),
             created_at: 0,
+            smep: None,
         };
         state.store.put_environment(&env)?;
         state.store.put_agent(&crate::store::AgentRecord {
@@ -725,6 +798,101 @@ mod tests {
             state.store.job(&order.job.id)?.map(|j| j.commit),
             Some("commit-v2".to_owned())
         );
+        Ok(())
+    }
+
+    #[test]
+    fn a_prod_push_takes_only_releases_its_owner_cooked_in_staging() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        crate::init(dir.path(), &[], false)?;
+        let state = crate::open(&crate::ServeOptions {
+            data_dir: dir.path().to_owned(),
+            settings: Default::default(),
+        })?;
+        let env = |owner: &str, platform: Platform| -> anyhow::Result<EnvironmentRecord> {
+            let env = EnvironmentRecord {
+                uuid: uuid::Uuid::new_v4().to_string(),
+                platform,
+                mode: platform.default_mode(),
+                agent: "node1".into(),
+                owner: owner.into(),
+                grants: vec![],
+                defaults: serde_json::json!({}),
+                created_at: 0,
+                smep: None,
+            };
+            state.store.put_environment(&env)?;
+            Ok(env)
+        };
+        let release = |id: &str, cooked_in: &EnvironmentRecord| -> anyhow::Result<()> {
+            let job = JobRecord {
+                env_uuid: cooked_in.uuid.clone(),
+                ..deploy(id, 1, JobState::Success)
+            };
+            state.store.record_release(
+                &ReleaseRecord {
+                    id: id.into(),
+                    project: "app".into(),
+                    env_uuid: cooked_in.uuid.clone(),
+                    owner: cooked_in.owner.clone(),
+                    digest: format!("digest-{id}"),
+                    size: 1,
+                    commit: String::new(),
+                    created_at: 0,
+                    manifest: serde_json::json!({}),
+                },
+                &job,
+            )?;
+            Ok(())
+        };
+        let prod = env("alice", Platform::Prod)?;
+        let alice_staging = env("alice", Platform::Staging)?;
+        let bob_staging = env("bob", Platform::Staging)?;
+        let alice_dev = env("alice", Platform::Dev)?;
+        release("20260101T000000Z-a", &alice_staging)?;
+        // Newer, but bob's, or not cooked in staging: never chosen for alice's prod.
+        release("20260102T000000Z-b", &bob_staging)?;
+        release("20260103T000000Z-d", &alice_dev)?;
+        let request = |release_id: &str, from_env: &str| PushRequest {
+            env_uuid: prod.uuid.clone(),
+            project: "app".into(),
+            release_id: release_id.into(),
+            from_env: from_env.into(),
+            ..Default::default()
+        };
+        assert_eq!(
+            find_release(&state, &prod, &request("", ""))?.id,
+            "20260101T000000Z-a"
+        );
+        assert!(matches!(
+            find_release(&state, &prod, &request("20260102T000000Z-b", "")),
+            Err(MasterError::NotFound {
+                what: "release",
+                ..
+            })
+        ));
+        // Two staging environments of alice cooked it: the push must say which.
+        let second = env("alice", Platform::Staging)?;
+        release("20260104T000000Z-c", &second)?;
+        match find_release(&state, &prod, &request("", "")) {
+            Err(MasterError::Refused(m)) => assert!(
+                m.contains(&alice_staging.uuid) && m.contains(&second.uuid) && m.contains("--from"),
+                "{m}"
+            ),
+            other => panic!("expected Refused, got {other:?}"),
+        }
+        assert_eq!(
+            find_release(&state, &prod, &request("", &alice_staging.uuid))?.id,
+            "20260101T000000Z-a"
+        );
+        assert_eq!(
+            find_release(&state, &prod, &request("20260104T000000Z-c", ""))?.id,
+            "20260104T000000Z-c"
+        );
+        assert!(matches!(
+            find_release(&state, &prod, &request("", &bob_staging.uuid)),
+            Err(MasterError::Refused(_))
+        ));
         Ok(())
     }
 }

@@ -1,13 +1,18 @@
 //! Environments and projects as the `corpus` commands see them: who may act on an environment,
-//! creating one on an agent with a free slot, projects and their quotas.
+//! creating one on an agent with a free slot and its SMEP identity there (placement, the
+//! per-user limit, the migration of older records), projects and their quotas.
+
+use std::collections::{BTreeSet, HashMap};
 
 use serde_json::Value;
 
 use crate::MasterState;
 use crate::auth::now_unix;
 use crate::error::{MasterError, MasterResult};
+use crate::smep::{self, EnvIdentity};
 use crate::store::{
-    AgentRecord, AgentStatus, DEFAULT_QUOTA_BYTES, EnvironmentRecord, Mode, Platform, ProjectRecord,
+    AgentRecord, AgentStatus, DEFAULT_MAX_ENVS, DEFAULT_QUOTA_BYTES, EnvironmentRecord, Mode,
+    Platform, ProjectRecord,
 };
 
 fn is_admin(state: &MasterState, user: &str) -> MasterResult<bool> {
@@ -56,16 +61,19 @@ pub fn init_env(
             ))
         })?,
     };
-    // Choosing a slot and recording the environment are one step: two concurrent requests
-    // would otherwise both see the last free slot and both take it.
+    // Choosing a slot and an identity and recording the environment are one step: two
+    // concurrent requests would otherwise both see the last free slot (or number) and both
+    // take it.
     let _allocating = state
         .slot_allocation
         .lock()
         .unwrap_or_else(|p| p.into_inner());
     // A storage error here must refuse, not count as an empty host.
-    let mut hosted: std::collections::HashMap<String, u32> = Default::default();
-    for env in state.store.environments()? {
-        *hosted.entry(env.agent).or_default() += 1;
+    let environments = state.store.environments()?;
+    check_env_limit(state, user, &environments)?;
+    let mut hosted: HashMap<String, u32> = HashMap::new();
+    for env in &environments {
+        *hosted.entry(env.agent.clone()).or_default() += 1;
     }
     let free = |agent: &AgentRecord| {
         let slots = agent.grains.as_ref().map_or(0, |g| g.slots);
@@ -78,11 +86,12 @@ pub fn init_env(
             .into_iter()
             .filter(|a| a.status == AgentStatus::Accepted && state.links.is_connected(&a.id))
             .filter(|a| free(a) > 0)
+            .filter(|a| shares_safely(a, user, &environments))
             .collect();
         candidates.sort_by_key(|a| std::cmp::Reverse(free(a)));
         candidates.into_iter().next().ok_or_else(|| {
             MasterError::Exhausted(
-                "no connected agent has a free slot: see corpus listhosts".to_owned(),
+                "no connected agent has a free slot for your environment (an agent that hosts other users' environments must report isolation landlock or uid): see corpus listhosts".to_owned(),
             )
         })?
     } else {
@@ -102,8 +111,16 @@ pub fn init_env(
                 "host {host:?} has no free slot"
             )));
         }
+        if !shares_safely(&agent, user, &environments) {
+            return Err(MasterError::Refused(format!(
+                "host {host:?} hosts environments of other users and reports isolation {:?}: an environment may share an agent with other users' only where the agent isolates them (landlock or uid); choose another host or run the agent as root on a kernel that supports it",
+                isolation_of(&agent)
+            )));
+        }
         agent
     };
+    let sheet = smep::sheet_number(&state.settings().sheet);
+    let identity = allocate_identity(&environments, &agent.id, sheet, platform)?;
     let env = EnvironmentRecord {
         uuid: uuid::Uuid::new_v4().to_string(),
         platform,
@@ -113,10 +130,111 @@ pub fn init_env(
         grants: vec![],
         defaults: Value::Object(Default::default()),
         created_at: now_unix(),
+        // Recorded with the environment, in the same write: the number is taken exactly when
+        // the environment exists.
+        smep: Some(identity.smep),
     };
     state.store.put_environment(&env)?;
-    tracing::info!(env = %env.uuid, agent = %env.agent, platform = platform.as_str(), user, "environment created");
+    tracing::info!(env = %env.uuid, agent = %env.agent, platform = platform.as_str(), smep = identity.smep, user, "environment created");
     Ok(env)
+}
+
+/// The agent's `isolation` grain; an agent that reports none (older agents) isolates nothing.
+fn isolation_of(agent: &AgentRecord) -> &str {
+    match agent.grains.as_ref().map(|g| g.isolation.as_str()) {
+        Some("") | None => "none",
+        Some(isolation) => isolation,
+    }
+}
+
+/// Whether `user` may get an environment on `agent`: always when every environment there is
+/// the user's own, otherwise only when the agent confines each environment to its own user.
+fn shares_safely(agent: &AgentRecord, user: &str, environments: &[EnvironmentRecord]) -> bool {
+    let others_there = environments
+        .iter()
+        .any(|e| e.agent == agent.id && e.owner != user);
+    !others_there || matches!(isolation_of(agent), "landlock" | "uid")
+}
+
+/// Refuses a new environment beyond the user's limit (admins have none).
+fn check_env_limit(
+    state: &MasterState,
+    user: &str,
+    environments: &[EnvironmentRecord],
+) -> MasterResult<()> {
+    let Some(record) = state.store.user(user)? else {
+        return Ok(());
+    };
+    if record.admin {
+        return Ok(());
+    }
+    let limit = record.max_envs.unwrap_or(DEFAULT_MAX_ENVS);
+    let owned = environments.iter().filter(|e| e.owner == user).count();
+    if owned >= limit as usize {
+        return Err(MasterError::Exhausted(format!(
+            "user {user:?} owns {owned} environments, the most allowed ({limit}): destroy one, or ask an operator to raise the limit (corpus-master users set {user} --max-envs N)"
+        )));
+    }
+    Ok(())
+}
+
+/// A new identity on `agent`: the lowest environment number none of its environments holds.
+fn allocate_identity(
+    environments: &[EnvironmentRecord],
+    agent: &str,
+    sheet: u32,
+    platform: Platform,
+) -> MasterResult<EnvIdentity> {
+    let used: BTreeSet<u32> = environments
+        .iter()
+        .filter(|e| e.agent == agent)
+        .filter_map(|e| e.smep.map(smep::machine_number))
+        .collect();
+    let machine = smep::free_machine_number(&used).ok_or_else(|| {
+        MasterError::Exhausted(format!(
+            "agent {agent:?} has no free environment number: all {} are taken; destroy an environment there or use another agent",
+            smep::MACHINE_NUMBERS.end()
+        ))
+    })?;
+    Ok(EnvIdentity::new(sheet, machine, platform))
+}
+
+/// Gives every environment recorded before SMEP identities existed one, once, at open: oldest
+/// first, each written as soon as it is chosen so a crash midway loses nothing.
+pub fn assign_missing_identities(state: &MasterState) -> MasterResult<()> {
+    let _allocating = state
+        .slot_allocation
+        .lock()
+        .unwrap_or_else(|p| p.into_inner());
+    let mut environments = state.store.environments()?;
+    environments.sort_by_key(|e| e.created_at);
+    let sheet = smep::sheet_number(&state.settings().sheet);
+    for index in 0..environments.len() {
+        if environments[index].smep.is_some() {
+            continue;
+        }
+        let env = &environments[index];
+        // An agent with more environments than numbers cannot give this one an identity: the
+        // master still starts (its jobs run as before, unconfined) and says so.
+        let identity = match allocate_identity(&environments, &env.agent, sheet, env.platform) {
+            Ok(identity) => identity,
+            Err(e) => {
+                tracing::error!(env = %env.uuid, agent = %env.agent, "environment left without a SMEP identity: {e}");
+                continue;
+            }
+        };
+        let mut migrated = env.clone();
+        migrated.smep = Some(identity.smep);
+        state.store.put_environment(&migrated)?;
+        tracing::info!(env = %migrated.uuid, agent = %migrated.agent, smep = identity.smep, "environment given its SMEP identity");
+        environments[index] = migrated;
+    }
+    Ok(())
+}
+
+/// The environment's identity, if it has one (every environment does once the master opened).
+pub fn identity(env: &EnvironmentRecord) -> Option<EnvIdentity> {
+    env.smep.map(|smep| EnvIdentity { smep })
 }
 
 /// The project's record, created with the default quota if it does not exist yet.
@@ -221,6 +339,7 @@ mod tests {
             grants: vec![],
             defaults: serde_json::json!({}),
             created_at: 0,
+            smep: None,
         };
         state.store.put_environment(&env)?;
         Ok(env)
@@ -317,6 +436,172 @@ mod tests {
             assert_eq!(created, 2, "round {round}");
         }
         assert_eq!(state.store.environments()?.len(), 32);
+        Ok(())
+    }
+
+    fn host(state: &MasterState, id: &str, slots: u32, isolation: &str) -> anyhow::Result<()> {
+        state.store.put_agent(&AgentRecord {
+            id: id.into(),
+            status: AgentStatus::Accepted,
+            csr_pem: String::new(),
+            certificate_pem: None,
+            fingerprint: None,
+            enrolled_at: 0,
+            decided_at: None,
+            grains: Some(crate::store::Grains {
+                slots,
+                isolation: isolation.into(),
+                ..Default::default()
+            }),
+            last_seen: None,
+            address: None,
+        })?;
+        Ok(())
+    }
+
+    fn user(
+        state: &MasterState,
+        id: &str,
+        admin: bool,
+        max_envs: Option<u32>,
+    ) -> anyhow::Result<()> {
+        state.store.put_user(&crate::store::UserRecord {
+            id: id.into(),
+            password_hash: String::new(),
+            admin,
+            created_at: 0,
+            max_envs,
+        })?;
+        Ok(())
+    }
+
+    fn open(dir: &std::path::Path) -> anyhow::Result<std::sync::Arc<MasterState>> {
+        crate::open(&crate::ServeOptions {
+            data_dir: dir.to_owned(),
+            settings: Default::default(),
+        })
+    }
+
+    #[test]
+    fn identities_are_unique_per_agent_stable_across_restarts_and_older_records_get_one()
+    -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        crate::init(dir.path(), &[], false)?;
+        let (staging, prod, other_host, old_uuid);
+        {
+            let state = open(dir.path())?;
+            host(&state, "node1", 10, "uid")?;
+            host(&state, "node2", 10, "uid")?;
+            // The default sheet, "corpus", is sheet 2.
+            staging = init_env(&state, "alice", "staging", "node1", "")?;
+            prod = init_env(&state, "alice", "prod", "node1", "")?;
+            other_host = init_env(&state, "alice", "dev", "node2", "")?;
+            assert_eq!(staging.smep, Some(20130));
+            assert_eq!(prod.smep, Some(20200));
+            // Numbers are per agent.
+            assert_eq!(other_host.smep, Some(20120));
+            // A record written before identities existed.
+            let mut old = environment(&state, "alice")?;
+            old.smep = None;
+            state.store.put_environment(&old)?;
+            old_uuid = old.uuid;
+        }
+        let state = open(dir.path())?;
+        let identities = |state: &MasterState| -> anyhow::Result<Vec<(String, Option<u32>)>> {
+            let mut all: Vec<_> = state
+                .store
+                .environments()?
+                .into_iter()
+                .map(|e| (e.uuid, e.smep))
+                .collect();
+            all.sort();
+            Ok(all)
+        };
+        let after_migration = identities(&state)?;
+        let get = |uuid: &str| {
+            after_migration
+                .iter()
+                .find(|(u, _)| u == uuid)
+                .and_then(|(_, s)| *s)
+        };
+        assert_eq!(get(&staging.uuid), Some(20130));
+        assert_eq!(get(&prod.uuid), Some(20200));
+        // The migrated staging environment on node1 takes the next free number there.
+        assert_eq!(get(&old_uuid), Some(20330));
+        drop(state);
+        // Opening again changes nothing.
+        let state = open(dir.path())?;
+        assert_eq!(identities(&state)?, after_migration);
+        // A freed number is given again only once its environment is gone.
+        state.store.delete_environment(&staging.uuid)?;
+        assert_eq!(
+            init_env(&state, "alice", "dev", "node1", "")?.smep,
+            Some(20120)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn an_agent_out_of_environment_numbers_refuses_clearly() -> anyhow::Result<()> {
+        let (_dir, state) = state()?;
+        host(&state, "node1", 200, "uid")?;
+        for machine in crate::smep::MACHINE_NUMBERS {
+            let mut env = environment(&state, "alice")?;
+            env.smep = Some(EnvIdentity::new(2, machine, Platform::Staging).smep);
+            state.store.put_environment(&env)?;
+        }
+        match init_env(&state, "root-user", "dev", "node1", "") {
+            Err(MasterError::Exhausted(m)) => {
+                assert!(m.contains("no free environment number"), "{m}")
+            }
+            other => panic!("expected Exhausted, got {other:?}"),
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn users_own_at_most_their_limit_of_environments() -> anyhow::Result<()> {
+        let (_dir, state) = state()?;
+        host(&state, "node1", 20, "uid")?;
+        user(&state, "alice", false, None)?;
+        user(&state, "bob", false, Some(1))?;
+        user(&state, "root", true, Some(1))?;
+        for _ in 0..DEFAULT_MAX_ENVS {
+            init_env(&state, "alice", "dev", "node1", "")?;
+        }
+        let refused = |result: MasterResult<EnvironmentRecord>| match result {
+            Err(MasterError::Exhausted(m)) => m,
+            other => panic!("expected Exhausted, got {other:?}"),
+        };
+        let message = refused(init_env(&state, "alice", "dev", "node1", ""));
+        assert!(
+            message.contains("owns 4 environments") && message.contains("--max-envs"),
+            "{message}"
+        );
+        init_env(&state, "bob", "dev", "node1", "")?;
+        refused(init_env(&state, "bob", "dev", "node1", ""));
+        // Admins are not limited.
+        init_env(&state, "root", "dev", "node1", "")?;
+        init_env(&state, "root", "dev", "node1", "")?;
+        Ok(())
+    }
+
+    #[test]
+    fn users_share_an_agent_only_where_it_isolates_environments() -> anyhow::Result<()> {
+        let (_dir, state) = state()?;
+        host(&state, "plain", 4, "")?;
+        host(&state, "confined", 4, "landlock")?;
+        init_env(&state, "alice", "staging", "plain", "")?;
+        init_env(&state, "alice", "staging", "confined", "")?;
+        // The same owner again is fine anywhere.
+        init_env(&state, "alice", "prod", "plain", "")?;
+        match init_env(&state, "bob", "staging", "plain", "") {
+            Err(MasterError::Refused(m)) => {
+                assert!(m.contains("other users") && m.contains("\"none\""), "{m}")
+            }
+            other => panic!("expected Refused, got {other:?}"),
+        }
+        init_env(&state, "bob", "staging", "confined", "")?;
         Ok(())
     }
 }

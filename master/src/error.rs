@@ -190,6 +190,7 @@ mod tests {
             grants: vec![],
             defaults: serde_json::json!({}),
             created_at: 0,
+            smep: None,
         };
         let grains = Grains::default();
         let ctx = DeployContext {

@@ -8,6 +8,7 @@ pub mod admin;
 pub mod auth;
 pub mod blobs;
 pub mod client;
+pub mod confine;
 pub mod console;
 pub mod db;
 pub mod deploys;
@@ -23,6 +24,7 @@ pub mod relay;
 pub mod render;
 pub mod retention;
 pub mod settings;
+pub mod smep;
 pub mod store;
 pub mod wire;
 
@@ -242,6 +244,7 @@ pub fn open(options: &ServeOptions) -> anyhow::Result<Arc<MasterState>> {
         data_dir: options.data_dir.clone(),
     });
     jobs::Jobs::load(&state)?;
+    environments::assign_missing_identities(&state)?;
     Ok(state)
 }
 

@@ -95,6 +95,36 @@ pub async fn authenticate_agent<T>(
         .map_err(internal)?
 }
 
+/// Refuses a second connection presenting the certificate of an agent whose link is alive (it
+/// heartbeated within two periods): the real agent keeps its link, and a copy of its
+/// certificate cannot take its jobs over. An agent that lost its connection without the
+/// master noticing is let in once the old link has been silent for three periods and dropped;
+/// the refusal carries no `corpus-refusal` reason, so the agent simply retries with back-off.
+fn refuse_if_live_elsewhere(
+    state: &MasterState,
+    agent: &str,
+    address: &str,
+    heartbeat: Duration,
+) -> Result<(), Status> {
+    let Some((live_address, last_seen)) = state.links.peer(agent) else {
+        return Ok(());
+    };
+    let silent_for = now_unix().saturating_sub(last_seen);
+    let alive_within = i64::try_from(heartbeat.as_secs().saturating_mul(2)).unwrap_or(i64::MAX);
+    if silent_for > alive_within {
+        return Ok(());
+    }
+    warn!(
+        agent,
+        %address,
+        live_address,
+        "refused a second connection with the certificate of agent {agent:?} while its link is alive: possibly a cloned agent certificate"
+    );
+    Err(Status::already_exists(format!(
+        "agent {agent:?} is already connected and heartbeating: a second connection with its certificate is refused (if this is the real agent after a network failure, it is let in once the old link times out)"
+    )))
+}
+
 type MasterStream = Pin<Box<dyn Stream<Item = Result<MasterMessage, Status>> + Send>>;
 type BlobStream = ReceiverStream<Result<BlobChunk, Status>>;
 
@@ -161,6 +191,9 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
                 let state = state.clone();
                 move || -> Result<AgentRecord, Status> {
                     let mut record = check_agent(&state, &agent, &fp)?;
+                    // Before anything of this connection is recorded: a copy's grains (its
+                    // root, its isolation) must not replace the live agent's.
+                    refuse_if_live_elsewhere(&state, &agent, &peer_address, heartbeat)?;
                     record.grains = Some(grains);
                     record.last_seen = Some(now);
                     record.address = Some(peer_address);
@@ -468,5 +501,38 @@ fn record_finished(state: &MasterState, agent: &str, finished: JobFinished) {
             }
         }
         Err(e) => warn!(job = %job_id, error = %e, "job result refused"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_second_connection_is_refused_only_while_the_first_heartbeats() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        crate::init(dir.path(), &[], false)?;
+        let state = crate::open(&crate::ServeOptions {
+            data_dir: dir.path().to_owned(),
+            settings: Default::default(),
+        })?;
+        let heartbeat = Duration::from_secs(10);
+        assert!(refuse_if_live_elsewhere(&state, "node1", "10.0.0.2", heartbeat).is_ok());
+        let (tx, _rx) = mpsc::channel(1);
+        let (_, _, last_seen) = state
+            .links
+            .register("node1", tx, "10.0.0.1".into(), now_unix());
+        match refuse_if_live_elsewhere(&state, "node1", "10.0.0.2", heartbeat) {
+            Err(status) => {
+                assert_eq!(status.code(), tonic::Code::AlreadyExists);
+                assert!(status.metadata().get(REFUSAL_REASON).is_none());
+                assert!(status.message().contains("already connected"));
+            }
+            Ok(()) => panic!("a second connection of a live agent was let in"),
+        }
+        // Silent for more than two heartbeats: the link is presumed dead; the agent gets in.
+        last_seen.store(now_unix() - 21, Ordering::Relaxed);
+        assert!(refuse_if_live_elsewhere(&state, "node1", "10.0.0.2", heartbeat).is_ok());
+        Ok(())
     }
 }

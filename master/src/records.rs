@@ -52,7 +52,14 @@ pub struct UserRecord {
     pub password_hash: String,
     pub admin: bool,
     pub created_at: i64,
+    /// How many environments the user may own; None is [`DEFAULT_MAX_ENVS`]. Admins are not
+    /// limited.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_envs: Option<u32>,
 }
+
+/// Environments a user may own unless an operator says otherwise (`users set --max-envs`).
+pub const DEFAULT_MAX_ENVS: u32 = 4;
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SessionRecord {
@@ -150,6 +157,11 @@ pub struct EnvironmentRecord {
     #[serde(default)]
     pub defaults: serde_json::Value,
     pub created_at: i64,
+    /// The SMEP base of the environment's identity on its agent (uid, gid, ports; see
+    /// `smep.rs`). Given at creation, or at the first open of a master that predates it, and
+    /// never changed while the environment exists.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub smep: Option<u32>,
 }
 
 /// Default storage quota of a project: 5 GB, as the RFC fixes it.

@@ -257,6 +257,16 @@ fn yaml_to_json(text: &str) -> Result<Value, String> {
     Ok(if json.is_null() { json!({}) } else { json })
 }
 
+/// The environment's root on its agent: every path a project's states may touch is beneath it.
+pub fn environment_root(env: &EnvironmentRecord, grains: &Grains) -> String {
+    let root = if grains.root.is_empty() {
+        "/srv/corpus"
+    } else {
+        grains.root.as_str()
+    };
+    format!("{root}/{}", env.uuid)
+}
+
 /// Builds `common` (PRODUCT.md's list) and renders every `.salt/<phase>.sls` there is.
 pub fn render_project(
     salt: &BTreeMap<String, String>,
@@ -277,12 +287,11 @@ pub fn render_project(
     );
     // A typo in a setting the agent acts on fails the push here, before any job exists.
     ProjectSettings::from_data(&data).map_err(|e| RenderError::Pillar(e.to_string()))?;
-    let root = if ctx.grains.root.is_empty() {
-        "/srv/corpus"
-    } else {
-        ctx.grains.root.as_str()
-    };
-    let base = format!("{root}/{}/srv/projects/{}", ctx.env.uuid, ctx.project);
+    let base = format!(
+        "{}/srv/projects/{}",
+        environment_root(ctx.env, ctx.grains),
+        ctx.project
+    );
     let user = data
         .get("user")
         .and_then(Value::as_str)
@@ -293,7 +302,7 @@ pub fn render_project(
         .and_then(Value::as_str)
         .unwrap_or(&user)
         .to_owned();
-    let common = json!({
+    let mut common = json!({
         "name": ctx.project,
         "env": ctx.env.platform.as_str(),
         "env_uuid": ctx.env.uuid,
@@ -313,6 +322,13 @@ pub fn render_project(
         "archives_dir": format!("{base}/archives"),
         "data": data,
     });
+    // The environment's identity on its agent (contract: uid, gid, user, group, ports, smep);
+    // it replaces any `user`/`group` the settings name, since the states run as it.
+    if let (Some(identity), Value::Object(map)) =
+        (crate::environments::identity(ctx.env), &mut common)
+    {
+        map.extend(identity.common_fields());
+    }
     let grains = serde_json::to_value(ctx.grains).unwrap_or_default();
     let context = TemplateContext::new(
         pillar.clone(),
@@ -352,6 +368,7 @@ mod tests {
             grants: vec![],
             defaults: json!({"keep_archives": 5, "workers": 2}),
             created_at: 0,
+            smep: None,
         }
     }
 
@@ -393,6 +410,32 @@ mod tests {
             "make -C /srv/c/e1/srv/projects/web/project PORT=9000"
         );
         assert!(rendered.plan.phase("stop").chunks.is_empty());
+        Ok(())
+    }
+
+    #[test]
+    fn common_carries_the_environments_identity_over_the_settings_user() -> anyhow::Result<()> {
+        let mut env = env();
+        env.smep = Some(20130);
+        let grains = Grains::default();
+        let ctx = DeployContext {
+            project: "web",
+            env: &env,
+            mode: Mode::Cooking,
+            deploy_id: "d1",
+            commit: "abc",
+            grains: &grains,
+        };
+        let pillar = json!({"user": "root"});
+        let rendered = render_project(&BTreeMap::new(), &pillar, &ctx)?;
+        let common = &rendered.common;
+        assert_eq!(common["uid"], 20130);
+        assert_eq!(common["gid"], 20130);
+        assert_eq!(common["smep"], 20130);
+        assert_eq!(common["user"], "corpus-20130");
+        assert_eq!(common["group"], "corpus-20130");
+        assert_eq!(common["ports"], json!((20130..20140).collect::<Vec<_>>()));
+        assert_eq!(environment_root(&env, &grains), "/srv/corpus/e1");
         Ok(())
     }
 

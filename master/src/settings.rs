@@ -18,6 +18,10 @@ pub struct Settings {
     pub pillar_root: PathBuf,
     /// How long finished jobs and their events are kept (see [`crate::retention`]).
     pub retention: Retention,
+    /// The sheet this master's environments belong to (`sheet:` in the config file); its
+    /// number is the first digit of every environment's SMEP identity. Existing environments
+    /// keep theirs when it changes: only new ones use the new sheet.
+    pub sheet: String,
 }
 
 /// What the background purge keeps. It never removes a running job, the job of a live
@@ -51,6 +55,7 @@ struct SettingsFile {
     pillar_root: Option<PathBuf>,
     #[serde(default)]
     retention: RetentionFile,
+    sheet: Option<String>,
 }
 
 /// `retention:` in the config file.
@@ -119,8 +124,15 @@ impl SettingsSource {
         if heartbeat < Duration::from_secs(1) {
             anyhow::bail!("heartbeat {heartbeat:?} is too short: use at least 1s");
         }
+        let sheet = file
+            .sheet
+            .unwrap_or_else(|| crate::smep::DEFAULT_SHEET.to_owned());
+        if sheet.trim().is_empty() {
+            anyhow::bail!("config sheet is empty: name the sheet or remove the key");
+        }
         Ok(Settings {
             heartbeat,
+            sheet,
             retention: file.retention.resolve()?,
             file_root: self
                 .file_root
@@ -165,6 +177,9 @@ mod tests {
             err.contains("master.yaml") && err.contains("hartbeat"),
             "{err}"
         );
+        assert_eq!(s.sheet, "corpus");
+        std::fs::write(&config, "sheet: acme\n")?;
+        assert_eq!(source.load(Path::new("/data"))?.sheet, "acme");
         std::fs::write(&config, "heartbeat: 10ms\n")?;
         assert!(source.load(Path::new("/data")).is_err());
         Ok(())

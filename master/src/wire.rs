@@ -110,6 +110,11 @@ pub fn environment(env: &EnvironmentRecord) -> pb::Environment {
         agent_id: env.agent.clone(),
         owner: env.owner.clone(),
         created_at_unix: env.created_at,
+        smep: env.smep.unwrap_or_default(),
+        uid: crate::environments::identity(env).map_or(0, |i| i.uid()),
+        ports: crate::environments::identity(env)
+            .map(|i| i.ports())
+            .unwrap_or_default(),
     }
 }
 
@@ -164,6 +169,7 @@ pub fn push_request(header: pb::PushHeader) -> PushRequest {
         release_id: header.release_id,
         source_size: header.source_size,
         source_digest: header.source_digest,
+        from_env: header.from_env,
     }
 }
 

@@ -27,6 +27,11 @@ pub struct Grains {
     /// Where environments live (`corpus-agent run --root`); `common`'s paths start there.
     #[serde(default)]
     pub root: String,
+    /// How the agent confines an environment's project states: `landlock` (its own user and a
+    /// Landlock ruleset), `uid` (its own user only) or `none` (as root, e.g. not run as root).
+    /// Empty from agents that predate isolation, which the master treats as `none`.
+    #[serde(default)]
+    pub isolation: String,
 }
 
 impl From<crate::v1::Grains> for Grains {
@@ -43,6 +48,7 @@ impl From<crate::v1::Grains> for Grains {
             guest_type: g.guest_type,
             version: g.version,
             root: g.root,
+            isolation: g.isolation,
         }
     }
 }
@@ -61,6 +67,7 @@ impl From<Grains> for crate::v1::Grains {
             guest_type: g.guest_type,
             version: g.version,
             root: g.root,
+            isolation: g.isolation,
         }
     }
 }

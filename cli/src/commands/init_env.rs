@@ -1,5 +1,6 @@
 //! `corpus init_env ENDPOINT dev|staging|prod [HOST]`: creates an environment on an agent with a
-//! free slot (or HOST) and prints its UUID, alone on stdout.
+//! free slot (or HOST) and prints its UUID, alone on stdout; with `--json`, also its SMEP
+//! identity there (`smep`, `uid`, `ports`).
 
 use corpus_proto::InitEnvRequest;
 
@@ -25,7 +26,7 @@ pub async fn run(
     if json {
         println!(
             "{}",
-            serde_json::json!({"uuid": env.uuid, "platform": env.platform, "agent": env.agent_id, "owner": env.owner})
+            serde_json::json!({"uuid": env.uuid, "platform": env.platform, "agent": env.agent_id, "owner": env.owner, "smep": env.smep, "uid": env.uid, "ports": env.ports})
         );
     } else {
         println!("{}", env.uuid);

@@ -1,4 +1,4 @@
-//! `corpus push ENDPOINT ENV_UUID PROJECT [--path DIR] [--pillar FILE|DIR] [--release ID]`:
+//! `corpus push ENDPOINT ENV_UUID PROJECT [--path DIR] [--pillar FILE|DIR] [--release ID] [--from ENV]`:
 //! streams the git tree at HEAD of DIR (which must hold `.salt/`) and the pillar to the master,
 //! then follows the deploy live. The tar lives in an anonymous temporary file (unlinked from
 //! its creation), so no exit, not even a kill, leaves it behind in the temp dir.
@@ -152,6 +152,8 @@ pub struct PushArgs<'a> {
     pub path: PathBuf,
     pub pillar: Option<PathBuf>,
     pub release: Option<&'a str>,
+    /// The staging environment a final push takes its release from.
+    pub from: Option<&'a str>,
     pub json: bool,
 }
 
@@ -193,6 +195,7 @@ async fn upload(
             release_id: args.release.unwrap_or_default().to_owned(),
             source_size: size,
             source_digest: digest,
+            from_env: args.from.unwrap_or_default().to_owned(),
         })),
     };
     let bar = (!args.json && std::io::stderr().is_terminal()).then(|| {

@@ -71,6 +71,9 @@ pub async fn run(
                 "mode": Mode::label_of(environment.mode),
                 "agent": environment.agent_id,
                 "owner": environment.owner,
+                "smep": environment.smep,
+                "uid": environment.uid,
+                "ports": environment.ports,
             },
             "deployments": all,
             "releases": projects.first().map(|p| p["releases"].clone()).unwrap_or(json!([])),
@@ -86,6 +89,12 @@ pub async fn run(
         Mode::label_of(environment.mode),
         environment.agent_id
     );
+    if let (Some(first), Some(last)) = (environment.ports.first(), environment.ports.last()) {
+        println!(
+            "runs as uid {} (corpus-{}), ports {first}-{last}",
+            environment.uid, environment.smep
+        );
+    }
     for p in &status.projects {
         let quota = p.quota.clone().unwrap_or_default();
         println!(

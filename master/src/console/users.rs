@@ -1,9 +1,10 @@
-//! `corpus-master users add|list`: the people who may log in with `corpus`.
+//! `corpus-master users add|set|list`: the people who may log in with `corpus`, and their
+//! limits.
 
 use std::io::{IsTerminal, Read};
 
 use anyhow::Context;
-use corpus_proto::{AddUserRequest, Empty};
+use corpus_proto::{AddUserRequest, Empty, UserLimitsRequest};
 use serde_json::json;
 
 use super::{Console, print_json, printable, rpc};
@@ -16,6 +17,16 @@ pub enum UsersCommand {
         /// The user may act on every environment.
         #[arg(long)]
         admin: bool,
+        /// How many environments the user may own (default 4; admins are not limited).
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        max_envs: Option<u32>,
+    },
+    /// Change a user's limits.
+    Set {
+        id: String,
+        /// How many environments the user may own; existing ones are kept if it is lower.
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
+        max_envs: u32,
     },
     /// List users.
     List,
@@ -23,7 +34,12 @@ pub enum UsersCommand {
 
 pub async fn run(command: UsersCommand, console: &Console) -> anyhow::Result<()> {
     match command {
-        UsersCommand::Add { id, admin } => add(console, id, admin).await,
+        UsersCommand::Add {
+            id,
+            admin,
+            max_envs,
+        } => add(console, id, admin, max_envs.unwrap_or(0)).await,
+        UsersCommand::Set { id, max_envs } => set(console, id, max_envs).await,
         UsersCommand::List => list(console).await,
     }
 }
@@ -46,7 +62,7 @@ fn read_password(id: &str) -> anyhow::Result<String> {
     Ok(password)
 }
 
-async fn add(console: &Console, id: String, admin: bool) -> anyhow::Result<()> {
+async fn add(console: &Console, id: String, admin: bool, max_envs: u32) -> anyhow::Result<()> {
     corpus_proto::names::validate_user_id(&id)?;
     let mut client = console.admin().await?;
     let password = read_password(&id)?;
@@ -55,17 +71,39 @@ async fn add(console: &Console, id: String, admin: bool) -> anyhow::Result<()> {
             id,
             password,
             admin,
+            max_envs,
         })
         .await
         .map_err(rpc)?
         .into_inner();
     if console.json {
-        print_json(&json!({"id": user.id, "admin": user.admin}));
+        print_json(&json!({"id": user.id, "admin": user.admin, "max_envs": user.max_envs}));
     } else {
         println!(
             "added user {}{}",
             printable(&user.id),
             if user.admin { " (admin)" } else { "" }
+        );
+    }
+    Ok(())
+}
+
+async fn set(console: &Console, id: String, max_envs: u32) -> anyhow::Result<()> {
+    corpus_proto::names::validate_user_id(&id)?;
+    let user = console
+        .admin()
+        .await?
+        .set_user_limits(UserLimitsRequest { id, max_envs })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    if console.json {
+        print_json(&json!({"id": user.id, "admin": user.admin, "max_envs": user.max_envs}));
+    } else {
+        println!(
+            "user {} may own {} environments",
+            printable(&user.id),
+            user.max_envs
         );
     }
     Ok(())
@@ -83,7 +121,7 @@ async fn list(console: &Console) -> anyhow::Result<()> {
     if console.json {
         let list: Vec<_> = users
             .iter()
-            .map(|u| json!({"id": u.id, "admin": u.admin, "created_at": u.created_at_unix}))
+            .map(|u| json!({"id": u.id, "admin": u.admin, "max_envs": u.max_envs, "created_at": u.created_at_unix}))
             .collect();
         print_json(&serde_json::Value::Array(list));
     } else {

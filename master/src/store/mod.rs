@@ -108,6 +108,11 @@ impl Store {
             .compare_and_swap(Tree::Users, user.id.as_bytes(), None, Some(&encode(user)))?)
     }
 
+    /// Replaces an existing user's record (limits changed by an operator).
+    pub fn put_user(&self, user: &UserRecord) -> Result<(), StoreError> {
+        self.put(Tree::Users, &user.id, user)
+    }
+
     pub fn users(&self) -> Result<Vec<UserRecord>, StoreError> {
         self.all(Tree::Users, "user")
     }
@@ -384,6 +389,7 @@ mod tests {
             password_hash: "x".into(),
             admin: false,
             created_at: 0,
+            max_envs: None,
         };
         assert!(store.create_user(&alice)?);
         let other = UserRecord {

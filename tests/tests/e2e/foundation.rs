@@ -180,7 +180,7 @@ fn an_agent_certificate_from_another_ca_is_refused() -> anyhow::Result<()> {
     let root = tempfile::tempdir()?;
     let master = Master::start(root.path())?;
     let token = master.token("10m")?;
-    let _agent = Agent::start(&master, root.path(), "node1", Some(&token))?;
+    let mut agent = Agent::start(&master, root.path(), "node1", Some(&token))?;
     master.wait_agent("node1", "accepted", true)?;
 
     let (_, cert, key) = foreign_identity("node1")?;
@@ -196,7 +196,10 @@ fn an_agent_certificate_from_another_ca_is_refused() -> anyhow::Result<()> {
         "a foreign certificate opened the agent stream"
     );
 
-    // The genuine certificate still works.
+    // The genuine certificate still works (once the agent itself is gone: a second
+    // connection of a connected agent is refused as a possible clone, see tenancy.rs).
+    agent.proc.kill();
+    master.wait_agent("node1", "accepted", false)?;
     let agent_dir = root.path().join("agent-node1");
     let (cert, key) = (
         std::fs::read_to_string(agent_dir.join("agent.crt"))?,

@@ -9,3 +9,4 @@ mod lifecycle;
 mod nodes;
 mod reliability;
 mod render;
+mod tenancy;
