@@ -80,9 +80,9 @@ impl Backoff {
     }
 }
 
-/// Messages taken from the outbox lately, sent again on the next link: those still in the
-/// stream's buffers when a link breaks never reached the master, and the agent cannot tell
-/// which. Every message is idempotent at the master (events stored once by sequence, results
+/// The outbox's receiving end, and the messages taken from it lately, sent again on the next
+/// link: those still in the stream's buffers when a link breaks never reached the master, and
+/// the agent cannot tell which. Every message is idempotent at the master (events stored once by sequence, results
 /// applied once), so a duplicate costs nothing. Bounded; the outbox of results (`results.rs`)
 /// is the backstop for events and results beyond it.
 struct Outgoing {
