@@ -479,9 +479,10 @@ async fn prepare(
 /// by their reporters before their journals go, and reach the master with the next Hello (or,
 /// with a release to upload, through [`resume_uploads`]).
 pub async fn recover(lifecycle: Arc<Lifecycle>, state_dir: PathBuf, outbox: Outbox) {
+    let reporters_dir = state_dir.clone();
     let results = tokio::task::spawn_blocking(move || {
         let mut reporter_for = |job_id: &str| -> Box<dyn Reporter> {
-            Box::new(OutboxReporter::new(job_id, outbox.clone(), &state_dir))
+            Box::new(OutboxReporter::new(job_id, outbox.clone(), &reporters_dir))
         };
         lifecycle.recover(&mut reporter_for)
     })
@@ -490,6 +491,7 @@ pub async fn recover(lifecycle: Arc<Lifecycle>, state_dir: PathBuf, outbox: Outb
     for (job_id, outcome) in results {
         info!(job = %job_id, status = ?outcome.status, "recovered an interrupted job");
     }
+    results::forget_orphan_events(&state_dir);
 }
 
 /// Uploads the releases a stop or a crash left pending, then delivers their results. Run once

@@ -249,6 +249,24 @@ fn events_file(state_dir: &Path, job_id: &str) -> PathBuf {
     results_dir(state_dir).join(format!("{job_id}.events"))
 }
 
+/// Removes the event logs of jobs that have no result and never will: at start, once the
+/// recovery has kept the results of the jobs it finished, a log without a result belongs to a
+/// job that died before its journal (the master fails such a job as lost).
+pub fn forget_orphan_events(state_dir: &Path) {
+    let dir = results_dir(state_dir);
+    let Ok(entries) = std::fs::read_dir(&dir) else {
+        return;
+    };
+    for entry in entries.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if let Some(job_id) = name.strip_suffix(".events")
+            && !dir.join(format!("{job_id}.json")).exists()
+        {
+            let _ = std::fs::remove_file(entry.path());
+        }
+    }
+}
+
 /// One event as kept on disk (the wire type has no serde).
 #[derive(Serialize, Deserialize)]
 struct StoredEvent {
@@ -431,6 +449,18 @@ mod tests {
             AckOutcome::Forgotten
         ));
         assert!(unacknowledged(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn event_logs_without_a_result_are_forgotten_at_start() {
+        let dir = tempfile::tempdir().unwrap();
+        keep(dir.path(), &result("job-1", false)).unwrap();
+        std::fs::write(dir.path().join("results/job-1.events"), "{}\n").unwrap();
+        std::fs::write(dir.path().join("results/job-2.events"), "{}\n").unwrap();
+        forget_orphan_events(dir.path());
+        assert!(dir.path().join("results/job-1.events").exists());
+        assert!(!dir.path().join("results/job-2.events").exists());
+        assert!(dir.path().join("results/job-1.json").exists());
     }
 
     #[test]
