@@ -212,6 +212,14 @@ def main():
     os.makedirs(WORK, exist_ok=True)
     subprocess.run([MASTER, "init", "--data-dir", MDIR], check=True, stdout=subprocess.DEVNULL)
     procs = Procs()
+    try:
+        run_cycles(procs)
+    finally:
+        # Also when the setup fails: no master or agent outlives the bench.
+        procs.stop()
+
+
+def run_cycles(procs):
     procs.start_master()
     subprocess.run([MASTER, "users", "add", "chaos@example.com", "--data-dir", MDIR],
                    input="chaos-password-123\n", text=True, check=True, stdout=subprocess.DEVNULL)
@@ -238,51 +246,48 @@ def main():
     log("warm-up: cooking %.1f s, final deploy %.1f s" % (durations["staging"], durations["prod"]))
     consistent = 0
     previous = {"staging": "0", "prod": "0"}
-    try:
-        for cycle in range(1, CYCLES + 1):
-            commit_version(cycle)
-            phase = rng.choice(["staging", "prod"])
-            target = rng.choice(["agent", "master"])
-            group = rng.choice([True, False])
-            delay = rng.uniform(0, durations[phase] * 1.2)
-            outcome = {}
-            for env_name in ("staging", "prod"):
-                client = subprocess.Popen([CORPUS, "push", "local", ENVS[env_name], "app", "--path", PROJECT],
-                                          stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-                if env_name == phase:
-                    time.sleep(delay)
-                    procs.kill(target, group)
-                    time.sleep(rng.uniform(0, 2))
-                    if target == "master":
-                        procs.start_master()
-                    else:
-                        procs.start_agent()
-                try:
-                    _, err = client.communicate(timeout=300)
-                except subprocess.TimeoutExpired:
-                    client.kill()
-                    _, err = client.communicate()
-                outcome[env_name] = client.returncode
-                wait_for("the agent to attach", procs.agent_connected, 120)
-                wait_for("the %s job to end" % env_name, lambda: not running(ENVS[env_name]), 300)
-            wrong = []
-            for env_name in ("staging", "prod"):
-                versions = [previous[env_name], str(cycle)]
-                if env_name == "prod":
-                    # A final push deploys the latest cooked release: the previous one's
-                    # version when this cycle's cooking failed.
-                    versions.append(previous["staging"])
-                problems, run_v = check(ENVS[env_name], versions)
-                wrong += ["%s: %s" % (env_name, w) for w in problems]
-                if run_v is not None:
-                    previous[env_name] = run_v
-            ok = not wrong
-            consistent += ok
-            log("cycle %d: kill -9 %s%s at %.2f s of the %s push; exits staging %s prod %s: %s" % (
-                cycle, target, " (group)" if group else "", delay, phase, outcome["staging"], outcome["prod"],
-                "consistent" if ok else "INCONSISTENT: " + "; ".join(wrong)))
-    finally:
-        procs.stop()
+    for cycle in range(1, CYCLES + 1):
+        commit_version(cycle)
+        phase = rng.choice(["staging", "prod"])
+        target = rng.choice(["agent", "master"])
+        group = rng.choice([True, False])
+        delay = rng.uniform(0, durations[phase] * 1.2)
+        outcome = {}
+        for env_name in ("staging", "prod"):
+            client = subprocess.Popen([CORPUS, "push", "local", ENVS[env_name], "app", "--path", PROJECT],
+                                      stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if env_name == phase:
+                time.sleep(delay)
+                procs.kill(target, group)
+                time.sleep(rng.uniform(0, 2))
+                if target == "master":
+                    procs.start_master()
+                else:
+                    procs.start_agent()
+            try:
+                _, err = client.communicate(timeout=300)
+            except subprocess.TimeoutExpired:
+                client.kill()
+                _, err = client.communicate()
+            outcome[env_name] = client.returncode
+            wait_for("the agent to attach", procs.agent_connected, 120)
+            wait_for("the %s job to end" % env_name, lambda: not running(ENVS[env_name]), 300)
+        wrong = []
+        for env_name in ("staging", "prod"):
+            versions = [previous[env_name], str(cycle)]
+            if env_name == "prod":
+                # A final push deploys the latest cooked release: the previous one's
+                # version when this cycle's cooking failed.
+                versions.append(previous["staging"])
+            problems, run_v = check(ENVS[env_name], versions)
+            wrong += ["%s: %s" % (env_name, w) for w in problems]
+            if run_v is not None:
+                previous[env_name] = run_v
+        ok = not wrong
+        consistent += ok
+        log("cycle %d: kill -9 %s%s at %.2f s of the %s push; exits staging %s prod %s: %s" % (
+            cycle, target, " (group)" if group else "", delay, phase, outcome["staging"], outcome["prod"],
+            "consistent" if ok else "INCONSISTENT: " + "; ".join(wrong)))
     log("%d/%d cycles consistent" % (consistent, CYCLES))
 
 
