@@ -21,7 +21,7 @@ use tracing::{Instrument, info, info_span, warn};
 use crate::blobs::{self, UploadError, blob_file, valid_hex};
 use crate::enroll::AgentIdentity;
 use crate::lifecycle::{self, Finished, JobOutcome, Lifecycle, Reporter, Step, StepStatus};
-use crate::results::{self, RunningJobs, StoredResult, capped_text, wire_status};
+use crate::results::{self, EventLog, RunningJobs, StoredResult, capped_text, wire_status};
 
 /// Messages for the master, queued across reconnects.
 pub type Outbox = UnboundedSender<AgentMessage>;
@@ -85,16 +85,22 @@ pub struct OutboxReporter {
     sequence: u64,
     /// Where the result is kept (`results.rs`).
     state_dir: PathBuf,
+    /// The job's events on disk, until the master's ack covers them.
+    events: EventLog,
     started: Instant,
 }
 
 impl OutboxReporter {
+    /// A reporter for `job_id`; a job resumed after a crash continues the sequence of the
+    /// events it kept (the master stores one event per sequence: reused ones would be lost).
     pub fn new(job_id: &str, outbox: Outbox, state_dir: &Path) -> Self {
+        let events = EventLog::new(state_dir, job_id);
         OutboxReporter {
             job_id: job_id.to_owned(),
             outbox,
-            sequence: 0,
+            sequence: events.last_sequence(),
             state_dir: state_dir.to_path_buf(),
+            events,
             started: Instant::now(),
         }
     }
@@ -129,6 +135,7 @@ impl Reporter for OutboxReporter {
             timestamp_unix_ms: time::OffsetDateTime::now_utc().unix_timestamp_nanos() as i64
                 / 1_000_000,
         };
+        self.events.append(&event);
         let _ = self.outbox.send(AgentMessage {
             body: Some(agent_message::Body::Event(event)),
         });
@@ -136,6 +143,8 @@ impl Reporter for OutboxReporter {
 
     fn finished(&mut self, result: &Finished<'_>) {
         let duration_ms = self.started.elapsed().as_millis() as u64;
+        // The events first: a kept result has all its events on disk.
+        self.events.sync();
         results::keep_or_warn(
             &self.state_dir,
             &StoredResult::of(&self.job_id, result, duration_ms),
@@ -285,7 +294,26 @@ fn destroy_environment(ctx: &JobContext, job: &corpus_proto::Job) -> JobOutcome 
             format!("environment id {:?} is not a UUID", job.env_uuid),
         );
     }
-    let plans: serde_json::Value = serde_json::from_slice(&job.plan_json).unwrap_or_default();
+    // Plans that do not parse would skip each project's stop.sls: refuse rather than destroy a
+    // running service without stopping it.
+    let plans: serde_json::Value = if job.plan_json.is_empty() {
+        serde_json::Value::Null
+    } else {
+        match serde_json::from_slice(&job.plan_json) {
+            Ok(plans) => plans,
+            Err(e) => {
+                return failure(
+                    job,
+                    Step::Validate.as_str(),
+                    format!(
+                        "the destroy's plans are not valid JSON ({e}): nothing was destroyed, \
+                         since no project's stop.sls could run; push the projects again or \
+                         report this master bug"
+                    ),
+                );
+            }
+        }
+    };
     // ROOT/<env>/srv/projects/<p>: the projects dir is its parent, the env dir three up.
     let some_project = ctx.lifecycle.project_dir(&job.env_uuid, "_");
     let (Some(projects_dir), Some(env_dir)) =
@@ -316,6 +344,25 @@ fn destroy_environment(ctx: &JobContext, job: &corpus_proto::Job) -> JobOutcome 
     let mut reporter = OutboxReporter::new(&job.job_id, ctx.outbox.clone(), &ctx.state_dir);
     for name in names {
         let entry = &plans[&name];
+        // A project without an entry has no deploy to stop (never deployed); one whose entry
+        // does not parse would be destroyed without its stop.sls.
+        let project_plans = match entry.get("plan").filter(|p| !p.is_null()) {
+            None => corpus_states::ProjectPlan::default(),
+            Some(plan) => match serde_json::from_value(plan.clone()) {
+                Ok(plans) => plans,
+                Err(e) => {
+                    return failure(
+                        job,
+                        Step::Validate.as_str(),
+                        format!(
+                            "project {name:?}: its latest plans are invalid ({e}), so its \
+                             stop.sls cannot run: nothing more was destroyed; push the project \
+                             again, then destroy"
+                        ),
+                    );
+                }
+            },
+        };
         let project_job = lifecycle::Job {
             job_id: job.job_id.clone(),
             kind: lifecycle::JobKind::Destroy,
@@ -323,7 +370,7 @@ fn destroy_environment(ctx: &JobContext, job: &corpus_proto::Job) -> JobOutcome 
             project: name.clone(),
             mode,
             deploy_id: String::new(),
-            plans: serde_json::from_value(entry["plan"].clone()).unwrap_or_default(),
+            plans: project_plans,
             common: entry["common"].clone(),
             pillar: entry["pillar"].clone(),
             grains: ctx.grains.clone(),
@@ -339,6 +386,15 @@ fn destroy_environment(ctx: &JobContext, job: &corpus_proto::Job) -> JobOutcome 
                 ..outcome
             };
         }
+        // At once: a destroy failing at a later project leaves the master listing only the
+        // projects that remain.
+        let _ = ctx.outbox.send(AgentMessage {
+            body: Some(agent_message::Body::Removed(corpus_proto::ProjectRemoved {
+                job_id: job.job_id.clone(),
+                env_uuid: job.env_uuid.clone(),
+                project: name.clone(),
+            })),
+        });
     }
     // Its system user goes with it (after its processes), as B3's isolation made it.
     if let Err(e) = crate::confine::forget_environment(&env_dir) {
@@ -427,9 +483,10 @@ async fn prepare(
 /// by their reporters before their journals go, and reach the master with the next Hello (or,
 /// with a release to upload, through [`resume_uploads`]).
 pub async fn recover(lifecycle: Arc<Lifecycle>, state_dir: PathBuf, outbox: Outbox) {
+    let reporters_dir = state_dir.clone();
     let results = tokio::task::spawn_blocking(move || {
         let mut reporter_for = |job_id: &str| -> Box<dyn Reporter> {
-            Box::new(OutboxReporter::new(job_id, outbox.clone(), &state_dir))
+            Box::new(OutboxReporter::new(job_id, outbox.clone(), &reporters_dir))
         };
         lifecycle.recover(&mut reporter_for)
     })
@@ -438,6 +495,7 @@ pub async fn recover(lifecycle: Arc<Lifecycle>, state_dir: PathBuf, outbox: Outb
     for (job_id, outcome) in results {
         info!(job = %job_id, status = ?outcome.status, "recovered an interrupted job");
     }
+    results::forget_orphan_events(&state_dir);
 }
 
 /// Uploads the releases a stop or a crash left pending, then delivers their results. Run once
@@ -480,5 +538,224 @@ mod tests {
         assert!(
             event.changes_json.len() + event.comment.len() < corpus_proto::MAX_MESSAGE_BYTES / 4
         );
+    }
+
+    fn emit(reporter: &mut OutboxReporter, count: usize) {
+        for n in 0..count {
+            reporter.step(
+                Step::Phase(corpus_states::Phase::Build),
+                &format!("state-{n}"),
+                StepStatus::Success,
+                serde_json::json!({"n": n}),
+                "",
+                Duration::ZERO,
+            );
+        }
+    }
+
+    /// The master died as the job ended: it stored 2 of 5 events, and the messages queued
+    /// for the link are gone with it. The agent restarts (only its disk is left); the master's
+    /// ack of the resent result gets the missing events, then the result, then the job goes.
+    #[test]
+    fn events_the_master_missed_are_resent_from_disk_after_a_crash() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+            drop(rx); // the link broke: nothing queued reaches the master
+            let mut reporter = OutboxReporter::new("job-1", tx, dir.path());
+            emit(&mut reporter, 5);
+            let outcome = JobOutcome {
+                status: lifecycle::Status::Success,
+                failed_step: String::new(),
+                failed_state: String::new(),
+                message: "deployed".into(),
+                deploy_id: "d1".into(),
+                release: None,
+            };
+            reporter.finished(&Finished {
+                env_uuid: "env",
+                project: "app",
+                live: Some("d1"),
+                outcome: &outcome,
+            });
+        }
+        // A crash may tear the line being written: it is skipped.
+        let events_path = dir.path().join("results/job-1.events");
+        let mut torn = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&events_path)
+            .unwrap();
+        std::io::Write::write_all(&mut torn, b"{\"sequence\":6,\"st").unwrap();
+
+        // After the restart, the Hello offers the result.
+        let offered = results::unacknowledged(dir.path());
+        assert_eq!(offered.len(), 1);
+        let results::AckOutcome::Resend(messages) = results::acknowledge(dir.path(), "job-1", 2)
+        else {
+            panic!("the missing events must be resent");
+        };
+        let sequences: Vec<u64> = messages
+            .iter()
+            .filter_map(|m| match &m.body {
+                Some(agent_message::Body::Event(e)) => Some(e.sequence),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sequences, [3, 4, 5]);
+        let Some(agent_message::Body::Event(third)) = &messages[0].body else {
+            panic!("events come first");
+        };
+        assert_eq!(third.state_id, "state-2");
+        assert_eq!(third.job_id, "job-1");
+        assert!(matches!(
+            messages.last().and_then(|m| m.body.as_ref()),
+            Some(agent_message::Body::Finished(f)) if f.job_id == "job-1"
+        ));
+        // The master now holds all five: the job is forgotten, events and result.
+        assert!(matches!(
+            results::acknowledge(dir.path(), "job-1", 5),
+            results::AckOutcome::Forgotten
+        ));
+        assert!(!events_path.exists());
+        assert!(results::unacknowledged(dir.path()).is_empty());
+    }
+
+    #[test]
+    fn a_resumed_job_continues_its_event_sequence_and_a_gap_is_not_resent_forever() {
+        let dir = tempfile::tempdir().unwrap();
+        let (tx, _rx) = tokio::sync::mpsc::unbounded_channel();
+        emit(&mut OutboxReporter::new("job-2", tx.clone(), dir.path()), 3);
+        let mut resumed = OutboxReporter::new("job-2", tx, dir.path());
+        emit(&mut resumed, 1);
+        let sequences: Vec<u64> = results::kept_events(dir.path(), "job-2")
+            .iter()
+            .map(|e| e.sequence)
+            .collect();
+        assert_eq!(sequences, [1, 2, 3, 4]);
+        let result = StoredResult {
+            job_id: "job-2".into(),
+            env_uuid: "env".into(),
+            project: "app".into(),
+            status: corpus_proto::JobStatus::Success as i32,
+            failed_step: String::new(),
+            failed_state: String::new(),
+            message: String::new(),
+            deploy_id: "d2".into(),
+            release: None,
+            duration_ms: 1,
+            used_bytes: 0,
+            live_deploy_id: "d2".into(),
+            pending_release: None,
+            event_resends: 0,
+        };
+        results::keep(dir.path(), &result).unwrap();
+        // A master that never fills its gap (stuck at 1) gets a bounded number of resends.
+        for _ in 0..results::MAX_EVENT_RESENDS {
+            assert!(matches!(
+                results::acknowledge(dir.path(), "job-2", 1),
+                results::AckOutcome::Resend(_)
+            ));
+        }
+        assert!(matches!(
+            results::acknowledge(dir.path(), "job-2", 1),
+            results::AckOutcome::Forgotten
+        ));
+        assert!(results::unacknowledged(dir.path()).is_empty());
+    }
+
+    fn destroy_context(
+        root: &Path,
+        state_dir: &Path,
+    ) -> (
+        JobContext,
+        tokio::sync::mpsc::UnboundedReceiver<AgentMessage>,
+    ) {
+        let (outbox, rx) = tokio::sync::mpsc::unbounded_channel();
+        let (_, stop) = watch::channel(Signal::Running);
+        let ctx = JobContext {
+            lifecycle: Arc::new(Lifecycle::new(root.to_path_buf())),
+            state_dir: state_dir.to_path_buf(),
+            master: "https://127.0.0.1:1".into(),
+            ca_pem: String::new(),
+            identity: AgentIdentity {
+                certificate_pem: String::new(),
+                key_pem: String::new(),
+            },
+            grains: serde_json::json!({}),
+            outbox,
+            running: RunningJobs::default(),
+            stop,
+        };
+        (ctx, rx)
+    }
+
+    fn destroy_job(env: &str, plans: &[u8]) -> corpus_proto::Job {
+        corpus_proto::Job {
+            job_id: "job-d".into(),
+            kind: WireKind::Destroy as i32,
+            env_uuid: env.into(),
+            plan_json: plans.to_vec(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn an_environment_destroy_reports_each_project_it_removed() {
+        let (root, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (ctx, mut rx) = destroy_context(root.path(), state.path());
+        let env = "3f2b8c1e-8a4b-4c7e-9d0a-1b2c3d4e5f60";
+        for project in ["alpha", "beta"] {
+            std::fs::create_dir_all(ctx.lifecycle.project_dir(env, project)).unwrap();
+        }
+        let plan = serde_json::to_value(corpus_states::ProjectPlan::default()).unwrap();
+        let plans = serde_json::json!({"alpha": {"plan": plan}});
+        let outcome = destroy_environment(
+            &ctx,
+            &destroy_job(env, &serde_json::to_vec(&plans).unwrap()),
+        );
+        assert_eq!(
+            outcome.status,
+            lifecycle::Status::Success,
+            "{}",
+            outcome.message
+        );
+        let mut removed = Vec::new();
+        while let Ok(message) = rx.try_recv() {
+            if let Some(agent_message::Body::Removed(r)) = message.body {
+                assert_eq!((r.job_id.as_str(), r.env_uuid.as_str()), ("job-d", env));
+                removed.push(r.project);
+            }
+        }
+        assert_eq!(removed, ["alpha", "beta"]);
+    }
+
+    #[test]
+    fn a_destroy_with_malformed_plans_fails_saying_why_and_removes_nothing() {
+        let (root, state) = (tempfile::tempdir().unwrap(), tempfile::tempdir().unwrap());
+        let (ctx, mut rx) = destroy_context(root.path(), state.path());
+        let env = "3f2b8c1e-8a4b-4c7e-9d0a-1b2c3d4e5f61";
+        let dir = ctx.lifecycle.project_dir(env, "alpha");
+        std::fs::create_dir_all(&dir).unwrap();
+        let bad = serde_json::json!({"alpha": {"plan": "not a plan"}});
+        let outcome =
+            destroy_environment(&ctx, &destroy_job(env, &serde_json::to_vec(&bad).unwrap()));
+        assert_eq!(outcome.status, lifecycle::Status::Failed);
+        assert!(outcome.message.contains("\"alpha\""), "{}", outcome.message);
+        assert!(outcome.message.contains("stop.sls"), "{}", outcome.message);
+        assert!(dir.is_dir());
+        let outcome = destroy_environment(&ctx, &destroy_job(env, b"{not json"));
+        assert_eq!(outcome.status, lifecycle::Status::Failed);
+        assert!(
+            outcome.message.contains("not valid JSON"),
+            "{}",
+            outcome.message
+        );
+        assert!(dir.is_dir());
+        while let Ok(message) = rx.try_recv() {
+            assert!(!matches!(
+                message.body,
+                Some(agent_message::Body::Removed(_))
+            ));
+        }
     }
 }

@@ -2,6 +2,7 @@
 //! Hello (grains), heartbeat, receive jobs; reconnect forever with jittered exponential backoff.
 //! The agent never listens on a port.
 
+use std::collections::VecDeque;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -79,6 +80,51 @@ impl Backoff {
     }
 }
 
+/// The outbox's receiving end, and the messages taken from it lately, sent again on the next
+/// link: those still in the stream's buffers when a link breaks never reached the master, and
+/// the agent cannot tell which. Every message is idempotent at the master (events stored once by sequence, results
+/// applied once), so a duplicate costs nothing. Bounded; the outbox of results (`results.rs`)
+/// is the backstop for events and results beyond it.
+struct Outgoing {
+    /// The outbox's receiving end, shared by every link of the agent's life.
+    queue: mpsc::UnboundedReceiver<AgentMessage>,
+    recently_sent: VecDeque<AgentMessage>,
+    recent_bytes: usize,
+}
+
+impl Outgoing {
+    /// More than the link's channel (64) holds, with room for what h2 buffers.
+    const MAX_MESSAGES: usize = 256;
+    const MAX_BYTES: usize = 32 * 1024 * 1024;
+
+    fn weight(message: &AgentMessage) -> usize {
+        match &message.body {
+            Some(agent_message::Body::Event(e)) => 128 + e.changes_json.len() + e.comment.len(),
+            Some(agent_message::Body::Finished(f)) => 256 + f.message.len(),
+            _ => 256,
+        }
+    }
+
+    fn new(queue: mpsc::UnboundedReceiver<AgentMessage>) -> Self {
+        Outgoing {
+            queue,
+            recently_sent: VecDeque::new(),
+            recent_bytes: 0,
+        }
+    }
+
+    fn remember(&mut self, message: AgentMessage) {
+        self.recent_bytes += Self::weight(&message);
+        self.recently_sent.push_back(message);
+        while self.recently_sent.len() > Self::MAX_MESSAGES || self.recent_bytes > Self::MAX_BYTES {
+            match self.recently_sent.pop_front() {
+                Some(old) => self.recent_bytes -= Self::weight(&old),
+                None => break,
+            }
+        }
+    }
+}
+
 /// Why one attached session ended.
 enum Ended {
     Stopped,
@@ -131,7 +177,8 @@ async fn link(
 ) -> anyhow::Result<()> {
     let mut live = options.live.clone();
     let lifecycle = Arc::new(Lifecycle::new(options.root.clone()));
-    let (outbox, mut outbox_rx) = mpsc::unbounded_channel();
+    let (outbox, outbox_rx) = mpsc::unbounded_channel();
+    let mut outgoing = Outgoing::new(outbox_rx);
     let running = RunningJobs::default();
     // Deploys a crash interrupted are finished (or undone) before anything else.
     jobs::recover(lifecycle.clone(), options.state_dir.clone(), outbox.clone()).await;
@@ -163,7 +210,7 @@ async fn link(
             options,
             &ctx,
             &grains,
-            &mut outbox_rx,
+            &mut outgoing,
             &mut stop,
             jobs_in_flight,
             &mut live,
@@ -209,7 +256,7 @@ async fn attach_once(
     options: &LinkOptions,
     ctx: &Arc<JobContext>,
     grains: &Grains,
-    outbox: &mut mpsc::UnboundedReceiver<AgentMessage>,
+    outgoing: &mut Outgoing,
     stop: &mut watch::Receiver<Signal>,
     jobs_in_flight: &mut JoinSet<()>,
     live: &mut watch::Receiver<LiveSettings>,
@@ -267,6 +314,12 @@ async fn attach_once(
     let period = |live: &LiveSettings| live.heartbeat.map_or(asked, |h| h.min(asked));
     let mut ticker = tokio::time::interval(period(&live.borrow()));
     ticker.tick().await;
+    // What the last link may have lost in its buffers, before anything new.
+    for message in outgoing.recently_sent.iter().cloned() {
+        if tx.send(message).await.is_err() {
+            return Ok(Ended::Closed("outbound stream closed".into()));
+        }
+    }
     let mut sequence = 0u64;
     loop {
         tokio::select! {
@@ -293,8 +346,9 @@ async fn attach_once(
                     return Ok(Ended::Closed("outbound stream closed".into()));
                 }
             }
-            queued = outbox.recv() => {
+            queued = outgoing.queue.recv() => {
                 let Some(queued) = queued else { continue };
+                outgoing.remember(queued.clone());
                 if tx.send(queued).await.is_err() {
                     return Ok(Ended::Closed("outbound stream closed".into()));
                 }
@@ -306,7 +360,21 @@ async fn attach_once(
                         jobs_in_flight.spawn(jobs::run(ctx.clone(), job));
                     }
                     Some(master_message::Body::Ack(ack)) => {
-                        results::acknowledge(&options.state_dir, &ack.job_id);
+                        let acked = results::acknowledge(
+                            &options.state_dir,
+                            &ack.job_id,
+                            ack.events_stored,
+                        );
+                        if let results::AckOutcome::Resend(messages) = acked {
+                            info!(
+                                job = %ack.job_id,
+                                events = messages.len() - 1,
+                                "the master misses events of this job: sending them again"
+                            );
+                            for message in messages {
+                                let _ = ctx.outbox.send(message);
+                            }
+                        }
                     }
                     Some(other) => tracing::debug!(?other, "message from the master"),
                     None => {}

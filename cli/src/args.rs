@@ -14,7 +14,8 @@ Exit status:
   0  success
   1  the job ran and did not succeed: it failed, was rolled back, or was refused by the agent
   2  the command could not run: invalid arguments, configuration, connection or login, or the
-     master refused the request";
+     master refused the request
+  130  interrupted (Ctrl-C, SIGTERM): the job goes on; `corpus follow` shows it";
 
 #[derive(Parser)]
 #[command(
@@ -98,6 +99,14 @@ pub enum Command {
         env: String,
         project: Option<String>,
     },
+    /// Follow a job to its end: the latest job of PROJECT, or the job JOB_ID (e.g. after
+    /// Ctrl-C during a push).
+    Follow {
+        endpoint: String,
+        env: String,
+        /// A project name, or a job id.
+        target: String,
+    },
     /// Shrink a project's storage quota by SIZE.
     Trim {
         endpoint: String,
@@ -116,6 +125,18 @@ pub enum Command {
 
 impl Command {
     /// The endpoint named on the command line, if any.
+    /// Whether the command follows a job to its end (no answer deadline applies).
+    pub fn follows_a_job(&self) -> bool {
+        matches!(
+            self,
+            Command::Init { .. }
+                | Command::Push { .. }
+                | Command::Rollback { .. }
+                | Command::Destroy { .. }
+                | Command::Follow { .. }
+        )
+    }
+
     pub fn endpoint(&self) -> Option<&str> {
         match self {
             Command::Listhosts { endpoint } => endpoint.as_deref(),
@@ -125,6 +146,7 @@ impl Command {
             | Command::Rollback { endpoint, .. }
             | Command::Status { endpoint, .. }
             | Command::Destroy { endpoint, .. }
+            | Command::Follow { endpoint, .. }
             | Command::Trim { endpoint, .. }
             | Command::Enlarge { endpoint, .. } => Some(endpoint),
         }
@@ -171,6 +193,14 @@ impl Command {
                 env_uuid(env)?;
                 if let Some(project) = project {
                     corpus_proto::names::validate_project_name(project)?;
+                }
+            }
+            Command::Follow { env, target, .. } => {
+                env_uuid(env)?;
+                if uuid::Uuid::try_parse(target).is_err() {
+                    corpus_proto::names::validate_project_name(target).map_err(|e| {
+                        anyhow::anyhow!("{target:?} is neither a job id nor a project name: {e}")
+                    })?;
                 }
             }
             Command::Trim {

@@ -19,6 +19,8 @@ const EXIT_JOB_FAILED: u8 = 1;
 /// The command could not run: arguments, configuration, connection, login or a refusal.
 /// clap's own usage errors exit 2 as well.
 const EXIT_ERROR: u8 = 2;
+/// Ctrl-C or SIGTERM stopped the client (not the job), as a shell reports SIGINT.
+const EXIT_INTERRUPTED: u8 = 130;
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
@@ -44,6 +46,8 @@ fn main() -> ExitCode {
             eprintln!("corpus: error: {e:#}");
             ExitCode::from(if e.is::<progress::JobFailed>() {
                 EXIT_JOB_FAILED
+            } else if e.is::<progress::Interrupted>() {
+                EXIT_INTERRUPTED
             } else {
                 EXIT_ERROR
             })
@@ -52,7 +56,7 @@ fn main() -> ExitCode {
 }
 
 async fn run(cli: Cli) -> anyhow::Result<()> {
-    let path = match cli.config {
+    let path = match cli.config.clone() {
         Some(path) => path,
         None => config::default_path()?,
     };
@@ -60,6 +64,18 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let endpoint = config.endpoint(cli.command.endpoint())?;
     let session = session::login(endpoint).await?;
     let json = cli.json;
+    if cli.command.follows_a_job() {
+        // A job may run silently for long: its stream has h2 keep-alive pings instead.
+        return run_command(&cli, session, json).await;
+    }
+    let limit = session::deadline(session::ANSWER_DEADLINE);
+    let endpoint = session.endpoint.clone();
+    tokio::time::timeout(limit, run_command(&cli, session, json))
+        .await
+        .map_err(|_| session::silent_master(&endpoint, "waiting for its answer", limit))?
+}
+
+async fn run_command(cli: &Cli, session: session::Session, json: bool) -> anyhow::Result<()> {
     match &cli.command {
         Command::Listhosts { .. } => commands::listhosts::run(session, json).await,
         Command::InitEnv {
@@ -82,7 +98,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
             from,
             ..
         } => {
+            let endpoint_name = session.endpoint.name.clone();
             let args = commands::push::PushArgs {
+                endpoint: &endpoint_name,
                 env,
                 project,
                 path: path.clone(),
@@ -101,6 +119,9 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
         }
         Command::Destroy { env, project, .. } => {
             commands::destroy::run(session, env, project.as_deref(), json).await
+        }
+        Command::Follow { env, target, .. } => {
+            commands::follow::run(session, env, target, json).await
         }
         Command::Trim {
             env, project, size, ..

@@ -1,21 +1,84 @@
 //! Showing a job's progress: one line per step as it happens (or one JSON object per line
 //! with `--json`), then a summary. A job that did not succeed ends in [`JobFailed`], which
-//! `main` turns into exit code 1.
+//! `main` turns into exit code 1. Ctrl-C (or SIGTERM) stops following, not the job: the
+//! client says so and how to follow it again ([`Interrupted`], exit code 130).
 
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
-use corpus_proto::{JobFinished, JobStatus, JobUpdate, StepResult, job_update};
+use corpus_proto::{FollowRequest, JobFinished, JobStatus, JobUpdate, StepResult, job_update};
 use serde_json::json;
 use tonic::Streaming;
 
-use crate::session::{Session, rpc_error};
+use crate::session::{self, Session, rpc_error};
+
+/// How long a client whose stream broke (the master restarted, the network blinked) tries to
+/// reattach to its job before giving up.
+pub const REATTACH_FOR: Duration = Duration::from_secs(120);
 
 /// The job ran and did not succeed (failed, rolled back or refused); the message says which
 /// and at what step.
 #[derive(Debug, thiserror::Error)]
 #[error("{0}")]
 pub struct JobFailed(String);
+
+/// The user stopped the client (Ctrl-C, SIGTERM); the message says what goes on without it.
+#[derive(Debug, thiserror::Error)]
+#[error("{0}")]
+pub struct Interrupted(pub String);
+
+/// Resolves at the first Ctrl-C or SIGTERM (never, if neither can be watched).
+pub async fn interrupted() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut term) => {
+                term.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        Ok(()) = tokio::signal::ctrl_c() => {}
+        () = term => {}
+    }
+}
+
+/// How many of a failed command's last output lines are shown.
+const OUTPUT_TAIL_LINES: usize = 20;
+
+/// What a failed state's changes say beyond its comment: a command's exit code and the end of
+/// its stderr (or of its stdout when stderr is empty), one indented line each.
+pub fn failure_details(changes: &serde_json::Value) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(code) = changes.get("retcode").filter(|c| !c.is_null()) {
+        lines.push(format!("exit code {code}"));
+    }
+    let text = |key: &str| {
+        changes
+            .get(key)
+            .and_then(|v| v.as_str())
+            .map(str::trim_end)
+            .filter(|t| !t.is_empty())
+    };
+    let (name, output) = match (text("stderr"), text("stdout")) {
+        (Some(err), _) => ("stderr", err),
+        (None, Some(out)) => ("stdout", out),
+        (None, None) => return lines,
+    };
+    let all: Vec<&str> = output.lines().collect();
+    let shown = &all[all.len().saturating_sub(OUTPUT_TAIL_LINES)..];
+    if shown.len() < all.len() {
+        lines.push(format!(
+            "{name} (last {} of {} lines):",
+            shown.len(),
+            all.len()
+        ));
+    } else {
+        lines.push(format!("{name}:"));
+    }
+    lines.extend(shown.iter().map(|l| format!("  {l}")));
+    lines
+}
 
 fn millis(ms: u64) -> String {
     if ms >= 1000 {
@@ -25,9 +88,50 @@ fn millis(ms: u64) -> String {
     }
 }
 
-/// Follows a job's updates to the end; Ok only when the job succeeded.
+/// Attaches again to `job_id` from event `from_sequence` on, logging in anew each time (the
+/// master may have restarted), until [`REATTACH_FOR`] after `since`.
+async fn reattach(
+    session: &mut Session,
+    env: &str,
+    job_id: &str,
+    from_sequence: u64,
+    since: Instant,
+) -> anyhow::Result<Streaming<JobUpdate>> {
+    let mut last_error = String::new();
+    while since.elapsed() < REATTACH_FOR {
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        let fresh = match session::login(&session.endpoint).await {
+            Ok(fresh) => fresh,
+            Err(e) => {
+                last_error = format!("{e:#}");
+                continue;
+            }
+        };
+        *session = fresh;
+        let request = FollowRequest {
+            env_uuid: env.to_owned(),
+            job_id: job_id.to_owned(),
+            project: String::new(),
+            from_sequence,
+        };
+        match session.client.follow(request).await {
+            Ok(updates) => return Ok(updates.into_inner()),
+            Err(status) => last_error = rpc_error(&session.endpoint, status).to_string(),
+        }
+    }
+    anyhow::bail!(
+        "lost the master while following job {job_id} and could not reattach within {} s \
+         ({last_error}): the job may still run; follow it with `corpus follow {} {env} {job_id}`",
+        REATTACH_FOR.as_secs(),
+        session.endpoint.name
+    )
+}
+
+/// Follows a job's updates to the end, reattaching (from the last event seen) when the
+/// stream breaks; Ok only when the job succeeded.
 pub async fn follow(
-    session: &Session,
+    mut session: Session,
+    env: &str,
     what: &str,
     mut updates: Streaming<JobUpdate>,
     json: bool,
@@ -43,20 +147,67 @@ pub async fn follow(
         Some(bar) => bar.println(line),
         None => println!("{line}"),
     };
-    while let Some(update) = updates
-        .message()
-        .await
-        .map_err(|s| rpc_error(&session.endpoint, s))?
-    {
+    let mut job_id = String::new();
+    let mut last_sequence = 0u64;
+    let mut broken_since: Option<Instant> = None;
+    let interruption = |endpoint: &str, job_id: &str| -> anyhow::Error {
+        if let Some(bar) = &spinner {
+            bar.finish_and_clear();
+        }
+        Interrupted(if job_id.is_empty() {
+            format!("interrupted: {what} may still run: see `corpus status {endpoint} {env}`")
+        } else {
+            format!(
+                "interrupted: {what} goes on without this client (job {job_id}): follow it \
+                 with `corpus follow {endpoint} {env} {job_id}`"
+            )
+        })
+        .into()
+    };
+    // Listening from the start to the end: a signal between two updates is not lost.
+    let mut stop = std::pin::pin!(interrupted());
+    loop {
+        let next = tokio::select! {
+            next = updates.message() => next,
+            () = &mut stop => return Err(interruption(&session.endpoint.name, &job_id)),
+        };
+        let update = match next {
+            Ok(Some(update)) => update,
+            Ok(None) => break,
+            // A broken stream of a known job: attach again, from the next event.
+            Err(status) if !job_id.is_empty() => {
+                let since = *broken_since.get_or_insert_with(Instant::now);
+                say(format!(
+                    "  note: the stream from the master broke ({}): reattaching to job {job_id}",
+                    status.message()
+                ));
+                let name = session.endpoint.name.clone();
+                updates = tokio::select! {
+                    attached = reattach(&mut session, env, &job_id, last_sequence + 1, since) => attached?,
+                    () = &mut stop => return Err(interruption(&name, &job_id)),
+                };
+                continue;
+            }
+            Err(status) => return Err(rpc_error(&session.endpoint, status)),
+        };
+        if !matches!(update.body, Some(job_update::Body::JobId(_))) {
+            broken_since = None;
+        }
         match update.body {
+            // Said once: a reattached stream starts with it again.
+            Some(job_update::Body::JobId(id)) if id == job_id => {}
             Some(job_update::Body::JobId(id)) => {
+                job_id = id.clone();
                 if json {
                     println!("{}", json!({"event": "job", "job_id": id}));
                 } else {
                     say(format!("{what}: job {id}"));
                 }
             }
+            // Seen before the stream broke.
+            Some(job_update::Body::Event(e)) if e.sequence <= last_sequence => {}
             Some(job_update::Body::Event(e)) => {
+                last_sequence = e.sequence;
                 let result = StepResult::try_from(e.result).unwrap_or(StepResult::Unspecified);
                 if json {
                     println!(
@@ -91,6 +242,12 @@ pub async fn follow(
                         ));
                     }
                     say(line);
+                    if result == StepResult::Failed {
+                        let changes = serde_json::from_slice(&e.changes_json).unwrap_or_default();
+                        for detail in failure_details(&changes) {
+                            say(format!("         {detail}"));
+                        }
+                    }
                 } else if let Some(bar) = &spinner {
                     bar.set_message(format!("{} {}", e.step, e.state_id));
                 }
@@ -124,6 +281,7 @@ pub async fn follow(
                 "job_id": f.job_id,
                 "status": status.label(),
                 "deploy_id": f.deploy_id,
+                "live_deploy_id": f.live_deploy_id,
                 "failed_step": f.failed_step,
                 "failed_state": f.failed_state,
                 "message": f.message,
@@ -136,8 +294,15 @@ pub async fn follow(
         match status {
             JobStatus::Success => {
                 let mut line = format!("{what} succeeded in {took}");
-                if !f.deploy_id.is_empty() {
-                    line.push_str(&format!(" (deployment {})", f.deploy_id));
+                // The deployment now live: for a rollback, the one it returned to (the id
+                // `corpus status` shows), not the rollback job's own.
+                let live = if f.live_deploy_id.is_empty() {
+                    &f.deploy_id
+                } else {
+                    &f.live_deploy_id
+                };
+                if !live.is_empty() {
+                    line.push_str(&format!(" (deployment {live} is live)"));
                 }
                 if let Some(r) = &f.release {
                     line.push_str(&format!(", release {} bytes recorded", r.size));
@@ -159,6 +324,9 @@ pub async fn follow(
                 if !f.message.is_empty() {
                     println!("  {}", f.message);
                 }
+                if !f.live_deploy_id.is_empty() {
+                    println!("  deployment {} is live", f.live_deploy_id);
+                }
             }
         }
     }
@@ -175,5 +343,29 @@ pub async fn follow(
             }
         ))
         .into())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_command_shows_its_exit_code_and_the_end_of_its_stderr() {
+        let stderr: String = (1..=30).map(|n| format!("error line {n}\n")).collect();
+        let changes = json!({"pid": 7, "retcode": 3, "stdout": "ignored", "stderr": stderr});
+        let lines = failure_details(&changes);
+        assert_eq!(lines[0], "exit code 3");
+        assert_eq!(lines[1], "stderr (last 20 of 30 lines):");
+        assert_eq!(lines[2], "  error line 11");
+        assert_eq!(lines.last().map(String::as_str), Some("  error line 30"));
+    }
+
+    #[test]
+    fn a_failed_command_without_stderr_shows_its_stdout_and_other_states_nothing() {
+        let lines = failure_details(&json!({"retcode": 1, "stdout": "oops\n", "stderr": ""}));
+        assert_eq!(lines, ["exit code 1", "stdout:", "  oops"]);
+        assert!(failure_details(&json!({"diff": "..."})).is_empty());
+        assert!(failure_details(&serde_json::Value::Null).is_empty());
     }
 }

@@ -9,7 +9,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 
 use corpus_proto::{
-    DestroyRequest, Environment, Host, InitEnvRequest, JobUpdate, ListHostsRequest,
+    DestroyRequest, Environment, FollowRequest, Host, InitEnvRequest, JobUpdate, ListHostsRequest,
     ListHostsResponse, LoginRequest, LoginResponse, ProjectQuota, ProjectRequest, PushRequest,
     RollbackRequest, SetQuotaRequest, StatusRequest, StatusResponse, push_request,
 };
@@ -54,6 +54,7 @@ impl corpus_proto::client_server::Client for ClientService {
     type PushStream = UpdateStream;
     type RollbackStream = UpdateStream;
     type DestroyStream = UpdateStream;
+    type FollowStream = UpdateStream;
 
     async fn login(
         &self,
@@ -264,5 +265,48 @@ impl corpus_proto::client_server::Client for ClientService {
             })
             .await?;
         Ok(Response::new(wire::quota(&project)))
+    }
+
+    async fn follow(
+        &self,
+        request: Request<FollowRequest>,
+    ) -> Result<Response<UpdateStream>, Status> {
+        let user = session_user(&self.state, &request).await?;
+        let req = request.into_inner();
+        let updates = self
+            .state
+            .blocking(move |s| {
+                let env = environments::authorize(s, &user, &req.env_uuid)?;
+                let job = if req.job_id.is_empty() {
+                    s.store
+                        .project_jobs(&env.uuid, &req.project)?
+                        .into_iter()
+                        .max_by_key(|j| (j.created_at, j.created_ms))
+                        .ok_or_else(|| {
+                            MasterError::not_found(
+                                "job",
+                                &req.project,
+                                format!(
+                                    "project {:?} of environment {} has no job",
+                                    req.project, env.uuid
+                                ),
+                            )
+                        })?
+                } else {
+                    s.store
+                        .job(&req.job_id)?
+                        .filter(|j| j.env_uuid == env.uuid)
+                        .ok_or_else(|| {
+                            MasterError::not_found(
+                                "job",
+                                &req.job_id,
+                                format!("no such job in environment {}", env.uuid),
+                            )
+                        })?
+                };
+                s.jobs.follow(s, &job, req.from_sequence)
+            })
+            .await?;
+        Ok(Response::new(Box::pin(updates.map(wire::job_update))))
     }
 }

@@ -8,6 +8,8 @@
 use std::collections::HashMap;
 use std::sync::Mutex;
 
+use tokio_stream::StreamExt;
+
 use tracing::{debug, info, warn};
 
 use crate::MasterState;
@@ -15,6 +17,9 @@ use crate::auth::now_unix;
 use crate::error::{LockHolder, MasterError, MasterResult};
 use crate::link_registry::ToAgent;
 pub use crate::relay::Updates;
+
+/// What a client following a job reads (`Jobs::follow`).
+pub type FollowUpdates = std::pin::Pin<Box<dyn tokio_stream::Stream<Item = JobUpdate> + Send>>;
 use crate::relay::{EVENT_QUEUE, Relay};
 use crate::store::{
     AgentStatus, EventRecord, JobKind, JobPayload, JobRecord, JobState, PillarRevision,
@@ -120,8 +125,9 @@ pub struct NewDispatch {
 /// In-memory view of running jobs: who waits for their events, which project they hold.
 #[derive(Default)]
 pub struct Jobs {
-    /// Job id -> the relay to the client that started it.
-    subscribers: Mutex<HashMap<String, Relay>>,
+    /// Job id -> the relays to the clients following it: the one that started it, and any
+    /// that attached later (`corpus follow`, a push reattaching).
+    subscribers: Mutex<HashMap<String, Vec<Relay>>>,
     /// `<env>/<project>` -> the job holding it.
     active: Mutex<HashMap<String, ActiveJob>>,
 }
@@ -244,7 +250,7 @@ impl Jobs {
             return Err(e.into());
         }
         let (relay, updates) = Relay::open(&record.id, EVENT_QUEUE);
-        lock(&self.subscribers).insert(record.id.clone(), relay);
+        lock(&self.subscribers).insert(record.id.clone(), vec![relay]);
         let (id, env, project, agent, kind) = (
             record.id.clone(),
             record.env_uuid.clone(),
@@ -291,9 +297,11 @@ impl Jobs {
             debug!(job = %event.job_id, sequence = event.event.sequence, "event already stored");
             return Ok(());
         }
-        if let Some(relay) = lock(&self.subscribers).get_mut(&event.job_id) {
+        if let Some(relays) = lock(&self.subscribers).get_mut(&event.job_id) {
             // Never waits: a slow or departed client never blocks the agent's stream.
-            relay.event(event);
+            for relay in relays.iter_mut() {
+                relay.event(event.clone());
+            }
         }
         Ok(())
     }
@@ -329,10 +337,87 @@ impl Jobs {
                 active.remove(&key);
             }
         }
-        if let Some(relay) = lock(&self.subscribers).remove(&job.id) {
-            relay.finish(outcome);
+        for relay in lock(&self.subscribers).remove(&job.id).unwrap_or_default() {
+            relay.finish(outcome.clone());
         }
         Ok(())
+    }
+
+    /// A job's updates for a client attaching to it (again): `Started`, its stored events from
+    /// `from_sequence`, then, for a running job, the live ones (each sequence once) and its
+    /// result when it comes; for a finished job, its recorded result at once (with the
+    /// project's live deployment now).
+    pub fn follow(
+        &self,
+        state: &MasterState,
+        job: &JobRecord,
+        from_sequence: u64,
+    ) -> MasterResult<FollowUpdates> {
+        let (relay, live) = Relay::open(&job.id, EVENT_QUEUE);
+        // Registered before the stored events are read, under the lock `on_finished` takes
+        // after recording the result: no event and no result falls between the two.
+        let current = {
+            let mut subscribers = lock(&self.subscribers);
+            let current = state
+                .store
+                .job(&job.id)?
+                .ok_or_else(|| MasterError::not_found("job", &job.id, ""))?;
+            if current.state == JobState::Running {
+                subscribers.entry(job.id.clone()).or_default().push(relay);
+            }
+            current
+        };
+        let stored: Vec<JobUpdate> = state
+            .store
+            .events(&job.id)?
+            .into_iter()
+            .filter(|e| e.sequence >= from_sequence)
+            .map(|event| {
+                JobUpdate::Event(JobEvent {
+                    job_id: job.id.clone(),
+                    event,
+                })
+            })
+            .collect();
+        let last_stored = stored
+            .iter()
+            .filter_map(|u| match u {
+                JobUpdate::Event(e) => Some(e.event.sequence),
+                _ => None,
+            })
+            .max()
+            .unwrap_or(0)
+            .max(from_sequence.saturating_sub(1));
+        let mut head = vec![JobUpdate::Started(job.id.clone())];
+        head.extend(stored);
+        if current.state != JobState::Running {
+            let live_deploy_id = state
+                .store
+                .project(&current.env_uuid, &current.project)?
+                .and_then(|p| p.live_deploy)
+                .unwrap_or_default();
+            head.push(JobUpdate::Finished(JobOutcome {
+                job_id: current.id.clone(),
+                state: current.state,
+                failed_step: current.failed_step.clone(),
+                failed_state: current.failed_state.clone(),
+                message: current.message.clone(),
+                deploy_id: current.deploy_id.clone(),
+                release: None,
+                duration_ms: current
+                    .finished_at
+                    .map_or(0, |end| (end - current.created_at).max(0) as u64 * 1000),
+                used_bytes: 0,
+                live_deploy_id,
+            }));
+            return Ok(Box::pin(tokio_stream::iter(head)));
+        }
+        let live = live.filter(move |u| match u {
+            JobUpdate::Started(_) => false,
+            JobUpdate::Event(e) => e.event.sequence > last_stored,
+            _ => true,
+        });
+        Ok(Box::pin(tokio_stream::iter(head).chain(live)))
     }
 
     /// Fails the running jobs of `agent` that it no longer knows (neither running nor holding
@@ -542,7 +627,7 @@ mod tests {
         })?;
         state.store.put_job(&running_job("j1", "node1"))?;
         let (relay, updates) = Relay::open("j1", EVENT_QUEUE);
-        lock(&state.jobs.subscribers).insert("j1".into(), relay);
+        lock(&state.jobs.subscribers).insert("j1".into(), vec![relay]);
 
         // Events 1, 2 and 4 arrive; the master dies before 3; the agent resends 1 to 4.
         for sequence in [1, 2, 4] {
@@ -580,6 +665,54 @@ mod tests {
             })
             .collect();
         assert_eq!(relayed, vec![1, 2, 4, 3]);
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_client_reattaching_gets_the_stored_events_then_the_live_ones_once_then_the_result()
+    -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        crate::init(dir.path(), &[], false)?;
+        let state = crate::open(&crate::ServeOptions {
+            data_dir: dir.path().to_owned(),
+            settings: Default::default(),
+        })?;
+        let job = running_job("j1", "node1");
+        state.store.put_job(&job)?;
+        for sequence in 1..=3 {
+            state
+                .jobs
+                .on_event(&state, "node1", step(sequence, "before"))?;
+        }
+        // The client saw event 1 before its stream broke.
+        let updates = state.jobs.follow(&state, &job, 2)?;
+        for sequence in 3..=4 {
+            state
+                .jobs
+                .on_event(&state, "node1", step(sequence, "live"))?;
+        }
+        state.jobs.on_finished(
+            &state,
+            "node1",
+            JobOutcome::failed("j1", "build", "boom".into()),
+        )?;
+        let got: Vec<JobUpdate> = updates.collect().await;
+        assert_eq!(got.first(), Some(&JobUpdate::Started("j1".into())));
+        let sequences: Vec<u64> = got
+            .iter()
+            .filter_map(|u| match u {
+                JobUpdate::Event(e) => Some(e.event.sequence),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(sequences, [2, 3, 4]);
+        assert!(matches!(got.last(), Some(JobUpdate::Finished(o)) if o.message == "boom"));
+
+        // Once finished, a follow gets every stored event and the recorded result at once.
+        let finished = state.store.job("j1")?.expect("recorded");
+        let again: Vec<JobUpdate> = state.jobs.follow(&state, &finished, 0)?.collect().await;
+        assert_eq!(again.len(), 1 + 4 + 1);
+        assert!(matches!(again.last(), Some(JobUpdate::Finished(o)) if o.failed_step == "build"));
         Ok(())
     }
 

@@ -237,11 +237,13 @@ pub struct Rendered {
 }
 
 /// The project's settings from the pillar: `makina-projects.<name>` when present (the
-/// makina-states convention), else the whole pillar.
+/// makina-states convention, nested or as one flat key `makina-projects.<name>:` as
+/// makina-states writes it), else the whole pillar.
 fn project_settings(pillar: &Value, project: &str) -> Value {
     pillar
         .get("makina-projects")
         .and_then(|p| p.get(project))
+        .or_else(|| pillar.get(format!("makina-projects.{project}")))
         .cloned()
         .unwrap_or_else(|| pillar.clone())
 }
@@ -594,5 +596,13 @@ mod tests {
             "{err}"
         );
         Ok(())
+    }
+
+    #[test]
+    fn a_flat_makina_projects_key_holds_the_project_settings() {
+        let pillar = json!({"makina-projects.web": {"port": 9000}, "other": 1});
+        assert_eq!(project_settings(&pillar, "web"), json!({"port": 9000}));
+        let nested = json!({"makina-projects": {"web": {"port": 9001}}});
+        assert_eq!(project_settings(&nested, "web"), json!({"port": 9001}));
     }
 }

@@ -23,6 +23,10 @@ pub fn internal(err: impl std::fmt::Display) -> Status {
     Status::internal("internal master error: the master's log has the details")
 }
 
+/// Metadata key naming what is unavailable when it is not the master itself (the client
+/// reads it: `cli/src/session.rs`).
+pub const UNAVAILABLE_PART: &str = "corpus-unavailable";
+
 impl From<MasterError> for Status {
     fn from(e: MasterError) -> Self {
         let message = e.to_string();
@@ -38,7 +42,16 @@ impl From<MasterError> for Status {
             MasterError::Invalid { .. } => Status::invalid_argument(message),
             MasterError::AlreadyExists(_) => Status::already_exists(message),
             MasterError::Unauthenticated(_) => Status::unauthenticated(message),
-            MasterError::AgentOffline(_) => Status::unavailable(message),
+            MasterError::AgentOffline(_) => {
+                // Unavailable (try again later), marked so the client does not blame the
+                // master, which answered.
+                let mut status = Status::unavailable(message);
+                status.metadata_mut().insert(
+                    UNAVAILABLE_PART,
+                    tonic::metadata::MetadataValue::from_static("agent"),
+                );
+                status
+            }
             MasterError::Internal(source) => internal(source),
         }
     }
@@ -356,5 +369,25 @@ pub fn job_summary(j: &JobRecord) -> pb::JobSummary {
         failed_state: j.failed_state.clone(),
         message: j.message.clone(),
         created_at_unix: j.created_at,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_offline_agent_is_unavailable_and_marked_as_not_the_master() {
+        let status = Status::from(MasterError::AgentOffline(
+            "agent \"a\" is not connected".into(),
+        ));
+        assert_eq!(status.code(), tonic::Code::Unavailable);
+        assert_eq!(
+            status
+                .metadata()
+                .get(UNAVAILABLE_PART)
+                .and_then(|v| v.to_str().ok()),
+            Some("agent")
+        );
     }
 }

@@ -24,5 +24,5 @@ pub async fn run(
         Some(p) => format!("destroy of {p}"),
         None => format!("destroy of environment {env}"),
     };
-    progress::follow(&session, &what, updates, json).await
+    progress::follow(session, env, &what, updates, json).await
 }

@@ -15,5 +15,5 @@ pub async fn run(mut session: Session, env: &str, project: &str, json: bool) -> 
         .await
         .map_err(|s| rpc_error(&session.endpoint, s))?
         .into_inner();
-    progress::follow(&session, &format!("init {project}"), updates, json).await
+    progress::follow(session, env, &format!("init {project}"), updates, json).await
 }

@@ -1,6 +1,7 @@
 //! One module per `corpus` command. Their arguments arrive already checked by `args.rs`.
 
 pub mod destroy;
+pub mod follow;
 pub mod init;
 pub mod init_env;
 pub mod listhosts;

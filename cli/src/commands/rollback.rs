@@ -23,5 +23,12 @@ pub async fn run(
         .await
         .map_err(|s| rpc_error(&session.endpoint, s))?
         .into_inner();
-    progress::follow(&session, &format!("rollback of {project}"), updates, json).await
+    progress::follow(
+        session,
+        env,
+        &format!("rollback of {project}"),
+        updates,
+        json,
+    )
+    .await
 }

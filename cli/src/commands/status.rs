@@ -123,6 +123,17 @@ pub async fn run(
                 failed
             );
         }
+        // A deploy still running: say how to watch it (the push that started it may be gone).
+        for d in p
+            .deployments
+            .iter()
+            .filter(|d| d.result == JobStatus::Running as i32)
+        {
+            println!(
+                "  running: job {} (follow it: corpus follow {} {} {})",
+                d.job_id, session.endpoint.name, environment.uuid, d.job_id
+            );
+        }
         if p.releases.is_empty() {
             println!("  no releases");
         } else {

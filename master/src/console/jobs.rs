@@ -95,6 +95,7 @@ fn print_detail(console: &Console, detail: JobDetail) {
                     "state_id": e.state_id,
                     "result": StepResult::label_of(e.result),
                     "comment": e.comment,
+                    "changes": changes_of(&e.changes_json),
                     "duration_ms": e.duration_ms,
                 })
             })
@@ -136,4 +137,77 @@ fn print_detail(console: &Console, detail: JobDetail) {
         ]);
     }
     print!("{}", events.render("  "));
+    for e in detail
+        .events
+        .iter()
+        .filter(|e| e.result == StepResult::Failed as i32)
+    {
+        let details = failure_details(&changes_of(&e.changes_json));
+        if !details.is_empty() {
+            println!("  {} {} failed:", e.step, e.state_id);
+            for line in details {
+                println!("    {}", printable(&line));
+            }
+        }
+    }
+}
+
+/// A stored event's changes (JSON, or text the master kept as is).
+fn changes_of(bytes: &[u8]) -> Value {
+    serde_json::from_slice(bytes)
+        .unwrap_or_else(|_| Value::String(String::from_utf8_lossy(bytes).into_owned()))
+}
+
+/// How many of a failed command's last output lines `jobs show` prints.
+const OUTPUT_TAIL_LINES: usize = 20;
+
+/// What a failed state's changes say beyond its comment: a command's exit code and the end of
+/// its stderr (or stdout when stderr is empty).
+fn failure_details(changes: &Value) -> Vec<String> {
+    let mut lines = Vec::new();
+    if let Some(code) = changes.get("retcode").filter(|c| !c.is_null()) {
+        lines.push(format!("exit code {code}"));
+    }
+    let text = |key: &str| {
+        changes
+            .get(key)
+            .and_then(Value::as_str)
+            .map(str::trim_end)
+            .filter(|t| !t.is_empty())
+    };
+    let Some((name, output)) = text("stderr")
+        .map(|t| ("stderr", t))
+        .or_else(|| text("stdout").map(|t| ("stdout", t)))
+    else {
+        return lines;
+    };
+    let all: Vec<&str> = output.lines().collect();
+    let shown = &all[all.len().saturating_sub(OUTPUT_TAIL_LINES)..];
+    lines.push(format!(
+        "{name} (last {} of {} lines):",
+        shown.len(),
+        all.len()
+    ));
+    lines.extend(shown.iter().map(|l| format!("  {l}")));
+    lines
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_failed_command_shows_its_exit_code_and_stderr() {
+        let changes =
+            changes_of(br#"{"pid": 1, "retcode": 2, "stdout": "", "stderr": "no such file\n"}"#);
+        assert_eq!(
+            failure_details(&changes),
+            [
+                "exit code 2",
+                "stderr (last 1 of 1 lines):",
+                "  no such file"
+            ]
+        );
+        assert!(failure_details(&changes_of(b"not json")).is_empty());
+    }
 }

@@ -2,6 +2,7 @@
 
 mod apply_local;
 mod cli;
+mod client_and_events;
 mod console;
 mod foundation;
 mod hostile;

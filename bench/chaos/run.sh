@@ -1,0 +1,27 @@
+#!/usr/bin/env bash
+# Chaos bench (see README.md): N cycles of a cooking push then a final deploy, with the agent or
+# the master killed at a random instant, restarted, and the invariants checked.
+#
+#   bench/chaos/run.sh
+#   env: CYCLES=200  FILES=2000 (files the build writes, 100 per 0.1 s)  SEED=$RANDOM
+#        CORPUS_BIN=DIR (binaries already built; default: cargo build --bins, debug)  KEEP=1
+set -euo pipefail
+CYCLES=${CYCLES:-200}
+FILES=${FILES:-2000}
+SEED=${SEED:-$RANDOM}
+HERE=$(cd "$(dirname "$0")" && pwd)
+REPO=$(cd "$HERE/../.." && pwd)
+for tool in git python3 flock; do
+  command -v $tool >/dev/null || { echo "bench/chaos: $tool is missing" >&2; exit 1; }
+done
+if [ -n "${CORPUS_BIN:-}" ]; then
+  B=$CORPUS_BIN
+else
+  (cd "$REPO" && cargo build --bins)
+  B=$REPO/target/debug
+fi
+W=$(mktemp -d "${TMPDIR:-/tmp}/corpus-chaos.XXXXXX")
+cleanup() { if [ -n "${KEEP:-}" ]; then echo "kept $W" >&2; else rm -rf "$W"; fi; }
+trap cleanup EXIT
+echo "chaos: $CYCLES cycles, $FILES files per build, seed $SEED, binaries from $B, work in $W"
+python3 "$HERE/chaos.py" "$W/work" "$B" "$CYCLES" "$FILES" "$SEED"
