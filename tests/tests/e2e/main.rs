@@ -9,3 +9,4 @@ mod nodes;
 mod reliability;
 mod render;
 mod tenancy;
+mod parity;
