@@ -6,7 +6,6 @@ mod console;
 mod foundation;
 mod lifecycle;
 mod nodes;
-mod parity;
 mod reliability;
 mod render;
 mod tenancy;

@@ -21,7 +21,7 @@ use std::process::Command;
 use anyhow::{Context, bail};
 use serde_json::Value;
 
-/// Salt takes 5-8 s per call here: fixtures run on this many threads to keep the suite short.
+/// Fixtures run on this many threads to keep the suite short (about a minute on two cores).
 const THREADS: usize = 4;
 
 fn fixtures_dir() -> PathBuf {
