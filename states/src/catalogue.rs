@@ -63,6 +63,7 @@ pub const CATALOGUE: &[StateFunction] = &[
             "not_found_content",
             "ignore_if_missing",
             "show_changes",
+            "backup",
         ],
     },
     StateFunction {
@@ -75,6 +76,7 @@ pub const CATALOGUE: &[StateFunction] = &[
             "append_if_not_found",
             "prepend_if_not_found",
             "show_changes",
+            "backup",
         ],
     },
     StateFunction {

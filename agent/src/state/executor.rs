@@ -226,8 +226,9 @@ impl Executor<'_> {
             let chunk = &plan.chunks[index];
             let timed = timed(|| call(chunk, &ctx, true));
             let mut keyed = finish(chunk, report.results.len(), timed);
+            // Salt names the fired action after a `listener_<id>` state.
             keyed.key = format!(
-                "{}_|-{}_|-{}_|-mod_watch",
+                "{}_|-listener_{}_|-{}_|-mod_watch",
                 chunk.module, chunk.id, chunk.name
             );
             keyed.function = format!("{}.mod_watch", chunk.module);
@@ -774,6 +775,24 @@ mod tests {
         assert!(!report.results[1].result.changes.is_empty());
         // The run still failed: the deploy state did.
         assert!(!report.succeeded());
+    }
+
+    #[test]
+    fn onfail_runs_in_test_mode_when_its_target_might_fail() {
+        // As Salt: a target whose test run says `None` (it would change, so it may fail)
+        // lets the onfail state run (in test mode too: `None` with changes).
+        let p = plan(vec![
+            chunk("test.succeed_with_changes", "deploy", json!({})),
+            with_req(
+                chunk("test.succeed_with_changes", "rollback", json!({})),
+                RequisiteKind::Onfail,
+                0,
+            ),
+        ]);
+        let report = run(&p, true, &FakeServices::default());
+        assert_eq!(report.results[0].result.result, None);
+        assert_eq!(report.results[1].result.result, None);
+        assert!(!report.results[1].result.changes.is_empty());
     }
 
     #[test]

@@ -26,13 +26,15 @@ fn read_text(name: &str) -> Result<Option<String>, String> {
     }
 }
 
-/// Writes `new` over `old` (or creates the file), reporting Salt's outcome.
+/// Writes `new` over `old` (or creates the file), reporting Salt's outcome; with a `backup`
+/// suffix, the file as it was is first copied to `name` + suffix (Salt's `backup='.bak'`).
 fn finish(
     name: &str,
     old: Option<&str>,
     new: String,
     ctx: &StateContext,
     show_changes: bool,
+    backup: Option<&str>,
 ) -> Result<Outcome, String> {
     if old == Some(new.as_str()) {
         return Ok(Outcome::ok("No changes needed to be made"));
@@ -51,6 +53,10 @@ fn finish(
     }
     let path = absolute_path(name)?;
     let meta = fs::metadata(&path).ok();
+    if let (Some(suffix), Some(_)) = (backup, old) {
+        let copy = format!("{name}{suffix}");
+        fs::copy(&path, &copy).map_err(|e| format!("cannot back up {name} to {copy}: {e}"))?;
+    }
     write_atomically(
         &path,
         new.as_bytes(),
@@ -58,6 +64,20 @@ fn finish(
         meta.as_ref().map(|m| (m.uid(), m.gid())),
     )?;
     Ok(Outcome::changed("Changes were made", changes))
+}
+
+/// `backup` of `file.replace`/`file.blockreplace`: the suffix of the copy made before an edit,
+/// `.bak` by default as in Salt; `False` or an empty string makes none.
+fn backup_suffix(args: &Args) -> Result<Option<String>, String> {
+    match args.raw("backup") {
+        None => Ok(Some(".bak".to_string())),
+        Some(Value::Bool(false) | Value::Null) => Ok(None),
+        Some(Value::String(s)) if s.is_empty() || s.eq_ignore_ascii_case("false") => Ok(None),
+        Some(Value::String(s)) => Ok(Some(s.clone())),
+        Some(other) => Err(format!(
+            "backup must be a file suffix such as '.bak' or False, not {other}"
+        )),
+    }
 }
 
 /// Python's `re` flags as Salt takes them: a list of names or their integer sum.
@@ -187,7 +207,15 @@ pub fn replace(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, String> {
             old.clone()
         }
     };
-    finish(name, Some(&old), new, ctx, args.bool("show_changes", true)?)
+    let backup = backup_suffix(&args)?;
+    finish(
+        name,
+        Some(&old),
+        new,
+        ctx,
+        args.bool("show_changes", true)?,
+        backup.as_deref(),
+    )
 }
 
 /// `file.blockreplace`: the lines between the line holding `marker_start` and the line holding
@@ -268,7 +296,15 @@ pub fn blockreplace(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, String
             }
         }
     };
-    finish(name, Some(&old), new, ctx, args.bool("show_changes", true)?)
+    let backup = backup_suffix(&args)?;
+    finish(
+        name,
+        Some(&old),
+        new,
+        ctx,
+        args.bool("show_changes", true)?,
+        backup.as_deref(),
+    )
 }
 
 /// `text` of `file.append`: a string or a list, each entry one or more lines.
@@ -328,7 +364,7 @@ pub fn append(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, String> {
             &format!("Parent directory of {name} does not exist: set makedirs: True"),
         )?;
     }
-    let mut out = finish(name, old.as_deref(), new, ctx, true)?;
+    let mut out = finish(name, old.as_deref(), new, ctx, true, None)?;
     if out.result == Some(true) {
         out.comment = format!("Appended {} lines", missing.len());
     }
@@ -453,7 +489,14 @@ pub fn line(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, String> {
     if !lines.is_empty() && (old.ends_with('\n') || old.is_empty()) {
         new.push('\n');
     }
-    finish(name, Some(&old), new, ctx, args.bool("show_changes", true)?)
+    finish(
+        name,
+        Some(&old),
+        new,
+        ctx,
+        args.bool("show_changes", true)?,
+        None,
+    )
 }
 
 #[cfg(test)]
@@ -490,6 +533,38 @@ mod tests {
         }
         .unwrap_or_else(Outcome::fail);
         (out, fs::read_to_string(&name).ok())
+    }
+
+    #[test]
+    fn replace_and_blockreplace_keep_a_bak_copy_unless_backup_is_false() {
+        let dir = tempfile::tempdir().unwrap();
+        let name = dir.path().join("f.conf").display().to_string();
+        let (src, svc) = (sources(dir.path(), Value::Null), FakeServices::default());
+        let run = |args: Value| {
+            fs::write(&name, "port=80\n").unwrap();
+            let _ = fs::remove_file(format!("{name}.bak"));
+            let mut args = args;
+            args["name"] = json!(name);
+            let c = chunk("file.replace", "e", args);
+            replace(&c, &ctx(false, &src, &svc)).unwrap()
+        };
+        let out = run(json!({"pattern": "80", "repl": "8080"}));
+        assert_eq!(out.result, Some(true));
+        assert_eq!(fs::read_to_string(&name).unwrap(), "port=8080\n");
+        assert_eq!(
+            fs::read_to_string(format!("{name}.bak")).unwrap(),
+            "port=80\n"
+        );
+        run(json!({"pattern": "80", "repl": "8080", "backup": false}));
+        assert!(!std::path::Path::new(&format!("{name}.bak")).exists());
+        run(json!({"pattern": "80", "repl": "8080", "backup": ".orig"}));
+        assert_eq!(
+            fs::read_to_string(format!("{name}.orig")).unwrap(),
+            "port=80\n"
+        );
+        // No change, no copy.
+        run(json!({"pattern": "nomatch", "repl": "x"}));
+        assert!(!std::path::Path::new(&format!("{name}.bak")).exists());
     }
 
     #[test]

@@ -77,9 +77,10 @@ pub fn copy(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, String> {
     }
     let changes = Map::from_iter([(name.clone(), json!(source))]);
     if ctx.test {
+        // Salt's file.copy reports no changes in test mode, only the comment.
         return Ok(Outcome::would_change(
             format!("File \"{source}\" is set to be copied to \"{name}\"\n{TEST_NOTE}"),
-            changes,
+            Map::new(),
         ));
     }
     ensure_parent(

@@ -59,8 +59,10 @@ pub(super) fn gate(chunk: &Chunk, plan: &Plan, results: &[KeyedResult]) -> Gate 
         let changed = !target.changes.is_empty();
         match req.kind {
             RequisiteKind::Onfail | RequisiteKind::OnfailAny => {
+                // Salt's check_requisite: only a target that succeeded (`True`) leaves an
+                // onfail unmet; `None` (test mode: it may fail) lets the state run.
                 onfail = true;
-                onfail_met |= target_failed;
+                onfail_met |= target.result != Some(true);
             }
             RequisiteKind::RequireAny | RequisiteKind::WatchAny | RequisiteKind::OnchangesAny => {
                 if target_failed {
@@ -361,7 +363,12 @@ mod tests {
             &svc,
         );
         let keys: Vec<&str> = report.results.iter().map(|r| r.key.as_str()).collect();
-        assert_eq!(keys[3..], ["service_|-app_|-app_|-mod_watch"], "{keys:?}");
+        // Salt keys the fired action as a `listener_<id>` state.
+        assert_eq!(
+            keys[3..],
+            ["service_|-listener_app_|-app_|-mod_watch"],
+            "{keys:?}"
+        );
         assert_eq!(
             report.results[0].result.comment,
             "The service app is already running"

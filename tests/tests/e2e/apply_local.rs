@@ -293,11 +293,14 @@ fn snapshot(root: &Path) -> anyhow::Result<Vec<String>> {
     Ok(out)
 }
 
-/// Opt-in parity check against Salt itself: set `CORPUS_SALT_CALL` to a `salt-call` (e.g. from
-/// the venv `bench/apply/run.sh` installs) and run the ignored tests; the fixture is applied by
-/// both and the trees they write must be identical.
+/// Parity check against Salt itself, with the parity suite (`parity.rs`): runs when the tests
+/// were built with `CORPUS_SALT_CALL` naming a `salt-call` (`.ci/run` installs one); the fixture
+/// is applied by both and the trees they write must be identical.
 #[test]
-#[ignore = "needs Salt: set CORPUS_SALT_CALL to a salt-call and run with --ignored"]
+#[cfg_attr(
+    not(salt_parity),
+    ignore = "needs Salt 3008.3: set CORPUS_SALT_CALL to a salt-call when building the tests (.ci/run does)"
+)]
 fn apply_local_writes_what_salt_writes() -> anyhow::Result<()> {
     let salt_call = std::env::var_os("CORPUS_SALT_CALL").context(
         "CORPUS_SALT_CALL is not set: point it at a salt-call (bench/apply/run.sh installs one)",
