@@ -23,16 +23,17 @@ pub async fn run(mut session: Session, json: bool) -> anyhow::Result<()> {
         return Ok(());
     }
     println!(
-        "{:<30} {:<16} {:<6} {:<6} STATUS",
-        "ID", "IP", "SLOTS", "GUEST"
+        "{:<30} {:<16} {:<6} {:<6} {:<9} STATUS",
+        "ID", "IP", "SLOTS", "GUEST", "ISOLATION"
     );
     for h in &hosts {
         println!(
-            "{:<30} {:<16} {:<6} {:<6} {}",
+            "{:<30} {:<16} {:<6} {:<6} {:<9} {}",
             h.id,
             h.ip,
             format!("{}/{}", h.slots_free, h.slots_total),
             h.guest_type,
+            isolation(h),
             if h.connected {
                 "connected".to_owned()
             } else {
@@ -46,6 +47,15 @@ pub async fn run(mut session: Session, json: bool) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How the agent confines project states (`landlock`, `uid` or `none`); agents older than
+/// isolation report nothing, which the master treats as `none`.
+fn isolation(h: &Host) -> &str {
+    match h.grains.as_ref().map(|g| g.isolation.as_str()) {
+        Some(level) if !level.is_empty() => level,
+        _ => "none",
+    }
+}
+
 fn host_json(h: &Host) -> serde_json::Value {
     json!({
         "id": h.id,
@@ -54,6 +64,7 @@ fn host_json(h: &Host) -> serde_json::Value {
         "slots_free": h.slots_free,
         "guest_type": h.guest_type,
         "connected": h.connected,
+        "isolation": isolation(h),
         "last_seen": h.last_seen_unix,
         "os": h.grains.as_ref().map(|g| g.os.clone()),
         "cpus": h.grains.as_ref().map(|g| g.cpus),

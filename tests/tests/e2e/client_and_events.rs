@@ -38,7 +38,8 @@ fn a_master_killed_as_the_agent_finishes_gets_every_event_afterwards() -> anyhow
     let mut cluster = Cluster::start()?;
     let env = cluster.init_env("staging")?;
     let source = cluster.root.path().join("src");
-    let started = cluster.root.path().join("started");
+    // Inside the environment: a confined build can write nowhere else.
+    let started = cluster.project_dir(&env, "app").join("data/started");
     let mut build = format!(
         "first:\n  cmd.run:\n    - name: touch {} && sleep 1\n",
         started.display()
@@ -163,7 +164,8 @@ fn a_push_reattaches_after_a_master_restart_and_follow_replays_the_job() -> anyh
     let mut cluster = Cluster::start()?;
     let env = cluster.init_env("staging")?;
     let source = cluster.root.path().join("src");
-    let started = cluster.root.path().join("started");
+    // Inside the environment: a confined build can write nowhere else.
+    let started = cluster.project_dir(&env, "app").join("data/started");
     let build = format!(
         "slow:\n  cmd.run:\n    - name: touch {} && sleep 3\ncopy_app:\n  cmd.run:\n    - name: cp -a {{{{ common.project_dir }}}}/app/. {{{{ common.run_dir }}}}/\n",
         started.display()
@@ -208,7 +210,8 @@ fn ctrl_c_during_a_push_says_the_job_goes_on_and_leaves_no_tarball() -> anyhow::
     let cluster = Cluster::start()?;
     let env = cluster.init_env("staging")?;
     let source = cluster.root.path().join("src");
-    let started = cluster.root.path().join("started");
+    // Inside the environment: a confined build can write nowhere else.
+    let started = cluster.project_dir(&env, "app").join("data/started");
     let build = format!(
         "slow:\n  cmd.run:\n    - name: touch {} && sleep 2\ncopy_app:\n  cmd.run:\n    - name: cp -a {{{{ common.project_dir }}}}/app/. {{{{ common.run_dir }}}}/\n",
         started.display()

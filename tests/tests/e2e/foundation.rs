@@ -106,11 +106,18 @@ fn a_new_user_sees_an_accepted_agent_in_listhosts() -> anyhow::Result<()> {
     assert_eq!(host["slots_total"], 4);
     assert_eq!(host["slots_free"], 4);
     assert_eq!(host["guest_type"], "dir");
+    // The agent runs as root, so it confines project states at least by uid (Landlock where
+    // the kernel has it).
+    let isolation = host["isolation"].as_str().unwrap_or_default().to_owned();
+    assert!(["landlock", "uid"].contains(&isolation.as_str()), "{host}");
 
     let text = corpus(&config, &["listhosts", "prod"])?;
     let text = String::from_utf8(text.stdout)?;
     assert!(
-        text.contains("node1") && text.contains("connected"),
+        text.contains("node1")
+            && text.contains("connected")
+            && text.contains("ISOLATION")
+            && text.contains(&isolation),
         "{text}"
     );
     drop(agent);

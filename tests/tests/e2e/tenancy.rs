@@ -272,6 +272,69 @@ fn states_that_leave_their_environment_are_refused_at_push_and_change_nothing() 
 }
 
 #[test]
+fn a_neighbours_commands_cannot_read_another_environments_pillar_or_data() -> anyhow::Result<()> {
+    let mut t = Tenants::start()?;
+    let alice = t.alice.clone();
+    let alice_env = t.init_env(&alice, "staging", "node1")?;
+    let alice_staging = uuid(&alice_env)?;
+    let secret = "alice-secret-8d1f27";
+    let pillar = t.root.path().join("alice-pillar.sls");
+    std::fs::write(&pillar, format!("db_password: {secret}\n"))?;
+    let pillar_arg = pillar.display().to_string();
+    let source = t.root.path().join("alice-src");
+    let keep = "keep:\n  cmd.run:\n    - name: echo {{ pillar.db_password }} > {{ common.data_dir }}/secret.txt\n";
+    sample_project(&source, "v1", &[("build.sls", keep)])?;
+    pushed(&alice, &alice_staging, &source, &["--pillar", &pillar_arg])?;
+    let alice_project = t.node1.project_dir(&alice_staging, "app");
+    let alice_pillar = alice_project.join("pillar/pillar.json");
+    let alice_data = alice_project.join("data/secret.txt");
+    assert!(std::fs::read_to_string(&alice_pillar)?.contains(secret));
+    assert!(std::fs::read_to_string(&alice_data)?.contains(secret));
+
+    // Bob shares node1 only because it isolates environments; his commands try both files.
+    let (bob_staging, bob_root) = t.bob_env("staging")?;
+    anyhow::ensure!(
+        bob_root == t.node1.root(),
+        "bob was placed on another agent: node1 does not report isolation"
+    );
+    for target in [&alice_pillar, &alice_data] {
+        let source = t
+            .root
+            .path()
+            .join(format!("bob-src-{}", unique_suffix(target)));
+        let steal = format!(
+            "steal:\n  cmd.run:\n    - name: cat {} > {{{{ common.data_dir }}}}/stolen.txt\n",
+            target.display()
+        );
+        sample_project(&source, "v1", &[("build.sls", steal.as_str())])?;
+        let out = push(&t.bob, &bob_staging, &source, &["--json"])?;
+        let shown = format!("{}{}", String::from_utf8_lossy(&out.stdout), stderr(&out));
+        assert_eq!(out.status.code(), Some(1), "{shown}");
+        assert!(shown.contains("Permission denied"), "{shown}");
+        assert!(
+            !shown.contains(secret),
+            "alice's secret reached bob: {shown}"
+        );
+        let stolen = t
+            .node1
+            .project_dir(&bob_staging, "app")
+            .join("data/stolen.txt");
+        let stolen = std::fs::read_to_string(&stolen).unwrap_or_default();
+        assert!(!stolen.contains(secret), "{stolen}");
+    }
+    // Alice's files are as she left them.
+    assert!(std::fs::read_to_string(&alice_data)?.contains(secret));
+    Ok(())
+}
+
+/// A short name for a path, to keep two sources apart.
+fn unique_suffix(path: &Path) -> String {
+    path.file_name()
+        .map(|n| n.to_string_lossy().replace('.', "-"))
+        .unwrap_or_default()
+}
+
+#[test]
 fn a_prod_push_deploys_only_its_owners_staging_releases() -> anyhow::Result<()> {
     let mut t = Tenants::start()?;
     let (alice, ops) = (t.alice.clone(), t.ops.clone());
