@@ -119,7 +119,9 @@ def commit_version(v):
 def make_project():
     os.makedirs(os.path.join(PROJECT, ".salt"))
     shutil.copy(os.path.join(HERE, "gen.py"), os.path.join(PROJECT, "gen.py"))
-    py = sys.executable
+    # The build runs confined as the environment's user, which may only execute what the
+    # system trees hold: the system's python3, not one under a home directory.
+    py = "/usr/bin/python3" if os.path.exists("/usr/bin/python3") else sys.executable
     with open(os.path.join(PROJECT, ".salt/PILLAR.sample"), "w") as f:
         f.write("keep_archives: 2\n")
     with open(os.path.join(PROJECT, ".salt/build.sls"), "w") as f:

@@ -21,6 +21,8 @@ else
   B=$REPO/target/debug
 fi
 W=$(mktemp -d "${TMPDIR:-/tmp}/corpus-chaos.XXXXXX")
+# Environment users must be able to pass through to their roots under the agent's --root.
+chmod 0755 "$W"
 cleanup() { if [ -n "${KEEP:-}" ]; then echo "kept $W" >&2; else rm -rf "$W"; fi; }
 trap cleanup EXIT
 echo "chaos: $CYCLES cycles, $FILES files per build, seed $SEED, binaries from $B, work in $W"
