@@ -1,15 +1,23 @@
 #!/usr/bin/env bash
-# Benchmark: apply 1,000 file.managed states templated from pillar with
-# `corpus-agent apply --local` and with `salt-call --local state.apply` (Salt 3008.3 from PyPI,
-# installed into a throwaway venv), first run and no-op re-run. Prints the four timings and the
-# two ratios. Usage: bench/apply/run.sh   (env: N=1000 states, RUNS=3 best-of,
-# SALT_VENV=DIR to reuse a venv that already has salt==3008.3, CORPUS_AGENT=BIN to skip the
-# release build, KEEP=1 to keep the work dir).
+# Benchmark: `corpus-agent apply --local` against `salt-call --local state.apply` (Salt 3008.3
+# from PyPI, installed into a throwaway venv), first run and no-op re-run, in two cases:
+#   flat:  1,000 file.managed states from a Jinja loop in one SLS, templated from pillar;
+#   heavy: a formula-shaped tree: map.jinja (import_yaml defaults, grains.filter_by on os_family
+#          merged with pillar app:lookup) imported by 20 SLS files and by each of the 180 rendered
+#          file templates, 200 states (file.directory + file.managed with require).
+# Prints the four timings and the two ratios per case. Usage: bench/apply/run.sh
+# (env: CASE=all|flat|heavy, N=1000 flat states, RUNS=3 best-of, SALT_VENV=DIR to reuse a venv
+# that already has salt==3008.3, CORPUS_AGENT=BIN to skip the release build, KEEP=1 to keep the
+# work dir).
 set -euo pipefail
 
+CASE=${CASE:-all}
 N=${N:-1000}
 RUNS=${RUNS:-3}
 SALT_VERSION=3008.3
+# The heavy case: SLS files, and states in each (one file.directory, the rest file.managed).
+HEAVY_SLS=20
+HEAVY_PER_SLS=10
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/corpus-bench-apply.XXXXXX")
 cleanup() { if [ "${KEEP:-0}" = 1 ]; then echo "work dir kept: $WORK" >&2; else rm -rf "$WORK"; fi; }
@@ -17,14 +25,21 @@ trap cleanup EXIT
 
 log() { echo "$*" >&2; }
 
-# --- the tree: Salt syntax, shared by both tools -------------------------------------------
-mkdir -p "$WORK/salt/bench"
-cat > "$WORK/salt/top.sls" <<'SLS'
+case "$CASE" in
+  all) CASES=(flat heavy) ;;
+  flat | heavy) CASES=("$CASE") ;;
+  *) log "unknown CASE=$CASE: use all, flat or heavy"; exit 2 ;;
+esac
+
+# --- the flat case: Salt syntax, shared by both tools --------------------------------------
+flat_tree() { # $1 = file root
+  mkdir -p "$1/bench"
+  cat > "$1/top.sls" <<'SLS'
 base:
   '*':
     - bench
 SLS
-cat > "$WORK/salt/bench/init.sls" <<'SLS'
+  cat > "$1/bench/init.sls" <<'SLS'
 {% set bench = pillar['bench'] %}
 {% for i in range(bench['count']) %}
 bench_file_{{ i }}:
@@ -38,16 +53,17 @@ bench_file_{{ i }}:
         index: {{ i }}
 {% endfor %}
 SLS
-cat > "$WORK/salt/bench/file.conf.j2" <<'J2'
+  cat > "$1/bench/file.conf.j2" <<'J2'
 # {{ pillar['bench']['app'] }} instance {{ index }}, managed by the state engine
 listen = {{ pillar['bench']['host'] }}:{{ pillar['bench']['base_port'] + index }}
 {% for key, value in pillar['bench']['settings'] | dictsort %}
 {{ key }} = {{ value }}
 {% endfor %}
 J2
+}
 
-# One pillar tree per tool, so each writes its own output tree.
-make_pillar() { # $1 = pillar dir, $2 = output root
+# One pillar tree per tool and run, so each writes its own output tree.
+flat_pillar() { # $1 = pillar dir, $2 = output root
   mkdir -p "$1"
   printf "base:\n  '*':\n    - bench\n" > "$1/top.sls"
   {
@@ -64,9 +80,110 @@ make_pillar() { # $1 = pillar dir, $2 = output root
   } > "$1/bench.sls"
 }
 
+# --- the heavy case: a formula ------------------------------------------------------------
+heavy_tree() { # $1 = file root
+  mkdir -p "$1/app/files"
+  printf "base:\n  '*':\n    - app\n" > "$1/top.sls"
+  cat > "$1/app/defaults.yaml" <<'YAML'
+default:
+  service: shop
+  package: shop-server
+  user: root
+  host: 127.0.0.1
+  port_base: 20000
+  conf_mode: '0644'
+  dir_mode: '0755'
+  settings:
+    workers: 4
+    timeout: 30
+    keepalive: 75
+    max_body: 1m
+    log_level: info
+    cache_size: 64m
+    retries: 3
+    backlog: 511
+  features:
+    - gzip
+    - metrics
+    - tls
+Debian:
+  package: shop-server-deb
+  user: www-data
+  settings:
+    log_level: notice
+RedHat:
+  package: shop-server-rpm
+  user: apache
+Arch:
+  package: shop
+Suse:
+  package: shop-server-suse
+YAML
+  cat > "$1/app/map.jinja" <<'J2'
+{% import_yaml "app/defaults.yaml" as defaults %}
+{% set app = salt['grains.filter_by'](defaults, grain='os_family', merge=salt['pillar.get']('app:lookup', {}), base='default') %}
+J2
+  cat > "$1/app/files/service.conf.j2" <<'J2'
+{% from "app/map.jinja" import app with context %}
+# {{ app.service }} {{ svc }} instance {{ index }} ({{ app.package }}), managed by the state engine
+listen = {{ app.host }}:{{ app.port_base + index }}
+user = {{ app.user }}
+{% for key, value in app.settings | dictsort %}
+{{ key }} = {{ value }}
+{% endfor %}
+features = {{ app.features | join(',') }}
+J2
+  {
+    echo "include:"
+    for s in $(seq 0 $((HEAVY_SLS - 1))); do echo "  - app.svc$s"; done
+  } > "$1/app/init.sls"
+  for s in $(seq 0 $((HEAVY_SLS - 1))); do
+    cat > "$1/app/svc$s.sls" <<SLS
+{% from "app/map.jinja" import app with context %}
+{% set svc = 'svc$s' %}
+app_svc${s}_dir:
+  file.directory:
+    - name: {{ app.root }}/{{ svc }}
+    - mode: '{{ app.dir_mode }}'
+    - makedirs: True
+{% for i in range($((HEAVY_PER_SLS - 1))) %}
+app_svc${s}_conf_{{ i }}:
+  file.managed:
+    - name: {{ app.root }}/{{ svc }}/{{ i }}.conf
+    - source: salt://app/files/service.conf.j2
+    - template: jinja
+    - mode: '{{ app.conf_mode }}'
+    - require:
+      - file: app_svc${s}_dir
+    - context:
+        svc: {{ svc }}
+        index: {{ $((s * HEAVY_PER_SLS)) + i }}
+{% endfor %}
+SLS
+  done
+}
+
+heavy_pillar() { # $1 = pillar dir, $2 = output root
+  mkdir -p "$1"
+  printf "base:\n  '*':\n    - app\n" > "$1/top.sls"
+  cat > "$1/app.sls" <<YAML
+app:
+  lookup:
+    root: $2
+    port_base: 30000
+    settings:
+      workers: 8
+      retries: 5
+YAML
+}
+
+case_states() { # $1 = case
+  if [ "$1" = flat ]; then echo "$N"; else echo $((HEAVY_SLS * HEAVY_PER_SLS)); fi
+}
+
 now() { echo "${EPOCHREALTIME/,/.}"; }
 
-# Runs "$@" RUNS times on a fresh output dir (first) or the same one (no-op); prints best time.
+# Runs "$@" once; prints the time it took.
 time_cmd() { # $1 = label, rest = command
   local label=$1; shift
   local start end
@@ -80,7 +197,7 @@ time_cmd() { # $1 = label, rest = command
 
 best() { sort -g | head -1; }
 
-# --- corpus --------------------------------------------------------------------------------
+# --- the tools -----------------------------------------------------------------------------
 if [ -n "${CORPUS_AGENT:-}" ]; then
   AGENT=$CORPUS_AGENT
 else
@@ -89,21 +206,6 @@ else
   AGENT="$REPO/target/release/corpus-agent"
 fi
 
-corpus_apply() { # $1 = run dir
-  "$AGENT" apply --local --file-root "$WORK/salt" --pillar-root "$1/pillar" --id bench
-}
-corpus_first=(); corpus_noop=()
-for r in $(seq "$RUNS"); do
-  d="$WORK/corpus-$r"; make_pillar "$d/pillar" "$d/out"
-  corpus_first+=("$(time_cmd "corpus first apply" corpus_apply "$d")")
-  corpus_noop+=("$(time_cmd "corpus no-op apply" corpus_apply "$d")")
-  grep -q "Succeeded: $N (changed=0)" "$WORK/last.out" || { log "corpus no-op run reported changes"; exit 1; }
-done
-CF=$(printf '%s\n' "${corpus_first[@]}" | best)
-CN=$(printf '%s\n' "${corpus_noop[@]}" | best)
-log "corpus: first ${corpus_first[*]} s, no-op ${corpus_noop[*]} s"
-
-# --- Salt ----------------------------------------------------------------------------------
 VENV=${SALT_VENV:-$WORK/venv}
 if [ ! -x "$VENV/bin/salt-call" ]; then
   log "installing salt==$SALT_VERSION from PyPI into $VENV..."
@@ -112,44 +214,84 @@ if [ ! -x "$VENV/bin/salt-call" ]; then
 fi
 "$VENV/bin/salt-call" --version | grep -q "$SALT_VERSION" || { log "salt-call is not $SALT_VERSION"; exit 1; }
 
+corpus_apply() { # $1 = file root, $2 = run dir
+  "$AGENT" apply --local --file-root "$1" --pillar-root "$2/pillar" --id bench
+}
 salt_apply() { # $1 = run dir
   "$VENV/bin/salt-call" --local -c "$1/conf" state.apply
 }
-salt_first=(); salt_noop=()
-for r in $(seq "$RUNS"); do
-  d="$WORK/salt-$r"; make_pillar "$d/pillar" "$d/out"
-  mkdir -p "$d/conf"
-  cat > "$d/conf/minion" <<CONF
+
+# Applies one case with both tools, checks they wrote the same tree, prints the table.
+run_case() { # $1 = case
+  local case=$1 states root cdir
+  states=$(case_states "$case")
+  cdir="$WORK/$case"
+  root="$cdir/salt"
+  "${case}_tree" "$root"
+
+  local corpus_first=() corpus_noop=() r d
+  for r in $(seq "$RUNS"); do
+    d="$cdir/corpus-$r"; "${case}_pillar" "$d/pillar" "$d/out"
+    corpus_first+=("$(time_cmd "corpus first apply ($case)" corpus_apply "$root" "$d")")
+    grep -q "Succeeded: $states (changed=$states)" "$WORK/last.out" \
+      || { log "corpus first run ($case) did not change $states states:"; tail -5 "$WORK/last.out" >&2; exit 1; }
+    corpus_noop+=("$(time_cmd "corpus no-op apply ($case)" corpus_apply "$root" "$d")")
+    grep -q "Succeeded: $states (changed=0)" "$WORK/last.out" \
+      || { log "corpus no-op run ($case) reported changes"; tail -5 "$WORK/last.out" >&2; exit 1; }
+  done
+  local cf cn
+  cf=$(printf '%s\n' "${corpus_first[@]}" | best)
+  cn=$(printf '%s\n' "${corpus_noop[@]}" | best)
+  log "$case corpus: first ${corpus_first[*]} s, no-op ${corpus_noop[*]} s"
+
+  local salt_first=() salt_noop=()
+  for r in $(seq "$RUNS"); do
+    d="$cdir/salt-$r"; "${case}_pillar" "$d/pillar" "$d/out"
+    mkdir -p "$d/conf"
+    cat > "$d/conf/minion" <<CONF
 id: bench
 file_client: local
 root_dir: $d/root
 file_roots:
   base:
-    - $WORK/salt
+    - $root
 pillar_roots:
   base:
     - $d/pillar
 CONF
-  salt_first+=("$(time_cmd "salt first apply" salt_apply "$d")")
-  salt_noop+=("$(time_cmd "salt no-op apply" salt_apply "$d")")
-done
-SF=$(printf '%s\n' "${salt_first[@]}" | best)
-SN=$(printf '%s\n' "${salt_noop[@]}" | best)
-log "salt: first ${salt_first[*]} s, no-op ${salt_noop[*]} s"
+    salt_first+=("$(time_cmd "salt first apply ($case)" salt_apply "$d")")
+    grep -q "Succeeded: $states (changed=$states)" "$WORK/last.out" \
+      || { log "salt first run ($case) did not change $states states:"; tail -5 "$WORK/last.out" >&2; exit 1; }
+    salt_noop+=("$(time_cmd "salt no-op apply ($case)" salt_apply "$d")")
+  done
+  local sf sn
+  sf=$(printf '%s\n' "${salt_first[@]}" | best)
+  sn=$(printf '%s\n' "${salt_noop[@]}" | best)
+  log "$case salt: first ${salt_first[*]} s, no-op ${salt_noop[*]} s"
 
-# Both tools must have produced the same files (content and mode).
-if ! diff -r "$WORK/corpus-1/out" "$WORK/salt-1/out" > "$WORK/diff.txt"; then
-  log "corpus and Salt produced different files:"; head -20 "$WORK/diff.txt" >&2; exit 1
-fi
-modes() { (cd "$1" && find . -printf '%m %p\n' | sort); }
-if ! diff <(modes "$WORK/corpus-1/out") <(modes "$WORK/salt-1/out") > "$WORK/modes.txt"; then
-  log "corpus and Salt set different modes:"; head -20 "$WORK/modes.txt" >&2; exit 1
-fi
+  # Both tools must have produced the same files (content and mode).
+  if ! diff -r "$cdir/corpus-1/out" "$cdir/salt-1/out" > "$WORK/diff.txt"; then
+    log "corpus and Salt produced different files ($case):"; head -20 "$WORK/diff.txt" >&2; exit 1
+  fi
+  modes() { (cd "$1" && find . -printf '%m %p\n' | sort); }
+  if ! diff <(modes "$cdir/corpus-1/out") <(modes "$cdir/salt-1/out") > "$WORK/modes.txt"; then
+    log "corpus and Salt set different modes ($case):"; head -20 "$WORK/modes.txt" >&2; exit 1
+  fi
 
-awk -v n="$N" -v runs="$RUNS" -v cf="$CF" -v cn="$CN" -v sf="$SF" -v sn="$SN" 'BEGIN {
-  printf "apply %d templated file.managed states (best of %d)\n", n, runs
-  printf "%-28s %10s %10s\n", "", "first", "no-op"
-  printf "%-28s %9.3fs %9.3fs\n", "corpus-agent apply --local", cf, cn
-  printf "%-28s %9.3fs %9.3fs\n", "salt-call --local (3008.3)", sf, sn
-  printf "%-28s %9.1fx %9.1fx\n", "speed-up", sf / cf, sn / cn
-}'
+  local what
+  if [ "$case" = flat ]; then
+    what="apply $states templated file.managed states"
+  else
+    what="apply a $states-state formula (map.jinja: import_yaml, filter_by)"
+  fi
+  awk -v what="$what" -v runs="$RUNS" -v cf="$cf" -v cn="$cn" -v sf="$sf" -v sn="$sn" 'BEGIN {
+    printf "%s (best of %d)\n", what, runs
+    printf "%-28s %10s %10s\n", "", "first", "no-op"
+    printf "%-28s %9.3fs %9.3fs\n", "corpus-agent apply --local", cf, cn
+    printf "%-28s %9.3fs %9.3fs\n", "salt-call --local (3008.3)", sf, sn
+    printf "%-28s %9.1fx %9.1fx\n", "speed-up", sf / cf, sn / cn
+  }'
+}
+
+log "load: $(cut -d' ' -f1-3 /proc/loadavg), $(date -u '+%Y-%m-%d %H:%M UTC')"
+for c in "${CASES[@]}"; do run_case "$c"; done
