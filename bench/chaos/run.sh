@@ -23,7 +23,17 @@ fi
 W=$(mktemp -d "${TMPDIR:-/tmp}/corpus-chaos.XXXXXX")
 # Environment users must be able to pass through to their roots under the agent's --root.
 chmod 0755 "$W"
-cleanup() { if [ -n "${KEEP:-}" ]; then echo "kept $W" >&2; else rm -rf "$W"; fi; }
+# The agent creates an account per environment (corpus-<smep>, home under $W): remove them too.
+remove_accounts() {
+  getent passwd | awk -F: -v w="$W/" 'index($6, w) == 1 { print $1 }' | while read -r user; do
+    userdel -f "$user" 2>/dev/null || true
+    groupdel "$user" 2>/dev/null || true
+  done
+}
+cleanup() {
+  remove_accounts
+  if [ -n "${KEEP:-}" ]; then echo "kept $W" >&2; else rm -rf "$W"; fi
+}
 trap cleanup EXIT
 echo "chaos: $CYCLES cycles, $FILES files per build, seed $SEED, binaries from $B, work in $W"
 python3 "$HERE/chaos.py" "$W/work" "$B" "$CYCLES" "$FILES" "$SEED"
