@@ -558,12 +558,7 @@ mod tests {
 
     #[test]
     fn stored_events_keep_a_failed_commands_exit_code_and_stderr() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        crate::init(dir.path(), &[], false)?;
-        let state = crate::open(&crate::ServeOptions {
-            data_dir: dir.path().to_owned(),
-            settings: Default::default(),
-        })?;
+        let (_dir, state) = crate::test_state()?;
         let job = JobRecord {
             id: "j1".into(),
             kind: JobKind::Deploy,

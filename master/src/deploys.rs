@@ -567,12 +567,7 @@ mod tests {
 
     #[test]
     fn a_push_to_a_locked_project_is_refused_naming_the_holder() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        crate::init(dir.path(), &[], false)?;
-        let state = crate::open(&crate::ServeOptions {
-            data_dir: dir.path().to_owned(),
-            settings: Default::default(),
-        })?;
+        let (_dir, state) = crate::test_state()?;
         let env = EnvironmentRecord {
             uuid: uuid::Uuid::new_v4().to_string(),
             platform: Platform::Staging,
@@ -673,12 +668,7 @@ mod tests {
     #[test]
     fn a_job_too_large_for_the_agents_link_is_refused_before_it_is_recorded() -> anyhow::Result<()>
     {
-        let dir = tempfile::tempdir()?;
-        crate::init(dir.path(), &[], false)?;
-        let state = crate::open(&crate::ServeOptions {
-            data_dir: dir.path().to_owned(),
-            settings: Default::default(),
-        })?;
+        let (_dir, state) = crate::test_state()?;
         let env = EnvironmentRecord {
             uuid: uuid::Uuid::new_v4().to_string(),
             platform: Platform::Staging,
@@ -728,12 +718,7 @@ mod tests {
 
     #[test]
     fn a_rollback_sends_the_targets_common_and_records_its_commit() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        crate::init(dir.path(), &[], false)?;
-        let state = crate::open(&crate::ServeOptions {
-            data_dir: dir.path().to_owned(),
-            settings: Default::default(),
-        })?;
+        let (_dir, state) = crate::test_state()?;
         let env_uuid = uuid::Uuid::new_v4().to_string();
         let env = EnvironmentRecord {
             uuid: env_uuid.clone(),
@@ -803,12 +788,7 @@ mod tests {
 
     #[test]
     fn a_prod_push_takes_only_releases_its_owner_cooked_in_staging() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        crate::init(dir.path(), &[], false)?;
-        let state = crate::open(&crate::ServeOptions {
-            data_dir: dir.path().to_owned(),
-            settings: Default::default(),
-        })?;
+        let (_dir, state) = crate::test_state()?;
         let env = |owner: &str, platform: Platform| -> anyhow::Result<EnvironmentRecord> {
             let env = EnvironmentRecord {
                 uuid: uuid::Uuid::new_v4().to_string(),

@@ -335,13 +335,7 @@ mod tests {
     use crate::store::Platform;
 
     fn state() -> anyhow::Result<(tempfile::TempDir, std::sync::Arc<MasterState>)> {
-        let dir = tempfile::tempdir()?;
-        crate::init(dir.path(), &[], false)?;
-        let state = crate::open(&crate::ServeOptions {
-            data_dir: dir.path().to_owned(),
-            settings: Default::default(),
-        })?;
-        Ok((dir, state))
+        crate::test_state()
     }
 
     fn environment(state: &MasterState, owner: &str) -> anyhow::Result<EnvironmentRecord> {

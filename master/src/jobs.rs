@@ -567,12 +567,7 @@ mod tests {
 
     #[test]
     fn a_job_its_agent_no_longer_knows_is_failed_and_frees_the_project() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        crate::init(dir.path(), &[], false)?;
-        let state = crate::open(&crate::ServeOptions {
-            data_dir: dir.path().to_owned(),
-            settings: Default::default(),
-        })?;
+        let (_dir, state) = crate::test_state()?;
         state.store.put_job(&running_job("j1", "node1"))?;
         Jobs::load(&state)?;
         let state_of_j1 = || -> anyhow::Result<JobState> {
@@ -619,12 +614,7 @@ mod tests {
 
     #[test]
     fn resent_events_are_stored_once_and_the_ack_counts_what_is_held() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        crate::init(dir.path(), &[], false)?;
-        let state = crate::open(&crate::ServeOptions {
-            data_dir: dir.path().to_owned(),
-            settings: Default::default(),
-        })?;
+        let (_dir, state) = crate::test_state()?;
         state.store.put_job(&running_job("j1", "node1"))?;
         let (relay, updates) = Relay::open("j1", EVENT_QUEUE);
         lock(&state.jobs.subscribers).insert("j1".into(), vec![relay]);
@@ -671,12 +661,7 @@ mod tests {
     #[tokio::test]
     async fn a_client_reattaching_gets_the_stored_events_then_the_live_ones_once_then_the_result()
     -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        crate::init(dir.path(), &[], false)?;
-        let state = crate::open(&crate::ServeOptions {
-            data_dir: dir.path().to_owned(),
-            settings: Default::default(),
-        })?;
+        let (_dir, state) = crate::test_state()?;
         let job = running_job("j1", "node1");
         state.store.put_job(&job)?;
         for sequence in 1..=3 {
@@ -718,12 +703,7 @@ mod tests {
 
     #[test]
     fn a_destroy_that_fails_part_way_leaves_only_the_remaining_projects() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        crate::init(dir.path(), &[], false)?;
-        let state = crate::open(&crate::ServeOptions {
-            data_dir: dir.path().to_owned(),
-            settings: Default::default(),
-        })?;
+        let (_dir, state) = crate::test_state()?;
         for name in ["api", "web"] {
             state.store.put_project(&crate::store::ProjectRecord {
                 env_uuid: "env".into(),

@@ -195,6 +195,19 @@ impl MasterState {
     }
 }
 
+/// A master initialised and opened in a fresh temporary data dir, for unit tests (the dir
+/// must outlive the state).
+#[cfg(test)]
+pub(crate) fn test_state() -> anyhow::Result<(tempfile::TempDir, Arc<MasterState>)> {
+    let dir = tempfile::tempdir()?;
+    init(dir.path(), &[], false)?;
+    let state = open(&ServeOptions {
+        data_dir: dir.path().to_owned(),
+        settings: Default::default(),
+    })?;
+    Ok((dir, state))
+}
+
 /// `corpus-master init`: the CA, the master's certificate, the database.
 pub fn init(data_dir: &Path, sans: &[String], force: bool) -> anyhow::Result<()> {
     std::fs::DirBuilder::new()

@@ -510,12 +510,7 @@ mod tests {
 
     #[test]
     fn a_second_connection_is_refused_only_while_the_first_heartbeats() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        crate::init(dir.path(), &[], false)?;
-        let state = crate::open(&crate::ServeOptions {
-            data_dir: dir.path().to_owned(),
-            settings: Default::default(),
-        })?;
+        let (_dir, state) = crate::test_state()?;
         let heartbeat = Duration::from_secs(10);
         assert!(refuse_if_live_elsewhere(&state, "node1", "10.0.0.2", heartbeat).is_ok());
         let (tx, _rx) = mpsc::channel(1);

@@ -133,12 +133,7 @@ mod tests {
 
     #[test]
     fn the_purge_keeps_what_is_recent_or_needed_and_removes_the_rest_whole() -> anyhow::Result<()> {
-        let dir = tempfile::tempdir()?;
-        crate::init(dir.path(), &[], false)?;
-        let state = crate::open(&crate::ServeOptions {
-            data_dir: dir.path().to_owned(),
-            settings: Default::default(),
-        })?;
+        let (_dir, state) = crate::test_state()?;
         use JobKind::{Deploy, Init};
         use JobState::{Failed, Running, Success};
         let jobs = [
