@@ -376,6 +376,9 @@ async fn attach_once(
                             }
                         }
                     }
+                    Some(master_message::Body::OperatorCall(call)) => {
+                        jobs_in_flight.spawn(crate::operator::run(ctx.clone(), call));
+                    }
                     Some(other) => tracing::debug!(?other, "message from the master"),
                     None => {}
                 },

@@ -505,6 +505,71 @@ impl corpus_proto::admin_server::Admin for AdminService {
         info!(agent = %node.id, "node detached");
         Ok(Response::new(node_wire(node)))
     }
+
+    // ---- operator runs (`fleet/`) ----
+
+    type FollowRunStream = std::pin::Pin<
+        Box<dyn tokio_stream::Stream<Item = Result<corpus_proto::RunEvent, Status>> + Send>,
+    >;
+
+    async fn start_run(
+        &self,
+        request: Request<corpus_proto::StartRunRequest>,
+    ) -> Result<Response<corpus_proto::RunStarted>, Status> {
+        let run = crate::fleet::runs::start(&self.state, request.into_inner()).await?;
+        Ok(Response::new(corpus_proto::RunStarted {
+            run_id: run.id,
+            targeted: run.targeted,
+        }))
+    }
+
+    async fn follow_run(
+        &self,
+        request: Request<corpus_proto::RunRef>,
+    ) -> Result<Response<Self::FollowRunStream>, Status> {
+        let run_id = request.into_inner().run_id;
+        let check = run_id.clone();
+        self.state
+            .blocking(move |s| s.runs.stored(s, &check).map(|_| ()))
+            .await?;
+        let (tx, rx) = tokio::sync::mpsc::channel(64);
+        tokio::spawn(crate::fleet::follow(self.state.clone(), run_id, tx));
+        Ok(Response::new(Box::pin(
+            tokio_stream::wrappers::ReceiverStream::new(rx),
+        )))
+    }
+
+    async fn get_run(
+        &self,
+        request: Request<corpus_proto::RunRef>,
+    ) -> Result<Response<corpus_proto::RunDetail>, Status> {
+        let run_id = request.into_inner().run_id;
+        let (run, returns) = self
+            .state
+            .blocking(move |s| {
+                let run = s.runs.stored(s, &run_id)?;
+                let returns = s.store.run_returns(&run_id)?;
+                Ok((run, returns))
+            })
+            .await?;
+        Ok(Response::new(corpus_proto::RunDetail {
+            returns: returns
+                .iter()
+                .map(|r| crate::fleet::agent_return(&run.id, r))
+                .collect(),
+            run: Some(crate::fleet::summary(&run)),
+        }))
+    }
+
+    async fn list_runs(
+        &self,
+        _: Request<Empty>,
+    ) -> Result<Response<corpus_proto::RunList>, Status> {
+        let runs = self.state.blocking(|s| s.runs.list(s)).await?;
+        Ok(Response::new(corpus_proto::RunList {
+            runs: runs.iter().map(crate::fleet::summary).collect(),
+        }))
+    }
 }
 
 /// A node record from the console, its id and port checked.

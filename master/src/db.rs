@@ -35,6 +35,8 @@ pub enum Tree {
     Meta,
     /// Compute nodes attached over SSH, keyed by agent id (`store/nodes.rs`).
     Nodes,
+    /// Operator runs (`store/runs.rs`): `h/<run id>` the run, `r/<run id>/<agent>` a return.
+    Runs,
 }
 
 impl Tree {
@@ -55,6 +57,7 @@ impl Tree {
             Tree::JobsByProject => "jobs_by_project",
             Tree::Meta => "meta",
             Tree::Nodes => "nodes",
+            Tree::Runs => "runs",
         }
     }
 }

@@ -15,6 +15,7 @@ pub mod deploys;
 pub mod enroll;
 pub mod environments;
 pub mod error;
+pub mod fleet;
 pub mod jobs;
 pub mod link;
 pub mod link_registry;
@@ -73,6 +74,8 @@ pub struct MasterState {
     /// The agents connected now, and the way to send them jobs.
     pub links: LinkRegistry,
     pub jobs: jobs::Jobs,
+    /// Operator runs open now and their calls awaiting returns (`fleet/runs.rs`).
+    pub runs: fleet::runs::Runs,
     pub blobs: blobs::BlobStore,
     /// Bounds concurrent password verifications: each argon2 run takes ~19 MiB and a core, so
     /// a flood of logins queues instead of exhausting the master.
@@ -278,6 +281,7 @@ pub fn open(options: &ServeOptions) -> anyhow::Result<Arc<MasterState>> {
         pki,
         links: LinkRegistry::default(),
         jobs: jobs::Jobs::default(),
+        runs: fleet::runs::Runs::default(),
         blobs: blobs::BlobStore::open(dir.0.join("blobs"))?,
         login_slots: tokio::sync::Semaphore::new(
             2 * std::thread::available_parallelism().map_or(2, |n| n.get()),

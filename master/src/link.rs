@@ -475,7 +475,10 @@ fn handle_message(state: &MasterState, agent: &str, body: agent_message::Body, g
         }
         agent_message::Body::Hello(_) => warn!("a second Hello on the same link: ignored"),
         agent_message::Body::OperatorReturn(ret) => {
-            warn!(run = %ret.run_id, "an operator return for no run this master knows: ignored")
+            let run = ret.run_id.clone();
+            if !state.runs.on_return(agent, ret) {
+                warn!(%run, "an operator return no call of this master awaits (unknown run, or timed out): ignored")
+            }
         }
     }
 }

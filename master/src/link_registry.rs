@@ -21,6 +21,8 @@ pub enum ToAgent {
         job_id: String,
         events_stored: u64,
     },
+    /// An operator run's call for this agent (`fleet/runs.rs`), already in its wire form.
+    Operator(Box<corpus_proto::OperatorCall>),
     /// The link is over; the agent is told why.
     Close(LinkClosed),
 }

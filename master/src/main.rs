@@ -76,6 +76,21 @@ enum Command {
         /// SLS names; none renders the highstate from top.sls.
         sls: Vec<String>,
     },
+    /// Apply the highstate (or the named SLS) on every agent TARGET selects, as root.
+    Apply {
+        #[command(flatten)]
+        args: console::fleet::ApplyArgs,
+        #[command(flatten)]
+        console: Console,
+    },
+    /// Run one execution function (test.ping, cmd.run, grains.items, ...) on every agent
+    /// TARGET selects, as root.
+    Run {
+        #[command(flatten)]
+        args: console::fleet::RunArgs,
+        #[command(flatten)]
+        console: Console,
+    },
     /// Manage users.
     Users {
         #[command(subcommand)]
@@ -192,6 +207,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
             agent,
             sls,
         } => console::render::run(&console, agent, sls).await,
+        Command::Apply { args, console } => console::fleet::apply(args, &console).await,
+        Command::Run { args, console } => console::fleet::run(args, &console).await,
         Command::Users { command, console } => console::users::run(command, &console).await,
         Command::Tokens { command, console } => console::tokens::run(command, &console).await,
         Command::Agents { command, console } => console::agents::run(command, &console).await,

@@ -26,6 +26,9 @@ pub struct Settings {
     /// (`machine_numbers: "1-99"`): masters whose agents share a UID space keep apart by
     /// taking disjoint ranges (the end-to-end tests do, running side by side).
     pub machine_numbers: std::ops::RangeInclusive<u32>,
+    /// Salt's nodegroups (`nodegroups:` in the config file): name -> compound target, for
+    /// `corpus-master apply|run -N NAME` and `N@NAME`.
+    pub nodegroups: std::collections::BTreeMap<String, String>,
 }
 
 /// What the background purge keeps. It never removes a running job, the job of a live
@@ -61,6 +64,8 @@ struct SettingsFile {
     retention: RetentionFile,
     sheet: Option<String>,
     machine_numbers: Option<String>,
+    #[serde(default)]
+    nodegroups: std::collections::BTreeMap<String, String>,
 }
 
 /// `retention:` in the config file.
@@ -173,7 +178,16 @@ impl SettingsSource {
         if sheet.trim().is_empty() {
             anyhow::bail!("config sheet is empty: name the sheet or remove the key");
         }
+        for name in file.nodegroups.keys() {
+            crate::fleet::target::Target::parse(
+                crate::fleet::target::TargetType::Nodegroup,
+                name,
+                &file.nodegroups,
+            )
+            .map_err(|e| anyhow::anyhow!("config nodegroups.{name}: {e}"))?;
+        }
         Ok(Settings {
+            nodegroups: file.nodegroups,
             heartbeat,
             sheet,
             machine_numbers,
@@ -286,6 +300,30 @@ mod tests {
         assert!(source.load(dir.path()).is_err());
         std::fs::write(&config, "retention:\n  keep: 3\n")?;
         assert!(source.load(dir.path()).is_err());
+        Ok(())
+    }
+
+    #[test]
+    fn nodegroups_are_read_and_a_bad_one_is_named() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("master.yaml");
+        let source = SettingsSource {
+            config: Some(config.clone()),
+            ..Default::default()
+        };
+        std::fs::write(&config, "nodegroups:\n  webs: 'web* and G@os:Debian'\n")?;
+        let groups = source.load(dir.path())?.nodegroups;
+        assert_eq!(
+            groups.get("webs").map(String::as_str),
+            Some("web* and G@os:Debian")
+        );
+        std::fs::write(&config, "nodegroups:\n  webs: 'web* and'\n")?;
+        let err = source.load(dir.path()).err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("nodegroups.webs")),
+            "{err:?}"
+        );
         Ok(())
     }
 }

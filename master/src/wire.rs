@@ -337,6 +337,7 @@ pub fn to_agent(message: ToAgent) -> Result<pb::MasterMessage, Status> {
             job_id,
             events_stored,
         }),
+        ToAgent::Operator(call) => Body::OperatorCall(*call),
         ToAgent::Close(why) => {
             return Err(match why {
                 LinkClosed::Replaced => {

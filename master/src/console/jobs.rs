@@ -1,20 +1,24 @@
 //! `corpus-master jobs list|show|fail`: jobs and their step events, and failing a job whose
-//! agent is gone for good.
+//! agent is gone for good. Operator runs (`apply`, `run`) are jobs too: listed after the deploy
+//! jobs, and `jobs show RUN_ID` prints every agent's return.
 
-use corpus_proto::{JobDetail, JobRef, JobStatus, JobSummary, JobsRequest, StepResult};
+use corpus_proto::{
+    Empty, JobDetail, JobRef, JobStatus, JobSummary, JobsRequest, RunDetail, RunRef, RunSummary,
+    StepResult,
+};
 use serde_json::{Value, json};
 
 use super::{Console, Table, print_json, printable, rpc};
 
 #[derive(clap::Subcommand, Debug)]
 pub enum JobsCommand {
-    /// List jobs, oldest first.
+    /// List jobs, oldest first, then operator runs.
     List {
         /// Only the jobs of this environment.
         #[arg(long)]
         env: Option<String>,
     },
-    /// One job with every step event.
+    /// One job with every step event, or one operator run with every agent's return.
     Show { id: String },
     /// Mark a running job failed (its agent is gone for good), freeing its project.
     Fail { id: String },
@@ -24,6 +28,7 @@ pub async fn run(command: JobsCommand, console: &Console) -> anyhow::Result<()> 
     let mut client = console.admin().await?;
     match command {
         JobsCommand::List { env } => {
+            let only_env = env.is_some();
             let jobs = client
                 .list_jobs(JobsRequest {
                     env_uuid: env.unwrap_or_default(),
@@ -32,9 +37,25 @@ pub async fn run(command: JobsCommand, console: &Console) -> anyhow::Result<()> 
                 .map_err(rpc)?
                 .into_inner()
                 .jobs;
-            print_list(console, &jobs);
+            // Operator runs belong to no environment.
+            let runs = if only_env {
+                Vec::new()
+            } else {
+                client
+                    .list_runs(Empty {})
+                    .await
+                    .map_err(rpc)?
+                    .into_inner()
+                    .runs
+            };
+            print_list(console, &jobs, &runs);
         }
         JobsCommand::Show { id } => {
+            match client.get_run(RunRef { run_id: id.clone() }).await {
+                Ok(run) => return print_run(console, run.into_inner()),
+                Err(status) if status.code() == tonic::Code::NotFound => {}
+                Err(status) => return Err(rpc(status)),
+            }
             let detail = client.get_job(JobRef { job_id: id }).await.map_err(rpc)?;
             print_detail(console, detail.into_inner());
         }
@@ -63,11 +84,103 @@ fn job_json(j: &JobSummary) -> Value {
     })
 }
 
-fn print_list(console: &Console, jobs: &[JobSummary]) {
+fn run_json(r: &RunSummary) -> Value {
+    json!({
+        "id": r.run_id,
+        "kind": "run",
+        "target": r.target,
+        "target_type": r.target_type,
+        "function": r.function,
+        "args": r.args,
+        "test": r.test,
+        "user": r.user,
+        "status": r.status,
+        "started_unix_ms": r.started_unix_ms,
+        "finished_unix_ms": r.finished_unix_ms,
+        "targeted": r.targeted,
+        "returned": r.returned,
+        "succeeded": r.succeeded,
+        "failed": r.failed,
+        "not_connected": r.not_connected,
+    })
+}
+
+fn print_list(console: &Console, jobs: &[JobSummary], runs: &[RunSummary]) {
     if console.json {
-        print_json(&Value::Array(jobs.iter().map(job_json).collect()));
+        let all = jobs.iter().map(job_json).chain(runs.iter().map(run_json));
+        print_json(&Value::Array(all.collect()));
         return;
     }
+    print_jobs(jobs);
+    if !runs.is_empty() {
+        if !jobs.is_empty() {
+            println!();
+        }
+        let mut table = Table::new(&[
+            "RUN",
+            "FUNCTION",
+            "TARGET",
+            "USER",
+            "STARTED",
+            "STATUS",
+            "TARGETED",
+            "SUCCEEDED",
+            "FAILED",
+            "NOT CONNECTED",
+        ])
+        .right_align(&[6, 7, 8, 9]);
+        for r in runs {
+            table.row([
+                r.run_id.clone(),
+                r.function.clone(),
+                format!("{} ({})", r.target, r.target_type),
+                r.user.clone(),
+                corpus_runtime::format_unix_time(r.started_unix_ms / 1000),
+                r.status.clone(),
+                r.targeted.to_string(),
+                r.succeeded.to_string(),
+                r.failed.to_string(),
+                r.not_connected.to_string(),
+            ]);
+        }
+        table.print();
+    }
+}
+
+fn print_run(console: &Console, detail: RunDetail) -> anyhow::Result<()> {
+    let run = detail.run.unwrap_or_default();
+    if console.json {
+        let mut out = run_json(&run);
+        out["returns"] = detail
+            .returns
+            .iter()
+            .map(super::fleet::return_json)
+            .collect();
+        print_json(&out);
+        return Ok(());
+    }
+    println!(
+        "{}",
+        printable(&format!(
+            "run {} ({} {} on {} {:?}, by {}, started {}): {}",
+            run.run_id,
+            run.function,
+            run.args.join(" "),
+            run.target_type,
+            run.target,
+            run.user,
+            corpus_runtime::format_unix_time(run.started_unix_ms / 1000),
+            run.status
+        ))
+    );
+    for ret in &detail.returns {
+        print!("{}", super::fleet::format_return(&run.function, ret));
+    }
+    println!("{}", super::fleet::total_line(&run));
+    Ok(())
+}
+
+fn print_jobs(jobs: &[JobSummary]) {
     let mut table = Table::new(&["JOB", "KIND", "PROJECT", "STATUS", "CREATED", "USER"]);
     for j in jobs {
         table.row([

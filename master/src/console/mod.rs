@@ -7,6 +7,7 @@
 
 pub mod agents;
 pub mod envs;
+pub mod fleet;
 pub mod jobs;
 pub mod nodes;
 pub mod pillar;

@@ -6,6 +6,7 @@
 mod jobs;
 mod nodes;
 mod retention;
+mod runs;
 
 use std::sync::Arc;
 
@@ -16,6 +17,7 @@ use crate::db::{Db, DbError, Tree, Write};
 pub use crate::records::*;
 pub use jobs::ProjectChange;
 pub use nodes::NodeRecord;
+pub use runs::{AgentReturn, ReturnStatus, RunRecord, RunStatus};
 
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {

@@ -1,0 +1,101 @@
+//! What an operator run needs per agent before anything is sent: which accepted agents a target
+//! selects (with their last grains and, when the target asks, their pillar), and each agent's
+//! own rendered plan and pillar from the master's `file_root` and `pillar_root`. Blocking
+//! (store reads, rendering): async callers go through `MasterState::blocking`.
+
+use std::sync::Arc;
+
+use corpus_pillar::{DirTree, PillarTree};
+use serde_json::{Value as Json, json};
+
+use super::target::{Minion, Target};
+use crate::MasterState;
+use crate::error::MasterResult;
+use crate::settings::Settings;
+use crate::store::{AgentRecord, AgentStatus, Grains};
+
+/// The grains templates and targeting see for an agent: its last Hello's, in Salt's names.
+pub fn template_grains(record: &AgentRecord) -> Json {
+    record
+        .grains
+        .clone()
+        .unwrap_or_else(|| Grains {
+            id: record.id.clone(),
+            ..Default::default()
+        })
+        .template_json()
+}
+
+/// An agent's pillar from `pillar_root`'s `top.sls`, or the error naming file and line.
+pub fn pillar_of(settings: &Settings, agent: &str, grains: &Json) -> Result<Json, String> {
+    PillarTree::new(Arc::new(DirTree::new(&settings.pillar_root)))
+        .compile(agent, grains, &json!(corpus_states::SALTENV))
+        .map(|p| p.data)
+        .map_err(|e| format!("pillar of {agent}: {e}"))
+}
+
+/// The accepted agents `target` selects, in id order. An agent whose pillar does not compile
+/// is not matched by pillar (and is logged).
+pub fn select(state: &MasterState, target: &Target) -> MasterResult<Vec<(String, Json)>> {
+    let settings = state.settings();
+    let mut agents: Vec<AgentRecord> = state
+        .store
+        .agents()?
+        .into_iter()
+        .filter(|a| a.status == AgentStatus::Accepted)
+        .collect();
+    agents.sort_by(|a, b| a.id.cmp(&b.id));
+    let minions: Vec<Minion> = agents
+        .iter()
+        .map(|record| {
+            let grains = template_grains(record);
+            let pillar = if target.needs_pillar() {
+                pillar_of(&settings, &record.id, &grains)
+                    .inspect_err(|e| tracing::warn!("targeting: {e}"))
+                    .ok()
+            } else {
+                None
+            };
+            Minion {
+                id: record.id.clone(),
+                grains,
+                pillar,
+            }
+        })
+        .collect();
+    let ids = target
+        .select(&minions)
+        .map_err(|e| crate::error::MasterError::invalid(e.to_string()))?;
+    Ok(minions
+        .into_iter()
+        .filter(|m| ids.contains(&m.id))
+        .map(|m| (m.id, m.grains))
+        .collect())
+}
+
+/// One agent's plan (JSON of corpus-states' Plan) and pillar (JSON): the highstate when `sls`
+/// is empty, else the named SLS. The error names the file, line and state id.
+pub fn render(
+    settings: &Settings,
+    agent: &str,
+    grains: Json,
+    sls: &[String],
+) -> Result<(Vec<u8>, Vec<u8>), String> {
+    if !settings.file_root.is_dir() {
+        return Err(format!(
+            "state tree {} does not exist: pass --file-root to corpus-master serve",
+            settings.file_root.display()
+        ));
+    }
+    let trees = corpus_states::AgentTrees {
+        file_root: Arc::new(DirTree::new(&settings.file_root)),
+        pillar_root: Arc::new(DirTree::new(&settings.pillar_root)),
+    };
+    let render = corpus_states::render_for_agent(&trees, agent, grains, sls)
+        .map_err(|e| format!("render failed: {e}"))?;
+    let plan = serde_json::to_vec(&render.rendered.plan)
+        .map_err(|e| format!("render failed: the plan does not serialise: {e}"))?;
+    let pillar = serde_json::to_vec(&render.pillar)
+        .map_err(|e| format!("render failed: the pillar does not serialise: {e}"))?;
+    Ok((plan, pillar))
+}
