@@ -1,10 +1,12 @@
 //! Users, sessions and enrollment tokens: argon2 password hashes, expiring bearer tokens,
-//! per-id rate limiting of failed logins, single-use expiring enrollment tokens.
+//! failed logins throttled per (id, source address), logins in flight limited per source,
+//! single-use expiring enrollment tokens.
 //!
 //! Secrets (passwords, tokens) are never logged and never stored: only their hashes are.
 
 use std::collections::HashMap;
-use std::sync::Mutex;
+use std::net::{IpAddr, Ipv4Addr};
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use argon2::Argon2;
@@ -15,12 +17,14 @@ use crate::store::{EnrollmentTokenRecord, SessionRecord, Store, StoreError, User
 
 /// How long a login session lasts.
 pub const SESSION_TTL: Duration = Duration::from_secs(12 * 3600);
-/// Failed logins allowed for one id before it is locked out for a while.
-const FREE_FAILURES: u32 = 5;
-/// Longest lock-out after repeated failures.
-const MAX_LOCKOUT: Duration = Duration::from_secs(15 * 60);
-/// Ids tracked for failed logins before the ones not locked out are forgotten.
-const MAX_TRACKED_IDS: usize = 10_000;
+/// Failed logins allowed for one id from one source before that pair is throttled.
+pub const FREE_FAILURES: u32 = 5;
+/// Longest throttle of one (id, source) pair after repeated failures.
+pub const MAX_THROTTLE: Duration = Duration::from_secs(15 * 60);
+/// (id, source) pairs tracked for failed logins before the ones not throttled are forgotten.
+const MAX_TRACKED_ATTEMPTERS: usize = 10_000;
+/// Logins queued or running at once from one source address; more are refused at once.
+pub const MAX_LOGINS_PER_SOURCE: usize = 4;
 /// Shortest accepted password for new users.
 pub const MIN_PASSWORD_LEN: usize = 8;
 
@@ -28,8 +32,24 @@ pub const MIN_PASSWORD_LEN: usize = 8;
 pub enum AuthError {
     #[error("invalid id or password")]
     BadCredentials,
-    #[error("too many failed logins for {id:?}: retry in {retry_in_secs} s")]
-    RateLimited { id: String, retry_in_secs: u64 },
+    #[error(
+        "too many failed logins for {id:?} from {address} (more than {FREE_FAILURES}): retry in \
+         {retry_in_secs} s"
+    )]
+    RateLimited {
+        id: String,
+        address: IpAddr,
+        retry_in_secs: u64,
+    },
+    #[error(
+        "too many logins from {address} (at most {MAX_LOGINS_PER_SOURCE} at once): retry in \
+         {retry_in_secs} s"
+    )]
+    TooManyLogins { address: IpAddr, retry_in_secs: u64 },
+    #[error("user {0:?} is disabled: ask an operator (`corpus-master users enable`)")]
+    Disabled(String),
+    #[error("user {0:?} does not exist: see `corpus-master users list`")]
+    NoSuchUser(String),
     #[error("session token is missing, invalid or expired: log in again")]
     BadSession,
     #[error("password is too short: use at least {MIN_PASSWORD_LEN} characters")]
@@ -89,10 +109,41 @@ struct Failures {
     locked_until: Option<Instant>,
 }
 
+/// Who tries: failed logins are counted per id *and* source address, so an attacker at one
+/// address slows down only his own guesses, never the user's logins from elsewhere.
+type Attempter = (String, IpAddr);
+
 /// Logins and sessions.
 pub struct Auth {
     store: Store,
-    failures: Mutex<HashMap<String, Failures>>,
+    failures: Mutex<HashMap<Attempter, Failures>>,
+    /// Logins queued or running per source address ([`MAX_LOGINS_PER_SOURCE`]).
+    in_flight: Arc<Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// A login's place among its source's logins in flight; given back on drop.
+#[derive(Debug)]
+pub struct LoginTicket {
+    in_flight: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    source: IpAddr,
+}
+
+impl Drop for LoginTicket {
+    fn drop(&mut self) {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = in_flight.get_mut(&self.source) {
+            *count = count.saturating_sub(1);
+            if *count == 0 {
+                in_flight.remove(&self.source);
+            }
+        }
+    }
+}
+
+/// The key a login from `source` is counted under: the address, the /64 of an IPv6 one, the
+/// unspecified address when unknown.
+pub fn login_source(source: Option<IpAddr>) -> IpAddr {
+    source.map_or(IpAddr::V4(Ipv4Addr::UNSPECIFIED), crate::accept::source_key)
 }
 
 impl Auth {
@@ -100,6 +151,7 @@ impl Auth {
         Auth {
             store,
             failures: Mutex::new(HashMap::new()),
+            in_flight: Arc::new(Mutex::new(HashMap::new())),
         }
     }
 
@@ -113,6 +165,7 @@ impl Auth {
             admin,
             created_at: now_unix(),
             max_envs: None,
+            disabled: false,
         };
         if !self.store.create_user(&user)? {
             return Err(AuthError::UserExists(id.to_owned()));
@@ -120,22 +173,42 @@ impl Auth {
         Ok(user)
     }
 
-    /// Counts an attempt for `id` before its password is verified, refusing it when the id is
-    /// locked out. Counting first means concurrent guesses cannot all slip past the limit while
-    /// their (slow) verifications run; a success clears the count.
-    fn reserve_attempt(&self, id: &str) -> Result<(), AuthError> {
+    /// Admits a login from `source` to the queue for the password hash, or refuses it at once
+    /// when the source already has [`MAX_LOGINS_PER_SOURCE`] in flight: a flood from one
+    /// address never queues ahead of everyone else's logins. Call before waiting for a hash slot.
+    pub fn admit_login(&self, source: IpAddr) -> Result<LoginTicket, AuthError> {
+        let mut in_flight = self.in_flight.lock().unwrap_or_else(|p| p.into_inner());
+        let count = in_flight.entry(source).or_default();
+        if *count >= MAX_LOGINS_PER_SOURCE {
+            return Err(AuthError::TooManyLogins {
+                address: source,
+                retry_in_secs: 1,
+            });
+        }
+        *count += 1;
+        Ok(LoginTicket {
+            in_flight: self.in_flight.clone(),
+            source,
+        })
+    }
+
+    /// Counts an attempt for `id` from `source` before its password is verified, refusing it
+    /// while that pair is throttled. Counting first means concurrent guesses cannot all slip
+    /// past the limit while their (slow) verifications run; a success clears the count.
+    fn reserve_attempt(&self, id: &str, source: IpAddr) -> Result<(), AuthError> {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
         let now = Instant::now();
-        if failures.len() > MAX_TRACKED_IDS {
-            // Forget ids that are not locked out: the map cannot grow without bound.
+        if failures.len() > MAX_TRACKED_ATTEMPTERS {
+            // Forget the pairs not throttled now: the map cannot grow without bound.
             failures.retain(|_, f| f.locked_until.is_some_and(|t| t > now));
         }
-        let entry = failures.entry(id.to_owned()).or_default();
+        let entry = failures.entry((id.to_owned(), source)).or_default();
         if let Some(until) = entry.locked_until
             && until > now
         {
             return Err(AuthError::RateLimited {
                 id: id.to_owned(),
+                address: source,
                 retry_in_secs: (until - now).as_secs().max(1),
             });
         }
@@ -143,20 +216,26 @@ impl Auth {
         if entry.count >= FREE_FAILURES {
             // 1 s, 2 s, 4 s, ... doubling with each attempt past the free ones.
             let exp = (entry.count - FREE_FAILURES).min(20);
-            let lockout = Duration::from_secs(1u64 << exp).min(MAX_LOCKOUT);
+            let lockout = Duration::from_secs(1u64 << exp).min(MAX_THROTTLE);
             entry.locked_until = Some(now + lockout);
         }
         Ok(())
     }
 
-    fn clear_attempts(&self, id: &str) {
+    fn clear_attempts(&self, id: &str, source: IpAddr) {
         let mut failures = self.failures.lock().unwrap_or_else(|p| p.into_inner());
-        failures.remove(id);
+        failures.remove(&(id.to_owned(), source));
     }
 
-    /// Checks id/password and opens a session. Blocking (argon2): call from a blocking task.
-    pub fn login(&self, id: &str, password: &str) -> Result<(String, i64), AuthError> {
-        self.reserve_attempt(id)?;
+    /// Checks id/password from `source` and opens a session. Blocking (argon2): call from a
+    /// blocking task, holding a [`LoginTicket`] and a hash slot.
+    pub fn login(
+        &self,
+        id: &str,
+        password: &str,
+        source: IpAddr,
+    ) -> Result<(String, i64), AuthError> {
+        self.reserve_attempt(id, source)?;
         let user = self.store.user(id)?;
         let phc = user
             .as_ref()
@@ -165,30 +244,52 @@ impl Auth {
         if !ok {
             return Err(AuthError::BadCredentials);
         }
-        self.clear_attempts(id);
+        self.clear_attempts(id, source);
+        // Said only to who knows the password: no enumeration of disabled ids.
+        if user.as_ref().is_some_and(|u| u.disabled) {
+            return Err(AuthError::Disabled(id.to_owned()));
+        }
         let token = new_secret();
-        let expires_at = now_unix() + SESSION_TTL.as_secs() as i64;
+        let now = now_unix();
+        let expires_at = now + SESSION_TTL.as_secs() as i64;
         self.store.put_session(
             &secret_hash(&token),
             &SessionRecord {
                 user: id.to_owned(),
                 expires_at,
+                created_at: now,
+                source: source.to_string(),
             },
         )?;
         Ok((token, expires_at))
     }
 
-    /// The user a bearer token belongs to, if it is valid and unexpired.
+    /// The user a bearer token belongs to, if it is valid and unexpired and its user still
+    /// exists and is enabled.
     pub fn session_user(&self, token: &str) -> Result<String, AuthError> {
         let hash = secret_hash(token);
         match self.store.session(&hash)? {
-            Some(s) if s.expires_at > now_unix() => Ok(s.user),
+            Some(s) if s.expires_at > now_unix() => match self.store.user(&s.user)? {
+                Some(user) if !user.disabled => Ok(s.user),
+                _ => {
+                    self.store.delete_session(&hash)?;
+                    Err(AuthError::BadSession)
+                }
+            },
             Some(_) => {
                 self.store.delete_session(&hash)?;
                 Err(AuthError::BadSession)
             }
             None => Err(AuthError::BadSession),
         }
+    }
+
+    /// Ends the session of `token` (`corpus logout`); false when there was none.
+    pub fn logout(&self, token: &str) -> Result<bool, AuthError> {
+        let hash = secret_hash(token);
+        let existed = self.store.session(&hash)?.is_some();
+        self.store.delete_session(&hash)?;
+        Ok(existed)
     }
 
     pub fn create_enrollment_token(&self, ttl: Duration) -> Result<(String, i64), AuthError> {
@@ -252,6 +353,9 @@ mod tests {
     use super::*;
     use crate::db::SledDb;
 
+    const HERE: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 1));
+    const ELSEWHERE: IpAddr = IpAddr::V4(Ipv4Addr::new(10, 0, 0, 2));
+
     fn auth() -> anyhow::Result<(tempfile::TempDir, Auth)> {
         let dir = tempfile::tempdir()?;
         let store = Store::new(SledDb::open(dir.path())?);
@@ -262,7 +366,7 @@ mod tests {
     fn login_gives_a_session_and_wrong_passwords_are_rate_limited() -> anyhow::Result<()> {
         let (_dir, auth) = auth()?;
         auth.add_user("alice", "correct horse", false)?;
-        let (token, _) = auth.login("alice", "correct horse")?;
+        let (token, _) = auth.login("alice", "correct horse", HERE)?;
         assert_eq!(auth.session_user(&token)?, "alice");
         assert!(matches!(
             auth.session_user("nope"),
@@ -271,25 +375,28 @@ mod tests {
 
         for _ in 0..FREE_FAILURES {
             assert!(matches!(
-                auth.login("alice", "wrong"),
+                auth.login("alice", "wrong", HERE),
                 Err(AuthError::BadCredentials)
             ));
         }
-        // Locked now, even with the right password.
+        // Throttled now from this source, even with the right password...
         assert!(matches!(
-            auth.login("alice", "correct horse"),
+            auth.login("alice", "correct horse", HERE),
             Err(AuthError::RateLimited { .. })
         ));
+        // ...but never locked: the right password from another source still works.
+        let (token, _) = auth.login("alice", "correct horse", ELSEWHERE)?;
+        assert_eq!(auth.session_user(&token)?, "alice");
         // Other ids are not affected.
         assert!(matches!(
-            auth.login("bob", "whatever1"),
+            auth.login("bob", "whatever1", HERE),
             Err(AuthError::BadCredentials)
         ));
         Ok(())
     }
 
     #[test]
-    fn concurrent_guesses_cannot_slip_past_the_lockout() -> anyhow::Result<()> {
+    fn concurrent_guesses_cannot_slip_past_the_throttle() -> anyhow::Result<()> {
         let (_dir, auth) = auth()?;
         auth.add_user("alice", "correct horse", false)?;
         // Every guess starts at once: the lockout is counted before the slow verify, so only
@@ -302,7 +409,7 @@ mod tests {
                     scope.spawn(|| {
                         start.wait();
                         !matches!(
-                            auth.login("alice", "guess"),
+                            auth.login("alice", "guess", HERE),
                             Err(AuthError::RateLimited { .. })
                         )
                     })
@@ -323,9 +430,77 @@ mod tests {
         let failures = auth.failures.lock().unwrap_or_else(|p| p.into_inner());
         assert!(
             failures
-                .get("alice")
+                .get(&("alice".to_owned(), HERE))
                 .is_some_and(|f| f.locked_until.is_some())
         );
+        Ok(())
+    }
+
+    #[test]
+    fn logins_in_flight_are_limited_per_source_and_given_back() -> anyhow::Result<()> {
+        let (_dir, auth) = auth()?;
+        let tickets = (0..MAX_LOGINS_PER_SOURCE)
+            .map(|_| auth.admit_login(HERE))
+            .collect::<Result<Vec<_>, _>>()?;
+        let refused = auth.admit_login(HERE).err().map(|e| e.to_string());
+        assert_eq!(
+            refused.as_deref(),
+            Some("too many logins from 10.0.0.1 (at most 4 at once): retry in 1 s")
+        );
+        // Other sources are not affected; the source's share comes back as logins end.
+        assert!(auth.admit_login(ELSEWHERE).is_ok());
+        drop(tickets);
+        assert!(auth.admit_login(HERE).is_ok());
+        assert!(auth.in_flight.lock().map(|m| m.is_empty()).unwrap_or(false));
+        Ok(())
+    }
+
+    #[test]
+    fn disabled_or_deleted_users_lose_their_sessions_and_logins() -> anyhow::Result<()> {
+        let (_dir, auth) = auth()?;
+        auth.add_user("alice", "correct horse", false)?;
+        let (token, _) = auth.login("alice", "correct horse", HERE)?;
+        let (other, _) = auth.login("alice", "correct horse", ELSEWHERE)?;
+        let mut user = auth
+            .store
+            .user("alice")?
+            .ok_or_else(|| anyhow::anyhow!("no alice"))?;
+        user.disabled = true;
+        auth.store.put_user(&user)?;
+        assert!(matches!(
+            auth.session_user(&token),
+            Err(AuthError::BadSession)
+        ));
+        // The right password says the account is disabled; a wrong one says nothing more.
+        assert!(matches!(
+            auth.login("alice", "correct horse", HERE),
+            Err(AuthError::Disabled(_))
+        ));
+        assert!(matches!(
+            auth.login("alice", "wrong one", HERE),
+            Err(AuthError::BadCredentials)
+        ));
+        auth.store.delete_user("alice")?;
+        assert!(matches!(
+            auth.session_user(&other),
+            Err(AuthError::BadSession)
+        ));
+        Ok(())
+    }
+
+    #[test]
+    fn logout_ends_only_its_own_session() -> anyhow::Result<()> {
+        let (_dir, auth) = auth()?;
+        auth.add_user("alice", "correct horse", false)?;
+        let (first, _) = auth.login("alice", "correct horse", HERE)?;
+        let (second, _) = auth.login("alice", "correct horse", HERE)?;
+        assert!(auth.logout(&first)?);
+        assert!(!auth.logout(&first)?);
+        assert!(matches!(
+            auth.session_user(&first),
+            Err(AuthError::BadSession)
+        ));
+        assert_eq!(auth.session_user(&second)?, "alice");
         Ok(())
     }
 
@@ -341,7 +516,7 @@ mod tests {
             auth.add_user("a", "another one", false),
             Err(AuthError::UserExists(_))
         ));
-        assert!(auth.login("a", "long enough").is_ok());
+        assert!(auth.login("a", "long enough", HERE).is_ok());
         Ok(())
     }
 

@@ -60,9 +60,16 @@ impl corpus_proto::client_server::Client for ClientService {
         &self,
         request: Request<LoginRequest>,
     ) -> Result<Response<LoginResponse>, Status> {
+        let source = crate::auth::login_source(request.remote_addr().map(|a| a.ip()));
         let LoginRequest { id, password } = request.into_inner();
         corpus_proto::names::validate_user_id(&id).map_err(MasterError::from)?;
         let user = id.clone();
+        // Refused at once past the source's share, before queueing for a hash slot.
+        let _ticket = self
+            .state
+            .auth
+            .admit_login(source)
+            .map_err(MasterError::from)?;
         let _slot = self
             .state
             .login_slots
@@ -71,7 +78,7 @@ impl corpus_proto::client_server::Client for ClientService {
             .map_err(|_| Status::unavailable("the master is stopping"))?;
         let (token, expires_at_unix) = self
             .state
-            .blocking(move |s| Ok(s.auth.login(&user, &password)?))
+            .blocking(move |s| Ok(s.auth.login(&user, &password, source)?))
             .await?;
         info!(user = %id, "user logged in");
         Ok(Response::new(LoginResponse {

@@ -480,6 +480,7 @@ mod tests {
             admin,
             created_at: 0,
             max_envs,
+            disabled: false,
         })?;
         Ok(())
     }

@@ -146,7 +146,15 @@ impl From<AuthError> for MasterError {
             AuthError::BadCredentials | AuthError::BadSession => {
                 MasterError::Unauthenticated(e.to_string())
             }
-            AuthError::RateLimited { .. } => MasterError::Exhausted(e.to_string()),
+            AuthError::RateLimited { .. } | AuthError::TooManyLogins { .. } => {
+                MasterError::Exhausted(e.to_string())
+            }
+            AuthError::Disabled(_) => MasterError::Forbidden(e.to_string()),
+            AuthError::NoSuchUser(id) => MasterError::not_found(
+                "user",
+                format!("{id:?}"),
+                ": see `corpus-master users list`",
+            ),
             AuthError::WeakPassword => MasterError::invalid(e.to_string()),
             AuthError::UserExists(_) => MasterError::AlreadyExists(e.to_string()),
             AuthError::Store(_) | AuthError::Hash(_) => MasterError::internal(e),

@@ -4,6 +4,7 @@
 //! [`serve`] takes what a test needs to inject (a bound listener, a shutdown future, the data
 //! dir); `main` only parses flags, installs logging and calls it.
 
+pub mod accept;
 pub mod admin;
 pub mod auth;
 pub mod blobs;
@@ -39,8 +40,7 @@ use anyhow::Context;
 use corpus_proto::MAX_MESSAGE_BYTES;
 use tokio::net::{TcpListener, UnixListener};
 use tokio_stream::wrappers::UnixListenerStream;
-use tonic::transport::server::TcpIncoming;
-use tonic::transport::{Certificate, Identity, Server, ServerTlsConfig};
+use tonic::transport::Server;
 use tracing::info;
 
 use crate::auth::{Auth, now_unix};
@@ -330,13 +330,8 @@ pub async fn serve(
 ) -> anyhow::Result<()> {
     let dir = DataDir(data_dir.to_owned());
 
-    let tls = ServerTlsConfig::new()
-        .identity(Identity::from_pem(
-            &state.pki.master_cert_pem,
-            &state.pki.master_key_pem,
-        ))
-        .client_ca_root(Certificate::from_pem(&state.pki.ca_cert_pem))
-        .client_auth_optional(true);
+    // Our own TLS accept (handshake timeout, per-source limits): see accept.rs.
+    let tls = accept::server_config(&state.pki)?;
 
     let (stop_tx, stop_rx) = tokio::sync::watch::channel(false);
     let wait = |mut rx: tokio::sync::watch::Receiver<bool>| async move {
@@ -347,8 +342,6 @@ pub async fn serve(
     tokio::spawn(retention::run(state.clone(), stop_rx.clone()));
 
     let grpc = Server::builder()
-        .tls_config(tls)
-        .context("invalid TLS configuration")?
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(corpus_proto::enrollment_server::EnrollmentServer::new(
@@ -368,7 +361,10 @@ pub async fn serve(
             })
             .max_decoding_message_size(MAX_MESSAGE_BYTES),
         )
-        .serve_with_incoming_shutdown(TcpIncoming::from(listener), wait(stop_rx.clone()));
+        .serve_with_incoming_shutdown(
+            accept::incoming(listener, tls, accept::AcceptLimits::default()),
+            wait(stop_rx.clone()),
+        );
 
     let admin = Server::builder()
         .add_service(corpus_proto::admin_server::AdminServer::new(

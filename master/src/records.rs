@@ -56,6 +56,9 @@ pub struct UserRecord {
     /// limited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_envs: Option<u32>,
+    /// `users disable`: the user cannot log in and holds no sessions until enabled.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub disabled: bool,
 }
 
 /// Environments a user may own unless an operator says otherwise (`users set --max-envs`).
@@ -65,6 +68,12 @@ pub const DEFAULT_MAX_ENVS: u32 = 4;
 pub struct SessionRecord {
     pub user: String,
     pub expires_at: i64,
+    /// When the login happened (0 for sessions older than this field).
+    #[serde(default)]
+    pub created_at: i64,
+    /// The address the login came from ("" when unknown).
+    #[serde(default)]
+    pub source: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

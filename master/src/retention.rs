@@ -198,6 +198,8 @@ mod tests {
             &SessionRecord {
                 user: "alice".into(),
                 expires_at: now - 1,
+                created_at: 0,
+                source: String::new(),
             },
         )?;
         state.store.put_session(
@@ -205,6 +207,8 @@ mod tests {
             &SessionRecord {
                 user: "alice".into(),
                 expires_at: now + 3600,
+                created_at: 0,
+                source: String::new(),
             },
         )?;
 

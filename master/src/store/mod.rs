@@ -133,6 +133,40 @@ impl Store {
         Ok(())
     }
 
+    /// Every session with the hash of its token (the key), for `sessions list|revoke`.
+    pub fn sessions(&self) -> Result<Vec<(String, SessionRecord)>, StoreError> {
+        self.db
+            .scan(Tree::Sessions, b"")?
+            .into_iter()
+            .map(|(key, value)| {
+                // The key is a token's hash: never quoted in an error.
+                let session: SessionRecord = decode("session", "(hash)", &value)?;
+                Ok((String::from_utf8_lossy(&key).into_owned(), session))
+            })
+            .collect()
+    }
+
+    /// Removes the sessions with these token hashes in one batch; returns how many.
+    pub fn delete_sessions(&self, token_hashes: &[String]) -> Result<usize, StoreError> {
+        if token_hashes.is_empty() {
+            return Ok(0);
+        }
+        let writes = token_hashes
+            .iter()
+            .map(|hash| Write::delete(Tree::Sessions, hash.as_bytes().to_vec()))
+            .collect();
+        self.db.batch(writes)?;
+        Ok(token_hashes.len())
+    }
+
+    /// Removes a user's record; the removed record, None when there was none.
+    pub fn delete_user(&self, id: &str) -> Result<Option<UserRecord>, StoreError> {
+        match self.db.delete(Tree::Users, id.as_bytes())? {
+            None => Ok(None),
+            Some(bytes) => decode("user", id, &bytes).map(Some),
+        }
+    }
+
     pub fn put_enrollment_token(
         &self,
         token_hash: &str,
@@ -392,6 +426,7 @@ mod tests {
             admin: false,
             created_at: 0,
             max_envs: None,
+            disabled: false,
         };
         assert!(store.create_user(&alice)?);
         let other = UserRecord {

@@ -1,5 +1,6 @@
 //! End-to-end tests: the real binaries on loopback. One test binary, one module per area.
 
+mod access;
 mod apply_local;
 mod cli;
 mod client_and_events;
