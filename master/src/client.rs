@@ -18,8 +18,47 @@ use tonic::{Request, Response, Status, Streaming};
 use tracing::info;
 
 use crate::error::MasterError;
-use crate::store::AgentStatus;
-use crate::{MasterState, deploys, environments, jobs, render, wire};
+use crate::{MasterState, deploys, environments, hosts, jobs, render, wire};
+
+/// A host as `corpus listhosts` shows it; without [`hosts::HostView::full`], only what
+/// choosing a host needs: no addresses, hostname, kernel, version or root path.
+fn host(state: &MasterState, view: hosts::HostView) -> Host {
+    let hosts::HostView { agent, used, full } = view;
+    let peer = state.links.peer(&agent.id);
+    let mut grains = agent.grains.unwrap_or_default();
+    let ip = if full {
+        grains
+            .ip_addresses
+            .first()
+            .cloned()
+            .or_else(|| peer.as_ref().map(|p| p.0.clone()))
+            .or(agent.address)
+            .unwrap_or_default()
+    } else {
+        grains = corpus_proto::grains::Grains {
+            id: grains.id,
+            os: grains.os,
+            cpus: grains.cpus,
+            memory_bytes: grains.memory_bytes,
+            slots: grains.slots,
+            guest_type: grains.guest_type,
+            isolation: grains.isolation,
+            ..Default::default()
+        };
+        String::new()
+    };
+    let slots_total = grains.slots;
+    Host {
+        id: agent.id,
+        ip,
+        slots_total,
+        slots_free: slots_total.saturating_sub(used),
+        guest_type: grains.guest_type.clone(),
+        connected: peer.is_some(),
+        last_seen_unix: peer.map(|p| p.1).or(agent.last_seen).unwrap_or(0),
+        grains: Some(grains.into()),
+    }
+}
 
 pub struct ClientService {
     pub state: Arc<MasterState>,
@@ -91,38 +130,13 @@ impl corpus_proto::client_server::Client for ClientService {
         &self,
         request: Request<ListHostsRequest>,
     ) -> Result<Response<ListHostsResponse>, Status> {
-        session_user(&self.state, &request).await?;
+        let user = session_user(&self.state, &request).await?;
         let hosts = self
             .state
-            .blocking(|state| {
-                Ok(state
-                    .store
-                    .agents()?
+            .blocking(move |state| {
+                Ok(hosts::visible_hosts(state, &user)?
                     .into_iter()
-                    .filter(|a| a.status == AgentStatus::Accepted)
-                    .map(|a| {
-                        let peer = state.links.peer(&a.id);
-                        let grains = a.grains.clone().unwrap_or_default();
-                        let ip = grains
-                            .ip_addresses
-                            .first()
-                            .cloned()
-                            .or_else(|| peer.as_ref().map(|p| p.0.clone()))
-                            .or(a.address.clone())
-                            .unwrap_or_default();
-                        let slots_total = grains.slots;
-                        let used = state.environments_on(&a.id);
-                        Host {
-                            id: a.id.clone(),
-                            ip,
-                            slots_total,
-                            slots_free: slots_total.saturating_sub(used),
-                            guest_type: grains.guest_type.clone(),
-                            connected: peer.is_some(),
-                            last_seen_unix: peer.map(|p| p.1).or(a.last_seen).unwrap_or(0),
-                            grains: Some(grains.into()),
-                        }
-                    })
+                    .map(|view| host(state, view))
                     .collect())
             })
             .await?;

@@ -2,13 +2,14 @@
 //! creating one on an agent with a free slot and its SMEP identity there (placement, the
 //! per-user limit, the migration of older records), projects and their quotas.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::BTreeSet;
 
 use serde_json::Value;
 
 use crate::MasterState;
 use crate::auth::now_unix;
 use crate::error::{MasterError, MasterResult};
+use crate::hosts::{HostedIndex, isolation_of, shares_safely};
 use crate::smep::{self, EnvIdentity};
 use crate::store::{
     AgentRecord, AgentStatus, DEFAULT_MAX_ENVS, DEFAULT_QUOTA_BYTES, EnvironmentRecord, Mode,
@@ -77,14 +78,8 @@ pub fn init_env(
     // A storage error here must refuse, not count as an empty host.
     let environments = state.store.environments()?;
     check_env_limit(state, user, &environments)?;
-    let mut hosted: HashMap<String, u32> = HashMap::new();
-    for env in &environments {
-        *hosted.entry(env.agent.clone()).or_default() += 1;
-    }
-    let free = |agent: &AgentRecord| {
-        let slots = agent.grains.as_ref().map_or(0, |g| g.slots);
-        slots.saturating_sub(hosted.get(&agent.id).copied().unwrap_or(0))
-    };
+    let index = HostedIndex::new(&environments);
+    let free = |agent: &AgentRecord| index.free_slots(agent);
     let agent = if host.is_empty() {
         let mut candidates: Vec<_> = state
             .store
@@ -92,7 +87,7 @@ pub fn init_env(
             .into_iter()
             .filter(|a| a.status == AgentStatus::Accepted && state.links.is_connected(&a.id))
             .filter(|a| free(a) > 0)
-            .filter(|a| shares_safely(a, user, &environments))
+            .filter(|a| shares_safely(a, user, &index))
             .collect();
         candidates.sort_by_key(|a| std::cmp::Reverse(free(a)));
         candidates.into_iter().next().ok_or_else(|| {
@@ -117,7 +112,7 @@ pub fn init_env(
                 "host {host:?} has no free slot"
             )));
         }
-        if !shares_safely(&agent, user, &environments) {
+        if !shares_safely(&agent, user, &index) {
             return Err(MasterError::Refused(format!(
                 "host {host:?} hosts environments of other users and reports isolation {:?}: an environment may share an agent with other users' only where the agent isolates them (landlock or uid); choose another host or run the agent as root on a kernel that supports it",
                 isolation_of(&agent)
@@ -144,23 +139,6 @@ pub fn init_env(
     state.store.put_environment(&env)?;
     tracing::info!(env = %env.uuid, agent = %env.agent, platform = platform.as_str(), smep = identity.smep, user, "environment created");
     Ok(env)
-}
-
-/// The agent's `isolation` grain; an agent that reports none (older agents) isolates nothing.
-fn isolation_of(agent: &AgentRecord) -> &str {
-    match agent.grains.as_ref().map(|g| g.isolation.as_str()) {
-        Some("") | None => "none",
-        Some(isolation) => isolation,
-    }
-}
-
-/// Whether `user` may get an environment on `agent`: always when every environment there is
-/// the user's own, otherwise only when the agent confines each environment to its own user.
-fn shares_safely(agent: &AgentRecord, user: &str, environments: &[EnvironmentRecord]) -> bool {
-    let others_there = environments
-        .iter()
-        .any(|e| e.agent == agent.id && e.owner != user);
-    !others_there || matches!(isolation_of(agent), "landlock" | "uid")
 }
 
 /// Refuses a new environment beyond the user's limit (admins have none).

@@ -17,6 +17,7 @@ pub mod enroll;
 pub mod environments;
 pub mod error;
 pub mod fleet;
+pub mod hosts;
 pub mod jobs;
 pub mod link;
 pub mod link_registry;
@@ -188,14 +189,6 @@ impl MasterState {
             MasterError::not_found("job", format!("{id:?}"), ": see `corpus-master jobs list`")
         })
     }
-
-    /// Environments hosted on an agent, for slot accounting.
-    pub fn environments_on(&self, agent: &str) -> u32 {
-        self.store
-            .environments()
-            .map(|envs| envs.iter().filter(|e| e.agent == agent).count() as u32)
-            .unwrap_or(0)
-    }
 }
 
 /// A master initialised and opened in a fresh temporary data dir, for unit tests (the dir
@@ -340,6 +333,8 @@ pub async fn serve(
 
     // Sessions, jobs and events do not pile up: purged in the background per the settings.
     tokio::spawn(retention::run(state.clone(), stop_rx.clone()));
+    // Agents' last-seen times: kept in the link registry, written in batches.
+    tokio::spawn(link::save_seen_periodically(state.clone(), stop_rx.clone()));
 
     let grpc = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
@@ -367,11 +362,13 @@ pub async fn serve(
         );
 
     let admin = Server::builder()
-        .add_service(corpus_proto::admin_server::AdminServer::new(
-            admin::AdminService {
+        .add_service(
+            corpus_proto::admin_server::AdminServer::new(admin::AdminService {
                 state: state.clone(),
-            },
-        ))
+            })
+            .max_decoding_message_size(MAX_MESSAGE_BYTES)
+            .max_encoding_message_size(MAX_MESSAGE_BYTES),
+        )
         .serve_with_incoming_shutdown(UnixListenerStream::new(admin_listener), wait(stop_rx));
 
     let links_state = state.clone();
@@ -383,6 +380,16 @@ pub async fn serve(
     });
 
     let result = tokio::try_join!(grpc, admin);
+    // Every link is closed: when each agent was last seen goes to the store in one batch.
+    let saving = std::time::Instant::now();
+    match state.blocking(link::save_last_seen).await {
+        Ok(written) => info!(
+            written,
+            took = ?saving.elapsed(),
+            "saved agents' last-seen times"
+        ),
+        Err(e) => tracing::warn!(error = %e, "cannot save agents' last-seen times at stop"),
+    }
     let _ = std::fs::remove_file(dir.socket());
     result.context("server failed")?;
     Ok(())

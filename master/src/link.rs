@@ -22,17 +22,20 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::MasterState;
 use crate::auth::now_unix;
 use crate::error::{MasterError, MasterResult};
-use crate::link_registry::ToAgent;
+use crate::link_registry::{LinkSender, Registered, ToAgent};
 use crate::pki::{common_name, fingerprint};
-use crate::store::{AgentRecord, AgentStatus, Grains, JobKind, JobState, Mode, ReleaseRecord};
+use crate::store::{
+    AgentRecord, AgentStatus, AgentUpdate, Grains, JobKind, JobState, Mode, ReleaseRecord,
+};
 use crate::wire::{self, internal};
 
 /// Metadata key on a refused attach telling the agent why, so it knows whether enrolling again
 /// can help (`unknown`, `superseded`) or not (`rejected`, `pending`).
 pub const REFUSAL_REASON: &str = "corpus-refusal";
 
-/// How long an agent has to send its Hello after attaching.
-const HELLO_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long an agent has to send its Hello after attaching: generous, since under a connect
+/// storm a healthy agent's Hello can wait behind thousands of TLS handshakes.
+const HELLO_TIMEOUT: Duration = Duration::from_secs(30);
 
 pub struct AgentLinkService {
     pub state: Arc<MasterState>,
@@ -60,8 +63,14 @@ fn certificate_identity<T>(request: &Request<T>) -> Result<(String, String), Sta
 }
 
 /// Refuses unless `id` is an accepted agent whose current certificate has `fp`.
-fn check_agent(state: &MasterState, id: &str, fp: &str) -> Result<AgentRecord, Status> {
-    match state.store.agent(id).map_err(MasterError::from)? {
+fn check_agent(state: &MasterState, id: &str, fp: &str) -> Result<(), Status> {
+    let record = state.store.agent(id).map_err(MasterError::from)?;
+    admit(record.as_ref(), id, fp)
+}
+
+/// Whether `record` (None: not known) lets the certificate with `fp` attach as `id`.
+fn admit(record: Option<&AgentRecord>, id: &str, fp: &str) -> Result<(), Status> {
+    match record {
         None => Err(refused(
             "unknown",
             format!("agent {id:?} is not known to the master (deleted?): enroll again"),
@@ -78,7 +87,7 @@ fn check_agent(state: &MasterState, id: &str, fp: &str) -> Result<AgentRecord, S
             "superseded",
             format!("the certificate of agent {id:?} is no longer valid: enroll again"),
         )),
-        Some(r) => Ok(r),
+        Some(_) => Ok(()),
     }
 }
 
@@ -95,34 +104,105 @@ pub async fn authenticate_agent<T>(
         .map_err(internal)?
 }
 
-/// Refuses a second connection presenting the certificate of an agent whose link is alive (it
-/// heartbeated within two periods): the real agent keeps its link, and a copy of its
-/// certificate cannot take its jobs over. An agent that lost its connection without the
-/// master noticing is let in once the old link has been silent for three periods and dropped;
-/// the refusal carries no `corpus-refusal` reason, so the agent simply retries with back-off.
-fn refuse_if_live_elsewhere(
+/// Registers the link of `agent`, unless a second connection presents the certificate of an
+/// agent whose link is alive (it heartbeated within two periods): the real agent keeps its
+/// link, and a copy of its certificate cannot take its jobs over. An agent that lost its
+/// connection without the master noticing is let in once the old link has been silent for
+/// three periods and dropped; the refusal carries no `corpus-refusal` reason, so the agent
+/// simply retries with back-off. Checked and registered in one step of the registry, without
+/// a global lock or a disk write.
+fn register_link(
     state: &MasterState,
     agent: &str,
     address: &str,
     heartbeat: Duration,
-) -> Result<(), Status> {
-    let Some((live_address, last_seen)) = state.links.peer(agent) else {
-        return Ok(());
-    };
-    let silent_for = now_unix().saturating_sub(last_seen);
+    sender: LinkSender,
+) -> Result<Registered, Status> {
     let alive_within = i64::try_from(heartbeat.as_secs().saturating_mul(2)).unwrap_or(i64::MAX);
-    if silent_for > alive_within {
-        return Ok(());
+    state
+        .links
+        .register_unless_live(agent, sender, address.to_owned(), now_unix(), alive_within)
+        .map_err(|live_address| {
+            warn!(
+                agent,
+                %address,
+                live_address,
+                "refused a second connection with the certificate of agent {agent:?} while its link is alive: possibly a cloned agent certificate"
+            );
+            Status::already_exists(format!(
+                "agent {agent:?} is already connected and heartbeating: a second connection with its certificate is refused (if this is the real agent after a network failure, it is let in once the old link times out)"
+            ))
+        })
+}
+
+/// Checks the registered link's agent again and records its grains when they changed, in one
+/// compare-and-swap: an operator's reject or delete stored after the link registered closes it
+/// (it closes what is registered), and one stored before is seen here, so a decision made while
+/// the Hello was awaited is never undone by this link. Blocking.
+fn confirm_link(state: &MasterState, agent: &str, fp: &str, grains: &Grains) -> Result<(), Status> {
+    let _records = state.links.lock_record_writes();
+    let update = state
+        .store
+        .update_agent(agent, |record| {
+            admit(Some(record), agent, fp)?;
+            if record.grains.as_ref() == Some(grains) {
+                return Ok(false);
+            }
+            record.grains = Some(grains.clone());
+            Ok(true)
+        })
+        .map_err(MasterError::from)?;
+    match update {
+        AgentUpdate::Done(_) => Ok(()),
+        AgentUpdate::Refused(status) => Err(status),
+        AgentUpdate::Missing => admit(None, agent, fp),
     }
-    warn!(
-        agent,
-        %address,
-        live_address,
-        "refused a second connection with the certificate of agent {agent:?} while its link is alive: possibly a cloned agent certificate"
-    );
-    Err(Status::already_exists(format!(
-        "agent {agent:?} is already connected and heartbeating: a second connection with its certificate is refused (if this is the real agent after a network failure, it is let in once the old link times out)"
-    )))
+}
+
+/// Writes the last-seen times and addresses of the agents that attached or detached since
+/// the last save, in one batch. Blocking; returns how many records were written.
+pub fn save_last_seen(state: &MasterState) -> MasterResult<usize> {
+    let unsaved = state.links.take_unsaved();
+    if unsaved.is_empty() {
+        return Ok(0);
+    }
+    // Never write back over a decision (enroll, accept, reject, delete) or new grains.
+    let _decisions = state.enroll_lock.blocking_lock();
+    let _records = state.links.lock_record_writes();
+    let seen = unsaved
+        .iter()
+        .map(|(agent, seen)| (agent.as_str(), seen.last_seen, seen.address.as_str()));
+    match state.store.record_seen(seen) {
+        Ok(written) => Ok(written),
+        Err(e) => {
+            state.links.restore_unsaved(unsaved);
+            Err(e.into())
+        }
+    }
+}
+
+/// How often the last-seen times of agents that came and went are written.
+pub const SEEN_SAVE_INTERVAL: Duration = Duration::from_secs(3);
+
+/// Saves last-seen times every [`SEEN_SAVE_INTERVAL`] until `stop`; the final save at stop is
+/// the caller's (after the links are closed).
+pub async fn save_seen_periodically(
+    state: Arc<MasterState>,
+    mut stop: tokio::sync::watch::Receiver<bool>,
+) {
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(SEEN_SAVE_INTERVAL) => {}
+            _ = stop.wait_for(|stop| *stop) => return,
+        }
+        match state.blocking(save_last_seen).await {
+            Ok(0) => {}
+            Ok(written) => debug!(written, "saved agents' last-seen times"),
+            Err(e) => {
+                warn!(error = %e, "cannot save agents' last-seen times: retrying in {SEEN_SAVE_INTERVAL:?}")
+            }
+        }
+    }
 }
 
 type MasterStream = Pin<Box<dyn Stream<Item = Result<MasterMessage, Status>> + Send>>;
@@ -152,6 +232,11 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
                 body: Some(agent_message::Body::Hello(hello)),
             }))) => hello,
             Ok(Err(status)) => return Err(status),
+            Err(_) => {
+                return Err(Status::deadline_exceeded(format!(
+                    "no Hello within {HELLO_TIMEOUT:?} of attaching: the agent's first message must be its Hello"
+                )));
+            }
             _ => {
                 return Err(Status::invalid_argument(
                     "an agent's first message must be its Hello",
@@ -168,7 +253,6 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
             )));
         }
 
-        let now = now_unix();
         // Fixed for this link's life; a reload applies to links attached after it.
         let heartbeat = state.settings().heartbeat;
         let (tx, rx) = mpsc::channel(64);
@@ -182,29 +266,26 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
         let outbound: MasterStream = Box::pin(
             tokio_stream::once(Ok(welcome)).chain(ReceiverStream::new(rx).map(wire::to_agent)),
         );
-        // Checked again and registered under the lock reject and delete take: an operator's
-        // decision made while the Hello was awaited can never be undone by this link.
-        let (generation, closed, last_seen) = {
-            let _guard = state.enroll_lock.lock().await;
-            let (agent, fp, peer_address) = (id.clone(), fp.clone(), address.clone());
-            let record = tokio::task::spawn_blocking({
-                let state = state.clone();
-                move || -> Result<AgentRecord, Status> {
-                    let mut record = check_agent(&state, &agent, &fp)?;
-                    // Before anything of this connection is recorded: a copy's grains (its
-                    // root, its isolation) must not replace the live agent's.
-                    refuse_if_live_elsewhere(&state, &agent, &peer_address, heartbeat)?;
-                    record.grains = Some(grains);
-                    record.last_seen = Some(now);
-                    record.address = Some(peer_address);
-                    state.store.put_agent(&record).map_err(MasterError::from)?;
-                    Ok(record)
-                }
-            })
-            .await
-            .map_err(internal)??;
-            state.links.register(&record.id, tx, address.clone(), now)
+        // Registered before anything of this connection is recorded: a copy's grains (its
+        // root, its isolation) must not replace the live agent's.
+        let (generation, closed, last_seen) = register_link(&state, &id, &address, heartbeat, tx)?;
+        let confirmed = {
+            let (agent, fp) = (id.clone(), fp.clone());
+            state
+                .blocking(move |state| Ok(confirm_link(state, &agent, &fp, &grains)))
+                .await
         };
+        match confirmed {
+            Ok(Ok(())) => {}
+            Ok(Err(status)) => {
+                state.links.forget(&id, generation);
+                return Err(status);
+            }
+            Err(e) => {
+                state.links.forget(&id, generation);
+                return Err(e.into());
+            }
+        }
         info!(agent = %id, %address, "agent attached");
         let grace = heartbeat * 3;
         {
@@ -221,15 +302,19 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
                 .await?;
         }
 
+        // The agent's first heartbeat is due one period after the Welcome; then it has three
+        // periods for each message, as for every later one.
         let heartbeat_deadline = heartbeat * 3;
+        let mut deadline = heartbeat + heartbeat_deadline;
         let span = info_span!("link", agent = %id);
         tokio::spawn(
             async move {
                 loop {
                     let next = tokio::select! {
                         _ = closed.notified() => break,
-                        next = tokio::time::timeout(heartbeat_deadline, inbound.message()) => next,
+                        next = tokio::time::timeout(deadline, inbound.message()) => next,
                     };
+                    deadline = heartbeat_deadline;
                     match next {
                         Ok(Ok(Some(message))) => {
                             last_seen.store(now_unix(), Ordering::Relaxed);
@@ -256,24 +341,13 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
                             break;
                         }
                         Err(_) => {
-                            warn!("no heartbeat within {heartbeat_deadline:?}: dropping the link");
+                            warn!("no heartbeat within {deadline:?}: dropping the link");
                             break;
                         }
                     }
                 }
+                // In memory only: the saver writes when the agent was last seen.
                 state.links.unregister(&id, generation);
-                // Under the enrollment lock: never write back over a reject or delete.
-                let _guard = state.enroll_lock.lock().await;
-                let seen = last_seen.load(Ordering::Relaxed);
-                let _ = state
-                    .blocking(move |state| {
-                        if let Some(mut record) = state.store.agent(&id)? {
-                            record.last_seen = Some(seen);
-                            state.store.put_agent(&record)?;
-                        }
-                        Ok(())
-                    })
-                    .await;
             }
             .instrument(span),
         );
@@ -518,22 +592,129 @@ mod tests {
     fn a_second_connection_is_refused_only_while_the_first_heartbeats() -> anyhow::Result<()> {
         let (_dir, state) = crate::test_state()?;
         let heartbeat = Duration::from_secs(10);
-        assert!(refuse_if_live_elsewhere(&state, "node1", "10.0.0.2", heartbeat).is_ok());
         let (tx, _rx) = mpsc::channel(1);
-        let (_, _, last_seen) = state
-            .links
-            .register("node1", tx, "10.0.0.1".into(), now_unix());
-        match refuse_if_live_elsewhere(&state, "node1", "10.0.0.2", heartbeat) {
+        let (_, _, last_seen) = register_link(&state, "node1", "10.0.0.1", heartbeat, tx)?;
+        let (tx, _rx2) = mpsc::channel(1);
+        match register_link(&state, "node1", "10.0.0.2", heartbeat, tx) {
             Err(status) => {
                 assert_eq!(status.code(), tonic::Code::AlreadyExists);
                 assert!(status.metadata().get(REFUSAL_REASON).is_none());
                 assert!(status.message().contains("already connected"));
             }
-            Ok(()) => panic!("a second connection of a live agent was let in"),
+            Ok(_) => panic!("a second connection of a live agent was let in"),
         }
+        assert_eq!(
+            state.links.peer("node1").map(|p| p.0),
+            Some("10.0.0.1".into())
+        );
         // Silent for more than two heartbeats: the link is presumed dead; the agent gets in.
         last_seen.store(now_unix() - 21, Ordering::Relaxed);
-        assert!(refuse_if_live_elsewhere(&state, "node1", "10.0.0.2", heartbeat).is_ok());
+        let (tx, _rx3) = mpsc::channel(1);
+        assert!(register_link(&state, "node1", "10.0.0.2", heartbeat, tx).is_ok());
+        assert_eq!(
+            state.links.peer("node1").map(|p| p.0),
+            Some("10.0.0.2".into())
+        );
+        Ok(())
+    }
+
+    fn accepted_agent(state: &MasterState, id: &str) -> anyhow::Result<AgentRecord> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, id);
+        let mut record = AgentRecord {
+            id: id.into(),
+            status: AgentStatus::Pending,
+            csr_pem: params.serialize_request(&key)?.pem()?,
+            certificate_pem: None,
+            fingerprint: None,
+            enrolled_at: 0,
+            decided_at: None,
+            grains: None,
+            last_seen: None,
+            address: None,
+        };
+        state.accept(&mut record)?;
+        Ok(record)
+    }
+
+    #[test]
+    fn attach_and_detach_write_nothing_until_the_save_which_writes_one_batch() -> anyhow::Result<()>
+    {
+        let (_dir, state) = crate::test_state()?;
+        let heartbeat = Duration::from_secs(10);
+        let mut generations = Vec::new();
+        for id in ["node1", "node2"] {
+            let record = accepted_agent(&state, id)?;
+            let fp = record.fingerprint.clone().unwrap_or_default();
+            let (tx, _rx) = mpsc::channel(1);
+            let (generation, _, last_seen) = register_link(&state, id, "10.0.0.9", heartbeat, tx)?;
+            let grains = Grains {
+                id: id.into(),
+                slots: 3,
+                ..Grains::default()
+            };
+            confirm_link(&state, id, &fp, &grains)?;
+            last_seen.store(1_000, Ordering::Relaxed);
+            generations.push((id, generation));
+        }
+        // The grains are stored at once (placement needs them); the last-seen time is not.
+        let stored = state
+            .store
+            .agent("node1")?
+            .unwrap_or_else(|| panic!("node1 is gone"));
+        assert_eq!(stored.grains.map(|g| g.slots), Some(3));
+        assert_eq!(stored.last_seen, None);
+        for (id, generation) in generations {
+            state.links.unregister(id, generation);
+        }
+        assert_eq!(state.store.agent("node2")?.and_then(|a| a.last_seen), None);
+        assert_eq!(save_last_seen(&state)?, 2);
+        for id in ["node1", "node2"] {
+            let stored = state
+                .store
+                .agent(id)?
+                .unwrap_or_else(|| panic!("{id} is gone"));
+            assert_eq!(stored.last_seen, Some(1_000));
+            assert_eq!(stored.address.as_deref(), Some("10.0.0.9"));
+        }
+        // Nothing new: nothing written.
+        assert_eq!(save_last_seen(&state)?, 0);
+        Ok(())
+    }
+
+    #[test]
+    fn a_link_registered_after_a_reject_is_refused_and_a_deleted_agent_not_recreated()
+    -> anyhow::Result<()> {
+        let (_dir, state) = crate::test_state()?;
+        let heartbeat = Duration::from_secs(10);
+        let record = accepted_agent(&state, "node1")?;
+        let fp = record.fingerprint.clone().unwrap_or_default();
+        let grains = Grains {
+            id: "node1".into(),
+            ..Grains::default()
+        };
+        // The operator rejects while the Hello is awaited: the link registers, then is refused.
+        let mut rejected = record.clone();
+        rejected.status = AgentStatus::Rejected;
+        state.store.put_agent(&rejected)?;
+        let (tx, _rx) = mpsc::channel(1);
+        register_link(&state, "node1", "10.0.0.9", heartbeat, tx)?;
+        match confirm_link(&state, "node1", &fp, &grains) {
+            Err(status) => assert!(status.message().contains("rejected"), "{status:?}"),
+            Ok(()) => panic!("a rejected agent's link was confirmed"),
+        }
+        assert_eq!(
+            state.store.agent("node1")?.map(|a| a.status),
+            Some(AgentStatus::Rejected)
+        );
+        // A deleted agent's last-seen time is not saved into a new record.
+        state.store.delete_agent("node1")?;
+        state.links.close_all();
+        save_last_seen(&state)?;
+        assert_eq!(state.store.agent("node1")?, None);
         Ok(())
     }
 }

@@ -221,6 +221,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
 
 async fn serve(options: ServeOptions, listen: &str, stop_deadline: Duration) -> anyhow::Result<()> {
     let data_dir = options.data_dir.clone();
+    raise_open_files_limit();
     let state = corpus_master::open(&options)?;
     let listener = tokio::net::TcpListener::bind(listen)
         .await
@@ -246,4 +247,39 @@ async fn serve(options: ServeOptions, listen: &str, stop_deadline: Duration) -> 
         corpus_runtime::stopped(signals),
     )
     .await
+}
+
+/// Below this many open files the master warns at start: each connected agent holds one.
+const FEW_OPEN_FILES: u64 = 4_096;
+
+/// Raises the soft limit of open files to the hard limit (one descriptor per connected agent:
+/// the usual soft limit of 1,024 leaves a larger fleet unable to attach) and says so.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    let (soft, hard) = match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok(limits) => limits,
+        Err(e) => {
+            tracing::warn!(error = %e, "cannot read the open-files limit (RLIMIT_NOFILE)");
+            return;
+        }
+    };
+    let limit = match setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+        Ok(()) => hard,
+        Err(e) => {
+            tracing::warn!(error = %e, soft, hard, "cannot raise the open-files soft limit to the hard limit");
+            soft
+        }
+    };
+    if limit < FEW_OPEN_FILES {
+        tracing::warn!(
+            open_files = limit,
+            "the master may keep only {limit} files open, fewer than {FEW_OPEN_FILES}: at most about that many agents can attach; raise the hard limit (LimitNOFILE= in the systemd unit, or ulimit -Hn)"
+        );
+    } else {
+        tracing::info!(
+            open_files = limit,
+            was = soft,
+            "open-files limit raised to the hard limit"
+        );
+    }
 }

@@ -82,7 +82,10 @@ pub async fn connect(data_dir: &Path) -> anyhow::Result<AdminClient<Channel>> {
                 path.display()
             )
         })?;
-    Ok(AdminClient::new(channel))
+    // As large as the CLI's: a listing of 19,000 agents is about 5 MB, beyond tonic's 4 MiB.
+    Ok(AdminClient::new(channel)
+        .max_decoding_message_size(corpus_proto::MAX_MESSAGE_BYTES)
+        .max_encoding_message_size(corpus_proto::MAX_MESSAGE_BYTES))
 }
 
 /// A refusal from the master, as the operator should read it: its message already names the

@@ -3,6 +3,7 @@
 //!
 //! Calls block on the disk: async code runs them through [`crate::MasterState::blocking`].
 
+mod agents;
 mod jobs;
 mod nodes;
 mod retention;
@@ -15,6 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::db::{Db, DbError, Tree, Write};
 pub use crate::records::*;
+pub use agents::AgentUpdate;
 pub use jobs::ProjectChange;
 pub use nodes::NodeRecord;
 pub use runs::{AgentReturn, ReturnStatus, RunRecord, RunStatus};
