@@ -10,5 +10,6 @@ pub mod grains;
 pub mod jobs;
 pub mod lifecycle;
 pub mod link;
+pub mod renew;
 pub mod results;
 pub mod state;

@@ -74,10 +74,17 @@ fn check_agent(state: &MasterState, id: &str, fp: &str) -> Result<AgentRecord, S
             "pending",
             format!("agent {id:?} is pending acceptance"),
         )),
-        Some(r) if r.fingerprint.as_deref() != Some(fp) => Err(refused(
-            "superseded",
-            format!("the certificate of agent {id:?} is no longer valid: enroll again"),
-        )),
+        Some(r)
+            if r.fingerprint.as_deref() != Some(fp)
+                && !state
+                    .replaced_certificates
+                    .honours(id, fp, r.fingerprint.as_deref()) =>
+        {
+            Err(refused(
+                "superseded",
+                format!("the certificate of agent {id:?} is no longer valid: enroll again"),
+            ))
+        }
         Some(r) => Ok(r),
     }
 }
@@ -194,6 +201,10 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
                     // Before anything of this connection is recorded: a copy's grains (its
                     // root, its isolation) must not replace the live agent's.
                     refuse_if_live_elsewhere(&state, &agent, &peer_address, heartbeat)?;
+                    if record.fingerprint.as_deref() == Some(fp.as_str()) {
+                        // Attached with its newest certificate: a renewal's old one is done.
+                        state.replaced_certificates.forget(&agent);
+                    }
                     record.grains = Some(grains);
                     record.last_seen = Some(now);
                     record.address = Some(peer_address);
@@ -381,6 +392,35 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
         };
         info!(agent = %agent, project = %release.project, release = %release.id, size, "release uploaded");
         Ok(Response::new(BlobRef { digest, size }))
+    }
+
+    /// A new certificate for the agent's new key (`renew.rs`); the agent's link stays up.
+    async fn renew(
+        &self,
+        request: Request<corpus_proto::RenewRequest>,
+    ) -> Result<Response<corpus_proto::RenewResponse>, Status> {
+        let (agent, presented) = certificate_identity(&request)?;
+        let csr_pem = request.into_inner().csr_pem;
+        let _guard = self.state.enroll_lock.lock().await;
+        let renewed = {
+            let agent = agent.clone();
+            self.state
+                .blocking(move |state| crate::renew::renew(state, &agent, &presented, &csr_pem))
+                .await
+        };
+        match renewed {
+            Ok(renewed) => {
+                info!(agent = %agent, fingerprint = %renewed.fingerprint, expires = %corpus_runtime::format_unix_time(renewed.not_after), "agent certificate renewed");
+                Ok(Response::new(corpus_proto::RenewResponse {
+                    certificate_pem: renewed.certificate_pem,
+                    not_after_unix: renewed.not_after,
+                }))
+            }
+            Err(e) => {
+                warn!(agent = %agent, "{e}");
+                Err(e.into())
+            }
+        }
     }
 }
 
