@@ -17,6 +17,44 @@ use crate::link::{Backoff, LinkOptions};
 const KEY_FILE: &str = "agent.key";
 const CSR_FILE: &str = "agent.csr";
 const CERT_FILE: &str = "agent.crt";
+/// A renewal's key, CSR and certificate in one file: written atomically first, it is the
+/// renewal's commit point; the three files are then replaced from it and it is removed. A
+/// crash in between is finished by the next [`load_identity`], so the key and certificate on
+/// disk always match.
+const RENEWED_FILE: &str = "agent.renewed";
+
+/// What a renewal installs.
+#[derive(serde::Serialize, serde::Deserialize)]
+pub struct RenewedIdentity {
+    pub key_pem: String,
+    pub csr_pem: String,
+    pub certificate_pem: String,
+}
+
+/// Installs a renewal's key and certificate (both 0600) and its CSR, replacing the current
+/// ones; crash-safe (see [`RENEWED_FILE`]).
+pub fn install_renewed(state_dir: &Path, renewed: &RenewedIdentity) -> anyhow::Result<()> {
+    let pending = path(state_dir, RENEWED_FILE);
+    let json = serde_json::to_string(renewed).context("cannot encode the renewed identity")?;
+    write_private(&pending, &json, 0o600)?;
+    finish_renewal(state_dir)
+}
+
+/// Replaces key, CSR and certificate from a committed renewal, if one is pending.
+fn finish_renewal(state_dir: &Path) -> anyhow::Result<()> {
+    let pending = path(state_dir, RENEWED_FILE);
+    let text = match std::fs::read_to_string(&pending) {
+        Ok(text) => text,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e).with_context(|| format!("cannot read {}", pending.display())),
+    };
+    let renewed: RenewedIdentity = serde_json::from_str(&text)
+        .with_context(|| format!("{} is damaged: remove it", pending.display()))?;
+    write_private(&path(state_dir, KEY_FILE), &renewed.key_pem, 0o600)?;
+    write_private(&path(state_dir, CSR_FILE), &renewed.csr_pem, 0o644)?;
+    write_private(&path(state_dir, CERT_FILE), &renewed.certificate_pem, 0o600)?;
+    std::fs::remove_file(&pending).with_context(|| format!("cannot remove {}", pending.display()))
+}
 
 /// The agent's client identity, PEM.
 #[derive(Clone)]
@@ -46,6 +84,7 @@ fn write_private(path: &Path, contents: &str, mode: u32) -> anyhow::Result<()> {
 
 /// The identity from a previous enrollment, if the state dir holds one.
 pub fn load_identity(state_dir: &Path) -> anyhow::Result<Option<AgentIdentity>> {
+    finish_renewal(state_dir)?;
     let (cert, key) = (path(state_dir, CERT_FILE), path(state_dir, KEY_FILE));
     if !cert.exists() || !key.exists() {
         return Ok(None);

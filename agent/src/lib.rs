@@ -11,5 +11,6 @@ pub mod jobs;
 pub mod lifecycle;
 pub mod link;
 pub mod operator;
+pub mod renew;
 pub mod results;
 pub mod state;

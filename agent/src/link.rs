@@ -149,6 +149,8 @@ enum AttachError {
 /// hold the runtime's own timers back.
 pub async fn run(options: LinkOptions, stop: watch::Receiver<Signal>) -> anyhow::Result<()> {
     let mut jobs_in_flight = JoinSet::new();
+    // Beside the link, never through its stream: a renewal does not cut the link.
+    tokio::spawn(crate::renew::run(options.clone(), stop.clone()));
     let linked = link(&options, stop, &mut jobs_in_flight).await;
     enforce_stop_deadline(options.stop_deadline);
     if !jobs_in_flight.is_empty() {
@@ -241,7 +243,10 @@ async fn link(
             }
             Err(AttachError::Other(why)) => {
                 let delay = backoff.next_delay();
-                warn!("cannot attach to the master: {why}; retrying in {delay:?}");
+                match crate::renew::expired_message(&options.id, &identity) {
+                    Some(expired) => error!("cannot attach to the master: {expired}"),
+                    None => warn!("cannot attach to the master: {why}; retrying in {delay:?}"),
+                }
                 delay
             }
         };

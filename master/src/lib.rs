@@ -25,6 +25,7 @@ pub mod pki;
 pub mod records;
 pub mod relay;
 pub mod render;
+pub mod renew;
 pub mod retention;
 pub mod settings;
 pub mod smep;
@@ -83,6 +84,8 @@ pub struct MasterState {
     pub login_slots: tokio::sync::Semaphore,
     /// Serialises enrollment decisions (enroll, accept, reject, delete) so they never interleave.
     pub enroll_lock: tokio::sync::Mutex<()>,
+    /// Certificates a renewal replaced, still honoured on the connections they authenticated.
+    pub replaced_certificates: renew::ReplacedCertificates,
     /// Serialises environment creation, so a slot is counted free and taken in one step.
     /// (A multi-master backend needs this in a transaction instead.)
     pub slot_allocation: std::sync::Mutex<()>,
@@ -137,7 +140,8 @@ impl MasterState {
 
     /// Signs the agent's CSR into its record, marking it accepted (not stored).
     fn sign(&self, record: &mut AgentRecord) -> MasterResult<()> {
-        let (pem, fingerprint) = self.pki.sign_agent(&record.id, &record.csr_pem)?;
+        let lifetime = self.settings().agent_cert_lifetime;
+        let (pem, fingerprint) = self.pki.sign_agent(&record.id, &record.csr_pem, lifetime)?;
         record.status = AgentStatus::Accepted;
         record.certificate_pem = Some(pem);
         record.fingerprint = Some(fingerprint);
@@ -280,6 +284,7 @@ pub fn open(options: &ServeOptions) -> anyhow::Result<Arc<MasterState>> {
             2 * std::thread::available_parallelism().map_or(2, |n| n.get()),
         ),
         enroll_lock: tokio::sync::Mutex::new(()),
+        replaced_certificates: Default::default(),
         slot_allocation: std::sync::Mutex::new(()),
         settings: std::sync::RwLock::new(options.settings.load(&options.data_dir)?),
         settings_source: options.settings.clone(),

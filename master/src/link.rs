@@ -65,11 +65,16 @@ fn certificate_identity<T>(request: &Request<T>) -> Result<(String, String), Sta
 /// Refuses unless `id` is an accepted agent whose current certificate has `fp`.
 fn check_agent(state: &MasterState, id: &str, fp: &str) -> Result<(), Status> {
     let record = state.store.agent(id).map_err(MasterError::from)?;
-    admit(record.as_ref(), id, fp)
+    admit(state, record.as_ref(), id, fp)
 }
 
 /// Whether `record` (None: not known) lets the certificate with `fp` attach as `id`.
-fn admit(record: Option<&AgentRecord>, id: &str, fp: &str) -> Result<(), Status> {
+fn admit(
+    state: &MasterState,
+    record: Option<&AgentRecord>,
+    id: &str,
+    fp: &str,
+) -> Result<(), Status> {
     match record {
         None => Err(refused(
             "unknown",
@@ -83,10 +88,19 @@ fn admit(record: Option<&AgentRecord>, id: &str, fp: &str) -> Result<(), Status>
             "pending",
             format!("agent {id:?} is pending acceptance"),
         )),
-        Some(r) if r.fingerprint.as_deref() != Some(fp) => Err(refused(
-            "superseded",
-            format!("the certificate of agent {id:?} is no longer valid: enroll again"),
-        )),
+        // A renewal's replaced certificate stays valid for links until the agent attaches
+        // with its new one (`renew.rs`).
+        Some(r)
+            if r.fingerprint.as_deref() != Some(fp)
+                && !state
+                    .replaced_certificates
+                    .honours(id, fp, r.fingerprint.as_deref()) =>
+        {
+            Err(refused(
+                "superseded",
+                format!("the certificate of agent {id:?} is no longer valid: enroll again"),
+            ))
+        }
         Some(_) => Ok(()),
     }
 }
@@ -144,7 +158,11 @@ fn confirm_link(state: &MasterState, agent: &str, fp: &str, grains: &Grains) -> 
     let update = state
         .store
         .update_agent(agent, |record| {
-            admit(Some(record), agent, fp)?;
+            admit(state, Some(record), agent, fp)?;
+            if record.fingerprint.as_deref() == Some(fp) {
+                // Attached with its newest certificate: a renewal's old one is done.
+                state.replaced_certificates.forget(agent);
+            }
             if record.grains.as_ref() == Some(grains) {
                 return Ok(false);
             }
@@ -155,7 +173,7 @@ fn confirm_link(state: &MasterState, agent: &str, fp: &str, grains: &Grains) -> 
     match update {
         AgentUpdate::Done(_) => Ok(()),
         AgentUpdate::Refused(status) => Err(status),
-        AgentUpdate::Missing => admit(None, agent, fp),
+        AgentUpdate::Missing => admit(state, None, agent, fp),
     }
 }
 
@@ -455,6 +473,35 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
         };
         info!(agent = %agent, project = %release.project, release = %release.id, size, "release uploaded");
         Ok(Response::new(BlobRef { digest, size }))
+    }
+
+    /// A new certificate for the agent's new key (`renew.rs`); the agent's link stays up.
+    async fn renew(
+        &self,
+        request: Request<corpus_proto::RenewRequest>,
+    ) -> Result<Response<corpus_proto::RenewResponse>, Status> {
+        let (agent, presented) = certificate_identity(&request)?;
+        let csr_pem = request.into_inner().csr_pem;
+        let _guard = self.state.enroll_lock.lock().await;
+        let renewed = {
+            let agent = agent.clone();
+            self.state
+                .blocking(move |state| crate::renew::renew(state, &agent, &presented, &csr_pem))
+                .await
+        };
+        match renewed {
+            Ok(renewed) => {
+                info!(agent = %agent, fingerprint = %renewed.fingerprint, expires = %corpus_runtime::format_unix_time(renewed.not_after), "agent certificate renewed");
+                Ok(Response::new(corpus_proto::RenewResponse {
+                    certificate_pem: renewed.certificate_pem,
+                    not_after_unix: renewed.not_after,
+                }))
+            }
+            Err(e) => {
+                warn!(agent = %agent, "{e}");
+                Err(e.into())
+            }
+        }
     }
 }
 

@@ -65,6 +65,10 @@ enum Command {
         /// 1-99 (default 1-99): masters sharing agents take disjoint ranges.
         #[arg(long)]
         machine_numbers: Option<String>,
+        /// How long agent certificates issued from now on last (default 90d); agents renew
+        /// theirs over their link at two thirds of it.
+        #[arg(long, value_parser = corpus_runtime::parse_duration)]
+        agent_cert_lifetime: Option<Duration>,
     },
     /// Print the rendered, ordered plan for one agent without running it (Salt's state.show_sls).
     Render {
@@ -188,6 +192,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             pillar_root,
             sheet,
             machine_numbers,
+            agent_cert_lifetime,
         } => {
             let options = ServeOptions {
                 data_dir: dir.data_dir,
@@ -198,6 +203,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
                     pillar_root,
                     sheet,
                     machine_numbers,
+                    agent_cert_lifetime,
                 },
             };
             serve(options, &listen, stop_deadline).await

@@ -42,9 +42,6 @@ const CA_KEY: &str = "ca.key";
 pub const MASTER_CERT: &str = "master.crt";
 pub const MASTER_KEY: &str = "master.key";
 
-/// How long an agent certificate lasts before the agent must enroll again.
-const AGENT_CERT_DAYS: i64 = 825;
-
 fn cert_err(what: impl Into<String>) -> impl FnOnce(rcgen::Error) -> PkiError {
     let what = what.into();
     move |source| PkiError::Cert { what, source }
@@ -184,6 +181,18 @@ pub fn csr_public_key(agent: &str, csr_pem: &str) -> Result<Vec<u8>, PkiError> {
     Ok(csr.public_key.der_bytes().to_vec())
 }
 
+/// When a certificate (DER) expires, unix seconds.
+pub fn not_after(der: &[u8]) -> Option<i64> {
+    let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
+    Some(cert.validity().not_after.timestamp())
+}
+
+/// The DER of the first certificate in a PEM text.
+pub fn pem_to_der(pem: &str) -> Option<Vec<u8>> {
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes()).ok()?;
+    Some(block.contents)
+}
+
 /// The common name of a certificate: for agent certificates, the agent id.
 pub fn common_name(der: &[u8]) -> Option<String> {
     let (_, cert) = x509_parser::parse_x509_certificate(der).ok()?;
@@ -208,8 +217,14 @@ impl Pki {
     }
 
     /// Signs an agent's CSR as a client certificate whose common name is the agent id,
-    /// whatever the CSR asked for. Returns the PEM and its fingerprint.
-    pub fn sign_agent(&self, agent: &str, csr_pem: &str) -> Result<(String, String), PkiError> {
+    /// whatever the CSR asked for, valid for `lifetime` from now (the agent renews it at two
+    /// thirds of that). Returns the PEM and its fingerprint.
+    pub fn sign_agent(
+        &self,
+        agent: &str,
+        csr_pem: &str,
+        lifetime: std::time::Duration,
+    ) -> Result<(String, String), PkiError> {
         let bad = |reason: String| PkiError::BadRequest {
             agent: agent.to_owned(),
             reason,
@@ -222,8 +237,11 @@ impl Pki {
         params.is_ca = IsCa::ExplicitNoCa;
         params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
         params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
-        params.not_before = now - Duration::hours(1);
-        params.not_after = now + Duration::days(AGENT_CERT_DAYS);
+        // Backdated a little for clocks slightly behind the master's; the renewal point (two
+        // thirds of not_before..not_after) is computed by the agent from these two dates.
+        let lifetime = Duration::try_from(lifetime).unwrap_or(Duration::days(3650));
+        params.not_before = now - (lifetime / 60_i32).min(Duration::hours(1));
+        params.not_after = now + lifetime;
         params.serial_number = Some(random_serial());
         csr.params = params;
         let cert = csr.signed_by(&self.issuer).map_err(cert_err(format!(
@@ -269,16 +287,22 @@ mod tests {
         init(dir.path(), &[], false)?;
         let pki = Pki::load(dir.path())?;
         let (key, pem) = csr("someone-else")?;
-        let (cert_pem, fp) = pki.sign_agent("node1", &pem)?;
+        let lifetime = std::time::Duration::from_secs(600);
+        let (cert_pem, fp) = pki.sign_agent("node1", &pem, lifetime)?;
         let der = rustls_pem_der(&cert_pem)?;
         assert_eq!(common_name(&der).as_deref(), Some("node1"));
         assert_eq!(fingerprint(&der), fp);
+        assert_eq!(pem_to_der(&cert_pem), Some(der.clone()));
+        // The lifetime asked, to the second (signing takes well under one).
+        let expires = not_after(&der).ok_or_else(|| anyhow::anyhow!("no not_after"))?;
+        let now = OffsetDateTime::now_utc().unix_timestamp();
+        assert!((expires - now - 600).abs() <= 1, "{expires} vs {now}");
         assert_eq!(
             csr_public_key("node1", &pem)?,
             rcgen::PublicKeyData::der_bytes(&key).to_vec()
         );
         assert!(matches!(
-            pki.sign_agent("node1", "garbage"),
+            pki.sign_agent("node1", "garbage", lifetime),
             Err(PkiError::BadRequest { .. })
         ));
         Ok(())

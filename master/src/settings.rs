@@ -29,7 +29,15 @@ pub struct Settings {
     /// Salt's nodegroups (`nodegroups:` in the config file): name -> compound target, for
     /// `corpus-master apply|run -N NAME` and `N@NAME`.
     pub nodegroups: std::collections::BTreeMap<String, String>,
+    /// How long an agent certificate issued from now on lasts (`agent_cert_lifetime:`, default
+    /// 90 days); agents renew at two thirds of it (`renew.rs`).
+    pub agent_cert_lifetime: Duration,
 }
+
+/// The default lifetime of an agent certificate.
+pub const DEFAULT_AGENT_CERT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
+/// The shortest agent certificate lifetime accepted (tests use seconds).
+pub const MIN_AGENT_CERT_LIFETIME: Duration = Duration::from_secs(3);
 
 /// What the background purge keeps. It never removes a running job, the job of a live
 /// deployment, the newest deployment a destroy or rollback replays, or the job that cooked a
@@ -66,6 +74,7 @@ struct SettingsFile {
     machine_numbers: Option<String>,
     #[serde(default)]
     nodegroups: std::collections::BTreeMap<String, String>,
+    agent_cert_lifetime: Option<String>,
 }
 
 /// `retention:` in the config file.
@@ -111,6 +120,7 @@ pub struct SettingsSource {
     pub pillar_root: Option<PathBuf>,
     pub sheet: Option<String>,
     pub machine_numbers: Option<String>,
+    pub agent_cert_lifetime: Option<Duration>,
 }
 
 /// Parses `A-B` (or `A`), a range within SMEP's environment numbers 1-99.
@@ -175,6 +185,17 @@ impl SettingsSource {
             Some(text) => parse_machine_numbers(text)?,
             None => crate::smep::MACHINE_NUMBERS,
         };
+        let agent_cert_lifetime = match (self.agent_cert_lifetime, &file.agent_cert_lifetime) {
+            (Some(l), _) => l,
+            (None, Some(text)) => corpus_runtime::parse_duration(text)
+                .map_err(|e| anyhow::anyhow!("config agent_cert_lifetime: {e}"))?,
+            (None, None) => DEFAULT_AGENT_CERT_LIFETIME,
+        };
+        if agent_cert_lifetime < MIN_AGENT_CERT_LIFETIME {
+            anyhow::bail!(
+                "agent_cert_lifetime {agent_cert_lifetime:?} is too short: use at least {MIN_AGENT_CERT_LIFETIME:?}"
+            );
+        }
         if sheet.trim().is_empty() {
             anyhow::bail!("config sheet is empty: name the sheet or remove the key");
         }
@@ -191,6 +212,7 @@ impl SettingsSource {
             heartbeat,
             sheet,
             machine_numbers,
+            agent_cert_lifetime,
             retention: file.retention.resolve()?,
             file_root: self
                 .file_root

@@ -1,6 +1,6 @@
 //! `corpus-master nodes` against a real OpenSSH server on loopback (the "node" is this
 //! machine, every installed file under a temporary remote prefix), and the agent's config file
-//! re-read on SIGHUP.
+//! re-read on SIGHUP, and agent certificate renewal.
 
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
@@ -323,4 +323,135 @@ fn agent_config_sighup_changes_slots_and_an_invalid_file_keeps_them() -> anyhow:
     assert_eq!(slots()?, 5);
     master.wait_agent("cfg1", "accepted", true)?;
     Ok(())
+}
+
+/// sha256 of the certificate in a PEM file, hex: what the master pins.
+fn certificate_fingerprint(path: &Path) -> anyhow::Result<String> {
+    certificate_fingerprint_of(&std::fs::read_to_string(path)?)
+}
+
+/// The fingerprint the master pins for `id`.
+fn pinned(master: &Master, id: &str) -> anyhow::Result<String> {
+    Ok(master
+        .agent(id)?
+        .and_then(|a| a["fingerprint"].as_str().map(str::to_owned))
+        .unwrap_or_default())
+}
+
+#[test]
+fn an_agent_renews_its_short_lived_certificate_and_keeps_its_link() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let master = Master::start_with(root.path(), &["--agent-cert-lifetime", "6s"])?;
+    let token = master.token("10m")?;
+    let agent = Agent::start(&master, root.path(), "renew1", Some(&token))?;
+    master.wait_agent("renew1", "accepted", true)?;
+    let first = pinned(&master, "renew1")?;
+    assert!(!first.is_empty());
+
+    // Two renewals: the second authenticated by the certificate the first issued, and by then
+    // the enrollment certificate (6 s) has expired under the still-open link.
+    let mut seen = vec![first.clone()];
+    for round in 1..=2 {
+        wait_until(&format!("renewal {round} to pin a new fingerprint"), || {
+            let now = pinned(&master, "renew1")?;
+            if !seen.contains(&now) {
+                seen.push(now);
+                return Ok(true);
+            }
+            Ok(false)
+        })?;
+    }
+    // The new key and certificate are on disk, private, and are what the master pins.
+    let cert = agent.state_dir.join("agent.crt");
+    wait_until(
+        "the agent's certificate on disk to be the pinned one",
+        || Ok(certificate_fingerprint(&cert)? == pinned(&master, "renew1")?),
+    )?;
+    assert_eq!(mode(&cert)?, 0o600);
+    assert_eq!(mode(&agent.state_dir.join("agent.key"))?, 0o600);
+    assert!(!agent.state_dir.join("agent.renewed").exists());
+
+    // Same link all along: attached once, never refused, still connected.
+    let log = agent.proc.log_text();
+    assert_eq!(log.matches("attached to the master").count(), 1, "{log}");
+    assert!(log.contains("certificate renewed"), "{log}");
+    assert!(!log.contains("enrolling again"), "{log}");
+    master.wait_agent("renew1", "accepted", true)?;
+    assert!(master.proc.log_text().contains("agent certificate renewed"));
+    Ok(())
+}
+
+/// Calls `AgentLink.Renew` as the holder of `identity` (certificate, key PEM).
+fn renew_as(
+    master: &Master,
+    id: &str,
+    identity: &(String, String),
+) -> anyhow::Result<tonic::Status> {
+    let key = rcgen::KeyPair::generate()?;
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, id);
+    let csr_pem = params.serialize_request(&key)?.pem()?;
+    let ca = master.ca_pem()?;
+    let runtime = tokio::runtime::Runtime::new()?;
+    runtime.block_on(async {
+        let channel = corpus_runtime::tls::dial(
+            &master.url(),
+            &ca,
+            Some((identity.0.as_str(), identity.1.as_str())),
+        )
+        .await?;
+        let answer = corpus_proto::agent_link_client::AgentLinkClient::new(channel)
+            .renew(corpus_proto::RenewRequest { csr_pem })
+            .await;
+        match answer {
+            Ok(_) => anyhow::bail!("the master renewed the certificate of agent {id:?}"),
+            Err(status) => Ok(status),
+        }
+    })
+}
+
+#[test]
+fn a_deleted_or_rejected_agent_cannot_renew_its_certificate() -> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let master = Master::start(root.path())?;
+    let mut identities = Vec::new();
+    for id in ["gone1", "bad1"] {
+        let token = master.token("10m")?;
+        let mut agent = Agent::start(&master, root.path(), id, Some(&token))?;
+        master.wait_agent(id, "accepted", true)?;
+        identities.push(agent.identity()?);
+        // The test holds the certificate now; the agent would only enroll again.
+        agent.proc.kill();
+    }
+    let out = master.console(&["agents", "delete", "gone1"], None)?;
+    assert!(out.status.success(), "{:?}", text(&out));
+    let out = master.console(&["agents", "reject", "bad1"], None)?;
+    assert!(out.status.success(), "{:?}", text(&out));
+
+    let status = renew_as(&master, "gone1", &identities[0])?;
+    assert!(
+        status.message().contains("renewal refused")
+            && status.message().contains("\"gone1\" is not known"),
+        "{status:?}"
+    );
+    let status = renew_as(&master, "bad1", &identities[1])?;
+    assert!(
+        status.message().contains("renewal refused")
+            && status.message().contains("\"bad1\" was rejected"),
+        "{status:?}"
+    );
+    // Nothing was issued: rejecting unpinned the agent's certificate, and the refused renewal
+    // pinned none.
+    assert_eq!(pinned(&master, "bad1")?, "");
+    assert!(!certificate_fingerprint_of(&identities[1].0)?.is_empty());
+    assert!(master.proc.log_text().contains("renewal refused"));
+    Ok(())
+}
+
+fn certificate_fingerprint_of(pem: &str) -> anyhow::Result<String> {
+    use sha2::Digest;
+    let (_, block) = x509_parser::pem::parse_x509_pem(pem.as_bytes())?;
+    Ok(hex::encode(sha2::Sha256::digest(&block.contents)))
 }
