@@ -113,6 +113,7 @@ impl Auth {
             admin,
             created_at: now_unix(),
             max_envs: None,
+            max_storage_bytes: None,
         };
         if !self.store.create_user(&user)? {
             return Err(AuthError::UserExists(id.to_owned()));

@@ -6,6 +6,7 @@
 
 pub mod admin;
 pub mod auth;
+pub mod blob_gc;
 pub mod blobs;
 pub mod client;
 pub mod confine;
@@ -341,6 +342,8 @@ pub async fn serve(
 
     // Sessions, jobs and events do not pile up: purged in the background per the settings.
     tokio::spawn(retention::run(state.clone(), stop_rx.clone()));
+    // Unreferenced archives too (see blob_gc).
+    tokio::spawn(blob_gc::run(state.clone(), stop_rx.clone()));
 
     let grpc = Server::builder()
         .tls_config(tls)

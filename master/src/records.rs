@@ -56,7 +56,15 @@ pub struct UserRecord {
     /// limited.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub max_envs: Option<u32>,
+    /// Most bytes of archives the master stores for the environments the user owns; None is
+    /// [`DEFAULT_USER_STORAGE_BYTES`]. Only operators set it (`users set --max-storage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_storage_bytes: Option<u64>,
 }
+
+/// The storage ceiling of a user unless an operator says otherwise: 20 GB, four projects at
+/// the default quota.
+pub const DEFAULT_USER_STORAGE_BYTES: u64 = 20_000_000_000;
 
 /// Environments a user may own unless an operator says otherwise (`users set --max-envs`).
 pub const DEFAULT_MAX_ENVS: u32 = 4;

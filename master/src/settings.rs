@@ -26,7 +26,13 @@ pub struct Settings {
     /// (`machine_numbers: "1-99"`): masters whose agents share a UID space keep apart by
     /// taking disjoint ranges (the end-to-end tests do, running side by side).
     pub machine_numbers: std::ops::RangeInclusive<u32>,
+    /// Most bytes of archives the master stores in all (`max_blob_storage_bytes`; see
+    /// [`crate::blob_gc`]).
+    pub max_blob_storage_bytes: u64,
 }
+
+/// The master-wide storage ceiling unless the settings file says otherwise: 200 GB.
+pub const DEFAULT_MAX_BLOB_STORAGE_BYTES: u64 = 200_000_000_000;
 
 /// What the background purge keeps. It never removes a running job, the job of a live
 /// deployment, the newest deployment a destroy or rollback replays, or the job that cooked a
@@ -61,6 +67,7 @@ struct SettingsFile {
     retention: RetentionFile,
     sheet: Option<String>,
     machine_numbers: Option<String>,
+    max_blob_storage_bytes: Option<u64>,
 }
 
 /// `retention:` in the config file.
@@ -174,6 +181,9 @@ impl SettingsSource {
             anyhow::bail!("config sheet is empty: name the sheet or remove the key");
         }
         Ok(Settings {
+            max_blob_storage_bytes: file
+                .max_blob_storage_bytes
+                .unwrap_or(DEFAULT_MAX_BLOB_STORAGE_BYTES),
             heartbeat,
             sheet,
             machine_numbers,

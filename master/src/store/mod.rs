@@ -390,6 +390,7 @@ mod tests {
             admin: false,
             created_at: 0,
             max_envs: None,
+            max_storage_bytes: None,
         };
         assert!(store.create_user(&alice)?);
         let other = UserRecord {
