@@ -831,6 +831,7 @@ mod tests {
             grains: None,
             last_seen: None,
             address: None,
+            conflicting_keys: Vec::new(),
         })?;
         for (id, at) in [("v1", 1), ("v2", 2), ("v3", 3)] {
             let payload = JobPayload {

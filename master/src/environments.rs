@@ -465,6 +465,7 @@ mod tests {
                 }),
                 last_seen: None,
                 address: None,
+                conflicting_keys: Vec::new(),
             })?;
             let requests = 24;
             let start = std::sync::Barrier::new(requests);
@@ -505,6 +506,7 @@ mod tests {
             }),
             last_seen: None,
             address: None,
+            conflicting_keys: Vec::new(),
         })?;
         Ok(())
     }

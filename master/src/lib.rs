@@ -351,9 +351,7 @@ pub async fn serve(
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(corpus_proto::enrollment_server::EnrollmentServer::new(
-            enroll::EnrollmentService {
-                state: state.clone(),
-            },
+            enroll::EnrollmentService::new(state.clone()),
         ))
         .add_service(
             corpus_proto::agent_link_server::AgentLinkServer::new(link::AgentLinkService {
@@ -414,6 +412,7 @@ mod tests {
             grains: None,
             last_seen: None,
             address: None,
+            conflicting_keys: Vec::new(),
         })
     }
 

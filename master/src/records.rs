@@ -42,7 +42,12 @@ pub struct AgentRecord {
     /// Last grains received; kept so `listhosts` can show disconnected hosts.
     pub grains: Option<Grains>,
     pub last_seen: Option<i64>,
+    /// Where the agent last connected from; for a pending agent, where it enrolled from.
     pub address: Option<String>,
+    /// Key fingerprints of other enrollments that claimed this id while it was pending (see
+    /// `enroll.rs`): the operator must then name the key to accept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicting_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
