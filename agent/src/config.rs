@@ -195,6 +195,18 @@ impl SettingsSource {
         })
     }
 
+    /// Where the agent keeps its key: the flag, the file's `state_dir`, else the default.
+    /// Needs nothing else of the configuration (`corpus-agent fingerprint`).
+    pub fn state_dir(&self) -> Result<PathBuf, ConfigError> {
+        if let Some(dir) = &self.state_dir {
+            return Ok(dir.clone());
+        }
+        Ok(self
+            .file()?
+            .state_dir
+            .unwrap_or_else(|| PathBuf::from("/var/lib/corpus-agent")))
+    }
+
     /// Re-reads what can change live (SIGHUP).
     pub fn reload_live(&self) -> Result<LiveSettings, ConfigError> {
         self.live_from(&self.file()?)

@@ -26,9 +26,45 @@ enum Command {
     Run(RunArgs),
     /// Apply state files on this machine (masterless: `apply --local`).
     Apply(corpus_agent::apply_local::ApplyArgs),
+    /// Print the fingerprint of this agent's key (sha256 of its public key), to compare with
+    /// what `corpus-master agents list` shows before accepting it.
+    Fingerprint(FingerprintArgs),
     /// Internal: one confined project phase, spawned by the agent (protocol on stdin/stdout).
     #[command(name = "confined-phase", hide = true)]
     ConfinedPhase,
+}
+
+#[derive(Args)]
+struct FingerprintArgs {
+    /// The agent's YAML config (for its state_dir).
+    #[arg(long, env = "CORPUS_AGENT_CONFIG")]
+    config: Option<PathBuf>,
+    /// Where the agent keeps its key (default /var/lib/corpus-agent).
+    #[arg(long, env = "CORPUS_STATE_DIR")]
+    state_dir: Option<PathBuf>,
+}
+
+/// sha256 of the agent's public key, hex: the master computes the same from the CSR.
+fn fingerprint(args: FingerprintArgs) -> anyhow::Result<()> {
+    use rcgen::PublicKeyData;
+    use sha2::Digest;
+    let state_dir = SettingsSource {
+        config: args.config,
+        state_dir: args.state_dir,
+        ..Default::default()
+    }
+    .state_dir()?;
+    let key_path = state_dir.join("agent.key");
+    let pem = std::fs::read_to_string(&key_path).with_context(|| {
+        format!(
+            "cannot read the agent key {}: the agent makes it at its first start (corpus-agent run)",
+            key_path.display()
+        )
+    })?;
+    let key = rcgen::KeyPair::from_pem(&pem)
+        .with_context(|| format!("{} is not a valid key", key_path.display()))?;
+    println!("{}", hex::encode(sha2::Sha256::digest(key.der_bytes())));
+    Ok(())
 }
 
 #[derive(Args)]
@@ -96,6 +132,15 @@ fn main() -> ExitCode {
     if let Command::Apply(_) = cli.command {
         corpus_runtime::init_logging("info");
     }
+    if let Command::Fingerprint(args) = cli.command {
+        return match fingerprint(args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("corpus-agent: error: {e:#}");
+                ExitCode::FAILURE
+            }
+        };
+    }
     corpus_runtime::install_crypto_provider();
     let runtime = match tokio::runtime::Runtime::new() {
         Ok(rt) => rt,
@@ -110,7 +155,7 @@ fn main() -> ExitCode {
             Ok(code) => return code,
             Err(e) => Err(e),
         },
-        Command::ConfinedPhase => Ok(()),
+        Command::ConfinedPhase | Command::Fingerprint(_) => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

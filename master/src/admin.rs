@@ -33,6 +33,9 @@ pub const MAX_TOKEN_TTL: Duration = Duration::from_secs(30 * 24 * 3600);
 fn user_message(user: crate::store::UserRecord) -> User {
     User {
         max_envs: user.max_envs.unwrap_or(crate::store::DEFAULT_MAX_ENVS),
+        max_storage_bytes: user
+            .max_storage_bytes
+            .unwrap_or(crate::store::DEFAULT_USER_STORAGE_BYTES),
         id: user.id,
         admin: user.admin,
         created_at_unix: user.created_at,
@@ -55,6 +58,9 @@ fn agent_info(state: &MasterState, record: AgentRecord) -> AgentInfo {
         fingerprint: record.fingerprint.unwrap_or_default(),
         grains: record.grains.map(Into::into),
         address: peer.map(|p| p.0).or(record.address).unwrap_or_default(),
+        key_fingerprint: crate::enroll::key_fingerprint(&record.id, &record.csr_pem)
+            .unwrap_or_default(),
+        conflicting_keys: record.conflicting_keys,
         id: record.id,
     }
 }
@@ -102,7 +108,11 @@ impl corpus_proto::admin_server::Admin for AdminService {
         &self,
         request: Request<UserLimitsRequest>,
     ) -> Result<Response<User>, Status> {
-        let UserLimitsRequest { id, max_envs } = request.into_inner();
+        let UserLimitsRequest {
+            id,
+            max_envs,
+            max_storage_bytes,
+        } = request.into_inner();
         corpus_proto::names::validate_user_id(&id).map_err(MasterError::from)?;
         let user = self
             .state
@@ -117,11 +127,14 @@ impl corpus_proto::admin_server::Admin for AdminService {
                 if max_envs > 0 {
                     user.max_envs = Some(max_envs);
                 }
+                if max_storage_bytes > 0 {
+                    user.max_storage_bytes = Some(max_storage_bytes);
+                }
                 s.store.put_user(&user)?;
                 Ok(user)
             })
             .await?;
-        info!(user = %user.id, max_envs = ?user.max_envs, "user limits set");
+        info!(user = %user.id, max_envs = ?user.max_envs, max_storage_bytes = ?user.max_storage_bytes, "user limits set");
         Ok(Response::new(user_message(user)))
     }
 
@@ -165,7 +178,10 @@ impl corpus_proto::admin_server::Admin for AdminService {
     async fn list_agents(&self, _: Request<Empty>) -> Result<Response<AgentList>, Status> {
         let agents = self
             .state
-            .blocking(|s| Ok(s.store.agents()?))
+            .blocking(|s| {
+                crate::enroll::expire_pending(s, crate::auth::now_unix())?;
+                Ok(s.store.agents()?)
+            })
             .await?
             .into_iter()
             .map(|a| agent_info(&self.state, a))
@@ -184,6 +200,7 @@ impl corpus_proto::admin_server::Admin for AdminService {
             .blocking(move |state| {
                 let mut record = state.existing_agent(&id)?;
                 if record.status != AgentStatus::Accepted {
+                    crate::enroll::check_operator_accept(&record, "")?;
                     state.accept(&mut record)?;
                     info!(agent = %id, "agent accepted by an operator");
                 }
@@ -569,6 +586,28 @@ impl corpus_proto::admin_server::Admin for AdminService {
         Ok(Response::new(corpus_proto::RunList {
             runs: runs.iter().map(crate::fleet::summary).collect(),
         }))
+    }
+
+    async fn accept_agent_key(
+        &self,
+        request: Request<corpus_proto::AcceptAgentKeyRequest>,
+    ) -> Result<Response<AgentInfo>, Status> {
+        let corpus_proto::AcceptAgentKeyRequest { id, fingerprint } = request.into_inner();
+        let state = &self.state;
+        let _guard = state.enroll_lock.lock().await;
+        let record = state
+            .blocking(move |state| {
+                let mut record = state.existing_agent(&id)?;
+                crate::enroll::check_operator_accept(&record, &fingerprint)?;
+                if record.status != AgentStatus::Accepted {
+                    record.conflicting_keys.clear();
+                    state.accept(&mut record)?;
+                    info!(agent = %id, "agent accepted by an operator who checked its key");
+                }
+                Ok(record)
+            })
+            .await?;
+        Ok(Response::new(agent_info(state, record)))
     }
 }
 

@@ -166,6 +166,7 @@ impl Auth {
             created_at: now_unix(),
             max_envs: None,
             disabled: false,
+            max_storage_bytes: None,
         };
         if !self.store.create_user(&user)? {
             return Err(AuthError::UserExists(id.to_owned()));

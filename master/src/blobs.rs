@@ -3,9 +3,15 @@
 //! into place, so a blob that exists is always complete. Streamed in chunks both ways; never
 //! held whole in memory. Every write error, the last one included, fails the upload and leaves
 //! nothing under the digest: a full disk is named as such.
+//!
+//! A blob in use by a push that has not recorded its job yet is *pinned* (in memory): the
+//! collector ([`crate::blob_gc`]) and a refused push's clean-up never remove a pinned blob, so
+//! two pushes of the same source cannot delete each other's upload.
 
+use std::collections::HashMap;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
 
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -53,6 +59,42 @@ pub fn validate_digest(digest: &str) -> Result<(), BlobError> {
 #[derive(Debug, Clone)]
 pub struct BlobStore {
     dir: PathBuf,
+    /// Digests in use by pushes in flight, with how many hold each.
+    pins: Arc<Mutex<HashMap<String, usize>>>,
+}
+
+/// One stored blob, as [`BlobStore::list`] finds it.
+#[derive(Debug, Clone, PartialEq)]
+pub struct StoredBlob {
+    pub digest: String,
+    pub size: u64,
+    /// Last modification (unix seconds): when its upload ended.
+    pub modified: i64,
+}
+
+/// Keeps a blob from being collected while its push renders; released on drop.
+#[derive(Debug)]
+pub struct BlobPin {
+    pins: Arc<Mutex<HashMap<String, usize>>>,
+    digest: String,
+}
+
+impl BlobPin {
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+}
+
+impl Drop for BlobPin {
+    fn drop(&mut self) {
+        let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(count) = pins.get_mut(&self.digest) {
+            *count -= 1;
+            if *count == 0 {
+                pins.remove(&self.digest);
+            }
+        }
+    }
 }
 
 fn io(path: &Path) -> impl FnOnce(std::io::Error) -> BlobError + '_ {
@@ -91,7 +133,79 @@ impl BlobStore {
                 let _ = std::fs::remove_file(entry.path());
             }
         }
-        Ok(BlobStore { dir })
+        Ok(BlobStore {
+            dir,
+            pins: Arc::default(),
+        })
+    }
+
+    fn pin(&self, digest: &str) -> BlobPin {
+        let mut pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+        *pins.entry(digest.to_owned()).or_default() += 1;
+        BlobPin {
+            pins: self.pins.clone(),
+            digest: digest.to_owned(),
+        }
+    }
+
+    /// Every complete blob on disk (uploads in progress excluded). Blocking.
+    pub fn list(&self) -> Result<Vec<StoredBlob>, BlobError> {
+        let mut found = Vec::new();
+        let shards = std::fs::read_dir(&self.dir).map_err(io(&self.dir))?;
+        for shard in shards.flatten() {
+            let shard_path = shard.path();
+            if shard.file_name() == "tmp" || !shard_path.is_dir() {
+                continue;
+            }
+            let Ok(entries) = std::fs::read_dir(&shard_path) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let Some(digest) = entry.file_name().to_str().map(str::to_owned) else {
+                    continue;
+                };
+                if validate_digest(&digest).is_err() {
+                    continue;
+                }
+                let Ok(meta) = entry.metadata() else {
+                    continue;
+                };
+                let modified = meta
+                    .modified()
+                    .ok()
+                    .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                    .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX));
+                found.push(StoredBlob {
+                    digest,
+                    size: meta.len(),
+                    modified,
+                });
+            }
+        }
+        Ok(found)
+    }
+
+    /// Size of a stored blob; None when it is not there.
+    pub fn size(&self, digest: &str) -> Option<u64> {
+        let path = self.path(digest).ok()?;
+        std::fs::metadata(path).ok().map(|m| m.len())
+    }
+
+    /// Removes blob `digest` unless a push in flight holds it. True when it was removed.
+    /// The caller checked that nothing recorded refers to it. Blocking.
+    pub fn remove_unpinned(&self, digest: &str) -> Result<bool, BlobError> {
+        let path = self.path(digest)?;
+        // Held across the removal: a push finishing the same content pins it (under this
+        // lock) before it renames the file into place, so it is never removed under it.
+        let pins = self.pins.lock().unwrap_or_else(|p| p.into_inner());
+        if pins.contains_key(digest) {
+            return Ok(false);
+        }
+        match std::fs::remove_file(&path) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(io(&path)(e)),
+        }
     }
 
     pub fn path(&self, digest: &str) -> Result<PathBuf, BlobError> {
@@ -194,10 +308,21 @@ impl BlobWriter {
     /// Verifies the upload against what the sender announced (empty: not announced), makes it
     /// durable and moves it into place. Returns (digest, size).
     pub async fn finish(
-        mut self,
+        self,
         expected_digest: &str,
         expected_size: Option<u64>,
     ) -> Result<(String, u64), BlobError> {
+        let (digest, size, _pin) = self.finish_pinned(expected_digest, expected_size).await?;
+        Ok((digest, size))
+    }
+
+    /// [`BlobWriter::finish`], the blob pinned until the returned pin is dropped: the push
+    /// keeps it until its job is recorded (or it is refused and removes the upload).
+    pub async fn finish_pinned(
+        mut self,
+        expected_digest: &str,
+        expected_size: Option<u64>,
+    ) -> Result<(String, u64, BlobPin), BlobError> {
         let digest = hex::encode(self.hasher.finalize_reset());
         if let Some(expected) = expected_size
             && expected != self.size
@@ -226,11 +351,13 @@ impl BlobWriter {
                 .await
                 .map_err(io(parent))?;
         }
+        // Pinned before it appears under its digest: see `remove_unpinned`.
+        let pin = self.store.pin(&digest);
         tokio::fs::rename(&self.tmp, &path)
             .await
             .map_err(io(&path))?;
         self.done = true;
-        Ok((digest, self.size))
+        Ok((digest, self.size, pin))
     }
 }
 

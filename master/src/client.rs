@@ -209,21 +209,43 @@ impl corpus_proto::client_server::Client for ClientService {
             }
         }
         let expected_size = (header.source_size > 0).then_some(header.source_size);
-        let (digest, size) = writer
-            .finish(&header.source_digest, expected_size)
+        let (digest, size, pin) = writer
+            .finish_pinned(&header.source_digest, expected_size)
             .await
             .map_err(MasterError::from)?;
         let archive = self.state.blobs.path(&digest).map_err(MasterError::from)?;
         info!(user = %user, env = %env.uuid, project = %header.project, source = %digest, "push received");
+        // Dropped with this future when the client goes away: the render stops.
+        let cancel = deploys::PushCancel::default();
+        let _cancel_on_disconnect = cancel.on_drop();
         // Rendering runs user templates: off the async workers, so a slow one never stalls
         // heartbeats or logins (fuel bounds how long it can take).
         let updates = self
             .state
             .blocking(move |s| {
-                // The announced size may have been a lie: the quota holds for what arrived.
-                environments::check_quota(s, &env.uuid, &header.project, size)?;
-                let salt = render::read_salt_tree(&archive)?;
-                deploys::push(s, &user, &header, &env, &digest, &salt)
+                let pushed = (|| {
+                    // The announced size may have been a lie: the quota and the storage
+                    // ceilings hold for what arrived.
+                    environments::check_quota(s, &env.uuid, &header.project, size)?;
+                    crate::blob_gc::check_ceilings(s, &env.owner, size, Some(&digest))?;
+                    let salt = render::read_salt_tree(&archive)?;
+                    deploys::push(s, &user, &header, &env, &digest, &salt, &cancel)
+                })();
+                match pushed {
+                    Ok(updates) => {
+                        // The job names the blob now: the collector keeps it.
+                        drop(pin);
+                        Ok(updates)
+                    }
+                    Err(e) => {
+                        // A refused (or abandoned) push leaves no upload behind.
+                        if cancel.is_cancelled() {
+                            info!(source = %digest, "push cancelled: its client went away");
+                        }
+                        crate::blob_gc::discard(s, pin);
+                        Err(e)
+                    }
+                }
             })
             .await?;
         Ok(update_stream(updates))

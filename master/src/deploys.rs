@@ -3,6 +3,8 @@
 //! it was given, and only then records and dispatches a job.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 use serde_json::Value;
 
@@ -40,6 +42,37 @@ pub struct PushRequest {
     pub source_size: u64,
     /// The announced sha256 of the source archive (empty: not announced).
     pub source_digest: String,
+}
+
+/// Set when a push's client goes away: its render stops at the next phase and nothing is
+/// recorded. The push handler holds a [`CancelOnDrop`] of it, dropped with the request.
+#[derive(Debug, Clone, Default)]
+pub struct PushCancel(Arc<AtomicBool>);
+
+impl PushCancel {
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::Relaxed)
+    }
+
+    /// A guard that cancels the push when dropped (with the request future, when the client
+    /// disconnects).
+    pub fn on_drop(&self) -> CancelOnDrop {
+        CancelOnDrop(self.clone())
+    }
+}
+
+pub struct CancelOnDrop(PushCancel);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        (self.0).0.store(true, Ordering::Relaxed);
+    }
+}
+
+fn cancelled(project: &str) -> MasterError {
+    MasterError::Refused(format!(
+        "the push of project {project:?} was cancelled: its client went away; nothing was changed"
+    ))
 }
 
 /// One deployment of a project, as `corpus status` lists it.
@@ -222,6 +255,7 @@ pub fn check_push(
     let env = authorize(state, user, &request.env_uuid)?;
     state.jobs.check_free(state, &env.uuid, &request.project)?;
     let room = check_quota(state, &env.uuid, &request.project, request.source_size)?;
+    crate::blob_gc::check_ceilings(state, &env.owner, request.source_size, None)?;
     if env.mode == Mode::Final {
         find_release(state, &env, request)?;
     }
@@ -322,6 +356,7 @@ pub fn push(
     env: &EnvironmentRecord,
     source_blob: &str,
     salt: &BTreeMap<String, String>,
+    cancel: &PushCancel,
 ) -> MasterResult<Updates> {
     let grains = grains_of(state, &env.agent)?;
     let grains_json = serde_json::to_value(&grains).unwrap_or_default();
@@ -336,7 +371,10 @@ pub fn push(
     let commit = release
         .as_ref()
         .map_or_else(|| request.commit.clone(), |r| r.commit.clone());
-    let rendered = render::render_project(
+    if cancel.is_cancelled() {
+        return Err(cancelled(&request.project));
+    }
+    let rendered = render::render_project_until(
         salt,
         &pillar,
         &DeployContext {
@@ -347,7 +385,9 @@ pub fn push(
             commit: &commit,
             grains: &grains,
         },
-    )?;
+        &|| cancel.is_cancelled(),
+    )?
+    .ok_or_else(|| cancelled(&request.project))?;
     // On an agent shared with other users, a state that leaves the environment is refused here,
     // before anything is recorded.
     if let Some(identity) = crate::environments::identity(env) {
@@ -364,6 +404,9 @@ pub fn push(
         pillar,
     };
     check_payload_size(&request.project, &payload)?;
+    if cancel.is_cancelled() {
+        return Err(cancelled(&request.project));
+    }
     // The project record only appears once the push passed every check.
     ensure_project(state, env, &request.project)?;
     dispatch(
@@ -566,6 +609,51 @@ mod tests {
     use crate::store::Platform;
 
     #[test]
+    fn a_push_whose_client_went_away_stops_and_records_nothing() -> anyhow::Result<()> {
+        let (_dir, state) = crate::test_state()?;
+        let env = EnvironmentRecord {
+            uuid: uuid::Uuid::new_v4().to_string(),
+            platform: Platform::Staging,
+            mode: Mode::Cooking,
+            agent: "node1".into(),
+            owner: "alice".into(),
+            grants: vec![],
+            defaults: serde_json::json!({}),
+            created_at: 0,
+            smep: None,
+        };
+        state.store.put_environment(&env)?;
+        let mut salt = BTreeMap::new();
+        salt.insert(
+            "build.sls".to_owned(),
+            "compile:\n  cmd.run:\n    - name: make\n".to_owned(),
+        );
+        let request = PushRequest {
+            env_uuid: env.uuid.clone(),
+            project: "app".into(),
+            ..Default::default()
+        };
+        let cancel = PushCancel::default();
+        drop(cancel.on_drop());
+        let err = match push(
+            &state,
+            "alice",
+            &request,
+            &env,
+            &"a".repeat(64),
+            &salt,
+            &cancel,
+        ) {
+            Err(e) => e.to_string(),
+            Ok(_) => anyhow::bail!("a push whose client went away was dispatched"),
+        };
+        assert!(err.contains("cancelled"), "{err}");
+        assert!(state.store.project_jobs(&env.uuid, "app")?.is_empty());
+        assert!(state.store.project(&env.uuid, "app")?.is_none());
+        Ok(())
+    }
+
+    #[test]
     fn a_push_to_a_locked_project_is_refused_naming_the_holder() -> anyhow::Result<()> {
         let (_dir, state) = crate::test_state()?;
         let env = EnvironmentRecord {
@@ -743,6 +831,7 @@ mod tests {
             grains: None,
             last_seen: None,
             address: None,
+            conflicting_keys: Vec::new(),
         })?;
         for (id, at) in [("v1", 1), ("v2", 2), ("v3", 3)] {
             let payload = JobPayload {

@@ -267,12 +267,15 @@ pub fn existing_project(
 }
 
 /// Refuses a push of `size` bytes that would exceed the project's quota; returns the room
+/// left. What the project uses is the larger of what its agent reports and what the master
+/// stores for it (its source and release archives), so neither side can be filled past it.
 /// left. Checked on the announced size before the upload and on the real one after it.
 pub fn check_quota(state: &MasterState, env: &str, project: &str, size: u64) -> MasterResult<u64> {
-    let (quota, used) = state
+    let (quota, reported) = state
         .store
         .project(env, project)?
         .map_or((DEFAULT_QUOTA_BYTES, 0), |p| (p.quota_bytes, p.used_bytes));
+    let used = reported.max(crate::blob_gc::project_stored_bytes(state, env, project)?);
     if used.saturating_add(size) > quota {
         return Err(MasterError::Quota {
             project: project.to_owned(),
@@ -284,7 +287,8 @@ pub fn check_quota(state: &MasterState, env: &str, project: &str, size: u64) -> 
     Ok(quota - used)
 }
 
-/// Raises (or lowers) a project's quota by `delta` bytes; never below what it uses.
+/// Raises (or lowers) a project's quota by `delta` bytes; never below what it uses, never
+/// above the storage ceiling an operator set for the environment's owner.
 pub fn set_quota(
     state: &MasterState,
     user: &str,
@@ -300,6 +304,13 @@ pub fn set_quota(
         return Err(MasterError::Refused(format!(
             "cannot set the quota of project {project:?} to {quota} bytes: it uses {} bytes",
             record.used_bytes
+        )));
+    }
+    let ceiling = crate::blob_gc::user_ceiling(state, &env.owner)?;
+    if delta > 0 && quota > i128::from(ceiling) {
+        return Err(MasterError::Refused(format!(
+            "cannot raise the quota of project {project:?} to {quota} bytes: the storage ceiling of {} is {ceiling} bytes, which only an operator raises (corpus-master users set {} --max-storage BYTES); nothing was changed",
+            env.owner, env.owner
         )));
     }
     record.quota_bytes = quota as u64;
@@ -359,6 +370,36 @@ mod tests {
     }
 
     #[test]
+    fn a_quota_is_lowered_freely_and_raised_only_up_to_the_owners_ceiling() -> anyhow::Result<()> {
+        let (_dir, state) = state()?;
+        let mut alice = state.auth.add_user("alice", "a long password 123", false)?;
+        alice.max_storage_bytes = Some(1000);
+        state.store.put_user(&alice)?;
+        let env = environment(&state, "alice")?;
+        let mut project = ensure_project(&state, &env, "app")?;
+        project.quota_bytes = 500;
+        state.store.put_project(&project)?;
+        assert_eq!(
+            set_quota(&state, "alice", &env.uuid, "app", -100)?.quota_bytes,
+            400
+        );
+        assert_eq!(
+            set_quota(&state, "alice", &env.uuid, "app", 600)?.quota_bytes,
+            1000
+        );
+        match set_quota(&state, "alice", &env.uuid, "app", 1) {
+            Err(MasterError::Refused(m)) => assert!(
+                m.contains("1001 bytes") && m.contains("ceiling of alice is 1000 bytes"),
+                "{m}"
+            ),
+            other => panic!("expected a refusal naming the ceiling, got {other:?}"),
+        }
+        // 14.9 EiB, as the attacker asked.
+        assert!(set_quota(&state, "alice", &env.uuid, "app", i64::MAX).is_err());
+        Ok(())
+    }
+
+    #[test]
     fn another_users_environment_is_forbidden_and_a_missing_one_not_found() -> anyhow::Result<()> {
         let (_dir, state) = state()?;
         let env = environment(&state, "alice")?;
@@ -402,6 +443,7 @@ mod tests {
                 }),
                 last_seen: None,
                 address: None,
+                conflicting_keys: Vec::new(),
             })?;
             let requests = 24;
             let start = std::sync::Barrier::new(requests);
@@ -442,6 +484,7 @@ mod tests {
             }),
             last_seen: None,
             address: None,
+            conflicting_keys: Vec::new(),
         })?;
         Ok(())
     }
@@ -459,6 +502,7 @@ mod tests {
             created_at: 0,
             max_envs,
             disabled: false,
+            max_storage_bytes: None,
         })?;
         Ok(())
     }

@@ -7,6 +7,7 @@
 pub mod accept;
 pub mod admin;
 pub mod auth;
+pub mod blob_gc;
 pub mod blobs;
 pub mod client;
 pub mod confine;
@@ -340,14 +341,14 @@ pub async fn serve(
     tokio::spawn(retention::run(state.clone(), stop_rx.clone()));
     // Agents' last-seen times: kept in the link registry, written in batches.
     tokio::spawn(link::save_seen_periodically(state.clone(), stop_rx.clone()));
+    // Unreferenced archives too (see blob_gc).
+    tokio::spawn(blob_gc::run(state.clone(), stop_rx.clone()));
 
     let grpc = Server::builder()
         .http2_keepalive_interval(Some(Duration::from_secs(30)))
         .http2_keepalive_timeout(Some(Duration::from_secs(10)))
         .add_service(corpus_proto::enrollment_server::EnrollmentServer::new(
-            enroll::EnrollmentService {
-                state: state.clone(),
-            },
+            enroll::EnrollmentService::new(state.clone()),
         ))
         .add_service(
             corpus_proto::agent_link_server::AgentLinkServer::new(link::AgentLinkService {
@@ -423,6 +424,7 @@ mod tests {
             grains: None,
             last_seen: None,
             address: None,
+            conflicting_keys: Vec::new(),
         })
     }
 

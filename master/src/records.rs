@@ -42,7 +42,12 @@ pub struct AgentRecord {
     /// Last grains received; kept so `listhosts` can show disconnected hosts.
     pub grains: Option<Grains>,
     pub last_seen: Option<i64>,
+    /// Where the agent last connected from; for a pending agent, where it enrolled from.
     pub address: Option<String>,
+    /// Key fingerprints of other enrollments that claimed this id while it was pending (see
+    /// `enroll.rs`): the operator must then name the key to accept.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub conflicting_keys: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -59,7 +64,15 @@ pub struct UserRecord {
     /// `users disable`: the user cannot log in and holds no sessions until enabled.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub disabled: bool,
+    /// Most bytes of archives the master stores for the environments the user owns; None is
+    /// [`DEFAULT_USER_STORAGE_BYTES`]. Only operators set it (`users set --max-storage`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_storage_bytes: Option<u64>,
 }
+
+/// The storage ceiling of a user unless an operator says otherwise: 20 GB, four projects at
+/// the default quota.
+pub const DEFAULT_USER_STORAGE_BYTES: u64 = 20_000_000_000;
 
 /// Environments a user may own unless an operator says otherwise (`users set --max-envs`).
 pub const DEFAULT_MAX_ENVS: u32 = 4;

@@ -231,6 +231,7 @@ pub struct DeployContext<'a> {
 }
 
 /// The rendered deploy: plans per phase, `common`, and the pillar templates see.
+#[derive(Default)]
 pub struct Rendered {
     pub plan: ProjectPlan,
     pub common: Value,
@@ -284,6 +285,17 @@ pub fn render_project(
     pillar: &Value,
     ctx: &DeployContext<'_>,
 ) -> Result<Rendered, RenderError> {
+    render_project_until(salt, pillar, ctx, &|| false).map(|rendered| rendered.unwrap_or_default())
+}
+
+/// [`render_project`], stopped between phases once `cancelled` says so (the push's client
+/// went away): None then.
+pub fn render_project_until(
+    salt: &BTreeMap<String, String>,
+    pillar: &Value,
+    ctx: &DeployContext<'_>,
+    cancelled: &dyn Fn() -> bool,
+) -> Result<Option<Rendered>, RenderError> {
     let sample = match salt
         .get("PILLAR.sample")
         .or_else(|| salt.get("PILLAR.sample.sls"))
@@ -353,6 +365,9 @@ pub fn render_project(
         if !salt.contains_key(&phase.sls_file()) {
             continue;
         }
+        if cancelled() {
+            return Ok(None);
+        }
         let rendered = states
             .render_sls(&[phase.as_str()], &context)
             .map_err(|source| RenderError::Phase {
@@ -361,7 +376,7 @@ pub fn render_project(
             })?;
         plan.phases.insert(phase.as_str().to_owned(), rendered.plan);
     }
-    Ok(Rendered { plan, common })
+    Ok(Some(Rendered { plan, common }))
 }
 
 #[cfg(test)]

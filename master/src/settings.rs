@@ -32,12 +32,18 @@ pub struct Settings {
     /// How long an agent certificate issued from now on lasts (`agent_cert_lifetime:`, default
     /// 90 days); agents renew at two thirds of it (`renew.rs`).
     pub agent_cert_lifetime: Duration,
+    /// Most bytes of archives the master stores in all (`max_blob_storage_bytes`; see
+    /// [`crate::blob_gc`]).
+    pub max_blob_storage_bytes: u64,
 }
 
 /// The default lifetime of an agent certificate.
 pub const DEFAULT_AGENT_CERT_LIFETIME: Duration = Duration::from_secs(90 * 24 * 3600);
 /// The shortest agent certificate lifetime accepted (tests use seconds).
 pub const MIN_AGENT_CERT_LIFETIME: Duration = Duration::from_secs(3);
+
+/// The master-wide storage ceiling unless the settings file says otherwise: 200 GB.
+pub const DEFAULT_MAX_BLOB_STORAGE_BYTES: u64 = 200_000_000_000;
 
 /// What the background purge keeps. It never removes a running job, the job of a live
 /// deployment, the newest deployment a destroy or rollback replays, or the job that cooked a
@@ -75,6 +81,7 @@ struct SettingsFile {
     #[serde(default)]
     nodegroups: std::collections::BTreeMap<String, String>,
     agent_cert_lifetime: Option<String>,
+    max_blob_storage_bytes: Option<u64>,
 }
 
 /// `retention:` in the config file.
@@ -209,6 +216,9 @@ impl SettingsSource {
         }
         Ok(Settings {
             nodegroups: file.nodegroups,
+            max_blob_storage_bytes: file
+                .max_blob_storage_bytes
+                .unwrap_or(DEFAULT_MAX_BLOB_STORAGE_BYTES),
             heartbeat,
             sheet,
             machine_numbers,

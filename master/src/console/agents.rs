@@ -10,7 +10,13 @@ pub enum AgentsCommand {
     /// List agents with their status and connection.
     List,
     /// Accept a pending (or rejected) agent.
-    Accept { id: String },
+    Accept {
+        id: String,
+        /// The key fingerprint `corpus-agent fingerprint` prints on the machine (at least 16
+        /// hex characters); required when the id was tried by more than one key.
+        #[arg(long)]
+        fingerprint: Option<String>,
+    },
     /// Reject an agent: it is refused from now on.
     Reject { id: String },
     /// Forget an agent: its certificate stops working; it may enroll again.
@@ -27,6 +33,8 @@ fn agent_json(a: &AgentInfo) -> Value {
         "enrolled_at": a.enrolled_at_unix,
         "address": a.address,
         "fingerprint": a.fingerprint,
+        "key_fingerprint": a.key_fingerprint,
+        "conflicting_keys": a.conflicting_keys,
         "hostname": grains.map(|g| g.hostname.clone()),
         "slots": grains.map(|g| g.slots),
     })
@@ -45,7 +53,19 @@ pub async fn run(command: AgentsCommand, console: &Console) -> anyhow::Result<()
             print_list(console, &agents);
             return Ok(());
         }
-        AgentsCommand::Accept { id } => ("accepted", client.accept_agent(AgentRef { id }).await),
+        AgentsCommand::Accept {
+            id,
+            fingerprint: Some(fingerprint),
+        } => (
+            "accepted",
+            client
+                .accept_agent_key(corpus_proto::AcceptAgentKeyRequest { id, fingerprint })
+                .await,
+        ),
+        AgentsCommand::Accept {
+            id,
+            fingerprint: None,
+        } => ("accepted", client.accept_agent(AgentRef { id }).await),
         AgentsCommand::Reject { id } => ("rejected", client.reject_agent(AgentRef { id }).await),
         AgentsCommand::Delete { id } => ("deleted", client.delete_agent(AgentRef { id }).await),
     };
@@ -63,15 +83,38 @@ fn print_list(console: &Console, agents: &[AgentInfo]) {
         print_json(&Value::Array(agents.iter().map(agent_json).collect()));
         return;
     }
-    let mut table = Table::new(&["ID", "STATUS", "CONNECTED", "LAST SEEN", "ADDRESS"]);
+    let mut table = Table::new(&[
+        "ID",
+        "STATUS",
+        "CONNECTED",
+        "LAST SEEN",
+        "ADDRESS",
+        "KEY FINGERPRINT",
+    ]);
     for a in agents {
+        // 16 hex characters (64 bits) to compare by eye; --json has the whole of it.
+        let key: String = a.key_fingerprint.chars().take(16).collect();
         table.row([
             a.id.as_str(),
             AgentStatus::label_of(a.status),
             if a.connected { "yes" } else { "no" },
             corpus_runtime::format_unix_time(a.last_seen_unix).as_str(),
             a.address.as_str(),
+            key.as_str(),
         ]);
     }
     table.print();
+    for a in agents.iter().filter(|a| !a.conflicting_keys.is_empty()) {
+        eprintln!(
+            "warning: agent id {} was tried by {} other key(s) ({}): compare `corpus-agent fingerprint` on the machine, then corpus-master agents accept {} --fingerprint FP",
+            printable(&a.id),
+            a.conflicting_keys.len(),
+            a.conflicting_keys
+                .iter()
+                .map(|k| k.chars().take(16).collect::<String>())
+                .collect::<Vec<_>>()
+                .join(", "),
+            printable(&a.id),
+        );
+    }
 }

@@ -25,8 +25,12 @@ pub enum UsersCommand {
     Set {
         id: String,
         /// How many environments the user may own; existing ones are kept if it is lower.
-        #[arg(long, value_parser = clap::value_parser!(u32).range(1..))]
-        max_envs: u32,
+        #[arg(long, value_parser = clap::value_parser!(u32).range(1..), required_unless_present = "max_storage")]
+        max_envs: Option<u32>,
+        /// Bytes of archives the master may store for the user's environments (default 20 GB);
+        /// project quotas cannot be raised past it.
+        #[arg(long, value_parser = clap::value_parser!(u64).range(1..))]
+        max_storage: Option<u64>,
     },
     /// List users.
     List,
@@ -39,7 +43,11 @@ pub async fn run(command: UsersCommand, console: &Console) -> anyhow::Result<()>
             admin,
             max_envs,
         } => add(console, id, admin, max_envs.unwrap_or(0)).await,
-        UsersCommand::Set { id, max_envs } => set(console, id, max_envs).await,
+        UsersCommand::Set {
+            id,
+            max_envs,
+            max_storage,
+        } => set(console, id, max_envs.unwrap_or(0), max_storage.unwrap_or(0)).await,
         UsersCommand::List => list(console).await,
     }
 }
@@ -88,22 +96,34 @@ async fn add(console: &Console, id: String, admin: bool, max_envs: u32) -> anyho
     Ok(())
 }
 
-async fn set(console: &Console, id: String, max_envs: u32) -> anyhow::Result<()> {
+async fn set(
+    console: &Console,
+    id: String,
+    max_envs: u32,
+    max_storage_bytes: u64,
+) -> anyhow::Result<()> {
     corpus_proto::names::validate_user_id(&id)?;
     let user = console
         .admin()
         .await?
-        .set_user_limits(UserLimitsRequest { id, max_envs })
+        .set_user_limits(UserLimitsRequest {
+            id,
+            max_envs,
+            max_storage_bytes,
+        })
         .await
         .map_err(rpc)?
         .into_inner();
     if console.json {
-        print_json(&json!({"id": user.id, "admin": user.admin, "max_envs": user.max_envs}));
+        print_json(
+            &json!({"id": user.id, "admin": user.admin, "max_envs": user.max_envs, "max_storage_bytes": user.max_storage_bytes}),
+        );
     } else {
         println!(
-            "user {} may own {} environments",
+            "user {} may own {} environments and store {} bytes",
             printable(&user.id),
-            user.max_envs
+            user.max_envs,
+            user.max_storage_bytes
         );
     }
     Ok(())

@@ -429,6 +429,7 @@ mod tests {
             created_at: 0,
             max_envs: None,
             disabled: false,
+            max_storage_bytes: None,
         };
         assert!(store.create_user(&alice)?);
         let other = UserRecord {

@@ -11,4 +11,5 @@ mod lifecycle;
 mod nodes;
 mod reliability;
 mod render;
+mod resources;
 mod tenancy;
