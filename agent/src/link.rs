@@ -101,6 +101,9 @@ impl Outgoing {
         match &message.body {
             Some(agent_message::Body::Event(e)) => 128 + e.changes_json.len() + e.comment.len(),
             Some(agent_message::Body::Finished(f)) => 256 + f.message.len(),
+            Some(agent_message::Body::OperatorReturn(r)) => {
+                256 + r.return_json.len() + r.error.len()
+            }
             _ => 256,
         }
     }

@@ -256,7 +256,7 @@ mod tests {
         assert!(ok, "{map}");
         assert_eq!(
             std::fs::read_to_string(&target).map_err(|e| e.to_string())?,
-            "hi ops"
+            "hi ops\n"
         );
         let key = format!("file_|-motd_|-{}_|-managed", target.display());
         assert_eq!(map[&key]["result"], json!(true), "{map}");

@@ -90,8 +90,8 @@ pub struct RunArgs {
     pub target: String,
     /// The execution function: test.ping, cmd.run, grains.items, grains.get, state.show_sls, ...
     pub function: String,
-    /// Positional arguments, and KEY=VALUE keyword arguments.
-    #[arg(allow_hyphen_values = true)]
+    /// Positional arguments, and KEY=VALUE keyword arguments (after `--` when one starts
+    /// with `-`).
     pub args: Vec<String>,
     #[command(flatten)]
     pub options: RunOptions,

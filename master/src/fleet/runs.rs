@@ -439,6 +439,66 @@ mod tests {
     }
 
     #[test]
+    fn a_run_no_driver_holds_is_shown_interrupted() -> anyhow::Result<()> {
+        let (_dir, state) = crate::test_state()?;
+        let run = RunRecord {
+            id: state.runs.new_id(),
+            target: "*".into(),
+            target_type: "glob".into(),
+            function: "test.ping".into(),
+            args: vec![],
+            kwargs: BTreeMap::new(),
+            test: false,
+            user: "root".into(),
+            started_ms: now_ms(),
+            finished_ms: None,
+            status: RunStatus::Running,
+            targeted: vec!["web1".into()],
+            returned: 0,
+            succeeded: 0,
+            failed: 0,
+            not_connected: 0,
+        };
+        state.store.put_run(&run, &[])?;
+        lock(&state.runs.open).insert(run.id.clone());
+        assert_eq!(
+            state.runs.stored(&state, &run.id)?.status,
+            RunStatus::Running
+        );
+        // What a master restarted during the run finds: no driver for it.
+        lock(&state.runs.open).clear();
+        assert_eq!(state.runs.list(&state)?[0].status, RunStatus::Interrupted);
+        assert_eq!(
+            state.store.run(&run.id)?.map(|r| r.status),
+            Some(RunStatus::Interrupted)
+        );
+        Ok(())
+    }
+
+    #[tokio::test]
+    async fn a_target_matching_no_accepted_agent_is_refused_naming_it() -> anyhow::Result<()> {
+        let (_dir, state) = crate::test_state()?;
+        let request = StartRunRequest {
+            target: "web*".into(),
+            function: "test.ping".into(),
+            ..Default::default()
+        };
+        let err = start(&state, request).await.err().map(|e| e.to_string());
+        assert!(
+            err.as_deref()
+                .is_some_and(|e| e.contains("\"web*\" matched no agent")),
+            "{err:?}"
+        );
+        let request = StartRunRequest {
+            target: "*".into(),
+            function: "ping".into(),
+            ..Default::default()
+        };
+        assert!(start(&state, request).await.is_err());
+        Ok(())
+    }
+
+    #[test]
     fn run_ids_are_unique_and_sort_by_time() {
         let runs = Runs::default();
         let ids: Vec<String> = (0..50).map(|_| runs.new_id()).collect();

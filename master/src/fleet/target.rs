@@ -179,7 +179,7 @@ impl Expr {
     fn matches(&self, m: &Minion) -> bool {
         match self {
             Expr::Glob(g) => g.is_match(&m.id),
-            Expr::List(ids) => ids.iter().any(|id| *id == m.id),
+            Expr::List(ids) => ids.contains(&m.id),
             Expr::Regex(r) => r.is_match(&m.id),
             Expr::Grain(k) => k.matches(&m.grains),
             Expr::Pillar(k) => m.pillar.as_ref().is_some_and(|p| k.matches(p)),
