@@ -1,0 +1,455 @@
+//! `corpus-fleet-sim`: N simulated agents in one process against a real master, for
+//! `bench/fleet/run.sh`. Each agent has its own key and certificate (enrolled through the real
+//! Enrollment service with a single-use token the master's admin socket issues, kept in
+//! `--state-dir` for later runs), its own mutual-TLS connection and the real AgentLink
+//! protocol: a Hello with grains, heartbeats at the Welcome's period, a deploy job answered
+//! with a successful result, an operator `test.ping` with `true`, and reconnection with the
+//! agent's own back-off (`corpus_agent::link::Backoff`, 1 s doubling to 60 s).
+//!
+//! It prints one JSON line a second on stdout: `{"t": seconds, "connected": n, "attaches": n,
+//! "drops": n}`, and `{"event": "all_connected", "t": seconds}` each time every agent is
+//! attached again (after the start, after a master restart). The script reads those.
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use clap::Parser;
+use corpus_agent::link::Backoff;
+use corpus_proto::admin_client::AdminClient;
+use corpus_proto::agent_link_client::AgentLinkClient;
+use corpus_proto::enrollment_client::EnrollmentClient;
+use corpus_proto::{
+    AgentMessage, AgentStatus, CreateTokenRequest, EnrollRequest, Grains, Heartbeat, Hello,
+    JobFinished, JobStatus, MasterMessage, OperatorReturn, agent_message, master_message,
+};
+use tokio::sync::{Semaphore, mpsc};
+use tokio_stream::wrappers::ReceiverStream;
+
+#[derive(Parser, Debug)]
+#[command(about = "Simulated agents for bench/fleet")]
+struct Args {
+    /// The master's agent URL (https://host:port).
+    #[arg(long)]
+    master: String,
+    /// The master's CA certificate.
+    #[arg(long)]
+    ca: PathBuf,
+    /// The master's data dir: its admin socket issues the enrollment tokens.
+    #[arg(long)]
+    master_data_dir: PathBuf,
+    /// How many agents.
+    #[arg(long)]
+    agents: usize,
+    /// Where each agent's key and certificate are kept between runs.
+    #[arg(long)]
+    state_dir: PathBuf,
+    /// Agent ids are PREFIX-00000, PREFIX-00001, ...
+    #[arg(long, default_value = "sim")]
+    prefix: String,
+    /// Slots each agent offers.
+    #[arg(long, default_value_t = 4)]
+    slots: u32,
+    /// Enrollments in flight at once.
+    #[arg(long, default_value_t = 16)]
+    enroll_concurrency: usize,
+    /// Once every agent is attached, create this many environments through the Client API
+    /// (as `--user`, an admin), placed by the master.
+    #[arg(long, default_value_t = 0)]
+    envs: usize,
+    /// The admin user creating the environments.
+    #[arg(long, default_value = "bench-admin")]
+    user: String,
+    /// Its password (the environment variable keeps it off the command line).
+    #[arg(long, env = "SIM_PASSWORD", default_value = "")]
+    password: String,
+}
+
+/// One agent's identity.
+struct Identity {
+    id: String,
+    certificate_pem: String,
+    key_pem: String,
+}
+
+/// What every agent task shares.
+struct Fleet {
+    master: String,
+    ca_pem: String,
+    slots: u32,
+    connected: AtomicU64,
+    attaches: AtomicU64,
+    drops: AtomicU64,
+}
+
+fn main() -> anyhow::Result<()> {
+    let args = Args::parse();
+    raise_open_files_limit();
+    corpus_runtime::install_crypto_provider();
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the runtime")?;
+    runtime.block_on(run(args))
+}
+
+/// Every agent holds one connection: the soft limit goes up to the hard limit.
+fn raise_open_files_limit() {
+    use nix::sys::resource::{Resource, getrlimit, setrlimit};
+    match getrlimit(Resource::RLIMIT_NOFILE) {
+        Ok((soft, hard)) => {
+            if let Err(e) = setrlimit(Resource::RLIMIT_NOFILE, hard, hard) {
+                eprintln!("cannot raise the open-files limit from {soft} to {hard}: {e}");
+            }
+        }
+        Err(e) => eprintln!("cannot read the open-files limit: {e}"),
+    }
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let ca_pem = std::fs::read_to_string(&args.ca)
+        .with_context(|| format!("cannot read the CA certificate {}", args.ca.display()))?;
+    std::fs::create_dir_all(&args.state_dir)
+        .with_context(|| format!("cannot create {}", args.state_dir.display()))?;
+    let started = Instant::now();
+    let identities = identities(&args, &ca_pem).await?;
+    eprintln!(
+        "{} identities ready in {:.1}s",
+        identities.len(),
+        started.elapsed().as_secs_f64()
+    );
+
+    let fleet = Arc::new(Fleet {
+        master: args.master.clone(),
+        ca_pem,
+        slots: args.slots,
+        connected: AtomicU64::new(0),
+        attaches: AtomicU64::new(0),
+        drops: AtomicU64::new(0),
+    });
+    let start = Instant::now();
+    println!(
+        "{}",
+        serde_json::json!({"event": "connecting", "agents": identities.len()})
+    );
+    for identity in identities {
+        tokio::spawn(agent(fleet.clone(), identity));
+    }
+    let envs = (args.envs > 0).then(|| (args.envs, args.user.clone(), args.password.clone()));
+    report(&fleet, args.agents as u64, start, envs).await;
+    Ok(())
+}
+
+/// Logs in as `user` and creates `count` dev environments, placed by the master.
+async fn create_environments(
+    fleet: &Fleet,
+    count: usize,
+    user: String,
+    password: String,
+) -> anyhow::Result<()> {
+    let started = Instant::now();
+    let channel = corpus_runtime::tls::dial(&fleet.master, &fleet.ca_pem, None).await?;
+    let mut client = corpus_proto::client_client::ClientClient::new(channel.clone());
+    let token = client
+        .login(corpus_proto::LoginRequest { id: user, password })
+        .await
+        .context("login failed")?
+        .into_inner()
+        .token;
+    let bearer: tonic::metadata::MetadataValue<tonic::metadata::Ascii> =
+        format!("Bearer {token}").parse()?;
+    let mut client = corpus_proto::client_client::ClientClient::with_interceptor(
+        channel,
+        move |mut request: tonic::Request<()>| {
+            request
+                .metadata_mut()
+                .insert(corpus_proto::AUTHORIZATION, bearer.clone());
+            Ok(request)
+        },
+    );
+    for _ in 0..count {
+        client
+            .init_env(corpus_proto::InitEnvRequest {
+                platform: "dev".into(),
+                ..Default::default()
+            })
+            .await
+            .context("init_env failed")?;
+    }
+    println!(
+        "{}",
+        serde_json::json!({"event": "envs_created", "count": count, "secs": started.elapsed().as_secs_f64()})
+    );
+    Ok(())
+}
+
+/// Prints the fleet's state every second, and a line each time every agent is attached.
+async fn report(
+    fleet: &Arc<Fleet>,
+    total: u64,
+    start: Instant,
+    mut envs: Option<(usize, String, String)>,
+) {
+    let mut ticker = tokio::time::interval(Duration::from_millis(100));
+    let mut all = false;
+    let mut last_line = Instant::now();
+    loop {
+        ticker.tick().await;
+        let connected = fleet.connected.load(Ordering::Relaxed);
+        let t = start.elapsed().as_secs_f64();
+        if connected == total && !all {
+            let unix_ms = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| d.as_millis());
+            println!(
+                "{}",
+                serde_json::json!({"event": "all_connected", "t": t, "unix_ms": unix_ms})
+            );
+            if let Some((count, user, password)) = envs.take() {
+                let fleet = fleet.clone();
+                tokio::spawn(async move {
+                    if let Err(e) = create_environments(&fleet, count, user, password).await {
+                        eprintln!("cannot create the environments: {e:#}");
+                    }
+                });
+            }
+        }
+        all = connected == total;
+        if last_line.elapsed() >= Duration::from_secs(1) {
+            last_line = Instant::now();
+            println!(
+                "{}",
+                serde_json::json!({
+                    "t": t,
+                    "connected": connected,
+                    "attaches": fleet.attaches.load(Ordering::Relaxed),
+                    "drops": fleet.drops.load(Ordering::Relaxed),
+                })
+            );
+        }
+    }
+}
+
+/// The identities of the N agents: read from the state dir, or enrolled now.
+async fn identities(args: &Args, ca_pem: &str) -> anyhow::Result<Vec<Identity>> {
+    let slots = Arc::new(Semaphore::new(args.enroll_concurrency.max(1)));
+    let mut tasks = tokio::task::JoinSet::new();
+    for index in 0..args.agents {
+        let id = format!("{}-{index:05}", args.prefix);
+        let (dir, data_dir, master, ca) = (
+            args.state_dir.clone(),
+            args.master_data_dir.clone(),
+            args.master.clone(),
+            ca_pem.to_owned(),
+        );
+        let slots = slots.clone();
+        tasks.spawn(async move {
+            let _slot = slots.acquire_owned().await?;
+            identity(&dir, &data_dir, &master, &ca, id).await
+        });
+    }
+    let mut identities = Vec::with_capacity(args.agents);
+    while let Some(done) = tasks.join_next().await {
+        identities.push(done.context("an enrollment task failed")??);
+    }
+    identities.sort_by(|a, b| a.id.cmp(&b.id));
+    Ok(identities)
+}
+
+async fn identity(
+    dir: &Path,
+    master_data_dir: &Path,
+    master: &str,
+    ca_pem: &str,
+    id: String,
+) -> anyhow::Result<Identity> {
+    let (key_path, cert_path) = (dir.join(format!("{id}.key")), dir.join(format!("{id}.crt")));
+    if let (Ok(key_pem), Ok(certificate_pem)) = (
+        std::fs::read_to_string(&key_path),
+        std::fs::read_to_string(&cert_path),
+    ) {
+        return Ok(Identity {
+            id,
+            certificate_pem,
+            key_pem,
+        });
+    }
+    let key = rcgen::KeyPair::generate().context("cannot generate a key")?;
+    let mut params = rcgen::CertificateParams::default();
+    params
+        .distinguished_name
+        .push(rcgen::DnType::CommonName, id.as_str());
+    let csr_pem = params.serialize_request(&key)?.pem()?;
+    let token = admin(master_data_dir)
+        .await?
+        .create_enrollment_token(CreateTokenRequest { ttl_seconds: 600 })
+        .await
+        .with_context(|| format!("cannot create an enrollment token for {id}"))?
+        .into_inner()
+        .token;
+    let channel = corpus_runtime::tls::dial(master, ca_pem, None).await?;
+    let answer = EnrollmentClient::new(channel)
+        .enroll(EnrollRequest {
+            agent_id: id.clone(),
+            csr_pem,
+            token,
+        })
+        .await
+        .with_context(|| format!("enrollment of {id} failed"))?
+        .into_inner();
+    if answer.status != AgentStatus::Accepted as i32 {
+        anyhow::bail!("agent {id} was not accepted: {}", answer.message);
+    }
+    std::fs::write(&key_path, key.serialize_pem())
+        .with_context(|| format!("cannot write {}", key_path.display()))?;
+    std::fs::write(&cert_path, &answer.certificate_pem)
+        .with_context(|| format!("cannot write {}", cert_path.display()))?;
+    Ok(Identity {
+        id,
+        certificate_pem: answer.certificate_pem,
+        key_pem: key.serialize_pem(),
+    })
+}
+
+/// The master's Admin service over its unix socket.
+async fn admin(data_dir: &Path) -> anyhow::Result<AdminClient<tonic::transport::Channel>> {
+    let socket = data_dir.join("admin.sock");
+    let channel = tonic::transport::Endpoint::from_static("http://admin.sock")
+        .connect_with_connector(tower::service_fn(move |_| {
+            let socket = socket.clone();
+            async move {
+                let stream = tokio::net::UnixStream::connect(socket).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(stream))
+            }
+        }))
+        .await
+        .with_context(|| format!("cannot reach the admin socket in {}", data_dir.display()))?;
+    Ok(AdminClient::new(channel))
+}
+
+/// One agent: attaches, serves its link, and reconnects with the agent's back-off.
+async fn agent(fleet: Arc<Fleet>, identity: Identity) {
+    let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
+    loop {
+        let attached = AtomicBool::new(false);
+        let ended = link(&fleet, &identity, &attached, &mut backoff).await;
+        if attached.load(Ordering::Relaxed) {
+            fleet.connected.fetch_sub(1, Ordering::Relaxed);
+            fleet.drops.fetch_add(1, Ordering::Relaxed);
+        }
+        if let Err(e) = ended {
+            // Quiet unless asked: thousands of agents retrying after a restart.
+            if std::env::var_os("SIM_VERBOSE").is_some() {
+                eprintln!("{}: {e:#}", identity.id);
+            }
+        }
+        tokio::time::sleep(backoff.next_delay()).await;
+    }
+}
+
+async fn link(
+    fleet: &Fleet,
+    identity: &Identity,
+    attached: &AtomicBool,
+    backoff: &mut Backoff,
+) -> anyhow::Result<()> {
+    let channel = corpus_runtime::tls::dial(
+        &fleet.master,
+        &fleet.ca_pem,
+        Some((&identity.certificate_pem, &identity.key_pem)),
+    )
+    .await?;
+    let (tx, rx) = mpsc::channel::<AgentMessage>(64);
+    let hello = Hello {
+        grains: Some(Grains {
+            id: identity.id.clone(),
+            hostname: identity.id.clone(),
+            os: "Debian".into(),
+            kernel: "6.1.0".into(),
+            cpus: 2,
+            memory_bytes: 4 << 30,
+            ip_addresses: vec!["127.0.0.1".into()],
+            slots: fleet.slots,
+            guest_type: "dir".into(),
+            version: env!("CARGO_PKG_VERSION").into(),
+            root: format!("/srv/sim/{}", identity.id),
+            isolation: "uid".into(),
+        }),
+        unacknowledged: vec![],
+        running_jobs: vec![],
+    };
+    tx.try_send(AgentMessage {
+        body: Some(agent_message::Body::Hello(hello)),
+    })?;
+    let mut inbound = AgentLinkClient::new(channel)
+        .max_decoding_message_size(corpus_proto::MAX_MESSAGE_BYTES)
+        .attach(ReceiverStream::new(rx))
+        .await?
+        .into_inner();
+    let period = match inbound.message().await? {
+        Some(MasterMessage {
+            body: Some(master_message::Body::Welcome(w)),
+        }) => Duration::from_secs(u64::from(w.heartbeat_seconds.max(1))),
+        _ => anyhow::bail!("the master sent no welcome"),
+    };
+    attached.store(true, Ordering::Relaxed);
+    fleet.connected.fetch_add(1, Ordering::Relaxed);
+    fleet.attaches.fetch_add(1, Ordering::Relaxed);
+    backoff.reset();
+    let mut ticker = tokio::time::interval(period);
+    ticker.tick().await;
+    let mut sequence = 0u64;
+    loop {
+        tokio::select! {
+            _ = ticker.tick() => {
+                sequence += 1;
+                let beat = agent_message::Body::Heartbeat(Heartbeat { sequence, running_jobs: vec![] });
+                tx.send(AgentMessage { body: Some(beat) }).await?;
+            }
+            message = inbound.message() => {
+                let Some(message) = message? else { anyhow::bail!("the master closed the link") };
+                if let Some(answer) = answer(message) {
+                    tx.send(AgentMessage { body: Some(answer) }).await?;
+                }
+            }
+        }
+    }
+}
+
+/// What a real agent answers, without doing the work: a job succeeds, `test.ping` returns
+/// `true`, any other operator function fails as unknown.
+fn answer(message: MasterMessage) -> Option<agent_message::Body> {
+    let now_ms = || {
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map_or(0, |d| d.as_millis() as i64)
+    };
+    match message.body? {
+        master_message::Body::Job(job) => Some(agent_message::Body::Finished(JobFinished {
+            job_id: job.job_id,
+            status: JobStatus::Success as i32,
+            deploy_id: job.deploy_id.clone(),
+            live_deploy_id: job.deploy_id,
+            ..Default::default()
+        })),
+        master_message::Body::OperatorCall(call) => {
+            let started = now_ms();
+            let ping = call.function == "test.ping";
+            Some(agent_message::Body::OperatorReturn(OperatorReturn {
+                run_id: call.run_id,
+                success: ping,
+                return_json: if ping { b"true".to_vec() } else { Vec::new() },
+                error: if ping {
+                    String::new()
+                } else {
+                    format!("function {:?} is not simulated", call.function)
+                },
+                started_unix_ms: started,
+                finished_unix_ms: now_ms(),
+            }))
+        }
+        _ => None,
+    }
+}
