@@ -13,3 +13,4 @@ pub mod link;
 pub mod renew;
 pub mod results;
 pub mod state;
+pub mod status;

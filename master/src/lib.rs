@@ -18,6 +18,7 @@ pub mod error;
 pub mod jobs;
 pub mod link;
 pub mod link_registry;
+pub mod listeners;
 pub mod pki;
 pub mod records;
 pub mod relay;

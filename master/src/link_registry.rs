@@ -131,6 +131,14 @@ fn close(link: Link, why: LinkClosed) {
 }
 
 impl LinkRegistry {
+    /// Messages waiting to go down the links, all agents together (SIGUSR2's state summary).
+    pub fn queued_messages(&self) -> usize {
+        self.lock()
+            .values()
+            .map(|l| l.sender.max_capacity() - l.sender.capacity())
+            .sum()
+    }
+
     /// Closes every link: the master is stopping; agents reconnect to its successor.
     pub fn close_all(&self) {
         for (_, link) in self.lock().drain() {

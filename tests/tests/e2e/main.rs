@@ -4,6 +4,7 @@ mod apply_local;
 mod cli;
 mod client_and_events;
 mod console;
+mod daemons;
 mod foundation;
 mod hostile;
 mod lifecycle;
