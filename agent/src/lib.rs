@@ -14,3 +14,4 @@ pub mod operator;
 pub mod renew;
 pub mod results;
 pub mod state;
+pub mod status;

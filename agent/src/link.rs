@@ -23,6 +23,7 @@ use crate::grains::Grains;
 use crate::jobs::{self, JobContext};
 use crate::lifecycle::Lifecycle;
 use crate::results::{self, RunningJobs};
+use crate::status::LinkState;
 
 /// Metadata key the master sets on a refused attach (see the master's `link.rs`).
 const REFUSAL_REASON: &str = "corpus-refusal";
@@ -49,6 +50,8 @@ pub struct LinkOptions {
     pub root: PathBuf,
     /// How long a graceful stop may wait for running jobs before the process exits anyway.
     pub stop_deadline: Duration,
+    /// What SIGUSR2 reports; the link keeps it current.
+    pub status: Arc<crate::status::AgentStatus>,
 }
 
 /// Exponential backoff with jitter: each delay is drawn from [d/2, d], d doubling from `min`
@@ -190,6 +193,7 @@ async fn link(
     let mut uploads_resumed = false;
     let mut backoff = Backoff::new(options.reconnect_min, options.reconnect_max);
     loop {
+        options.status.set_link(LinkState::Connecting);
         let Some(identity) = enroll::ensure_identity(options, &mut stop).await? else {
             return Ok(());
         };
@@ -221,8 +225,12 @@ async fn link(
             &mut live,
         )
         .await;
+        options.status.set_link(LinkState::Waiting);
         let delay = match attached {
-            Ok(Ended::Stopped) => return Ok(()),
+            Ok(Ended::Stopped) => {
+                options.status.set_link(LinkState::Stopping);
+                return Ok(());
+            }
             Ok(Ended::Reconfigured) => {
                 info!("slots changed: attaching again to say so");
                 continue;
@@ -316,6 +324,7 @@ async fn attach_once(
         Err(status) => return Err(AttachError::Other(status.message().to_owned())),
     };
     info!(master = %options.master, "attached to the master");
+    options.status.set_link(LinkState::Attached);
 
     // The master drops a link silent for three of its periods: the agent may beat more
     // often than asked, never less.
@@ -330,6 +339,9 @@ async fn attach_once(
     }
     let mut sequence = 0u64;
     loop {
+        options
+            .status
+            .observe(jobs_in_flight.len(), outgoing.queue.len());
         tokio::select! {
             _ = stop.wait_for(|s| *s == Signal::Stop) => return Ok(Ended::Stopped),
             // Reaps finished jobs so the set holds only those in flight.

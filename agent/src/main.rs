@@ -200,6 +200,9 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         anyhow::bail!("{} is not a PEM certificate", settings.ca.display());
     }
     let (live_tx, live) = tokio::sync::watch::channel(settings.live);
+    let status = std::sync::Arc::new(corpus_agent::status::AgentStatus::new(
+        settings.state_dir.clone(),
+    ));
     let options = LinkOptions {
         master: settings.master,
         ca_pem,
@@ -213,6 +216,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         reconnect_max: args.reconnect_max,
         root: settings.root,
         stop_deadline: args.stop_deadline,
+        status,
     };
     let stop =
         corpus_runtime::handle_signals(args.stop_deadline, move || match source.reload_live() {
@@ -223,6 +227,8 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
             }
             Err(e) => tracing::error!("SIGHUP: {e}; keeping the running settings"),
         })?;
+    let status = options.status.clone();
+    corpus_runtime::on_state_dump(move || status.summary())?;
     tracing::info!(agent = %options.id, master = %options.master, "agent starting");
     corpus_runtime::notify_ready();
     link::run(options, stop).await

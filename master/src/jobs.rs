@@ -147,6 +147,15 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 impl Jobs {
+    /// For SIGUSR2's state summary: jobs running now, clients following them, and the events
+    /// queued to those clients.
+    pub fn load_summary(&self) -> (usize, usize, usize) {
+        let relays = lock(&self.subscribers);
+        let followers = relays.values().map(Vec::len).sum();
+        let queued = relays.values().flatten().map(Relay::queued).sum();
+        (lock(&self.active).len(), followers, queued)
+    }
+
     /// Rebuilds the index of running jobs after a restart.
     pub fn load(state: &MasterState) -> MasterResult<()> {
         let mut active = lock(&state.jobs.active);

@@ -22,6 +22,7 @@ pub mod hosts;
 pub mod jobs;
 pub mod link;
 pub mod link_registry;
+pub mod listeners;
 pub mod pki;
 pub mod records;
 pub mod relay;

@@ -240,6 +240,14 @@ fn close(link: Link, why: LinkClosed) {
 }
 
 impl LinkRegistry {
+    /// Messages waiting to go down the links, all agents together (SIGUSR2's state summary).
+    pub fn queued_messages(&self) -> usize {
+        self.lock()
+            .values()
+            .map(|l| l.sender.max_capacity() - l.sender.capacity())
+            .sum()
+    }
+
     /// Closes every link, keeping when each agent was last seen for the final save: the
     /// master is stopping; agents reconnect to its successor.
     pub fn close_all(&self) {

@@ -6,7 +6,6 @@ use std::path::PathBuf;
 use std::process::ExitCode;
 use std::time::Duration;
 
-use anyhow::Context;
 use clap::{Parser, Subcommand};
 use corpus_master::ServeOptions;
 use corpus_master::console::{self, Console, DataDirArg};
@@ -229,17 +228,24 @@ async fn serve(options: ServeOptions, listen: &str, stop_deadline: Duration) -> 
     let data_dir = options.data_dir.clone();
     raise_open_files_limit();
     let state = corpus_master::open(&options)?;
-    let listener = tokio::net::TcpListener::bind(listen)
-        .await
-        .with_context(|| format!("cannot listen on {listen}"))?;
+    let listeners = corpus_master::listeners::acquire(listen, &data_dir)?;
+    let (listener, admin_listener) = (listeners.tls, listeners.admin);
     let local = listener.local_addr()?;
-    let admin_listener = corpus_master::bind_admin_socket(&data_dir)?;
+    if listeners.tls_from_systemd || listeners.admin_from_systemd {
+        tracing::info!(
+            tls = listeners.tls_from_systemd,
+            admin = listeners.admin_from_systemd,
+            "sockets passed by systemd (socket activation)"
+        );
+    }
     let reloading = state.clone();
     let signals =
         corpus_runtime::handle_signals(stop_deadline, move || match reloading.reload() {
             Ok(settings) => tracing::info!(?settings, "SIGHUP: settings reloaded"),
             Err(e) => tracing::error!("SIGHUP: {e:#}; keeping the previous settings"),
         })?;
+    let summarised = state.clone();
+    corpus_runtime::on_state_dump(move || state_summary(&summarised))?;
     // Tests and scripts read this line to learn the bound port.
     println!("corpus-master listening on {local}");
     std::io::stdout().flush().ok();
@@ -288,4 +294,20 @@ fn raise_open_files_limit() {
             "open-files limit raised to the hard limit"
         );
     }
+}
+
+/// What SIGUSR2 writes to the log: what a running master holds and how far behind it is.
+fn state_summary(state: &corpus_master::MasterState) -> String {
+    let (jobs, followers, events_queued) = state.jobs.load_summary();
+    let sessions = state
+        .store
+        .session_count()
+        .map_or_else(|e| format!("unknown ({e})"), |n| n.to_string());
+    format!(
+        "links={} (messages queued to agents={}), jobs in flight={jobs} (clients following={followers}, events queued to them={events_queued}), replaced certificates in grace={}, sessions={sessions}, memory RSS={}",
+        state.links.count(),
+        state.links.queued_messages(),
+        state.replaced_certificates.count(),
+        corpus_runtime::resident_memory(),
+    )
 }

@@ -27,6 +27,13 @@ pub struct Relay {
 }
 
 impl Relay {
+    /// Updates waiting for the client to read them (SIGUSR2's state summary).
+    pub fn queued(&self) -> usize {
+        let reserved =
+            usize::from(self.notice_slot.is_some()) + usize::from(self.result_slot.is_some());
+        (self.events.max_capacity() - self.events.capacity()).saturating_sub(reserved)
+    }
+
     /// Opens a relay whose queue holds `event_queue` events, `Started` already in it.
     pub fn open(job_id: &str, event_queue: usize) -> (Relay, Updates) {
         // Started, the two reserved slots, and the events.

@@ -5,12 +5,12 @@
 
 use std::time::Duration;
 
-use tokio::signal::unix::{SignalKind, signal};
-use tokio::sync::watch;
-use tracing::{info, warn};
-
 /// TLS to the master: `tls::dial` against a given CA, refusing `http://`.
 pub mod tls;
+
+/// Graceful stop, SIGHUP reload, SIGUSR2 state summary.
+pub mod signals;
+pub use signals::{Signal, handle_signals, on_state_dump, resident_memory, stopped};
 
 /// Logs to stderr (journald picks it up under systemd), with colours only on a terminal;
 /// `RUST_LOG` overrides `default` (an `EnvFilter` directive such as `info` or `corpus=debug`).
@@ -29,64 +29,6 @@ pub fn init_logging(default: &str) {
 /// Installs ring as the process-wide rustls provider. Idempotent.
 pub fn install_crypto_provider() {
     let _ = rustls::crypto::ring::default_provider().install_default();
-}
-
-/// What the daemon's signal handler asks of it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Signal {
-    Running,
-    /// SIGTERM or SIGINT: stop gracefully.
-    Stop,
-}
-
-/// Spawns the signal handler: the first SIGTERM/SIGINT flips the returned watch to `Stop`;
-/// the process then exits on its own after `deadline` if still alive, or at once on the fourth
-/// SIGINT. Each SIGHUP calls `on_reload`.
-pub fn handle_signals(
-    deadline: Duration,
-    on_reload: impl Fn() + Send + 'static,
-) -> std::io::Result<watch::Receiver<Signal>> {
-    let mut term = signal(SignalKind::terminate())?;
-    let mut int = signal(SignalKind::interrupt())?;
-    let mut hup = signal(SignalKind::hangup())?;
-    let (tx, rx) = watch::channel(Signal::Running);
-    tokio::spawn(async move {
-        let mut interrupts = 0u32;
-        loop {
-            tokio::select! {
-                _ = term.recv() => {}
-                _ = int.recv() => {
-                    interrupts += 1;
-                    if interrupts >= 4 {
-                        warn!("fourth SIGINT: exiting at once");
-                        std::process::exit(130);
-                    }
-                }
-                _ = hup.recv() => {
-                    on_reload();
-                    continue;
-                }
-            }
-            if *tx.borrow() == Signal::Running {
-                info!(
-                    "stopping gracefully (deadline {deadline:?}; SIGINT four times exits at once)"
-                );
-                notify_stopping();
-                let _ = tx.send(Signal::Stop);
-                tokio::spawn(async move {
-                    tokio::time::sleep(deadline).await;
-                    warn!("graceful stop took longer than {deadline:?}: exiting");
-                    std::process::exit(1);
-                });
-            }
-        }
-    });
-    Ok(rx)
-}
-
-/// Resolves when `rx` says stop.
-pub async fn stopped(mut rx: watch::Receiver<Signal>) {
-    let _ = rx.wait_for(|s| *s == Signal::Stop).await;
 }
 
 /// Tells systemd the service is ready (no-op outside systemd) and starts the watchdog pings

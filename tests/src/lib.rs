@@ -263,6 +263,17 @@ impl Master {
         })
     }
 
+    /// A master the test started itself (e.g. with passed sockets, as another user), serving
+    /// `data_dir` on `addr`, for the console and agent helpers.
+    pub fn adopt(data_dir: &Path, addr: String, proc: Proc) -> Master {
+        Master {
+            data_dir: data_dir.to_owned(),
+            addr,
+            proc,
+            identities: identity_range(data_dir),
+        }
+    }
+
     pub fn url(&self) -> String {
         format!("https://{}", self.addr)
     }

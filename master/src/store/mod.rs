@@ -130,6 +130,11 @@ impl Store {
         self.get(Tree::Sessions, "session", token_hash)
     }
 
+    /// How many sessions are stored (expired ones too, until the purge).
+    pub fn session_count(&self) -> Result<usize, StoreError> {
+        Ok(self.db.scan(Tree::Sessions, b"")?.len())
+    }
+
     pub fn delete_session(&self, token_hash: &str) -> Result<(), StoreError> {
         self.db.delete(Tree::Sessions, token_hash.as_bytes())?;
         Ok(())

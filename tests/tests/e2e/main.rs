@@ -5,6 +5,7 @@ mod apply_local;
 mod cli;
 mod client_and_events;
 mod console;
+mod daemons;
 mod fleet;
 mod foundation;
 mod hostile;

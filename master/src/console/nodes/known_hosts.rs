@@ -179,7 +179,16 @@ impl KnownHosts {
             .map_err(self.io("opened"))?;
         writeln!(file, "{pattern} {key_type} {}", STANDARD.encode(blob))
             .and_then(|()| file.sync_all())
-            .map_err(self.io("written"))
+            .map_err(self.io("written"))?;
+        // The console runs as root, the master as its own user: the file belongs to whoever
+        // owns the data dir, so the master can still restrict it at start.
+        if let Some(dir) = self.path.parent()
+            && let Ok(owner) = std::fs::metadata(dir)
+        {
+            use std::os::unix::fs::MetadataExt;
+            let _ = std::os::unix::fs::chown(&self.path, Some(owner.uid()), Some(owner.gid()));
+        }
+        Ok(())
     }
 }
 
