@@ -83,6 +83,13 @@ enum Command {
         #[command(flatten)]
         console: Console,
     },
+    /// List and end login sessions.
+    Sessions {
+        #[command(subcommand)]
+        command: console::sessions::SessionsCommand,
+        #[command(flatten)]
+        console: Console,
+    },
     /// Manage enrollment tokens.
     Tokens {
         #[command(subcommand)]
@@ -193,6 +200,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
             sls,
         } => console::render::run(&console, agent, sls).await,
         Command::Users { command, console } => console::users::run(command, &console).await,
+        Command::Sessions { command, console } => console::sessions::run(command, &console).await,
         Command::Tokens { command, console } => console::tokens::run(command, &console).await,
         Command::Agents { command, console } => console::agents::run(command, &console).await,
         Command::Envs { command, console } => console::envs::run(command, &console).await,
