@@ -188,6 +188,13 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     };
     let settings = source.load()?;
     let log_level = LogLevel::install(&settings.live.log_level);
+    if std::env::args().any(|a| a == "--token" || a.starts_with("--token=")) {
+        // Issue 10: argv is readable by every local user (ps, /proc) while the agent retries.
+        tracing::warn!(
+            "the enrollment token was given with --token, which every local user can read: use \
+             --token-file (mode 0600) or CORPUS_ENROLL_TOKEN, and create tokens with a short --ttl"
+        );
+    }
     let id = match settings.id {
         Some(id) => id,
         None => default_id()?,

@@ -121,6 +121,17 @@ pub enum Command {
         project: String,
         size: String,
     },
+    /// Log in (asking nothing: the password is in the config file) and cache the session, so
+    /// the next commands do not log in again.
+    Login {
+        /// Endpoint name from the config file; optional when it defines only one.
+        endpoint: Option<String>,
+    },
+    /// End the cached session on the master and delete it from the cache.
+    Logout {
+        /// Endpoint name from the config file; optional when it defines only one.
+        endpoint: Option<String>,
+    },
 }
 
 impl Command {
@@ -139,7 +150,9 @@ impl Command {
 
     pub fn endpoint(&self) -> Option<&str> {
         match self {
-            Command::Listhosts { endpoint } => endpoint.as_deref(),
+            Command::Listhosts { endpoint }
+            | Command::Login { endpoint }
+            | Command::Logout { endpoint } => endpoint.as_deref(),
             Command::InitEnv { endpoint, .. }
             | Command::Init { endpoint, .. }
             | Command::Push { endpoint, .. }
@@ -158,7 +171,7 @@ impl Command {
     /// mode and sizes. Runs before the config is read, so a typo never costs a login.
     pub fn validate(&self) -> anyhow::Result<()> {
         match self {
-            Command::Listhosts { .. } => {}
+            Command::Listhosts { .. } | Command::Login { .. } | Command::Logout { .. } => {}
             Command::InitEnv {
                 platform,
                 host,

@@ -71,6 +71,24 @@ pub fn default_path() -> Result<PathBuf, ConfigError> {
     Ok(Path::new(&home).join(".makinastates.conf"))
 }
 
+/// Where session tokens are cached: `CORPUS_CACHE_DIR`, else `$XDG_CACHE_HOME/corpus/sessions`,
+/// else `~/.cache/corpus/sessions`; None (no caching) without any of them.
+pub fn session_cache_dir() -> Option<PathBuf> {
+    let var = |name| std::env::var_os(name).filter(|d| !d.is_empty());
+    if let Some(dir) = var("CORPUS_CACHE_DIR") {
+        return Some(PathBuf::from(dir));
+    }
+    if let Some(dir) = var("XDG_CACHE_HOME") {
+        return Some(Path::new(&dir).join("corpus").join("sessions"));
+    }
+    var("HOME").map(|home| {
+        Path::new(&home)
+            .join(".cache")
+            .join("corpus")
+            .join("sessions")
+    })
+}
+
 impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|source| {

@@ -62,15 +62,38 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     };
     let config = config::Config::load(&path)?;
     let endpoint = config.endpoint(cli.command.endpoint())?;
+    match cli.command {
+        Command::Logout { .. } => return commands::logout::run(endpoint, cli.json).await,
+        Command::Login { .. } => {
+            session::fresh_login(endpoint).await?;
+            println!("logged in to {}", endpoint.name);
+            return Ok(());
+        }
+        _ => {}
+    }
     let session = session::login(endpoint).await?;
+    let cached = session.cached;
+    match run_with_deadline(&cli, session).await {
+        // The cached session ended on the master (expired, revoked): nothing was done, so log
+        // in with the password and run the command once more.
+        Err(e) if cached && session::is_session_rejected(&e) => {
+            session::cache::remove(endpoint);
+            let session = session::fresh_login(endpoint).await?;
+            run_with_deadline(&cli, session).await
+        }
+        result => result,
+    }
+}
+
+async fn run_with_deadline(cli: &Cli, session: session::Session) -> anyhow::Result<()> {
     let json = cli.json;
     if cli.command.follows_a_job() {
         // A job may run silently for long: its stream has h2 keep-alive pings instead.
-        return run_command(&cli, session, json).await;
+        return run_command(cli, session, json).await;
     }
     let limit = session::deadline(session::ANSWER_DEADLINE);
     let endpoint = session.endpoint.clone();
-    tokio::time::timeout(limit, run_command(&cli, session, json))
+    tokio::time::timeout(limit, run_command(cli, session, json))
         .await
         .map_err(|_| session::silent_master(&endpoint, "waiting for its answer", limit))?
 }
@@ -129,5 +152,7 @@ async fn run_command(cli: &Cli, session: session::Session, json: bool) -> anyhow
         Command::Enlarge {
             env, project, size, ..
         } => commands::quota::run(session, env, project, size, true, json).await,
+        // Handled in `run`, before any session is opened.
+        Command::Login { .. } | Command::Logout { .. } => Ok(()),
     }
 }

@@ -12,11 +12,15 @@ use corpus_proto::{
     JobList, JobRef, JobsRequest, Node, NodeList, PillarFiles, ProjectRequest, RenderRequest,
     RenderResponse, RevokeTokenRequest, User, UserLimitsRequest, UserList,
 };
+use corpus_proto::{
+    DeleteUserRequest, RevokeSessionsRequest, RevokedSessions, SessionInfo, SessionList,
+    SessionsRequest, SetPasswordRequest, UserDisabledRequest,
+};
 use tonic::{Request, Response, Status};
 use tracing::info;
 
 use crate::MasterState;
-use crate::auth::now_unix;
+use crate::auth::{SessionSelector, now_unix};
 use crate::error::{MasterError, MasterResult};
 use crate::jobs::JobOutcome;
 use crate::link_registry::LinkClosed;
@@ -39,6 +43,7 @@ fn user_message(user: crate::store::UserRecord) -> User {
         id: user.id,
         admin: user.admin,
         created_at_unix: user.created_at,
+        disabled: user.disabled,
     }
 }
 
@@ -147,6 +152,120 @@ impl corpus_proto::admin_server::Admin for AdminService {
             .map(user_message)
             .collect();
         Ok(Response::new(UserList { users }))
+    }
+
+    async fn set_user_disabled(
+        &self,
+        request: Request<UserDisabledRequest>,
+    ) -> Result<Response<User>, Status> {
+        let UserDisabledRequest { id, disabled } = request.into_inner();
+        corpus_proto::names::validate_user_id(&id).map_err(MasterError::from)?;
+        let user = self
+            .state
+            .blocking(move |s| Ok(s.auth.set_disabled(&id, disabled)?))
+            .await?;
+        info!(user = %user.id, disabled, "user access changed");
+        Ok(Response::new(user_message(user)))
+    }
+
+    async fn delete_user(
+        &self,
+        request: Request<DeleteUserRequest>,
+    ) -> Result<Response<User>, Status> {
+        let DeleteUserRequest { id, force } = request.into_inner();
+        corpus_proto::names::validate_user_id(&id).map_err(MasterError::from)?;
+        let (user, owned) = self
+            .state
+            .blocking(move |s| {
+                s.auth.existing_user(&id)?;
+                let owned = crate::environments::forget_user(s, &id, force)?;
+                Ok((s.auth.delete_user(&id)?, owned))
+            })
+            .await?;
+        info!(user = %user.id, kept_environments = owned.len(), "user deleted");
+        Ok(Response::new(user_message(user)))
+    }
+
+    async fn set_password(
+        &self,
+        request: Request<SetPasswordRequest>,
+    ) -> Result<Response<User>, Status> {
+        let SetPasswordRequest { id, password } = request.into_inner();
+        corpus_proto::names::validate_user_id(&id).map_err(MasterError::from)?;
+        let user = self
+            .state
+            .blocking(move |s| Ok(s.auth.set_password(&id, &password)?))
+            .await?;
+        info!(user = %user.id, "password changed; the user's sessions ended");
+        Ok(Response::new(user_message(user)))
+    }
+
+    async fn list_sessions(
+        &self,
+        request: Request<SessionsRequest>,
+    ) -> Result<Response<SessionList>, Status> {
+        let SessionsRequest { user } = request.into_inner();
+        let sessions = self
+            .state
+            .blocking(move |s| {
+                Ok(s.auth
+                    .sessions(Some(user.as_str()).filter(|u| !u.is_empty()))?)
+            })
+            .await?
+            .into_iter()
+            .map(|view| SessionInfo {
+                id: view.id,
+                user: view.record.user,
+                source: view.record.source,
+                created_at_unix: view.record.created_at,
+                expires_at_unix: view.record.expires_at,
+            })
+            .collect();
+        Ok(Response::new(SessionList { sessions }))
+    }
+
+    async fn revoke_sessions(
+        &self,
+        request: Request<RevokeSessionsRequest>,
+    ) -> Result<Response<RevokedSessions>, Status> {
+        let RevokeSessionsRequest {
+            user,
+            all,
+            session_id,
+        } = request.into_inner();
+        let selector = match (user.is_empty(), all, session_id.is_empty()) {
+            (false, false, true) => SessionSelector::User(user),
+            (true, true, true) => SessionSelector::All,
+            (true, false, false) => SessionSelector::Id(session_id),
+            _ => {
+                return Err(MasterError::invalid(
+                    "name exactly one of: a user, all sessions, a session id",
+                )
+                .into());
+            }
+        };
+        let what = format!("{selector:?}");
+        let revoked = self
+            .state
+            .blocking(move |s| Ok(s.auth.revoke_sessions(&selector)?))
+            .await?;
+        info!(sessions = revoked, selector = %what, "sessions revoked");
+        Ok(Response::new(RevokedSessions {
+            revoked: revoked as u32,
+        }))
+    }
+
+    async fn revoke_environment(
+        &self,
+        request: Request<GrantRequest>,
+    ) -> Result<Response<Environment>, Status> {
+        let GrantRequest { env_uuid, user } = request.into_inner();
+        let env = self
+            .state
+            .blocking(move |s| crate::environments::revoke_grant(s, &env_uuid, &user))
+            .await?;
+        info!(env = %env.uuid, "environment grant revoked");
+        Ok(Response::new(wire::environment(&env)))
     }
 
     async fn create_enrollment_token(

@@ -113,6 +113,33 @@ struct Failures {
 /// address slows down only his own guesses, never the user's logins from elsewhere.
 type Attempter = (String, IpAddr);
 
+/// Which sessions `sessions revoke` ends.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum SessionSelector {
+    All,
+    User(String),
+    /// The short id `sessions list` shows.
+    Id(String),
+}
+
+/// A session as the console lists it: its short id and record, never its token.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SessionView {
+    pub id: String,
+    pub record: SessionRecord,
+}
+
+/// Hex digits of a session's id: enough to tell sessions apart, useless to log in with
+/// (it is a prefix of a hash of the token's hash).
+const SESSION_ID_LEN: usize = 12;
+
+/// The short id of the session stored under `token_hash`.
+pub fn session_id(token_hash: &str) -> String {
+    let mut id = secret_hash(token_hash);
+    id.truncate(SESSION_ID_LEN);
+    id
+}
+
 /// Logins and sessions.
 pub struct Auth {
     store: Store,
@@ -291,6 +318,79 @@ impl Auth {
         let existed = self.store.session(&hash)?.is_some();
         self.store.delete_session(&hash)?;
         Ok(existed)
+    }
+
+    pub fn existing_user(&self, id: &str) -> Result<UserRecord, AuthError> {
+        self.store
+            .user(id)?
+            .ok_or_else(|| AuthError::NoSuchUser(id.to_owned()))
+    }
+
+    /// `users disable|enable`: a disabled user cannot log in, and its sessions end now.
+    pub fn set_disabled(&self, id: &str, disabled: bool) -> Result<UserRecord, AuthError> {
+        let mut user = self.existing_user(id)?;
+        user.disabled = disabled;
+        self.store.put_user(&user)?;
+        if disabled {
+            self.revoke_sessions(&SessionSelector::User(id.to_owned()))?;
+        }
+        Ok(user)
+    }
+
+    /// `users passwd`: a new password; the user's sessions end (whoever held the old one).
+    pub fn set_password(&self, id: &str, password: &str) -> Result<UserRecord, AuthError> {
+        if password.chars().count() < MIN_PASSWORD_LEN {
+            return Err(AuthError::WeakPassword);
+        }
+        let mut user = self.existing_user(id)?;
+        user.password_hash = hash_password(password)?;
+        self.store.put_user(&user)?;
+        self.revoke_sessions(&SessionSelector::User(id.to_owned()))?;
+        Ok(user)
+    }
+
+    /// Removes the user's record and ends its sessions (environments and grants are the
+    /// caller's: see `environments::forget_user`).
+    pub fn delete_user(&self, id: &str) -> Result<UserRecord, AuthError> {
+        let user = self
+            .store
+            .delete_user(id)?
+            .ok_or_else(|| AuthError::NoSuchUser(id.to_owned()))?;
+        self.revoke_sessions(&SessionSelector::User(id.to_owned()))?;
+        Ok(user)
+    }
+
+    /// Open (unexpired) sessions, oldest first, of one user or everyone's.
+    pub fn sessions(&self, user: Option<&str>) -> Result<Vec<SessionView>, AuthError> {
+        let now = now_unix();
+        let mut sessions: Vec<SessionView> = self
+            .store
+            .sessions()?
+            .into_iter()
+            .filter(|(_, s)| s.expires_at > now && user.is_none_or(|u| u == s.user))
+            .map(|(hash, record)| SessionView {
+                id: session_id(&hash),
+                record,
+            })
+            .collect();
+        sessions.sort_by(|a, b| (a.record.created_at, &a.id).cmp(&(b.record.created_at, &b.id)));
+        Ok(sessions)
+    }
+
+    /// Ends the selected sessions now; returns how many.
+    pub fn revoke_sessions(&self, selector: &SessionSelector) -> Result<usize, AuthError> {
+        let hashes: Vec<String> = self
+            .store
+            .sessions()?
+            .into_iter()
+            .filter(|(hash, session)| match selector {
+                SessionSelector::All => true,
+                SessionSelector::User(user) => session.user == *user,
+                SessionSelector::Id(id) => session_id(hash) == *id,
+            })
+            .map(|(hash, _)| hash)
+            .collect();
+        Ok(self.store.delete_sessions(&hashes)?)
     }
 
     pub fn create_enrollment_token(&self, ttl: Duration) -> Result<(String, i64), AuthError> {

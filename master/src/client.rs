@@ -72,16 +72,21 @@ fn update_stream(updates: jobs::Updates) -> Response<UpdateStream> {
 }
 
 /// The user behind the request's bearer token.
-pub async fn session_user<T>(
-    state: &Arc<MasterState>,
-    request: &Request<T>,
-) -> Result<String, Status> {
+/// The bearer token on a request.
+fn bearer_token<T>(request: &Request<T>) -> Result<String, Status> {
     let header = request
         .metadata()
         .get(corpus_proto::AUTHORIZATION)
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| Status::unauthenticated("not logged in: no session token on the request"))?;
-    let token = header.strip_prefix("Bearer ").unwrap_or(header).to_owned();
+    Ok(header.strip_prefix("Bearer ").unwrap_or(header).to_owned())
+}
+
+pub async fn session_user<T>(
+    state: &Arc<MasterState>,
+    request: &Request<T>,
+) -> Result<String, Status> {
+    let token = bearer_token(request)?;
     Ok(state
         .blocking(move |s| Ok(s.auth.session_user(&token)?))
         .await?)
@@ -351,5 +356,18 @@ impl corpus_proto::client_server::Client for ClientService {
             })
             .await?;
         Ok(Response::new(Box::pin(updates.map(wire::job_update))))
+    }
+
+    async fn logout(
+        &self,
+        request: Request<corpus_proto::Empty>,
+    ) -> Result<Response<corpus_proto::Empty>, Status> {
+        let user = session_user(&self.state, &request).await?;
+        let token = bearer_token(&request)?;
+        self.state
+            .blocking(move |s| Ok(s.auth.logout(&token)?))
+            .await?;
+        info!(user = %user, "user logged out");
+        Ok(Response::new(corpus_proto::Empty {}))
     }
 }

@@ -318,6 +318,59 @@ pub fn set_quota(
     Ok(record)
 }
 
+/// `envs revoke ENV USER`: removes `user`'s grant on the environment; refused when the user
+/// owns it or holds no grant. (Sessions are untouched: every call checks grants afresh.)
+pub fn revoke_grant(
+    state: &MasterState,
+    uuid: &str,
+    user: &str,
+) -> MasterResult<EnvironmentRecord> {
+    let mut env = state.existing_environment(uuid)?;
+    if env.owner == user {
+        return Err(MasterError::invalid(format!(
+            "user {user:?} owns environment {uuid}: an owner's access cannot be revoked"
+        )));
+    }
+    let before = env.grants.len();
+    env.grants.retain(|g| g != user);
+    if env.grants.len() == before {
+        return Err(MasterError::not_found(
+            "grant",
+            format!("of environment {uuid} to user {user:?}"),
+            ": see `corpus-master envs list`",
+        ));
+    }
+    state.store.put_environment(&env)?;
+    Ok(env)
+}
+
+/// Before `users delete`: refuses while the user owns environments unless `force`, and
+/// removes the user's grants on every environment (a later user with the same id starts with
+/// none). Returns the uuids of the environments the user owns.
+pub fn forget_user(state: &MasterState, user: &str, force: bool) -> MasterResult<Vec<String>> {
+    let environments = state.store.environments()?;
+    let owned: Vec<String> = environments
+        .iter()
+        .filter(|e| e.owner == user)
+        .map(|e| e.uuid.clone())
+        .collect();
+    if !owned.is_empty() && !force {
+        return Err(MasterError::invalid(format!(
+            "user {user:?} owns {} environment(s) ({}): delete them first (`corpus destroy`, \
+             `corpus-master envs list`) or pass --force to keep them, owned by the deleted id",
+            owned.len(),
+            owned.join(", ")
+        )));
+    }
+    for mut env in environments {
+        if env.grants.iter().any(|g| g == user) {
+            env.grants.retain(|g| g != user);
+            state.store.put_environment(&env)?;
+        }
+    }
+    Ok(owned)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -101,6 +101,13 @@ enum Command {
         #[command(flatten)]
         console: Console,
     },
+    /// List and end login sessions.
+    Sessions {
+        #[command(subcommand)]
+        command: console::sessions::SessionsCommand,
+        #[command(flatten)]
+        console: Console,
+    },
     /// Manage enrollment tokens.
     Tokens {
         #[command(subcommand)]
@@ -215,6 +222,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Apply { args, console } => console::fleet::apply(args, &console).await,
         Command::Run { args, console } => console::fleet::run(args, &console).await,
         Command::Users { command, console } => console::users::run(command, &console).await,
+        Command::Sessions { command, console } => console::sessions::run(command, &console).await,
         Command::Tokens { command, console } => console::tokens::run(command, &console).await,
         Command::Agents { command, console } => console::agents::run(command, &console).await,
         Command::Envs { command, console } => console::envs::run(command, &console).await,

@@ -475,8 +475,18 @@ pub fn corpus(config: &Path, args: &[&str]) -> anyhow::Result<Output> {
     Ok(Command::new(bin("corpus"))
         .args(args)
         .env("CORPUS_CONFIG", config)
+        .env("CORPUS_CACHE_DIR", session_cache_dir(config))
         .stdin(Stdio::null())
         .output()?)
+}
+
+/// Where `corpus` caches its sessions for the client config `config`: next to it, inside the
+/// test's temp dir (never the user's `~/.cache`).
+pub fn session_cache_dir(config: &Path) -> PathBuf {
+    config
+        .parent()
+        .unwrap_or(Path::new("."))
+        .join("corpus-sessions")
 }
 
 fn unique() -> String {
@@ -556,6 +566,7 @@ impl Cluster {
         let child = Command::new(bin("corpus"))
             .args(args)
             .env("CORPUS_CONFIG", &self.config)
+            .env("CORPUS_CACHE_DIR", session_cache_dir(&self.config))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
             .stderr(stderr_file(&log)?)

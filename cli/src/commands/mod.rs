@@ -5,6 +5,7 @@ pub mod follow;
 pub mod init;
 pub mod init_env;
 pub mod listhosts;
+pub mod logout;
 pub mod push;
 pub mod quota;
 pub mod rollback;

@@ -1,4 +1,4 @@
-//! `corpus-master envs list|grant|defaults`: environments seen from the operator's side.
+//! `corpus-master envs list|grant|revoke|defaults`: environments seen from the operator's side.
 
 use std::io::{IsTerminal, Read};
 
@@ -14,6 +14,8 @@ pub enum EnvsCommand {
     List,
     /// Let another user act on an environment.
     Grant { env: String, user: String },
+    /// Take back a grant: the user can no longer act on the environment.
+    Revoke { env: String, user: String },
     /// Set the environment's default project settings from YAML on standard input (between
     /// `.salt/PILLAR.sample` and the pushed pillar).
     Defaults { env: String },
@@ -23,6 +25,7 @@ pub async fn run(command: EnvsCommand, console: &Console) -> anyhow::Result<()> 
     match command {
         EnvsCommand::List => list(console).await,
         EnvsCommand::Grant { env, user } => grant(console, env, user).await,
+        EnvsCommand::Revoke { env, user } => revoke(console, env, user).await,
         EnvsCommand::Defaults { env } => defaults(console, env).await,
     }
 }
@@ -75,6 +78,30 @@ async fn grant(console: &Console, env: String, user: String) -> anyhow::Result<(
     } else {
         println!(
             "environment {} shared with {}",
+            printable(&e.uuid),
+            printable(&user)
+        );
+    }
+    Ok(())
+}
+
+async fn revoke(console: &Console, env: String, user: String) -> anyhow::Result<()> {
+    corpus_proto::names::validate_user_id(&user)?;
+    let e = console
+        .admin()
+        .await?
+        .revoke_environment(GrantRequest {
+            env_uuid: env,
+            user: user.clone(),
+        })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    if console.json {
+        print_json(&env_json(&e));
+    } else {
+        println!(
+            "environment {} no longer shared with {}",
             printable(&e.uuid),
             printable(&user)
         );

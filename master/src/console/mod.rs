@@ -12,6 +12,7 @@ pub mod jobs;
 pub mod nodes;
 pub mod pillar;
 pub mod render;
+pub mod sessions;
 pub mod tokens;
 pub mod users;
 

@@ -1,10 +1,13 @@
-//! `corpus-master users add|set|list`: the people who may log in with `corpus`, and their
-//! limits.
+//! `corpus-master users add|set|list|disable|enable|delete|passwd`: the people who may log in
+//! with `corpus`, their limits and their access.
 
 use std::io::{IsTerminal, Read};
 
 use anyhow::Context;
-use corpus_proto::{AddUserRequest, Empty, UserLimitsRequest};
+use corpus_proto::{
+    AddUserRequest, DeleteUserRequest, Empty, SetPasswordRequest, User, UserDisabledRequest,
+    UserLimitsRequest,
+};
 use serde_json::json;
 
 use super::{Console, print_json, printable, rpc};
@@ -34,6 +37,20 @@ pub enum UsersCommand {
     },
     /// List users.
     List,
+    /// Stop a user from logging in; the user's sessions end at once.
+    Disable { id: String },
+    /// Let a disabled user log in again.
+    Enable { id: String },
+    /// Delete a user: its sessions end and its grants go. Refused while the user owns
+    /// environments, unless --force (they stay, owned by the deleted id).
+    Delete {
+        id: String,
+        #[arg(long)]
+        force: bool,
+    },
+    /// Set a user's password, read from the terminal or standard input (never the command
+    /// line); the user's sessions end.
+    Passwd { id: String },
 }
 
 pub async fn run(command: UsersCommand, console: &Console) -> anyhow::Result<()> {
@@ -49,6 +66,10 @@ pub async fn run(command: UsersCommand, console: &Console) -> anyhow::Result<()>
             max_storage,
         } => set(console, id, max_envs.unwrap_or(0), max_storage.unwrap_or(0)).await,
         UsersCommand::List => list(console).await,
+        UsersCommand::Disable { id } => set_disabled(console, id, true).await,
+        UsersCommand::Enable { id } => set_disabled(console, id, false).await,
+        UsersCommand::Delete { id, force } => delete(console, id, force).await,
+        UsersCommand::Passwd { id } => passwd(console, id).await,
     }
 }
 
@@ -141,17 +162,78 @@ async fn list(console: &Console) -> anyhow::Result<()> {
     if console.json {
         let list: Vec<_> = users
             .iter()
-            .map(|u| json!({"id": u.id, "admin": u.admin, "max_envs": u.max_envs, "created_at": u.created_at_unix}))
+            .map(|u| json!({"id": u.id, "admin": u.admin, "max_envs": u.max_envs, "created_at": u.created_at_unix, "disabled": u.disabled}))
             .collect();
         print_json(&serde_json::Value::Array(list));
     } else {
         for u in users {
             println!(
-                "{}{}",
+                "{}{}{}",
                 printable(&u.id),
-                if u.admin { " (admin)" } else { "" }
+                if u.admin { " (admin)" } else { "" },
+                if u.disabled { " (disabled)" } else { "" }
             );
         }
+    }
+    Ok(())
+}
+
+fn user_json(user: &User) -> serde_json::Value {
+    json!({"id": user.id, "admin": user.admin, "max_envs": user.max_envs, "disabled": user.disabled})
+}
+
+async fn set_disabled(console: &Console, id: String, disabled: bool) -> anyhow::Result<()> {
+    corpus_proto::names::validate_user_id(&id)?;
+    let user = console
+        .admin()
+        .await?
+        .set_user_disabled(UserDisabledRequest { id, disabled })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    if console.json {
+        print_json(&user_json(&user));
+    } else if disabled {
+        println!("user {} disabled; its sessions ended", printable(&user.id));
+    } else {
+        println!("user {} enabled", printable(&user.id));
+    }
+    Ok(())
+}
+
+async fn delete(console: &Console, id: String, force: bool) -> anyhow::Result<()> {
+    corpus_proto::names::validate_user_id(&id)?;
+    let user = console
+        .admin()
+        .await?
+        .delete_user(DeleteUserRequest { id, force })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    if console.json {
+        print_json(&user_json(&user));
+    } else {
+        println!("user {} deleted; its sessions ended", printable(&user.id));
+    }
+    Ok(())
+}
+
+async fn passwd(console: &Console, id: String) -> anyhow::Result<()> {
+    corpus_proto::names::validate_user_id(&id)?;
+    let mut client = console.admin().await?;
+    let password = read_password(&id)?;
+    let user = client
+        .set_password(SetPasswordRequest { id, password })
+        .await
+        .map_err(rpc)?
+        .into_inner();
+    if console.json {
+        print_json(&user_json(&user));
+    } else {
+        println!(
+            "password of {} changed; its sessions ended",
+            printable(&user.id)
+        );
     }
     Ok(())
 }

@@ -287,3 +287,213 @@ fn guessing_from_one_source_cannot_lock_the_user_out() -> anyhow::Result<()> {
     );
     Ok(())
 }
+
+fn stderr(out: &std::process::Output) -> String {
+    String::from_utf8_lossy(&out.stderr).into_owned()
+}
+
+/// Runs a console command that must succeed; its standard output.
+fn console_ok(master: &Master, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+    let out = master.console(args, stdin)?;
+    anyhow::ensure!(out.status.success(), "{args:?} failed: {}", stderr(&out));
+    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+}
+
+fn logins_of(master: &Master, user: &str) -> usize {
+    master
+        .proc
+        .log_text()
+        .lines()
+        .filter(|l| l.contains("user logged in") && l.contains(&format!("user={user}")))
+        .count()
+}
+
+#[test]
+fn the_cli_caches_its_session_and_logout_ends_it() -> anyhow::Result<()> {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir()?;
+    let master = Master::start(root.path())?;
+    master.add_user("alice", "correct horse")?;
+    let config = client_config(
+        root.path(),
+        "m",
+        &master.url(),
+        "alice",
+        "correct horse",
+        &master.ca(),
+    )?;
+    let cache_dir = corpus_tests::session_cache_dir(&config);
+
+    for _ in 0..3 {
+        let out = corpus(&config, &["listhosts"])?;
+        anyhow::ensure!(out.status.success(), "{}", stderr(&out));
+    }
+    assert_eq!(logins_of(&master, "alice"), 1, "every command logged in");
+    let files: Vec<_> = std::fs::read_dir(&cache_dir)?.collect::<Result<_, _>>()?;
+    assert_eq!(files.len(), 1);
+    let mode = |p: &std::path::Path| -> anyhow::Result<u32> {
+        Ok(std::fs::metadata(p)?.permissions().mode() & 0o777)
+    };
+    assert_eq!(mode(&cache_dir)?, 0o700);
+    assert_eq!(mode(&files[0].path())?, 0o600);
+    let cached: serde_json::Value = serde_json::from_slice(&std::fs::read(files[0].path())?)?;
+    let token = cached["token"]
+        .as_str()
+        .context("no token cached")?
+        .to_owned();
+
+    // The console lists the session by a short id, never its token.
+    let listed = console_ok(
+        &master,
+        &["sessions", "list", "--user", "alice", "--json"],
+        None,
+    )?;
+    assert!(!listed.contains(&token), "the token was listed");
+    let sessions: serde_json::Value = serde_json::from_str(&listed)?;
+    assert_eq!(sessions.as_array().map(Vec::len), Some(1), "{sessions}");
+    assert_eq!(sessions[0]["user"], "alice");
+    assert_eq!(sessions[0]["source"], "127.0.0.1");
+    let id = sessions[0]["id"]
+        .as_str()
+        .context("no session id")?
+        .to_owned();
+    assert_eq!(id.len(), 12);
+    assert!(
+        !master.proc.log_text().contains(&token),
+        "the token was logged"
+    );
+
+    // Revoked on the master: the next command logs in again by itself.
+    let out = console_ok(&master, &["sessions", "revoke", &id], None)?;
+    assert!(out.contains("1 session(s)"), "{out}");
+    let out = corpus(&config, &["listhosts"])?;
+    anyhow::ensure!(out.status.success(), "{}", stderr(&out));
+    assert_eq!(logins_of(&master, "alice"), 2);
+
+    // Logout ends the session on the master and removes the cache file.
+    let out = corpus(&config, &["logout"])?;
+    anyhow::ensure!(out.status.success(), "{}", stderr(&out));
+    assert!(String::from_utf8_lossy(&out.stdout).contains("logged out of m"));
+    assert_eq!(std::fs::read_dir(&cache_dir)?.count(), 0);
+    let listed = console_ok(&master, &["sessions", "list", "--json"], None)?;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&listed)?,
+        serde_json::json!([])
+    );
+    let out = corpus(&config, &["logout"])?;
+    assert!(String::from_utf8_lossy(&out.stdout).contains("not logged in"));
+    Ok(())
+}
+
+#[test]
+fn operators_disable_delete_and_reset_users_and_revoke_grants() -> anyhow::Result<()> {
+    let cluster = corpus_tests::Cluster::start()?;
+    let master = &cluster.master;
+    let root = cluster.root.path();
+    master.add_user("bob", "bobs password")?;
+    let bob = client_config(
+        root,
+        "local",
+        &master.url(),
+        "bob",
+        "bobs password",
+        &master.ca(),
+    )?;
+    let ok = |config: &std::path::Path, args: &[&str]| -> anyhow::Result<()> {
+        let out = corpus(config, args)?;
+        anyhow::ensure!(out.status.success(), "{args:?} failed: {}", stderr(&out));
+        Ok(())
+    };
+
+    // Grant, then revoke: bob loses the environment at once (his session stays).
+    let env = cluster.init_env("dev")?;
+    console_ok(master, &["envs", "grant", &env, "bob"], None)?;
+    ok(&bob, &["status", "local", &env])?;
+    let out = console_ok(master, &["envs", "revoke", &env, "bob"], None)?;
+    assert!(out.contains("no longer shared with bob"), "{out}");
+    let out = corpus(&bob, &["status", "local", &env])?;
+    assert!(!out.status.success(), "bob still reaches the environment");
+    let out = master.console(&["envs", "revoke", &env, "bob"], None)?;
+    assert!(
+        !out.status.success() && stderr(&out).contains("no grant"),
+        "{}",
+        stderr(&out)
+    );
+
+    // Disable: bob's session ends now and he cannot log in; enable gives access back.
+    ok(&bob, &["listhosts"])?;
+    console_ok(master, &["users", "disable", "bob"], None)?;
+    let listed = console_ok(
+        master,
+        &["sessions", "list", "--user", "bob", "--json"],
+        None,
+    )?;
+    assert_eq!(
+        serde_json::from_str::<serde_json::Value>(&listed)?,
+        serde_json::json!([])
+    );
+    let out = corpus(&bob, &["listhosts"])?;
+    assert!(
+        stderr(&out).contains("\"bob\" is disabled"),
+        "{}",
+        stderr(&out)
+    );
+    assert!(console_ok(master, &["users", "list"], None)?.contains("bob (disabled)"));
+    console_ok(master, &["users", "enable", "bob"], None)?;
+    ok(&bob, &["listhosts"])?;
+
+    // A new password, read from standard input: the old one stops working.
+    console_ok(
+        master,
+        &["users", "passwd", "bob"],
+        Some("a new password\n"),
+    )?;
+    let out = corpus(&bob, &["listhosts"])?;
+    assert!(
+        stderr(&out).contains("invalid id or password"),
+        "{}",
+        stderr(&out)
+    );
+    let bob_new = client_config(
+        root,
+        "local",
+        &master.url(),
+        "bob",
+        "a new password",
+        &master.ca(),
+    )?;
+    ok(&bob_new, &["listhosts"])?;
+
+    // Delete: bob's session ends; an owner of environments needs --force.
+    console_ok(master, &["users", "delete", "bob"], None)?;
+    let out = corpus(&bob_new, &["listhosts"])?;
+    assert!(!out.status.success(), "a deleted user still works");
+    let out = master.console(&["users", "delete", "dev@example.com"], None)?;
+    assert!(
+        !out.status.success() && stderr(&out).contains("--force"),
+        "{}",
+        stderr(&out)
+    );
+    console_ok(
+        master,
+        &["users", "delete", "dev@example.com", "--force"],
+        None,
+    )?;
+    let out = cluster.corpus(&["listhosts"])?;
+    assert!(!out.status.success(), "a deleted owner still works");
+
+    // Revoking everyone's sessions.
+    master.add_user("carol", "carols password")?;
+    let carol = client_config(
+        root,
+        "local",
+        &master.url(),
+        "carol",
+        "carols password",
+        &master.ca(),
+    )?;
+    ok(&carol, &["listhosts"])?;
+    let out = console_ok(master, &["sessions", "revoke", "--all"], None)?;
+    assert!(out.contains("1 session(s) of every user ended"), "{out}");
+    Ok(())
+}

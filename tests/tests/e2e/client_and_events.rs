@@ -103,6 +103,10 @@ fn a_frozen_master_fails_the_client_within_its_deadline_saying_so() -> anyhow::R
     let out = Command::new(bin("corpus"))
         .args(["status", "local", &env])
         .env("CORPUS_CONFIG", &cluster.config)
+        .env(
+            "CORPUS_CACHE_DIR",
+            corpus_tests::session_cache_dir(&cluster.config),
+        )
         .env("CORPUS_DEADLINE_SECONDS", "2")
         .output()?;
     cluster.master.proc.signal(libc::SIGCONT);
@@ -175,6 +179,10 @@ fn a_push_reattaches_after_a_master_restart_and_follow_replays_the_job() -> anyh
         .args(["push", "local", &env, "app", "--path"])
         .arg(&source)
         .env("CORPUS_CONFIG", &cluster.config)
+        .env(
+            "CORPUS_CACHE_DIR",
+            corpus_tests::session_cache_dir(&cluster.config),
+        )
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()?;
@@ -223,6 +231,10 @@ fn ctrl_c_during_a_push_says_the_job_goes_on_and_leaves_no_tarball() -> anyhow::
         .args(["push", "local", &env, "app", "--path"])
         .arg(&source)
         .env("CORPUS_CONFIG", &cluster.config)
+        .env(
+            "CORPUS_CACHE_DIR",
+            corpus_tests::session_cache_dir(&cluster.config),
+        )
         .env("TMPDIR", &tmp)
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())

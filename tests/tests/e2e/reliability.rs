@@ -126,6 +126,10 @@ fn a_client_too_slow_for_a_large_plan_still_gets_the_result_and_what_it_missed()
         .args(["push", "local", &dev, "app", "--json", "--path"])
         .arg(&source)
         .env("CORPUS_CONFIG", &cluster.config)
+        .env(
+            "CORPUS_CACHE_DIR",
+            corpus_tests::session_cache_dir(&cluster.config),
+        )
         .stdin(std::process::Stdio::null())
         .stdout(std::fs::File::create(&output)?)
         .stderr(std::fs::File::create(&log)?)
