@@ -213,6 +213,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         reconnect_max: args.reconnect_max,
         root: settings.root,
         stop_deadline: args.stop_deadline,
+        outbound: settings.outbound_allow,
     };
     let stop =
         corpus_runtime::handle_signals(args.stop_deadline, move || match source.reload_live() {
