@@ -51,6 +51,7 @@ struct ConfigFile {
     token_file: Option<PathBuf>,
     log_level: Option<String>,
     heartbeat: Option<String>,
+    outbound_allow: Option<Vec<String>>,
 }
 
 /// What SIGHUP may change on a running agent.
@@ -75,6 +76,83 @@ pub struct Settings {
     /// The enrollment token (from `--token`/`CORPUS_ENROLL_TOKEN` or a token file).
     pub token: Option<String>,
     pub live: LiveSettings,
+    /// Where health checks and webhooks may send requests (`outbound_allow`).
+    pub outbound_allow: OutboundAllow,
+}
+
+/// The operator's allow-list of the targets the agent itself sends requests to for a project:
+/// HTTP health checks and webhooks (`outbound_allow` in the agent's config, a list of
+/// `HOST:PORT` patterns: `HOST` exact, `*.DOMAIN` or `*`, `PORT` a number or `*`). Without it
+/// only loopback is allowed, as a Kamal or Capistrano health check expects (the app on the same
+/// machine); a webhook elsewhere (chat, CI) must be listed. A project's settings come from its
+/// user, so without a list they could make the agent reach anything its network reaches.
+/// Redirects are not followed, so an allowed target cannot send the agent elsewhere.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct OutboundAllow(Vec<String>);
+
+/// What an agent allows when its config has no `outbound_allow`.
+pub const DEFAULT_OUTBOUND_ALLOW: [&str; 3] = ["localhost:*", "127.0.0.1:*", "[::1]:*"];
+
+impl Default for OutboundAllow {
+    fn default() -> Self {
+        OutboundAllow(DEFAULT_OUTBOUND_ALLOW.map(str::to_owned).to_vec())
+    }
+}
+
+impl OutboundAllow {
+    pub fn new(patterns: Vec<String>) -> Result<Self, String> {
+        for pattern in &patterns {
+            let valid = pattern.rsplit_once(':').is_some_and(|(host, port)| {
+                !host.is_empty() && (port == "*" || port.parse::<u16>().is_ok())
+            });
+            if !valid {
+                return Err(format!(
+                    "outbound_allow entry {pattern:?} is invalid: write HOST:PORT, e.g. \"127.0.0.1:*\" or \"*.example.com:443\""
+                ));
+            }
+        }
+        Ok(OutboundAllow(patterns))
+    }
+
+    /// Ok when `url` is an http(s) URL whose host and port an entry allows; else why not,
+    /// naming the target and the setting.
+    pub fn check(&self, url: &str) -> Result<(), String> {
+        let refused = |why: &str| {
+            format!(
+                "target {url} is not allowed{why}: the agent's outbound_allow (in /etc/corpus/agent.yaml) allows {}; ask its operator to add it",
+                self.0.join(", ")
+            )
+        };
+        let uri: ureq::http::Uri = url.parse().map_err(|_| refused(" (not a URL)"))?;
+        let port = match (uri.port_u16(), uri.scheme_str()) {
+            (Some(port), _) => port,
+            (None, Some("http")) => 80,
+            (None, Some("https")) => 443,
+            _ => return Err(refused(" (only http and https are)")),
+        };
+        let host = uri
+            .host()
+            .ok_or_else(|| refused(" (no host)"))?
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_ascii_lowercase();
+        let allowed = self.0.iter().any(|pattern| {
+            let Some((host_pattern, port_pattern)) = pattern.rsplit_once(':') else {
+                return false;
+            };
+            let host_pattern = host_pattern
+                .trim_start_matches('[')
+                .trim_end_matches(']')
+                .to_ascii_lowercase();
+            let host_ok = match host_pattern.strip_prefix("*.") {
+                _ if host_pattern == "*" => true,
+                Some(domain) => host.ends_with(&format!(".{domain}")),
+                None => host == host_pattern,
+            };
+            host_ok && (port_pattern == "*" || port_pattern.parse() == Ok(port))
+        });
+        if allowed { Ok(()) } else { Err(refused("")) }
+    }
 }
 
 /// Where settings come from: the flags (None when not given: they win) and the file.
@@ -192,6 +270,10 @@ impl SettingsSource {
                 .unwrap_or_else(|| PathBuf::from("/srv/corpus")),
             token,
             live,
+            outbound_allow: match file.outbound_allow {
+                Some(patterns) => OutboundAllow::new(patterns).map_err(|e| self.invalid(e))?,
+                None => OutboundAllow::default(),
+            },
         })
     }
 
@@ -265,6 +347,31 @@ impl LogLevel {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn outbound_targets_are_loopback_only_unless_the_operator_lists_more() {
+        let default = OutboundAllow::default();
+        assert!(default.check("http://127.0.0.1:8080/health").is_ok());
+        assert!(default.check("http://localhost/").is_ok());
+        assert!(default.check("http://[::1]:9000/").is_ok());
+        let err = default
+            .check("http://169.254.169.254/latest/meta-data")
+            .unwrap_err();
+        assert!(
+            err.contains("169.254.169.254") && err.contains("outbound_allow"),
+            "{err}"
+        );
+        assert!(default.check("file:///etc/shadow").is_err());
+
+        let listed =
+            OutboundAllow::new(vec!["*.example.com:443".into(), "10.0.0.5:*".into()]).unwrap();
+        assert!(listed.check("https://hooks.example.com/x").is_ok());
+        assert!(listed.check("http://hooks.example.com/x").is_err());
+        assert!(listed.check("https://example.com.evil.net/").is_err());
+        assert!(listed.check("http://10.0.0.5:81/").is_ok());
+        assert!(listed.check("http://127.0.0.1/").is_err());
+        assert!(OutboundAllow::new(vec!["no-port".into()]).is_err());
+    }
 
     #[test]
     fn flags_win_over_the_file_and_a_bad_file_changes_nothing() -> anyhow::Result<()> {

@@ -52,6 +52,8 @@ pub struct LinkOptions {
     pub stop_deadline: Duration,
     /// What SIGUSR2 reports; the link keeps it current.
     pub status: Arc<crate::status::AgentStatus>,
+    /// Where health checks and webhooks may go (`outbound_allow`).
+    pub outbound: crate::config::OutboundAllow,
 }
 
 /// Exponential backoff with jitter: each delay is drawn from [d/2, d], d doubling from `min`
@@ -184,7 +186,8 @@ async fn link(
     jobs_in_flight: &mut JoinSet<()>,
 ) -> anyhow::Result<()> {
     let mut live = options.live.clone();
-    let lifecycle = Arc::new(Lifecycle::new(options.root.clone()));
+    let lifecycle =
+        Arc::new(Lifecycle::new(options.root.clone()).with_outbound(options.outbound.clone()));
     let (outbox, outbox_rx) = mpsc::unbounded_channel();
     let mut outgoing = Outgoing::new(outbox_rx);
     let running = RunningJobs::default();

@@ -224,6 +224,7 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
         root: settings.root,
         stop_deadline: args.stop_deadline,
         status,
+        outbound: settings.outbound_allow,
     };
     let stop =
         corpus_runtime::handle_signals(args.stop_deadline, move || match source.reload_live() {

@@ -179,14 +179,20 @@ impl Command {
                 ..
             } => {
                 if !matches!(platform.as_str(), "dev" | "staging" | "prod") {
-                    bail!("platform type {platform:?} is invalid: use dev, staging or prod");
+                    bail!(
+                        "platform type {} is invalid: use dev, staging or prod",
+                        corpus_proto::names::quote_input(platform)
+                    );
                 }
                 if let Some(host) = host {
                     corpus_proto::names::validate_agent_id(host)?;
                 }
                 let mode = mode.as_deref().unwrap_or("editable");
                 if !matches!(mode, "editable" | "cooking" | "final") {
-                    bail!("mode {mode:?} is invalid: use editable, cooking or final");
+                    bail!(
+                        "mode {} is invalid: use editable, cooking or final",
+                        corpus_proto::names::quote_input(mode)
+                    );
                 }
             }
             Command::Push {

@@ -26,7 +26,10 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     corpus_runtime::init_logging("warn");
     if let Err(e) = cli.command.validate() {
-        eprintln!("corpus: error: {e:#}");
+        eprintln!(
+            "corpus: error: {}",
+            corpus_proto::names::printable_lines(&format!("{e:#}"))
+        );
         return ExitCode::from(EXIT_ERROR);
     }
     corpus_runtime::install_crypto_provider();
@@ -43,7 +46,10 @@ fn main() -> ExitCode {
     match runtime.block_on(run(cli)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("corpus: error: {e:#}");
+            eprintln!(
+                "corpus: error: {}",
+                corpus_proto::names::printable_lines(&format!("{e:#}"))
+            );
             ExitCode::from(if e.is::<progress::JobFailed>() {
                 EXIT_JOB_FAILED
             } else if e.is::<progress::Interrupted>() {

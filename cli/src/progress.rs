@@ -6,6 +6,7 @@
 use std::io::IsTerminal;
 use std::time::{Duration, Instant};
 
+use corpus_proto::names::{printable, printable_lines};
 use corpus_proto::{FollowRequest, JobFinished, JobStatus, JobUpdate, StepResult, job_update};
 use serde_json::json;
 use tonic::Streaming;
@@ -143,9 +144,11 @@ pub async fn follow(
         bar.enable_steady_tick(Duration::from_millis(120));
         bar
     });
+    // Everything said comes from the master and the agent (state ids, comments, hints): with
+    // its control characters escaped, so it cannot drive the terminal.
     let say = |line: String| match &spinner {
-        Some(bar) => bar.println(line),
-        None => println!("{line}"),
+        Some(bar) => bar.println(printable_lines(&line)),
+        None => println!("{}", printable_lines(&line)),
     };
     let mut job_id = String::new();
     let mut last_sequence = 0u64;
@@ -249,7 +252,7 @@ pub async fn follow(
                         }
                     }
                 } else if let Some(bar) = &spinner {
-                    bar.set_message(format!("{} {}", e.step, e.state_id));
+                    bar.set_message(printable(&format!("{} {}", e.step, e.state_id)));
                 }
             }
             Some(job_update::Body::Missed(m)) => {
@@ -307,7 +310,7 @@ pub async fn follow(
                 if let Some(r) = &f.release {
                     line.push_str(&format!(", release {} bytes recorded", r.size));
                 }
-                println!("{line}");
+                println!("{}", printable(&line));
             }
             other => {
                 let at = match (f.failed_step.is_empty(), f.failed_state.is_empty()) {
@@ -318,14 +321,15 @@ pub async fn follow(
                     }
                 };
                 println!(
-                    "{what} {}{at} after {took}",
-                    other.label().replace('_', " ")
+                    "{what} {}{} after {took}",
+                    other.label().replace('_', " "),
+                    printable(&at)
                 );
                 if !f.message.is_empty() {
-                    println!("  {}", f.message);
+                    println!("  {}", printable_lines(&f.message));
                 }
                 if !f.live_deploy_id.is_empty() {
-                    println!("  deployment {} is live", f.live_deploy_id);
+                    println!("  deployment {} is live", printable(&f.live_deploy_id));
                 }
             }
         }

@@ -18,7 +18,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 #[derive(Debug, thiserror::Error)]
 pub enum BlobError {
-    #[error("blob digest {0:?} is invalid: expected 64 lowercase hex characters")]
+    #[error("blob digest {} is invalid: expected 64 lowercase hex characters", corpus_proto::names::quote_input(.0))]
     BadDigest(String),
     #[error("upload is larger than the limit of {limit} bytes")]
     TooLarge { limit: u64 },

@@ -1,6 +1,7 @@
 //! Validation of the names that cross the wire and end up as paths or keys: agent ids, user
 //! ids, environment and project names. Every entry point calls these before acting. Also
-//! [`quote_input`], the one way an error quotes a value it refused.
+//! [`quote_input`], the one way an error quotes a value it refused, and [`printable`], the one
+//! way the CLI and the console print text that came from elsewhere.
 
 use std::fmt;
 
@@ -35,6 +36,34 @@ pub fn quote_input(value: &str) -> String {
         Some((cut, _)) => format!("{:?}... ({} bytes)", &value[..cut], value.len()),
         None => format!("{value:?}"),
     }
+}
+
+/// Makes text safe to print on a terminal: control characters (an escape sequence in a state
+/// id, an agent id or a job comment) are shown escaped (`\u{1b}`) instead of being
+/// interpreted. Line breaks are escaped too: use [`printable_lines`] for multi-line text.
+pub fn printable(text: &str) -> String {
+    escape_controls(text, false)
+}
+
+/// [`printable`] that keeps line breaks and tabs (error messages, comments), escaping every
+/// other control character, carriage returns included (they would overwrite the line).
+pub fn printable_lines(text: &str) -> String {
+    escape_controls(text, true)
+}
+
+fn escape_controls(text: &str, keep_lines: bool) -> String {
+    if !text.chars().any(char::is_control) {
+        return text.to_owned();
+    }
+    let mut out = String::with_capacity(text.len() + 8);
+    for c in text.chars() {
+        if c.is_control() && !(keep_lines && (c == '\n' || c == '\t')) {
+            out.extend(c.escape_default());
+        } else {
+            out.push(c);
+        }
+    }
+    out
 }
 
 impl std::error::Error for InvalidName {}
@@ -96,6 +125,17 @@ pub fn validate_project_name(name: &str) -> Result<(), InvalidName> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn control_characters_are_escaped_for_terminals() {
+        let hostile = "state\u{1b}]0;owned\u{7}\r\nnext";
+        assert_eq!(printable(hostile), "state\\u{1b}]0;owned\\u{7}\\r\\nnext");
+        assert_eq!(
+            printable_lines(hostile),
+            "state\\u{1b}]0;owned\\u{7}\\r\nnext"
+        );
+        assert_eq!(printable("plain text, été"), "plain text, été");
+    }
 
     #[test]
     fn agent_ids_accept_host_names_and_refuse_paths() {

@@ -50,6 +50,9 @@ pub enum CheckError {
         #[source]
         source: Box<ureq::Error>,
     },
+    /// The target is not on the operator's allow-list (`outbound_allow`).
+    #[error("health check {0}")]
+    NotAllowed(String),
     /// Every attempt failed; the last failure.
     #[error("{last} (attempt {attempt}/{retries})")]
     Attempts {
@@ -69,6 +72,8 @@ fn probe(check: &HealthProbe, cwd: &Path, run_as: Option<RunAs>) -> Result<Strin
             let agent: ureq::Agent = ureq::Agent::config_builder()
                 .timeout_global(Some(PROBE_TIMEOUT))
                 .http_status_as_error(false)
+                // An allowed target must not send the agent to one that is not.
+                .max_redirects(0)
                 .build()
                 .into();
             match agent.get(url).call() {
@@ -187,6 +192,7 @@ pub fn run_healthcheck(
 pub fn post_webhook(url: &str, event: &Value) -> Result<(), CheckError> {
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(Duration::from_secs(10)))
+        .max_redirects(0)
         .build()
         .into();
     agent

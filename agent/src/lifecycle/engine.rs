@@ -52,6 +52,8 @@ pub struct Engine<'a> {
     pub file_sources: Arc<dyn PhaseFileSources>,
     /// The `corpus-agent` binary a confined phase's child runs (`confined.rs`).
     pub phase_program: PathBuf,
+    /// Where HTTP health checks and webhooks may go.
+    pub outbound: crate::config::OutboundAllow,
 }
 
 impl Engine<'_> {

@@ -285,6 +285,8 @@ pub struct Lifecycle {
     /// The binary whose hidden `confined-phase` subcommand runs a confined phase: this
     /// process's own executable, or the built `corpus-agent` in tests.
     phase_program: PathBuf,
+    /// Where HTTP health checks and webhooks may go (the agent config's `outbound_allow`).
+    outbound: crate::config::OutboundAllow,
 }
 
 impl Lifecycle {
@@ -296,7 +298,14 @@ impl Lifecycle {
             file_sources: Arc::new(ProjectTreeSources),
             phase_program: std::env::current_exe()
                 .unwrap_or_else(|_| PathBuf::from("/proc/self/exe")),
+            outbound: crate::config::OutboundAllow::default(),
         }
+    }
+
+    /// Replaces the outbound allow-list (loopback only by default).
+    pub fn with_outbound(mut self, outbound: crate::config::OutboundAllow) -> Self {
+        self.outbound = outbound;
+        self
     }
 
     /// Replaces the binary confined phases run in (this executable by default).
@@ -467,6 +476,7 @@ impl Lifecycle {
             services: self.services.clone(),
             file_sources: self.file_sources.clone(),
             phase_program: self.phase_program.clone(),
+            outbound: self.outbound.clone(),
         }
     }
 

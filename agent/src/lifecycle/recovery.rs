@@ -93,6 +93,7 @@ impl Lifecycle {
             services: self.services.clone(),
             file_sources: self.file_sources.clone(),
             phase_program: self.phase_program.clone(),
+            outbound: self.outbound.clone(),
         };
         let j = &engine.journal;
         // The journal names the step it was in; before the first, the job stopped at its start.

@@ -291,6 +291,11 @@ impl Engine<'_> {
         let Some(check) = self.settings.healthcheck.clone() else {
             return Ok(None);
         };
+        if let corpus_states::HealthProbe::Http { url, .. } = &check.probe {
+            self.outbound
+                .check(url)
+                .map_err(|reason| StepError::HealthCheck(checks::CheckError::NotAllowed(reason)))?;
+        }
         let cwd = if self.layout.run().is_dir() {
             self.layout.run()
         } else {
@@ -361,7 +366,11 @@ impl Engine<'_> {
         });
         for url in self.settings.notify.webhooks.clone() {
             let t = Instant::now();
-            let (st, msg) = match checks::post_webhook(&url, &event) {
+            let allowed = self
+                .outbound
+                .check(&url)
+                .map_err(|reason| checks::CheckError::NotAllowed(format!("webhook {reason}")));
+            let (st, msg) = match allowed.and_then(|()| checks::post_webhook(&url, &event)) {
                 Ok(()) => (StepStatus::Success, format!("POST {url}")),
                 Err(e) => (StepStatus::Failed, e.to_string()),
             };

@@ -669,6 +669,38 @@ fn webhook_failures_are_reported_but_do_not_fail_the_deploy() {
     assert!(rec.has("webhook", StepStatus::Failed));
 }
 
+#[test]
+fn outbound_targets_off_the_allow_list_fail_their_step_naming_them() {
+    // No outbound_allow in the agent's config: loopback only.
+    let f = Fixture::new();
+    let data = json!({
+        "healthcheck": {"http": "http://192.0.2.7:8080/health"},
+        "notify": {"webhooks": ["http://192.0.2.7/hook"]},
+    });
+    let mut job = f.job(JobKind::Deploy, Mode::Cooking, ProjectPlan::default(), data);
+    job.source = Some(f.source("v1"));
+    let mut rec = Recorder::default();
+    let out = f.lc.run(&job, &mut rec);
+    assert_ne!(out.status, Status::Success);
+    assert_eq!(out.failed_step, "healthcheck");
+    assert!(
+        out.message.contains("http://192.0.2.7:8080/health")
+            && out.message.contains("outbound_allow"),
+        "{}",
+        out.message
+    );
+    let webhook = rec
+        .events
+        .iter()
+        .find(|e| e.0 == "webhook")
+        .map(|e| e.3.clone())
+        .unwrap_or_default();
+    assert!(
+        webhook.contains("http://192.0.2.7/hook") && webhook.contains("outbound_allow"),
+        "{webhook}"
+    );
+}
+
 // ---- unsafe archives ------------------------------------------------------------------------
 
 /// A tar with one raw entry (name written unchecked into the header).

@@ -30,9 +30,10 @@ pub async fn run(mut session: Session, json: bool) -> anyhow::Result<()> {
         println!(
             "{:<30} {:<16} {:<6} {:<6} {:<9} {}",
             h.id,
-            h.ip,
+            // Grains come from the agent: escaped, like everything the CLI prints.
+            corpus_proto::names::printable(&h.ip),
             format!("{}/{}", h.slots_free, h.slots_total),
-            h.guest_type,
+            corpus_proto::names::printable(&h.guest_type),
             isolation(h),
             if h.connected {
                 "connected".to_owned()

@@ -6,12 +6,14 @@ use corpus_proto::SetQuotaRequest;
 use crate::session::{Session, rpc_error};
 
 pub fn parse_size(text: &str) -> anyhow::Result<u64> {
-    let size: bytesize::ByteSize = text
-        .trim()
-        .parse()
-        .map_err(|_| anyhow::anyhow!("size {text:?} is invalid: use e.g. 500M, 2G, 1.5GiB"))?;
+    let size: bytesize::ByteSize = text.trim().parse().map_err(|_| {
+        anyhow::anyhow!(
+            "size {} is invalid: use e.g. 500M, 2G, 1.5GiB",
+            corpus_proto::names::quote_input(text)
+        )
+    })?;
     if size.as_u64() == 0 {
-        anyhow::bail!("size {text:?} is zero");
+        anyhow::bail!("size {} is zero", corpus_proto::names::quote_input(text));
     }
     Ok(size.as_u64())
 }

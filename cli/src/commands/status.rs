@@ -120,7 +120,7 @@ pub async fn run(
                 corpus_runtime::format_unix_time(d.started_at_unix),
                 d.commit.get(..8).unwrap_or(&d.commit),
                 JobStatus::label_of(d.result),
-                failed
+                corpus_proto::names::printable(&failed)
             );
         }
         // A deploy still running: say how to watch it (the push that started it may be gone).

@@ -257,7 +257,10 @@ fn print_detail(console: &Console, detail: JobDetail) {
     {
         let details = failure_details(&changes_of(&e.changes_json));
         if !details.is_empty() {
-            println!("  {} {} failed:", e.step, e.state_id);
+            println!(
+                "  {} failed:",
+                printable(&format!("{} {}", e.step, e.state_id))
+            );
             for line in details {
                 println!("    {}", printable(&line));
             }

@@ -106,15 +106,7 @@ pub fn print_json(value: &serde_json::Value) {
 /// Makes text safe to print on a terminal: control characters (an escape sequence in an
 /// agent id or a job comment) are shown escaped instead of being interpreted.
 pub fn printable(text: &str) -> String {
-    text.chars()
-        .map(|c| {
-            if c.is_control() {
-                c.escape_default().to_string()
-            } else {
-                c.to_string()
-            }
-        })
-        .collect()
+    corpus_proto::names::printable(text)
 }
 
 /// A borderless text table whose columns are as wide as their widest cell, two spaces apart.

@@ -223,3 +223,24 @@ fn new_pending_agents_are_limited_per_source_address_but_tokens_pass() -> anyhow
     assert_eq!(master.agent("real")?.context("real")?["status"], "accepted");
     Ok(())
 }
+
+#[test]
+fn escape_sequences_from_a_source_reach_the_terminal_escaped() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let staging = cluster.init_env("staging")?;
+    let source = cluster.root.path().join("src");
+    // A state id that would set the terminal's title and colour, and fails.
+    let build = "\"boom\\e]0;owned\\a\\e[31m\":\n  cmd.run:\n    - name: \"false\"\n";
+    sample_project(&source, "v1", &[("build.sls", build)])?;
+    let out = cluster.push(&staging, "app", &source, &[])?;
+    assert!(!out.status.success(), "a failing deploy succeeded");
+    let all = [out.stdout.as_slice(), out.stderr.as_slice()].concat();
+    assert!(
+        !all.contains(&0x1b) && !all.contains(&0x07),
+        "raw control characters reached the terminal: {}",
+        String::from_utf8_lossy(&all)
+    );
+    let text = String::from_utf8_lossy(&all);
+    assert!(text.contains("boom\\u{1b}]0;owned"), "{text}");
+    Ok(())
+}
