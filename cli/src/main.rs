@@ -64,6 +64,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
     let endpoint = config.endpoint(cli.command.endpoint())?;
     let session = session::login(endpoint).await?;
     let json = cli.json;
+    progress::set_stream_deadlines(progress::StreamDeadlines {
+        idle: std::time::Duration::from_secs(cli.idle_seconds),
+        reattach: std::time::Duration::from_secs(cli.reattach_seconds),
+    });
     if cli.command.follows_a_job() {
         // A job may run silently for long: its stream has h2 keep-alive pings instead.
         return run_command(&cli, session, json).await;

@@ -10,4 +10,5 @@ mod lifecycle;
 mod nodes;
 mod reliability;
 mod render;
+mod running_jobs;
 mod tenancy;
