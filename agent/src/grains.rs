@@ -24,11 +24,71 @@ fn os_name() -> String {
 }
 
 /// Salt's `init` grain: `systemd` when it runs, else PID 1's name.
+/// Salt's `init` grain, found as Salt 3008 finds it: `systemd` when `/run/systemd/system`
+/// exists, else from PID 1's command line (an `.../bin/init` binary naming upstart, sysvinit
+/// or systemd; supervisord, dumb-init, tini, runit), else `unknown`.
 fn init_system() -> String {
-    if std::path::Path::new("/run/systemd/system").is_dir() {
+    if std::path::Path::new("/run/systemd/system").exists() {
         return "systemd".to_owned();
     }
-    read_trimmed("/proc/1/comm").unwrap_or_else(|| "unknown".to_owned())
+    let cmdline = std::fs::read("/proc/1/cmdline").unwrap_or_default();
+    let words: Vec<String> = String::from_utf8_lossy(&cmdline)
+        .replace('\0', " ")
+        .split_whitespace()
+        .map(str::to_owned)
+        .collect();
+    init_from_cmdline(&words, &which, &|path| std::fs::read(path).ok())
+}
+
+/// The executable `name` resolves to through `PATH`, as Python's `shutil.which`.
+fn which(name: &str) -> Option<String> {
+    use std::os::unix::fs::PermissionsExt;
+    let executable = |p: &std::path::Path| {
+        std::fs::metadata(p).is_ok_and(|m| m.is_file() && m.permissions().mode() & 0o111 != 0)
+    };
+    if name.contains('/') {
+        return executable(std::path::Path::new(name)).then(|| name.to_owned());
+    }
+    let path = std::env::var("PATH").unwrap_or_default();
+    path.split(':')
+        .map(|dir| std::path::Path::new(dir).join(name))
+        .find(|p| executable(p))
+        .map(|p| p.display().to_string())
+}
+
+/// Salt's reading of PID 1's command line (`salt/grains/core.py`, `_linux_init_system`).
+fn init_from_cmdline(
+    words: &[String],
+    which: &dyn Fn(&str) -> Option<String>,
+    read: &dyn Fn(&str) -> Option<Vec<u8>>,
+) -> String {
+    let Some(first) = words.first() else {
+        return "unknown".to_owned();
+    };
+    let holds = |name: &str| which(name).is_some_and(|path| words.contains(&path));
+    match which(first) {
+        Some(binary) if binary.ends_with("bin/init") => {
+            // Salt reads the binary in 256 KiB chunks and takes the first name found.
+            let content = read(&binary).unwrap_or_default().to_ascii_lowercase();
+            let find = |needle: &str| {
+                content
+                    .windows(needle.len())
+                    .position(|w| w == needle.as_bytes())
+            };
+            ["upstart", "sysvinit", "systemd"]
+                .iter()
+                .filter_map(|name| find(name).map(|at| (at / (256 * 1024), *name)))
+                .min_by_key(|(chunk, _)| *chunk)
+                .map_or("unknown", |(_, name)| name)
+                .to_owned()
+        }
+        _ if holds("supervisord") => "supervisord".to_owned(),
+        _ if holds("dumb-init") => "dumb-init".to_owned(),
+        _ if holds("tini") => "tini".to_owned(),
+        _ if words == ["runit"] => "runit".to_owned(),
+        _ if words.iter().any(|w| w == "/sbin/my_init") => "runit".to_owned(),
+        _ => "unknown".to_owned(),
+    }
 }
 
 fn cpu_model() -> String {
@@ -100,6 +160,38 @@ pub fn to_json(grains: &Grains) -> serde_json::Value {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_init_grain_is_read_from_pid_1_as_salt_reads_it() {
+        let words = |s: &str| s.split(' ').map(str::to_owned).collect::<Vec<_>>();
+        let which = |name: &str| match name {
+            "/sbin/init" | "init" => Some("/sbin/init".to_owned()),
+            "tini" => Some("/usr/bin/tini".to_owned()),
+            "runit" => Some("/usr/bin/runit".to_owned()),
+            _ => None,
+        };
+        let systemd = |_: &str| Some(b"... SYSTEMD 252 ...".to_vec());
+        let none = |_: &str| None;
+        assert_eq!(
+            init_from_cmdline(&words("/sbin/init splash"), &which, &systemd),
+            "systemd"
+        );
+        assert_eq!(
+            init_from_cmdline(&words("/sbin/init"), &which, &none),
+            "unknown"
+        );
+        assert_eq!(
+            init_from_cmdline(&words("/usr/bin/tini -- app"), &which, &none),
+            "tini"
+        );
+        assert_eq!(init_from_cmdline(&words("runit"), &which, &none), "runit");
+        // A sandbox's own PID 1 (this CI's `process_api`): Salt says `unknown`, not its name.
+        assert_eq!(
+            init_from_cmdline(&words("/process_api --addr 0.0.0.0:2024"), &which, &none),
+            "unknown"
+        );
+        assert_eq!(init_from_cmdline(&[], &which, &none), "unknown");
+    }
 
     #[test]
     fn grains_describe_this_machine() {

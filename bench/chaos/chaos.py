@@ -36,6 +36,14 @@ def wait_for(what, check, timeout=60.0):
         except Exception:
             pass
         time.sleep(0.1)
+    # The logs say why; the work dir may be removed when the bench ends.
+    for name in ("agent.log", "master.log"):
+        try:
+            with open(os.path.join(WORK, name)) as f:
+                tail = f.readlines()[-40:]
+        except OSError:
+            continue
+        sys.stderr.write("---- last lines of %s ----\n%s" % (name, "".join(tail)))
     raise SystemExit("chaos: timed out waiting for %s" % what)
 
 
@@ -253,6 +261,11 @@ def run_cycles(procs):
         phase = rng.choice(["staging", "prod"])
         target = rng.choice(["agent", "master"])
         group = rng.choice([True, False])
+        # Fixed choices to chase one kind of fault (the random draws still happen, so a seed
+        # keeps its delays).
+        phase = os.environ.get("CHAOS_PHASE", phase)
+        target = os.environ.get("CHAOS_TARGET", target)
+        group = {"1": True, "0": False}.get(os.environ.get("CHAOS_GROUP", ""), group)
         delay = rng.uniform(0, durations[phase] * 1.2)
         outcome = {}
         for env_name in ("staging", "prod"):

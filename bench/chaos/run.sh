@@ -4,6 +4,7 @@
 #
 #   bench/chaos/run.sh
 #   env: CYCLES=200  FILES=2000 (files the build writes, 100 per 0.1 s)  SEED=$RANDOM
+#        CHAOS_PHASE=staging|prod CHAOS_TARGET=agent|master CHAOS_GROUP=0|1 (fix a choice)
 #        CORPUS_BIN=DIR (binaries already built; default: cargo build --bins, debug)  KEEP=1
 set -euo pipefail
 CYCLES=${CYCLES:-200}

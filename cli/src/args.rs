@@ -31,6 +31,16 @@ pub struct Cli {
     /// Print JSON instead of text.
     #[arg(long, global = true)]
     pub json: bool,
+    /// How long a command following a job (push, rollback, destroy, follow) waits for any
+    /// word from the master (the master sends a keepalive every 10 s) before giving up.
+    #[arg(long, global = true, env = "CORPUS_IDLE_SECONDS", default_value_t = 60,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub idle_seconds: u64,
+    /// How long a command following a job tries to reattach to it when its stream breaks
+    /// (the master restarted, the network blinked) before giving up.
+    #[arg(long, global = true, env = "CORPUS_REATTACH_SECONDS", default_value_t = 120,
+          value_parser = clap::value_parser!(u64).range(1..))]
+    pub reattach_seconds: u64,
     #[command(subcommand)]
     pub command: Command,
 }

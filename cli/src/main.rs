@@ -93,6 +93,10 @@ async fn run(cli: Cli) -> anyhow::Result<()> {
 
 async fn run_with_deadline(cli: &Cli, session: session::Session) -> anyhow::Result<()> {
     let json = cli.json;
+    progress::set_stream_deadlines(progress::StreamDeadlines {
+        idle: std::time::Duration::from_secs(cli.idle_seconds),
+        reattach: std::time::Duration::from_secs(cli.reattach_seconds),
+    });
     if cli.command.follows_a_job() {
         // A job may run silently for long: its stream has h2 keep-alive pings instead.
         return run_command(cli, session, json).await;

@@ -13,9 +13,67 @@ use tonic::Streaming;
 
 use crate::session::{self, Session, rpc_error};
 
-/// How long a client whose stream broke (the master restarted, the network blinked) tries to
-/// reattach to its job before giving up.
-pub const REATTACH_FOR: Duration = Duration::from_secs(120);
+/// The deadlines of a client following a job (`--idle-seconds`, `--reattach-seconds`).
+#[derive(Debug, Clone, Copy)]
+pub struct StreamDeadlines {
+    /// How long the stream may bring nothing at all, not even the master's keepalive (every
+    /// 10 s), before the client gives up: the master is frozen or the path to it is dead.
+    pub idle: Duration,
+    /// How long a client whose stream broke (the master restarted, the network blinked)
+    /// tries to reattach to its job before giving up.
+    pub reattach: Duration,
+}
+
+impl Default for StreamDeadlines {
+    fn default() -> Self {
+        StreamDeadlines {
+            idle: Duration::from_secs(60),
+            reattach: Duration::from_secs(120),
+        }
+    }
+}
+
+static STREAM_DEADLINES: std::sync::OnceLock<StreamDeadlines> = std::sync::OnceLock::new();
+
+/// Sets the deadlines for the rest of the process (once, from the command line).
+pub fn set_stream_deadlines(deadlines: StreamDeadlines) {
+    let _ = STREAM_DEADLINES.set(deadlines);
+}
+
+fn stream_deadlines() -> StreamDeadlines {
+    STREAM_DEADLINES.get().copied().unwrap_or_default()
+}
+
+/// The error of a master that said nothing for the idle deadline while `what` ran.
+fn silent_stream(session: &Session, env: &str, what: &str, job_id: &str) -> anyhow::Error {
+    let idle = stream_deadlines().idle.as_secs();
+    let resume = if job_id.is_empty() {
+        format!("see `corpus status {} {env}`", session.endpoint.name)
+    } else {
+        format!(
+            "follow it with `corpus follow {} {env} {job_id}`",
+            session.endpoint.name
+        )
+    };
+    anyhow::anyhow!(
+        "the master at {} sent nothing for {idle} s (the idle deadline, --idle-seconds; it          sends a keepalive every 10 s): it may be frozen or unreachable; {what} may still          run: {resume}",
+        session.endpoint.url
+    )
+}
+
+/// Waits for the answer opening a job's stream (rollback, destroy, follow), within the idle
+/// deadline: a frozen master must not leave the client waiting in silence.
+pub async fn opened<T>(
+    endpoint: &crate::config::Endpoint,
+    doing: &str,
+    call: impl std::future::Future<Output = Result<tonic::Response<T>, tonic::Status>>,
+) -> anyhow::Result<T> {
+    let limit = stream_deadlines().idle;
+    match tokio::time::timeout(limit, call).await {
+        Ok(answer) => Ok(answer.map_err(|s| rpc_error(endpoint, s))?.into_inner()),
+        Err(_) => Err(session::silent_master(endpoint, doing, limit)),
+    }
+}
 
 /// The job ran and did not succeed (failed, rolled back or refused); the message says which
 /// and at what step.
@@ -90,7 +148,7 @@ fn millis(ms: u64) -> String {
 }
 
 /// Attaches again to `job_id` from event `from_sequence` on, logging in anew each time (the
-/// master may have restarted), until [`REATTACH_FOR`] after `since`.
+/// master may have restarted), until the reattach deadline after `since`.
 async fn reattach(
     session: &mut Session,
     env: &str,
@@ -99,7 +157,8 @@ async fn reattach(
     since: Instant,
 ) -> anyhow::Result<Streaming<JobUpdate>> {
     let mut last_error = String::new();
-    while since.elapsed() < REATTACH_FOR {
+    let window = stream_deadlines().reattach;
+    while since.elapsed() < window {
         tokio::time::sleep(Duration::from_millis(500)).await;
         let fresh = match session::login(&session.endpoint).await {
             Ok(fresh) => fresh,
@@ -115,15 +174,17 @@ async fn reattach(
             project: String::new(),
             from_sequence,
         };
-        match session.client.follow(request).await {
-            Ok(updates) => return Ok(updates.into_inner()),
-            Err(status) => last_error = rpc_error(&session.endpoint, status).to_string(),
+        let call = session.client.follow(request);
+        match opened(&session.endpoint, "reattaching", call).await {
+            Ok(updates) => return Ok(updates),
+            Err(e) => last_error = e.to_string(),
         }
     }
     anyhow::bail!(
         "lost the master while following job {job_id} and could not reattach within {} s \
-         ({last_error}): the job may still run; follow it with `corpus follow {} {env} {job_id}`",
-        REATTACH_FOR.as_secs(),
+         (the reattach deadline, --reattach-seconds; {last_error}): the job may still run; \
+         follow it with `corpus follow {} {env} {job_id}`",
+        window.as_secs(),
         session.endpoint.name
     )
 }
@@ -170,8 +231,17 @@ pub async fn follow(
     // Listening from the start to the end: a signal between two updates is not lost.
     let mut stop = std::pin::pin!(interrupted());
     loop {
+        let idle = stream_deadlines().idle;
         let next = tokio::select! {
-            next = updates.message() => next,
+            next = tokio::time::timeout(idle, updates.message()) => match next {
+                Ok(next) => next,
+                Err(_) => {
+                    if let Some(bar) = &spinner {
+                        bar.finish_and_clear();
+                    }
+                    return Err(silent_stream(&session, env, what, &job_id));
+                }
+            },
             () = &mut stop => return Err(interruption(&session.endpoint.name, &job_id)),
         };
         let update = match next {
@@ -266,7 +336,8 @@ pub async fn follow(
                 }
             }
             Some(job_update::Body::Finished(f)) => finished = Some(f),
-            None => {}
+            // The master is alive; the idle deadline starts again.
+            Some(job_update::Body::Keepalive(_)) | None => {}
         }
     }
     if let Some(bar) = spinner {

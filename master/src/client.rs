@@ -277,13 +277,14 @@ impl corpus_proto::client_server::Client for ClientService {
     ) -> Result<Response<StatusResponse>, Status> {
         let user = session_user(&self.state, &request).await?;
         let req = request.into_inner();
-        let (environment, projects) = self
+        let (environment, projects, running) = self
             .state
             .blocking(move |s| deploys::status(s, &user, &req.env_uuid, &req.project))
             .await?;
         Ok(Response::new(StatusResponse {
             environment: Some(wire::environment(&environment)),
             projects: projects.into_iter().map(wire::project_status).collect(),
+            running_jobs: running.into_iter().map(wire::running_job).collect(),
         }))
     }
 

@@ -564,13 +564,15 @@ pub fn destroy(
     dispatch(state, new)
 }
 
-/// The environment and its projects (or the one named), with deployments and releases.
+/// The environment and its projects (or the one named), with deployments and releases, and
+/// the jobs still running there, of every kind (a whole-environment destroy included when one
+/// project is asked), oldest first.
 pub fn status(
     state: &MasterState,
     user: &str,
     env_uuid: &str,
     project: &str,
-) -> MasterResult<(EnvironmentRecord, Vec<ProjectStatus>)> {
+) -> MasterResult<(EnvironmentRecord, Vec<ProjectStatus>, Vec<JobRecord>)> {
     let env = authorize(state, user, env_uuid)?;
     let projects = if project.is_empty() {
         state.store.projects(&env.uuid)?
@@ -599,7 +601,15 @@ pub fn status(
             releases,
         });
     }
-    Ok((env, out))
+    let mut running: Vec<JobRecord> = state
+        .store
+        .environment_jobs(&env.uuid)?
+        .into_iter()
+        .filter(|j| j.state == JobState::Running)
+        .filter(|j| project.is_empty() || j.project.is_empty() || j.project == project)
+        .collect();
+    running.sort_by_key(|j| (j.created_at, j.created_ms));
+    Ok((env, out, running))
 }
 
 #[cfg(test)]

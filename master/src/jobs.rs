@@ -107,8 +107,13 @@ pub struct JobOrder {
 pub enum JobUpdate {
     Started(String),
     Event(JobEvent),
-    Missed { job_id: String, count: u64 },
+    Missed {
+        job_id: String,
+        count: u64,
+    },
     Finished(JobOutcome),
+    /// Nothing else to say for a while (`relay::KEEPALIVE_EVERY`): the master is alive.
+    Keepalive,
 }
 
 /// A job ready to be recorded and sent, with what is recorded along with it.
@@ -766,7 +771,7 @@ mod tests {
 
     /// Drains a finished relay without an async runtime (every update is already queued).
     fn drain_queued(updates: Updates) -> Vec<JobUpdate> {
-        let mut rx = updates.into_inner();
+        let mut rx = updates.into_inner().into_inner();
         let mut out = Vec::new();
         while let Ok(update) = rx.try_recv() {
             out.push(update);

@@ -2,8 +2,16 @@
 //! wait on a slow client, so events go through a bounded queue and are dropped (and counted)
 //! when it is full; every event is stored anyway. Two slots are taken when the relay opens, so
 //! the notice of what was missed and the job's result always fit: the result is never dropped.
+//! A stream with nothing to say for [`KEEPALIVE_EVERY`] says `Keepalive`, so a client can tell a
+//! quiet job (a long build) from a master that stopped answering.
+
+use std::pin::Pin;
+use std::task::{Context, Poll};
+use std::time::Duration;
 
 use tokio::sync::mpsc::{self, OwnedPermit, error::TrySendError};
+use tokio::time::Sleep;
+use tokio_stream::Stream;
 use tokio_stream::wrappers::ReceiverStream;
 
 use crate::jobs::{JobEvent, JobOutcome, JobUpdate};
@@ -11,8 +19,56 @@ use crate::jobs::{JobEvent, JobOutcome, JobUpdate};
 /// How many events may wait for a client before the relay drops them.
 pub const EVENT_QUEUE: usize = 1024;
 
-/// What the client reads: `Started`, events, at most one `Missed`, then `Finished`.
-pub type Updates = ReceiverStream<JobUpdate>;
+/// How long a job's stream may stay silent before the master sends a `Keepalive` (the CLI's
+/// idle deadline, 60 s by default, must be longer).
+pub const KEEPALIVE_EVERY: Duration = Duration::from_secs(10);
+
+/// What the client reads: `Started`, events, at most one `Missed`, then `Finished`, with
+/// `Keepalive`s whenever nothing else came for [`KEEPALIVE_EVERY`].
+pub type Updates = Keepalive<ReceiverStream<JobUpdate>>;
+
+/// A stream of updates that yields `Keepalive` after each [`KEEPALIVE_EVERY`] of silence, and
+/// ends when the inner stream ends.
+pub struct Keepalive<S> {
+    inner: S,
+    /// Armed at the first poll: the relay may be opened outside an async runtime.
+    quiet: Option<Pin<Box<Sleep>>>,
+}
+
+impl<S> Keepalive<S> {
+    pub fn new(inner: S) -> Keepalive<S> {
+        Keepalive { inner, quiet: None }
+    }
+
+    pub fn into_inner(self) -> S {
+        self.inner
+    }
+}
+
+impl<S: Stream<Item = JobUpdate> + Unpin> Stream for Keepalive<S> {
+    type Item = JobUpdate;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<JobUpdate>> {
+        let this = self.get_mut();
+        let next_quiet = || tokio::time::Instant::now() + KEEPALIVE_EVERY;
+        if let Poll::Ready(item) = Pin::new(&mut this.inner).poll_next(cx) {
+            if let Some(quiet) = this.quiet.as_mut() {
+                quiet.as_mut().reset(next_quiet());
+            }
+            return Poll::Ready(item);
+        }
+        let quiet = this
+            .quiet
+            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(next_quiet())));
+        match quiet.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                quiet.as_mut().reset(next_quiet());
+                Poll::Ready(Some(JobUpdate::Keepalive))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    }
+}
 
 /// The sending side, held by the master while the job runs.
 pub struct Relay {
@@ -48,7 +104,7 @@ impl Relay {
             result_slot,
             missed: 0,
         };
-        (relay, ReceiverStream::new(rx))
+        (relay, Keepalive::new(ReceiverStream::new(rx)))
     }
 
     /// Queues an event, or counts it as missed when the client is behind. Never waits.

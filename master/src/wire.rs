@@ -137,6 +137,18 @@ fn release(r: ReleaseRecord) -> pb::Release {
     }
 }
 
+/// A running job as `corpus status` lists it.
+pub fn running_job(job: JobRecord) -> pb::RunningJob {
+    pb::RunningJob {
+        kind: kind(job.kind) as i32,
+        job_id: job.id,
+        project: job.project,
+        requested_by: job.requested_by,
+        started_at_unix: job.created_at,
+        deploy_id: job.deploy_id,
+    }
+}
+
 pub fn project_status(status: ProjectStatus) -> pb::ProjectStatus {
     pb::ProjectStatus {
         project: status.project.name.clone(),
@@ -296,6 +308,9 @@ pub fn job_update(update: JobUpdate) -> Result<pb::JobUpdate, Status> {
             count,
         }),
         JobUpdate::Finished(o) => Body::Finished(job_outcome_out(o)),
+        JobUpdate::Keepalive => Body::Keepalive(pb::StreamKeepalive {
+            interval_seconds: crate::relay::KEEPALIVE_EVERY.as_secs() as u32,
+        }),
     };
     Ok(pb::JobUpdate { body: Some(body) })
 }

@@ -76,6 +76,9 @@ impl From<Grains> for crate::v1::Grains {
 /// `saltversioninfo` against releases to pick syntax.
 pub const SALT_COMPAT_VERSION: [u32; 2] = [3008, 3];
 
+/// Salt's `kernel` grain on the only kernel agents run on.
+pub const SALT_KERNEL: &str = "Linux";
+
 /// What an agent reads from its machine for Salt's grains beyond the wire fields. The master has
 /// none of it, and sees only the grains derivable from [`Grains`].
 #[derive(Debug, Clone, Default, PartialEq)]
@@ -167,6 +170,9 @@ impl Grains {
         for (key, value) in self.salt_grains(facts) {
             map.entry(key).or_insert(value);
         }
+        // Salt's `kernel` is the kernel's name (Python's `platform.system()`); the release the
+        // agent reports is Salt's `kernelrelease`.
+        map.insert("kernel".into(), Json::from(SALT_KERNEL));
         Json::Object(map)
     }
 
@@ -319,7 +325,7 @@ mod tests {
             "fqdn": "web1.example.org", "num_cpus": 4, "mem_total": 8192, "init": "systemd",
             "saltversioninfo": [3008, 3], "ip4_interfaces": {"lo": ["127.0.0.1"], "eth0": ["10.0.0.5"]},
             "ipv4": ["127.0.0.1", "10.0.0.5"], "fqdn_ip4": ["10.0.0.5"], "id": "web1",
-            "kernel": "6.1.0",
+            "kernel": "Linux", "kernelrelease": "6.1.0",
         });
         for (key, value) in expected.as_object().into_iter().flatten() {
             assert_eq!(g.get(key), Some(value), "grain {key}");

@@ -3,7 +3,7 @@
 use corpus_proto::DestroyRequest;
 
 use crate::progress;
-use crate::session::{Session, rpc_error};
+use crate::session::Session;
 
 pub async fn run(
     mut session: Session,
@@ -11,15 +11,11 @@ pub async fn run(
     project: Option<&str>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let updates = session
-        .client
-        .destroy(DestroyRequest {
-            env_uuid: env.to_owned(),
-            project: project.unwrap_or_default().to_owned(),
-        })
-        .await
-        .map_err(|s| rpc_error(&session.endpoint, s))?
-        .into_inner();
+    let call = session.client.destroy(DestroyRequest {
+        env_uuid: env.to_owned(),
+        project: project.unwrap_or_default().to_owned(),
+    });
+    let updates = progress::opened(&session.endpoint, "starting the destroy", call).await?;
     let what = match project {
         Some(p) => format!("destroy of {p}"),
         None => format!("destroy of environment {env}"),

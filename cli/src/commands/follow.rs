@@ -5,7 +5,7 @@
 use corpus_proto::FollowRequest;
 
 use crate::progress;
-use crate::session::{Session, rpc_error};
+use crate::session::Session;
 
 pub async fn run(mut session: Session, env: &str, target: &str, json: bool) -> anyhow::Result<()> {
     let is_job = uuid::Uuid::try_parse(target).is_ok();
@@ -23,12 +23,8 @@ pub async fn run(mut session: Session, env: &str, target: &str, json: bool) -> a
         },
         from_sequence: 0,
     };
-    let updates = session
-        .client
-        .follow(request)
-        .await
-        .map_err(|s| rpc_error(&session.endpoint, s))?
-        .into_inner();
+    let call = session.client.follow(request);
+    let updates = progress::opened(&session.endpoint, "attaching to the job", call).await?;
     let what = if is_job {
         format!("job {target}")
     } else {

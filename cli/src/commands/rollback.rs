@@ -4,7 +4,7 @@
 use corpus_proto::RollbackRequest;
 
 use crate::progress;
-use crate::session::{Session, rpc_error};
+use crate::session::Session;
 
 pub async fn run(
     mut session: Session,
@@ -13,16 +13,12 @@ pub async fn run(
     to: Option<&str>,
     json: bool,
 ) -> anyhow::Result<()> {
-    let updates = session
-        .client
-        .rollback(RollbackRequest {
-            env_uuid: env.to_owned(),
-            project: project.to_owned(),
-            to_deploy_id: to.unwrap_or_default().to_owned(),
-        })
-        .await
-        .map_err(|s| rpc_error(&session.endpoint, s))?
-        .into_inner();
+    let call = session.client.rollback(RollbackRequest {
+        env_uuid: env.to_owned(),
+        project: project.to_owned(),
+        to_deploy_id: to.unwrap_or_default().to_owned(),
+    });
+    let updates = progress::opened(&session.endpoint, "starting the rollback", call).await?;
     progress::follow(
         session,
         env,

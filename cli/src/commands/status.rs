@@ -1,7 +1,7 @@
-//! `corpus status ENDPOINT ENV_UUID [PROJECT]`: deployments (the live one marked), releases,
-//! storage used / quota.
+//! `corpus status ENDPOINT ENV_UUID [PROJECT]`: the jobs still running (of every kind: deploy,
+//! rollback, destroy, init), deployments (the live one marked), releases, storage used / quota.
 
-use corpus_proto::{JobStatus, Mode, StatusRequest};
+use corpus_proto::{JobKind, JobStatus, Mode, StatusRequest};
 use serde_json::json;
 
 use crate::session::{Session, rpc_error};
@@ -64,7 +64,22 @@ pub async fn run(
             .iter()
             .flat_map(|p| p["deployments"].as_array().cloned().unwrap_or_default())
             .collect();
+        let running: Vec<_> = status
+            .running_jobs
+            .iter()
+            .map(|j| {
+                json!({
+                    "job_id": j.job_id,
+                    "kind": JobKind::label_of(j.kind),
+                    "project": j.project,
+                    "user": j.requested_by,
+                    "started": j.started_at_unix,
+                    "deploy_id": j.deploy_id,
+                })
+            })
+            .collect();
         let out = json!({
+            "running_jobs": running,
             "environment": {
                 "uuid": environment.uuid,
                 "platform": environment.platform,
@@ -95,6 +110,24 @@ pub async fn run(
             environment.uid, environment.smep
         );
     }
+    // Whoever started them (the client may be gone): what runs, and how to watch it.
+    for j in &status.running_jobs {
+        let target = if j.project.is_empty() {
+            "the environment".to_owned()
+        } else {
+            j.project.clone()
+        };
+        println!(
+            "running: job {} ({} of {target} by {}, started {}; follow it: corpus follow {} {} {})",
+            j.job_id,
+            JobKind::label_of(j.kind),
+            j.requested_by,
+            corpus_runtime::format_unix_time(j.started_at_unix),
+            session.endpoint.name,
+            environment.uuid,
+            j.job_id
+        );
+    }
     for p in &status.projects {
         let quota = p.quota.clone().unwrap_or_default();
         println!(
@@ -121,17 +154,6 @@ pub async fn run(
                 d.commit.get(..8).unwrap_or(&d.commit),
                 JobStatus::label_of(d.result),
                 corpus_proto::names::printable(&failed)
-            );
-        }
-        // A deploy still running: say how to watch it (the push that started it may be gone).
-        for d in p
-            .deployments
-            .iter()
-            .filter(|d| d.result == JobStatus::Running as i32)
-        {
-            println!(
-                "  running: job {} (follow it: corpus follow {} {} {})",
-                d.job_id, session.endpoint.name, environment.uuid, d.job_id
             );
         }
         if p.releases.is_empty() {

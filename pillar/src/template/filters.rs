@@ -8,9 +8,9 @@ use minijinja::ErrorKind;
 use minijinja::value::{Kwargs, Value, ValueKind};
 use serde_json::Value as Json;
 
-use super::python::{write_json_string, write_python_json, write_yaml_flow};
+use super::python::{write_python_json, write_yaml_flow};
 use super::salt::traverse_value;
-use super::values::{List, from_json, mutable, to_json};
+use super::values::{List, Tuple, from_json, mutable, to_json};
 use crate::tree::{SourceTree, normalize_path};
 
 fn invalid(message: impl Into<String>) -> minijinja::Error {
@@ -121,10 +121,15 @@ pub(crate) fn filter_regex_replace(
     Ok(re.replace_all(text, rust_replacement.as_str()).into_owned())
 }
 
+/// What Salt's `regex_search`/`regex_match` return: none without a match, else the groups as
+/// a tuple, or `(whole match,)` when the pattern has no group.
 fn groups(captures: Option<regex::Captures<'_>>) -> Value {
     match captures {
         None => Value::from(()),
-        Some(found) => Value::from(
+        Some(found) if found.len() == 1 => {
+            Tuple::new_value(vec![Value::from(found.get(0).map_or("", |m| m.as_str()))])
+        }
+        Some(found) => Tuple::new_value(
             found
                 .iter()
                 .skip(1)
@@ -202,23 +207,71 @@ pub(crate) fn filter_quote(value: Value) -> String {
     }
 }
 
-/// `yaml_encode`: one value as a YAML scalar (or flow collection).
+/// `yaml_encode`: one scalar as Salt writes it: a string always double-quoted (PyYAML's
+/// escapes), `null`, `true`/`false`, a number as is. A list or dict is refused, as in Salt.
 pub(crate) fn filter_yaml_encode(value: Value) -> Result<String, minijinja::Error> {
-    let json = to_json(&value)?;
-    let mut out = String::new();
-    write_yaml_flow(&json, &mut out);
-    Ok(out)
+    match to_json(&value)? {
+        Json::String(text) => Ok(yaml_double_quoted(&text)),
+        Json::Array(_) | Json::Object(_) => Err(minijinja::Error::new(
+            ErrorKind::InvalidOperation,
+            "yaml_encode() only works with YAML scalar data (a string, number, boolean or none), \
+             not a list or dict: use `yaml` or `json` for those",
+        )),
+        other => {
+            let mut out = String::new();
+            write_yaml_flow(&other, &mut out);
+            Ok(out)
+        }
+    }
 }
 
-/// `yaml_dquote`: a string as a double-quoted YAML scalar.
+/// A string as PyYAML's emitter writes it double-quoted (without `allow_unicode`): printable
+/// ASCII as is, `"` and `\` escaped, the named escapes (`\n`, `\t`, ...), anything else as
+/// `\xXX`, `\uXXXX` or `\UXXXXXXXX`.
+pub(crate) fn yaml_double_quoted(text: &str) -> String {
+    let mut out = String::with_capacity(text.len() + 2);
+    out.push('"');
+    for c in text.chars() {
+        let named = match c {
+            '\0' => Some('0'),
+            '\u{07}' => Some('a'),
+            '\u{08}' => Some('b'),
+            '\t' => Some('t'),
+            '\n' => Some('n'),
+            '\u{0B}' => Some('v'),
+            '\u{0C}' => Some('f'),
+            '\r' => Some('r'),
+            '\u{1B}' => Some('e'),
+            '"' => Some('"'),
+            '\\' => Some('\\'),
+            '\u{85}' => Some('N'),
+            '\u{A0}' => Some('_'),
+            '\u{2028}' => Some('L'),
+            '\u{2029}' => Some('P'),
+            _ => None,
+        };
+        match named {
+            Some(letter) => {
+                out.push('\\');
+                out.push(letter);
+            }
+            None if (' '..='~').contains(&c) => out.push(c),
+            None if (c as u32) <= 0xFF => out.push_str(&format!("\\x{:02X}", c as u32)),
+            None if (c as u32) <= 0xFFFF => out.push_str(&format!("\\u{:04X}", c as u32)),
+            None => out.push_str(&format!("\\U{:08X}", c as u32)),
+        }
+    }
+    out.push('"');
+    out
+}
+
+/// `yaml_dquote`: a string as a double-quoted YAML scalar (Salt's, PyYAML's escapes).
 pub(crate) fn filter_yaml_dquote(value: Value) -> String {
     let text = value
         .as_str()
         .map(str::to_string)
         .unwrap_or_else(|| value.to_string());
-    let mut out = String::new();
-    write_json_string(&text, false, &mut out);
-    out
+    yaml_double_quoted(&text)
 }
 
 /// `yaml_squote`: a string as a single-quoted YAML scalar.

@@ -8,7 +8,8 @@
 //! - `{% do expr %}` accepts any expression (minijinja only takes calls): `{% set __do = expr %}`;
 //! - dict and list literals become `__dict({...})` / `__list([...])`, mutable objects, so that
 //!   `{% do d.update(x) %}` works on them as in Python;
-//! - `'%s-%s' % (a, b)` (a string literal on the left) becomes `'%s-%s'|__percent((a, b))`.
+//! - `'%s-%s' % (a, b)` (a string literal, a name or a bracketed expression on the left)
+//!   becomes `'%s-%s'|__percent((a, b))`, which formats a string and takes a number's modulo.
 //!
 //! Line breaks are kept exactly, so error line numbers still match the user's file.
 
@@ -303,14 +304,19 @@ fn insert_after_close(piece: &mut String, text: &str) {
     piece.insert_str(1, text);
 }
 
-/// `'fmt' % operand` -> `'fmt'|__percent(operand)`.
+/// `'fmt' % operand` (or `fmt % operand`) -> `'fmt'|__percent(operand)`.
 fn rewrite_percent(tokens: &[(Token, &str)], pieces: &mut [String]) {
     let significant = |from: usize| (from..tokens.len()).find(|&j| tokens[j].0 != Token::Space);
     let mut previous: Option<Token> = None;
     for i in 0..tokens.len() {
         let token = tokens[i].0;
+        // A name or a bracketed expression on the left may hold a format string
+        // (`fmt % args`): `__percent` formats a string and takes the modulo of a number.
         if token == Token::Punct(b'%')
-            && previous == Some(Token::Str)
+            && matches!(
+                previous,
+                Some(Token::Str | Token::Name | Token::Punct(b')' | b']'))
+            )
             && let Some(start) = significant(i + 1)
             && let Some(end) = operand_end(tokens, start)
         {

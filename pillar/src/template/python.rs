@@ -29,6 +29,13 @@ pub(crate) fn python_repr(value: &Value) -> String {
             "'{}'",
             value.as_str().unwrap_or_default().replace('\'', "\\'")
         ),
+        ValueKind::Seq
+            if value
+                .downcast_object_ref::<super::values::Tuple>()
+                .is_some() =>
+        {
+            value.to_string()
+        }
         ValueKind::Seq => {
             let items: Vec<String> = value
                 .try_iter()
@@ -56,6 +63,56 @@ pub(crate) fn python_repr(value: &Value) -> String {
 /// `'fmt' % args`: Python's printf-style formatting (`%s %r %d %i %f %x %o %e %%`, flags,
 /// width, precision, `%(name)s` with a dict).
 pub(crate) fn percent(
+    state: &State<'_, '_>,
+    left: Value,
+    args: Value,
+) -> Result<Value, minijinja::Error> {
+    if left.kind() == ValueKind::Number {
+        return modulo(&left, &args);
+    }
+    let Some(format) = left.as_str() else {
+        return Err(invalid(format!(
+            "unsupported operand types for %: {} and {}",
+            left.kind(),
+            args.kind()
+        )));
+    };
+    format_percent(state, format, args).map(Value::from)
+}
+
+/// A number's `%` as in Python: the result has the divisor's sign.
+fn modulo(left: &Value, right: &Value) -> Result<Value, minijinja::Error> {
+    let zero = || invalid("integer division or modulo by zero");
+    match (i64::try_from(left.clone()), i64::try_from(right.clone())) {
+        (Ok(a), Ok(b)) => {
+            if b == 0 {
+                return Err(zero());
+            }
+            Ok(Value::from(
+                a.rem_euclid(b) + if b < 0 && a.rem_euclid(b) != 0 { b } else { 0 },
+            ))
+        }
+        _ => {
+            let (Ok(a), Ok(b)) = (f64::try_from(left.clone()), f64::try_from(right.clone())) else {
+                return Err(invalid(format!(
+                    "unsupported operand types for %: number and {}",
+                    right.kind()
+                )));
+            };
+            if b == 0.0 {
+                return Err(zero());
+            }
+            let r = a % b;
+            Ok(Value::from(if r != 0.0 && (r < 0.0) != (b < 0.0) {
+                r + b
+            } else {
+                r
+            }))
+        }
+    }
+}
+
+fn format_percent(
     _state: &State<'_, '_>,
     format: &str,
     args: Value,

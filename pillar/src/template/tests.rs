@@ -516,6 +516,20 @@ fn salt_statements_import_and_load_data() {
 }
 
 #[test]
+fn yaml_encode_refuses_a_list_as_salt_does() {
+    let got = render_with(
+        MemoryTree::new(),
+        "formula/init.sls",
+        "{{ [1] | yaml_encode }}",
+        &salt_ctx(),
+    );
+    assert!(
+        got.contains("yaml_encode() only works with YAML scalar data"),
+        "{got}"
+    );
+}
+
+#[test]
 fn salt_filters_and_syntax() {
     check(&[
         ("{{ {'a': {'b': 1}} | traverse('a:b') }}", "1"),
@@ -543,7 +557,32 @@ fn salt_filters_and_syntax() {
         ),
         (
             "{{ 'a: b' | yaml_encode }} {{ 'x' | yaml_encode }} {{ true | yaml_encode }}",
-            "'a: b' x true",
+            "\"a: b\" \"x\" true",
+        ),
+        // As salt-call 3008.3 prints them (PyYAML's double quotes, its escapes).
+        (
+            "{{ \"it's\" | yaml_encode }} {{ 'x\\ny' | yaml_encode }} {{ 'é' | yaml_encode }} {{ none | yaml_encode }} {{ 12 | yaml_encode }} {{ '' | yaml_encode }}",
+            "\"it's\" \"x\\ny\" \"\\xE9\" null 12 \"\"",
+        ),
+        // Salt's regex filters return tuples, `(whole match,)` without groups.
+        (
+            "{{ 'v12.5' | regex_search('v(\\d+)\\.(\\d+)') }}",
+            "('12', '5')",
+        ),
+        (
+            "{{ 'abc' | regex_search('b') }} {{ 'abc' | regex_match('a') }}",
+            "('b',) ('a',)",
+        ),
+        ("{{ 'abc' | regex_search('(x)?b') }}", "(None,)"),
+        ("{{ ('v1.2' | regex_search('(\\d)\\.(\\d)'))[1] }}", "2"),
+        // `%` with a variable on the left: formatting for a string, modulo for a number.
+        (
+            "{% set fmt = '%s-%d' %}{% set args = ('a', 3) %}{{ fmt % args }}",
+            "a-3",
+        ),
+        (
+            "{% set n = 7 %}{{ n % 3 }} {{ 10 % 4 }} {{ (n + 2) % 4 }}",
+            "1 2 1",
         ),
         ("{{ {'b': [1]} | yaml(False) }}", "b:\n- 1"),
         ("{{ {'b': 1} | json }}", r#"{"b": 1}"#),

@@ -224,6 +224,52 @@ impl List {
     }
 }
 
+/// A Python `tuple` (what `regex_search` and `regex_match` return): read-only, printed as
+/// `('a', 'b')` or `('a',)`.
+#[derive(Debug)]
+pub(crate) struct Tuple(Vec<Value>);
+
+impl Tuple {
+    pub(crate) fn new_value(items: Vec<Value>) -> Value {
+        Value::from_object(Tuple(items))
+    }
+}
+
+impl Object for Tuple {
+    fn repr(self: &Arc<Self>) -> ObjectRepr {
+        ObjectRepr::Seq
+    }
+
+    fn get_value(self: &Arc<Self>, key: &Value) -> Option<Value> {
+        let index = key.as_i64()?;
+        let index = if index < 0 {
+            self.0.len().checked_sub(index.unsigned_abs() as usize)?
+        } else {
+            index as usize
+        };
+        self.0.get(index).cloned()
+    }
+
+    fn enumerate(self: &Arc<Self>) -> Enumerator {
+        Enumerator::Values(self.0.clone())
+    }
+
+    fn enumerator_len(self: &Arc<Self>) -> Option<usize> {
+        Some(self.0.len())
+    }
+
+    fn render(self: &Arc<Self>, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result
+    where
+        Self: Sized + 'static,
+    {
+        let items: Vec<String> = self.0.iter().map(super::python::python_repr).collect();
+        match items.as_slice() {
+            [one] => write!(f, "({one},)"),
+            _ => write!(f, "({})", items.join(", ")),
+        }
+    }
+}
+
 impl Object for List {
     fn repr(self: &Arc<Self>) -> ObjectRepr {
         ObjectRepr::Seq

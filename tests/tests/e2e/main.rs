@@ -14,4 +14,5 @@ mod nodes;
 mod reliability;
 mod render;
 mod resources;
+mod running_jobs;
 mod tenancy;
