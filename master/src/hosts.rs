@@ -169,6 +169,7 @@ mod tests {
             }),
             last_seen: None,
             address: Some("10.1.2.3".into()),
+            conflicting_keys: Vec::new(),
         })?;
         if connected {
             // Registered is connected, whether or not anyone reads the link.
@@ -185,6 +186,8 @@ mod tests {
             admin,
             created_at: 0,
             max_envs: None,
+            disabled: false,
+            max_storage_bytes: None,
         })?;
         Ok(())
     }

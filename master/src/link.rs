@@ -682,6 +682,7 @@ mod tests {
             grains: None,
             last_seen: None,
             address: None,
+            conflicting_keys: Vec::new(),
         };
         state.accept(&mut record)?;
         Ok(record)

@@ -152,6 +152,7 @@ mod tests {
             grains: None,
             last_seen: None,
             address: None,
+            conflicting_keys: Vec::new(),
         };
         assert!(state.accept_with_token(&mut record, &token)?);
         Ok(record)
