@@ -970,9 +970,8 @@ mod tests {
     #[test]
     fn managed_sets_owner_and_group() {
         let fx = Fixture::new();
-        let Ok(nobody) = accounts::user_by_name("nobody") else {
-            return;
-        };
+        let nobody = accounts::user_by_name("nobody")
+            .expect("the test needs the system user nobody (every Debian system has it)");
         let name = fx.path("owned");
         let c = chunk(
             "file.managed",
