@@ -76,26 +76,43 @@ fn check_conflicts(id: &Identity) -> Result<(bool, bool), ConfineError> {
     Ok((group_by_gid.is_some(), user_by_uid.is_some()))
 }
 
+/// How long a shadow tool is retried while another one holds `/etc/passwd` or `/etc/group`.
+const ACCOUNT_LOCK_WAIT: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Runs a shadow tool. While another process (another `useradd`, an operator's `vipw`) holds
+/// the account files' lock, the tools fail at once ("cannot lock /etc/passwd; try again
+/// later"): that is retried for up to [`ACCOUNT_LOCK_WAIT`], any other failure is not.
 fn run(program: &str, args: &[&str]) -> Result<(), ConfineError> {
     let command = format!("{program} {}", args.join(" "));
-    let out = Command::new(program)
-        .args(args)
-        .output()
-        .map_err(|e| ConfineError::Command {
-            command: command.clone(),
-            message: format!("{e} (install the shadow tools: passwd)"),
-        })?;
-    if out.status.success() {
-        return Ok(());
+    let started = std::time::Instant::now();
+    let mut pause = std::time::Duration::from_millis(20);
+    loop {
+        let out = Command::new(program)
+            .args(args)
+            .output()
+            .map_err(|e| ConfineError::Command {
+                command: command.clone(),
+                message: format!("{e} (install the shadow tools: passwd)"),
+            })?;
+        if out.status.success() {
+            return Ok(());
+        }
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        let locked = stderr.contains("lock") || stderr.contains("try again");
+        if !locked || started.elapsed() >= ACCOUNT_LOCK_WAIT {
+            let waited = if locked {
+                format!(" (the account files stayed locked for {ACCOUNT_LOCK_WAIT:?})")
+            } else {
+                String::new()
+            };
+            return Err(ConfineError::Command {
+                command,
+                message: format!("{}: {}{waited}", out.status, stderr.trim()),
+            });
+        }
+        std::thread::sleep(pause);
+        pause = (pause * 2).min(std::time::Duration::from_millis(500));
     }
-    Err(ConfineError::Command {
-        command,
-        message: format!(
-            "{}: {}",
-            out.status,
-            String::from_utf8_lossy(&out.stderr).trim()
-        ),
-    })
 }
 
 /// The shell that refuses logins, wherever this distribution keeps it.
