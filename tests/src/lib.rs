@@ -185,7 +185,17 @@ fn identity_range(data_dir: &Path) -> Arc<IdentityRange> {
     }
     let slots_per_sheet = 99 / NUMBERS_PER_MASTER;
     let k = NEXT.fetch_add(1, Ordering::Relaxed);
-    let first = 1 + (k / 5 % slots_per_sheet) * NUMBERS_PER_MASTER;
+    // Live masters never share environment numbers, whatever their sheets: a range's drop
+    // removes its numbers' accounts under every sheet, which must not reach a running test's.
+    let taken: Vec<u32> = ranges
+        .iter()
+        .filter_map(|(_, range)| range.upgrade().map(|r| r.first))
+        .collect();
+    let slot = (0..slots_per_sheet)
+        .map(|s| (k + s) % slots_per_sheet)
+        .find(|s| !taken.contains(&(1 + s * NUMBERS_PER_MASTER)))
+        .unwrap_or(k % slots_per_sheet);
+    let first = 1 + slot * NUMBERS_PER_MASTER;
     let range = Arc::new(IdentityRange {
         sheet_number: k % 5 + 1,
         first,

@@ -160,7 +160,12 @@ fn push(config: &Path, env: &str, source: &Path, extra: &[&str]) -> anyhow::Resu
 
 fn pushed(config: &Path, env: &str, source: &Path, extra: &[&str]) -> anyhow::Result<()> {
     let out = push(config, env, source, extra)?;
-    anyhow::ensure!(out.status.success(), "push failed: {}", stderr(&out));
+    anyhow::ensure!(
+        out.status.success(),
+        "push failed: {}\n{}",
+        stderr(&out),
+        String::from_utf8_lossy(&out.stdout)
+    );
     Ok(())
 }
 
