@@ -9,7 +9,13 @@
 //! It prints one JSON line a second on stdout: `{"t": seconds, "connected": n, "attaches": n,
 //! "drops": n}`, and `{"event": "all_connected", "t": seconds}` each time every agent is
 //! attached again (after the start, after a master restart). The script reads those.
+//!
+//! The master limits connections per source address (`master/src/accept.rs`: 64 in the TLS
+//! handshake, 512 established). The agents are spread over loopback sources, `--per-source` to
+//! each of 127.0.0.2, 127.0.0.3, ... (all of 127.0.0.0/8 is loopback on Linux), and at most
+//! `--connect-concurrency` (below 64) are in the TCP and TLS handshake at once, over all sources.
 
+use std::net::{IpAddr, Ipv4Addr};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
@@ -65,6 +71,13 @@ struct Args {
     /// Its password (the environment variable keeps it off the command line).
     #[arg(long, env = "SIM_PASSWORD", default_value = "")]
     password: String,
+    /// Agents sharing one loopback source address (the master takes 512 per source).
+    #[arg(long, default_value_t = 400)]
+    per_source: usize,
+    /// Agents in the TCP and TLS handshake at once, over all sources (the master takes 64
+    /// in handshake per source).
+    #[arg(long, default_value_t = 48)]
+    connect_concurrency: usize,
 }
 
 /// One agent's identity.
@@ -79,6 +92,8 @@ struct Fleet {
     master: String,
     ca_pem: String,
     slots: u32,
+    /// Held while an agent is in the TCP and TLS handshake.
+    handshakes: Semaphore,
     connected: AtomicU64,
     attaches: AtomicU64,
     drops: AtomicU64,
@@ -125,6 +140,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         master: args.master.clone(),
         ca_pem,
         slots: args.slots,
+        handshakes: Semaphore::new(args.connect_concurrency.max(1)),
         connected: AtomicU64::new(0),
         attaches: AtomicU64::new(0),
         drops: AtomicU64::new(0),
@@ -134,8 +150,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         "{}",
         serde_json::json!({"event": "connecting", "agents": identities.len()})
     );
-    for identity in identities {
-        tokio::spawn(agent(fleet.clone(), identity));
+    let per_source = args.per_source.max(1);
+    for (index, identity) in identities.into_iter().enumerate() {
+        tokio::spawn(agent(fleet.clone(), identity, source(index, per_source)));
     }
     let envs = (args.envs > 0).then(|| (args.envs, args.user.clone(), args.password.clone()));
     report(&fleet, args.agents as u64, start, envs).await;
@@ -329,12 +346,48 @@ async fn admin(data_dir: &Path) -> anyhow::Result<AdminClient<tonic::transport::
     Ok(AdminClient::new(channel))
 }
 
+/// The loopback source address of agent `index`: 127.0.0.2 for the first `per_source`, then
+/// 127.0.0.3, ... (carrying into the next octet past .255).
+fn source(index: usize, per_source: usize) -> IpAddr {
+    let offset = u32::try_from(index / per_source).unwrap_or(u32::MAX >> 8);
+    IpAddr::V4(Ipv4Addr::from(
+        u32::from(Ipv4Addr::new(127, 0, 0, 2)).saturating_add(offset),
+    ))
+}
+
+/// An agent's mutual-TLS channel to the master from `source`: `corpus_runtime::tls::dial`'s
+/// settings, plus the source address. Waits for a handshake slot first.
+async fn dial(
+    fleet: &Fleet,
+    identity: &Identity,
+    source: IpAddr,
+) -> anyhow::Result<tonic::transport::Channel> {
+    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
+    let tls = ClientTlsConfig::new()
+        .ca_certificate(Certificate::from_pem(&fleet.ca_pem))
+        .identity(tonic::transport::Identity::from_pem(
+            &identity.certificate_pem,
+            &identity.key_pem,
+        ));
+    let endpoint = Endpoint::from_shared(fleet.master.clone())?
+        .tls_config(tls)?
+        .connect_timeout(Duration::from_secs(10))
+        .http2_keep_alive_interval(Duration::from_secs(30))
+        .keep_alive_timeout(Duration::from_secs(10))
+        .local_address(Some(source));
+    let _slot = fleet.handshakes.acquire().await?;
+    endpoint
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("{}", corpus_runtime::tls::error_chain(&e)))
+}
+
 /// One agent: attaches, serves its link, and reconnects with the agent's back-off.
-async fn agent(fleet: Arc<Fleet>, identity: Identity) {
+async fn agent(fleet: Arc<Fleet>, identity: Identity, source: IpAddr) {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         let attached = AtomicBool::new(false);
-        let ended = link(&fleet, &identity, &attached, &mut backoff).await;
+        let ended = link(&fleet, &identity, source, &attached, &mut backoff).await;
         if attached.load(Ordering::Relaxed) {
             fleet.connected.fetch_sub(1, Ordering::Relaxed);
             fleet.drops.fetch_add(1, Ordering::Relaxed);
@@ -352,15 +405,11 @@ async fn agent(fleet: Arc<Fleet>, identity: Identity) {
 async fn link(
     fleet: &Fleet,
     identity: &Identity,
+    source: IpAddr,
     attached: &AtomicBool,
     backoff: &mut Backoff,
 ) -> anyhow::Result<()> {
-    let channel = corpus_runtime::tls::dial(
-        &fleet.master,
-        &fleet.ca_pem,
-        Some((&identity.certificate_pem, &identity.key_pem)),
-    )
-    .await?;
+    let channel = dial(fleet, identity, source).await?;
     let (tx, rx) = mpsc::channel::<AgentMessage>(64);
     let hello = Hello {
         grains: Some(Grains {
@@ -370,7 +419,7 @@ async fn link(
             kernel: "6.1.0".into(),
             cpus: 2,
             memory_bytes: 4 << 30,
-            ip_addresses: vec!["127.0.0.1".into()],
+            ip_addresses: vec![source.to_string()],
             slots: fleet.slots,
             guest_type: "dir".into(),
             version: env!("CARGO_PKG_VERSION").into(),
