@@ -24,8 +24,8 @@ pub enum EnvsCommand {
 pub async fn run(command: EnvsCommand, console: &Console) -> anyhow::Result<()> {
     match command {
         EnvsCommand::List => list(console).await,
-        EnvsCommand::Grant { env, user } => grant(console, env, user).await,
-        EnvsCommand::Revoke { env, user } => revoke(console, env, user).await,
+        EnvsCommand::Grant { env, user } => set_grant(console, env, user, false).await,
+        EnvsCommand::Revoke { env, user } => set_grant(console, env, user, true).await,
         EnvsCommand::Defaults { env } => defaults(console, env).await,
     }
 }
@@ -61,47 +61,32 @@ async fn list(console: &Console) -> anyhow::Result<()> {
     Ok(())
 }
 
-async fn grant(console: &Console, env: String, user: String) -> anyhow::Result<()> {
+/// `envs grant` (`revoke` false) or `envs revoke`: one grant added or removed.
+async fn set_grant(
+    console: &Console,
+    env: String,
+    user: String,
+    revoke: bool,
+) -> anyhow::Result<()> {
     corpus_proto::names::validate_user_id(&user)?;
-    let e = console
-        .admin()
-        .await?
-        .grant_environment(GrantRequest {
-            env_uuid: env,
-            user: user.clone(),
-        })
-        .await
-        .map_err(rpc)?
-        .into_inner();
-    if console.json {
-        print_json(&env_json(&e));
+    let request = GrantRequest {
+        env_uuid: env,
+        user: user.clone(),
+    };
+    let mut admin = console.admin().await?;
+    let e = if revoke {
+        admin.revoke_environment(request).await
     } else {
-        println!(
-            "environment {} shared with {}",
-            printable(&e.uuid),
-            printable(&user)
-        );
+        admin.grant_environment(request).await
     }
-    Ok(())
-}
-
-async fn revoke(console: &Console, env: String, user: String) -> anyhow::Result<()> {
-    corpus_proto::names::validate_user_id(&user)?;
-    let e = console
-        .admin()
-        .await?
-        .revoke_environment(GrantRequest {
-            env_uuid: env,
-            user: user.clone(),
-        })
-        .await
-        .map_err(rpc)?
-        .into_inner();
+    .map_err(rpc)?
+    .into_inner();
     if console.json {
         print_json(&env_json(&e));
     } else {
+        let how = if revoke { "no longer shared" } else { "shared" };
         println!(
-            "environment {} no longer shared with {}",
+            "environment {} {how} with {}",
             printable(&e.uuid),
             printable(&user)
         );
