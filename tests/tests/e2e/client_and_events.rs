@@ -257,3 +257,73 @@ fn ctrl_c_during_a_push_says_the_job_goes_on_and_leaves_no_tarball() -> anyhow::
     })?;
     Ok(())
 }
+
+#[test]
+fn a_rollback_names_the_deployment_it_returned_to_as_status_shows_it() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let env = cluster.init_env("staging")?;
+    let source = cluster.root.path().join("src");
+    for version in ["v1", "v2"] {
+        sample_project(&source, version, &[])?;
+        let out = cluster.push(&env, "app", &source, &[])?;
+        assert!(out.status.success(), "{}", stderr(&out));
+    }
+    let first = cluster.status(&env, "app")?["deployments"]
+        .as_array()
+        .and_then(|d| d.first())
+        .and_then(|d| d["id"].as_str())
+        .map(str::to_owned)
+        .unwrap_or_default();
+    assert!(!first.is_empty(), "no first deployment in status");
+
+    let out = cluster.corpus(&["rollback", "local", &env, "app"])?;
+    let shown = stdout(&out);
+    assert!(out.status.success(), "{shown}\n{}", stderr(&out));
+    // The id printed is the deployment now live, as `corpus status` names it: the one
+    // returned to, not the rollback job's own.
+    assert!(
+        shown.contains(&format!("(deployment {first} is live)")),
+        "{shown}"
+    );
+    let status = cluster.status(&env, "app")?;
+    let live: Vec<&str> = status["deployments"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|d| d["live"] == true)
+        .filter_map(|d| d["id"].as_str())
+        .collect();
+    assert_eq!(live, vec![first.as_str()], "{status}");
+    Ok(())
+}
+
+#[test]
+fn a_flat_makina_projects_pillar_key_sets_the_project_settings() -> anyhow::Result<()> {
+    let cluster = Cluster::start()?;
+    let env = cluster.init_env("staging")?;
+    let source = cluster.root.path().join("src");
+    let build = "greet:\n  cmd.run:\n    - name: echo '{{ common.data.greeting }}' > {{ common.run_dir }}/greeting.txt\n";
+    sample_project(
+        &source,
+        "v1",
+        &[
+            ("build.sls", build),
+            ("PILLAR.sample", "greeting: from the sample\n"),
+        ],
+    )?;
+    // As README and makina-states write it: one key with a dot, not a nested mapping.
+    let pillar = cluster.root.path().join("pillar.sls");
+    std::fs::write(
+        &pillar,
+        "makina-projects.app:\n  greeting: from the flat key\n",
+    )?;
+    let pillar_arg = pillar.display().to_string();
+    let out = cluster.push(&env, "app", &source, &["--pillar", &pillar_arg])?;
+    assert!(out.status.success(), "{}", stderr(&out));
+    let run = cluster.project_dir(&env, "app").join("run");
+    assert_eq!(
+        std::fs::read_to_string(run.join("greeting.txt"))?,
+        "from the flat key\n"
+    );
+    Ok(())
+}
