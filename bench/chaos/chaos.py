@@ -36,7 +36,9 @@ def wait_for(what, check, timeout=60.0):
         except Exception:
             pass
         time.sleep(0.1)
-    # The logs say why; the work dir may be removed when the bench ends.
+    diagnose()
+    # The logs say why; the work dir is kept (run.sh sees the mark).
+    open(os.path.join(WORK, "..", "keep"), "w").close()
     for name in ("agent.log", "master.log"):
         try:
             with open(os.path.join(WORK, name)) as f:
@@ -45,6 +47,28 @@ def wait_for(what, check, timeout=60.0):
             continue
         sys.stderr.write("---- last lines of %s ----\n%s" % (name, "".join(tail)))
     raise SystemExit("chaos: timed out waiting for %s" % what)
+
+
+def diagnose():
+    """What the processes were doing when a wait timed out: whether each is alive, the agent's
+    own summary (SIGUSR2: its link state and since when), the master's TCP connections."""
+    procs = PROCS[0] if PROCS else None
+    if procs is None:
+        return
+    for name in ("master", "agent"):
+        p = getattr(procs, name)
+        state = "not started" if p is None else ("alive" if p.poll() is None else "exited %s" % p.returncode)
+        sys.stderr.write("chaos: %s (pid %s) %s\n" % (name, p.pid if p else "-", state))
+    if procs.agent is not None and procs.agent.poll() is None:
+        os.kill(procs.agent.pid, signal.SIGUSR2)
+        time.sleep(1)
+    if procs.port:
+        ss = subprocess.run(["ss", "-tnp", "state", "all", "( sport = :%d or dport = :%d )" % (procs.port, procs.port)],
+                            capture_output=True, text=True)
+        sys.stderr.write("---- sockets of port %d ----\n%s" % (procs.port, ss.stdout))
+
+
+PROCS = []
 
 
 class Procs:
@@ -222,6 +246,7 @@ def main():
     os.makedirs(WORK, exist_ok=True)
     subprocess.run([MASTER, "init", "--data-dir", MDIR], check=True, stdout=subprocess.DEVNULL)
     procs = Procs()
+    PROCS.append(procs)
     try:
         run_cycles(procs)
     finally:

@@ -5,7 +5,8 @@
 #   bench/chaos/run.sh
 #   env: CYCLES=200  FILES=2000 (files the build writes, 100 per 0.1 s)  SEED=$RANDOM
 #        CHAOS_PHASE=staging|prod CHAOS_TARGET=agent|master CHAOS_GROUP=0|1 (fix a choice)
-#        CORPUS_BIN=DIR (binaries already built; default: cargo build --bins, debug)  KEEP=1
+#        CORPUS_BIN=DIR (binaries already built; default: cargo build --bins, debug)
+#        KEEP=1 (keep the work dir and its logs; kept anyway when a wait times out)
 set -euo pipefail
 CYCLES=${CYCLES:-200}
 FILES=${FILES:-2000}
@@ -33,7 +34,8 @@ remove_accounts() {
 }
 cleanup() {
   remove_accounts
-  if [ -n "${KEEP:-}" ]; then echo "kept $W" >&2; else rm -rf "$W"; fi
+  # KEEP=1, or a wait that timed out (chaos.py marks it): the logs say why.
+  if [ -n "${KEEP:-}" ] || [ -e "$W/keep" ]; then echo "kept $W" >&2; else rm -rf "$W"; fi
 }
 trap cleanup EXIT
 echo "chaos: $CYCLES cycles, $FILES files per build, seed $SEED, binaries from $B, work in $W"
