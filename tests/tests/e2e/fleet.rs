@@ -128,9 +128,20 @@ fn operator_runs_target_batch_and_report_each_agent() -> anyhow::Result<()> {
     write_trees(root.path(), &out_dir)?;
     let states = root.path().join("states").display().to_string();
     let pillar = root.path().join("pillar").display().to_string();
+    // A nodegroup by custom grain, as Salt's `nodegroups:` in the master config.
+    let config = root.path().join("master.yaml");
+    std::fs::write(&config, "nodegroups:\n  webs: 'G@roles:web'\n")?;
+    let config = config.display().to_string();
     let master = Master::start_with(
         root.path(),
-        &["--file-root", &states, "--pillar-root", &pillar],
+        &[
+            "--file-root",
+            &states,
+            "--pillar-root",
+            &pillar,
+            "--config",
+            &config,
+        ],
     )?;
     let mut agents = Vec::new();
     for (id, roles) in [("web1", "[web]"), ("web2", "[web, cache]"), ("db1", "[db]")] {
@@ -216,6 +227,8 @@ fn operator_runs_target_batch_and_report_each_agent() -> anyhow::Result<()> {
         &["-C", "G@roles:db or G@roles:cache", "test.ping"],
         &["web2", "db1"],
     )?;
+    expect(&["-N", "webs", "test.ping"], &["web1", "web2"])?;
+    expect(&["-C", "N@webs and not web1", "test.ping"], &["web2"])?;
     expect(&["-L", "web1,db1", "test.ping"], &["web1", "db1"])?;
     expect(
         &["-C", "G@id:web* and not web2 or L@db1", "test.ping"],
@@ -293,6 +306,21 @@ fn operator_runs_target_batch_and_report_each_agent() -> anyhow::Result<()> {
             .iter()
             .any(|j| j["id"] == run_id.as_str() && j["user"] != "")),
         "{listed}"
+    );
+    let listed_run = listed
+        .as_array()
+        .and_then(|l| l.iter().find(|j| j["id"] == run_id.as_str()))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        listed_run["target"] == "*"
+            && listed_run["function"] == "cmd.run"
+            && listed_run["targeted"] == 3
+            && listed_run["succeeded"] == 3
+            && listed_run["started_unix_ms"]
+                .as_i64()
+                .is_some_and(|t| t > 0),
+        "{listed_run}"
     );
     let show_text = console(&["jobs", "show", &run_id])?;
     assert!(
@@ -378,6 +406,10 @@ fn operator_runs_ship_salt_files_stop_timed_out_calls_and_follow_custom_grains()
             "leak:\n  file.managed:\n    - name: {o}/leak2\n    - source: salt://up/outside.txt\n"
         ),
     )?;
+    std::fs::write(
+        states.join("failing.sls"),
+        "will_fail:\n  cmd.run:\n    - name: 'echo no; exit 3'\n",
+    )?;
     std::fs::write(pillar.join("top.sls"), "base:\n  '*':\n    - s\n")?;
     std::fs::write(pillar.join("s.sls"), "secret: s3\n")?;
     let master = Master::start_with(
@@ -423,6 +455,29 @@ fn operator_runs_ship_salt_files_stop_timed_out_calls_and_follow_custom_grains()
         .unwrap_or_default();
     assert!(changed.is_empty(), "{again:?}");
 
+    // A state failing on the agent: Salt's summary names it with its comment, exit non-zero.
+    let failing = console(&["apply", "*", "failing"])?;
+    assert!(!failing.status.success(), "{}", text(&failing));
+    let shown = String::from_utf8_lossy(&failing.stdout).into_owned();
+    assert!(
+        shown.contains("Failed:    1\n") && shown.contains("    - will_fail: "),
+        "{shown}"
+    );
+    // The other execution functions: grains (custom ones included) and the agent's plan.
+    let items = returns(&console(&["run", "*", "grains.items", "--json"])?)?;
+    assert_eq!(
+        items[0]["return"]["roles"],
+        serde_json::json!(["web"]),
+        "{items:?}"
+    );
+    assert_eq!(items[0]["return"]["id"], "node1", "{items:?}");
+    let shown = returns(&console(&["run", "*", "state.show_sls", "site", "--json"])?)?;
+    let ids: Vec<&str> = shown[0]["return"]["chunks"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|c| c["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, ["site_conf", "site_tree"], "{shown:?}");
+
     // Sources leaving file_root are refused, naming the state and the path.
     for (sls, source, leak) in [
         ("dots", "salt://../outside.txt", "leak1"),
@@ -460,6 +515,9 @@ fn operator_runs_ship_salt_files_stop_timed_out_calls_and_follow_custom_grains()
         "{ret:?}"
     );
     assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    wait_until("no `sleep 6007` left on the agent", || {
+        Ok(processes_running(&["sleep", "6007"]).is_empty())
+    })?;
     assert!(
         agent
             .proc
@@ -468,9 +526,6 @@ fn operator_runs_ship_salt_files_stop_timed_out_calls_and_follow_custom_grains()
         "{}",
         agent.proc.log_text()
     );
-    wait_until("no `sleep 6007` left on the agent", || {
-        Ok(processes_running(&["sleep", "6007"]).is_empty())
-    })?;
 
     // Custom grains follow the config on SIGHUP; a core grain cannot be overridden.
     let config = write_agent_config(&master, root.path(), "node1", "{roles: [db]}")?;
