@@ -8,9 +8,12 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde::Deserialize;
+use serde_json::{Map, Value as Json};
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 use tracing_subscriber::{EnvFilter, reload};
+
+pub use corpus_proto::grains::MAX_CUSTOM_GRAINS_BYTES;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ConfigError {
@@ -52,6 +55,8 @@ struct ConfigFile {
     log_level: Option<String>,
     heartbeat: Option<String>,
     outbound_allow: Option<Vec<String>>,
+    /// Custom grains (Salt's `/etc/salt/grains`, a minion's `grains:`).
+    grains: Option<Map<String, Json>>,
 }
 
 /// What SIGHUP may change on a running agent.
@@ -59,6 +64,9 @@ struct ConfigFile {
 pub struct LiveSettings {
     /// How many environments this agent hosts (its `slots` grain, sent again on change).
     pub slots: u32,
+    /// The operator's custom grains (`grains:`), for targeting (`-G roles:web`) and templates;
+    /// sent again in a new Hello on change.
+    pub grains: Map<String, Json>,
     /// A tracing filter directive (`info`, `debug`, `corpus_agent=debug`).
     pub log_level: String,
     /// Heartbeat at least this often, even if the master asks for less (None: the master's).
@@ -224,8 +232,11 @@ impl SettingsSource {
         if heartbeat.is_some_and(|h| h < Duration::from_secs(1)) {
             return Err(self.invalid("heartbeat is too short: use at least 1s".into()));
         }
+        let grains = file.grains.clone().unwrap_or_default();
+        check_custom_grains(&grains).map_err(|e| self.invalid(e))?;
         Ok(LiveSettings {
             slots,
+            grains,
             log_level,
             heartbeat,
         })
@@ -293,6 +304,39 @@ impl SettingsSource {
     pub fn reload_live(&self) -> Result<LiveSettings, ConfigError> {
         self.live_from(&self.file()?)
     }
+}
+
+/// The longest custom grain name.
+pub const MAX_GRAIN_NAME_CHARS: usize = 64;
+
+/// Custom grains must not replace a core grain (`id`, `os`, `ipv4`, ...: targeting and
+/// templates rely on them being the agent's own), must be named plainly (a `:` would split
+/// in `-G key:glob`), and must fit [`MAX_CUSTOM_GRAINS_BYTES`] as JSON.
+pub fn check_custom_grains(grains: &Map<String, Json>) -> Result<(), String> {
+    let core = crate::grains::Grains::default().template_json();
+    for key in grains.keys() {
+        if core.get(key).is_some() || key == "custom" {
+            return Err(format!(
+                "grains: {key:?} is a core grain the agent reports itself and cannot be overridden: rename the custom grain"
+            ));
+        }
+        let plain = key
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '-' | '.'));
+        if key.is_empty() || key.chars().count() > MAX_GRAIN_NAME_CHARS || !plain {
+            return Err(format!(
+                "grains: name {} is invalid: use 1 to {MAX_GRAIN_NAME_CHARS} letters, digits, '_', '-' or '.'",
+                corpus_proto::names::quote_input(key)
+            ));
+        }
+    }
+    let size = serde_json::to_vec(grains).map_or(usize::MAX, |b| b.len());
+    if size > MAX_CUSTOM_GRAINS_BYTES {
+        return Err(format!(
+            "grains: {size} bytes as JSON is over the limit of {MAX_CUSTOM_GRAINS_BYTES} bytes (64 KiB): keep custom grains small, put data in pillar"
+        ));
+    }
+    Ok(())
 }
 
 /// The token in `path` (trimmed). A missing file is no token: the file is removed once the
@@ -403,6 +447,7 @@ mod tests {
             s.live,
             LiveSettings {
                 slots: 3,
+                grains: Map::new(),
                 log_level: "warn".into(),
                 heartbeat: Some(Duration::from_secs(5)),
             }
@@ -421,6 +466,43 @@ mod tests {
             .err()
             .map(|e| e.to_string());
         assert!(missing.unwrap_or_default().contains("--master"));
+        Ok(())
+    }
+
+    #[test]
+    fn custom_grains_load_and_reload_but_never_replace_a_core_grain() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let config = dir.path().join("agent.yaml");
+        std::fs::write(
+            &config,
+            "grains:\n  roles: [web, cache]\n  site:\n    rack: r12\n",
+        )?;
+        let source = SettingsSource {
+            config: Some(config.clone()),
+            ..Default::default()
+        };
+        let live = source.reload_live()?;
+        assert_eq!(live.grains["roles"], serde_json::json!(["web", "cache"]));
+        assert_eq!(live.grains["site"]["rack"], "r12");
+
+        for (text, names) in [
+            ("grains:\n  os: Plan9\n", "\"os\""),
+            ("grains:\n  id: other\n", "\"id\""),
+            ("grains:\n  ipv4: [1.2.3.4]\n", "\"ipv4\""),
+            ("grains:\n  'a:b': 1\n", "a:b"),
+        ] {
+            std::fs::write(&config, text)?;
+            let err = source.reload_live().err().map(|e| e.to_string());
+            let err = err.unwrap_or_default();
+            assert!(
+                err.contains(names) && err.contains("agent.yaml"),
+                "{text}: {err}"
+            );
+        }
+        let big = format!("grains:\n  blob: {}\n", "x".repeat(MAX_CUSTOM_GRAINS_BYTES));
+        std::fs::write(&config, big)?;
+        let err = source.reload_live().err().map(|e| e.to_string());
+        assert!(err.unwrap_or_default().contains("65536 bytes"));
         Ok(())
     }
 }

@@ -148,7 +148,23 @@ pub fn collect(id: &str, slots: u32) -> Grains {
         version: env!("CARGO_PKG_VERSION").to_owned(),
         root: String::new(),
         isolation: crate::confine::detect_isolation().as_str().to_owned(),
+        custom: serde_json::Map::new(),
     }
+}
+
+/// The grains a Hello says: this machine's, with the live settings' slots and the operator's
+/// custom grains (`grains:` in the config, checked by `config::check_custom_grains`).
+pub fn for_hello(id: &str, live: &crate::config::LiveSettings) -> Grains {
+    Grains {
+        custom: live.grains.clone(),
+        ..collect(id, live.slots)
+    }
+}
+
+/// Whether `live` (after a SIGHUP) says something else than the Hello that sent `said`: the
+/// agent then attaches again with a new Hello.
+pub fn hello_outdated(said: &Grains, live: &crate::config::LiveSettings) -> bool {
+    said.slots != live.slots || said.custom != live.grains
 }
 
 /// The grains as templates see them (`grains['os']`, `grains['os_family']`): the fields plus

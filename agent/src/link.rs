@@ -200,7 +200,7 @@ async fn link(
         let Some(identity) = enroll::ensure_identity(options, &mut stop).await? else {
             return Ok(());
         };
-        let mut grains = crate::grains::collect(&options.id, live.borrow_and_update().slots);
+        let mut grains = crate::grains::for_hello(&options.id, &live.borrow_and_update());
         grains.root = options.root.display().to_string();
         let ctx = Arc::new(JobContext {
             lifecycle: lifecycle.clone(),
@@ -235,7 +235,7 @@ async fn link(
                 return Ok(());
             }
             Ok(Ended::Reconfigured) => {
-                info!("slots changed: attaching again to say so");
+                info!("slots or grains changed: attaching again to say so");
                 continue;
             }
             Ok(Ended::Closed(why)) => {
@@ -351,7 +351,7 @@ async fn attach_once(
             Some(_) = jobs_in_flight.join_next(), if !jobs_in_flight.is_empty() => {}
             Ok(()) = live.changed() => {
                 let now = live.borrow_and_update().clone();
-                if now.slots != grains.slots {
+                if crate::grains::hello_outdated(grains, &now) {
                     return Ok(Ended::Reconfigured);
                 }
                 ticker = tokio::time::interval(period(&now));

@@ -32,6 +32,9 @@ enum Command {
     /// Internal: one confined project phase, spawned by the agent (protocol on stdin/stdout).
     #[command(name = "confined-phase", hide = true)]
     ConfinedPhase,
+    /// Internal: one operator call in its own session, spawned by the agent (stdin/stdout).
+    #[command(name = "operator-call", hide = true)]
+    OperatorCall,
 }
 
 #[derive(Args)]
@@ -129,6 +132,16 @@ fn main() -> ExitCode {
             }
         };
     }
+    if let Command::OperatorCall = cli.command {
+        // No runtime and no logging: stdout carries the return to the agent.
+        return match corpus_agent::operator::child::child_main() {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("corpus-agent operator-call: error: {e}");
+                ExitCode::from(2)
+            }
+        };
+    }
     if let Command::Apply(_) = cli.command {
         corpus_runtime::init_logging("info");
     }
@@ -155,7 +168,7 @@ fn main() -> ExitCode {
             Ok(code) => return code,
             Err(e) => Err(e),
         },
-        Command::ConfinedPhase | Command::Fingerprint(_) => Ok(()),
+        Command::ConfinedPhase | Command::OperatorCall | Command::Fingerprint(_) => Ok(()),
     };
     match result {
         Ok(()) => ExitCode::SUCCESS,

@@ -32,6 +32,25 @@ pub struct Grains {
     /// Empty from agents that predate isolation, which the master treats as `none`.
     #[serde(default)]
     pub isolation: String,
+    /// The operator's custom grains (`grains:` in the agent's config, as Salt's
+    /// `/etc/salt/grains`), merged into [`Grains::template_json`] under the core grains, which
+    /// win.
+    #[serde(default, skip_serializing_if = "Map::is_empty")]
+    pub custom: Map<String, Json>,
+}
+
+/// The largest custom grains object, as JSON, an agent may send; a larger one is dropped.
+pub const MAX_CUSTOM_GRAINS_BYTES: usize = 64 * 1024;
+
+/// Custom grains from the wire: a JSON object of at most [`MAX_CUSTOM_GRAINS_BYTES`], else none.
+fn custom_from_wire(bytes: &[u8]) -> Map<String, Json> {
+    if bytes.len() > MAX_CUSTOM_GRAINS_BYTES {
+        return Map::new();
+    }
+    match serde_json::from_slice(bytes) {
+        Ok(Json::Object(map)) => map,
+        _ => Map::new(),
+    }
 }
 
 impl From<crate::v1::Grains> for Grains {
@@ -49,6 +68,7 @@ impl From<crate::v1::Grains> for Grains {
             version: g.version,
             root: g.root,
             isolation: g.isolation,
+            custom: custom_from_wire(&g.custom_json),
         }
     }
 }
@@ -68,6 +88,11 @@ impl From<Grains> for crate::v1::Grains {
             version: g.version,
             root: g.root,
             isolation: g.isolation,
+            custom_json: if g.custom.is_empty() {
+                Vec::new()
+            } else {
+                serde_json::to_vec(&g.custom).unwrap_or_default()
+            },
         }
     }
 }
@@ -167,12 +192,16 @@ impl Grains {
             Ok(Json::Object(map)) => map,
             _ => Map::new(),
         };
+        map.remove("custom");
         for (key, value) in self.salt_grains(facts) {
             map.entry(key).or_insert(value);
         }
         // Salt's `kernel` is the kernel's name (Python's `platform.system()`); the release the
         // agent reports is Salt's `kernelrelease`.
         map.insert("kernel".into(), Json::from(SALT_KERNEL));
+        for (key, value) in &self.custom {
+            map.entry(key.clone()).or_insert_with(|| value.clone());
+        }
         Json::Object(map)
     }
 
@@ -334,5 +363,28 @@ mod tests {
         let master = grains.template_json();
         assert_eq!(master["os_family"], "Debian");
         assert_eq!(master["num_cpus"], 4);
+    }
+
+    #[test]
+    fn custom_grains_merge_under_the_core_ones_and_cross_the_wire() {
+        let mut custom = Map::new();
+        custom.insert("roles".into(), json!(["web"]));
+        custom.insert("id".into(), json!("spoofed"));
+        let grains = Grains {
+            id: "web1".into(),
+            custom,
+            ..Grains::default()
+        };
+        let view = grains.template_json();
+        assert_eq!(view["roles"], json!(["web"]));
+        assert_eq!(view["id"], "web1", "a core grain wins: {view}");
+        assert!(view.get("custom").is_none(), "{view}");
+        let wire: crate::v1::Grains = grains.clone().into();
+        assert_eq!(Grains::from(wire.clone()), grains);
+        let oversized = crate::v1::Grains {
+            custom_json: vec![b' '; MAX_CUSTOM_GRAINS_BYTES + 1],
+            ..wire
+        };
+        assert!(Grains::from(oversized).custom.is_empty());
     }
 }

@@ -26,7 +26,7 @@ pub use accounts::{ensure_account, remove_account};
 pub use ownership::{secure_environment, secure_project};
 pub use phase::{CHILD_SUBCOMMAND, PhaseRequest, child_main, run_confined};
 pub use plan_check::{PlanRefusal, check_plan, is_own_account};
-pub use reaper::{processes_of, stop_environment_processes};
+pub use reaper::{processes_in_session, processes_of, stop_environment_processes, stop_processes};
 pub use sandbox::{Isolation, detect_isolation};
 
 /// Why isolating an environment failed.

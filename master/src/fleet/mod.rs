@@ -1,10 +1,11 @@
 //! Operator runs (`corpus-master apply|run`, PRODUCT.md "Two kinds of state runs"): Salt's
 //! targeting over the accepted agents ([`target`]), per-agent selection and rendering
-//! ([`plan`]), the run driver with batches and timeouts ([`runs`]), and the console's view of
+//! ([`plan`]), the `salt://` files each call carries ([`sources`]), the run driver with batches and timeouts ([`runs`]), and the console's view of
 //! runs ([`summary`], [`agent_return`], [`follow`]).
 
 pub mod plan;
 pub mod runs;
+pub mod sources;
 pub mod target;
 
 use std::collections::HashSet;

@@ -73,14 +73,26 @@ pub fn select(state: &MasterState, target: &Target) -> MasterResult<Vec<(String,
         .collect())
 }
 
-/// One agent's plan (JSON of corpus-states' Plan) and pillar (JSON): the highstate when `sls`
-/// is empty, else the named SLS. The error names the file, line and state id.
+/// What one agent's call carries of the master's trees.
+pub struct RenderedCall {
+    /// JSON of corpus-states' Plan.
+    pub plan: Vec<u8>,
+    /// The agent's pillar, JSON.
+    pub pillar: Vec<u8>,
+    /// The `salt://` files the plan references ([`super::sources`]).
+    pub files: Vec<super::sources::ShippedFile>,
+}
+
+/// One agent's plan and pillar: the highstate when `sls` is empty, else the named SLS, with the
+/// `salt://` files the plan references when `with_files`. The error names the file, line and
+/// state id.
 pub fn render(
     settings: &Settings,
     agent: &str,
     grains: Json,
     sls: &[String],
-) -> Result<(Vec<u8>, Vec<u8>), String> {
+    with_files: bool,
+) -> Result<RenderedCall, String> {
     if !settings.file_root.is_dir() {
         return Err(format!(
             "state tree {} does not exist: pass --file-root to corpus-master serve",
@@ -93,9 +105,18 @@ pub fn render(
     };
     let render = corpus_states::render_for_agent(&trees, agent, grains, sls)
         .map_err(|e| format!("render failed: {e}"))?;
+    let files = if with_files {
+        super::sources::collect(&settings.file_root, &render.rendered.plan)?
+    } else {
+        Vec::new()
+    };
     let plan = serde_json::to_vec(&render.rendered.plan)
         .map_err(|e| format!("render failed: the plan does not serialise: {e}"))?;
     let pillar = serde_json::to_vec(&render.pillar)
         .map_err(|e| format!("render failed: the pillar does not serialise: {e}"))?;
-    Ok((plan, pillar))
+    Ok(RenderedCall {
+        plan,
+        pillar,
+        files,
+    })
 }

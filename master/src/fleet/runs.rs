@@ -9,7 +9,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use corpus_proto::{OperatorCall, OperatorReturn, StartRunRequest};
+use corpus_proto::{OperatorCall, OperatorFile, OperatorReturn, StartRunRequest};
 use serde_json::Value as Json;
 use tokio::sync::{Semaphore, mpsc, oneshot};
 use tracing::{info, warn};
@@ -326,7 +326,25 @@ fn failure(agent: &str, status: ReturnStatus, error: String, started_ms: i64) ->
     }
 }
 
-/// One agent's call: its own plan and pillar rendered, sent, its return awaited.
+/// The part of a call that carries what was rendered for the agent.
+fn into_call(rendered: plan::RenderedCall) -> OperatorCall {
+    OperatorCall {
+        plan_json: rendered.plan,
+        pillar_json: rendered.pillar,
+        files: rendered
+            .files
+            .into_iter()
+            .map(|f| OperatorFile {
+                path: f.path,
+                content: f.content,
+                mode: f.mode,
+            })
+            .collect(),
+        ..Default::default()
+    }
+}
+
+/// One agent's call: its own plan, pillar and `salt://` files, sent; its return awaited.
 async fn call_agent(
     state: &Arc<MasterState>,
     run: &RunRecord,
@@ -346,34 +364,41 @@ async fn call_agent(
     if !state.links.is_connected(agent) {
         return not_connected();
     }
-    let (plan_json, pillar_json) =
-        if matches!(run.function.as_str(), "state.apply" | "state.show_sls") {
-            let (agent_id, sls) = (agent.to_owned(), run.args.clone());
-            let rendered = state
-                .blocking(move |state| Ok(plan::render(&state.settings(), &agent_id, grains, &sls)))
-                .await;
-            match rendered {
-                Ok(Ok(rendered)) => rendered,
-                Ok(Err(why)) => return failure(agent, ReturnStatus::Failed, why, started),
-                Err(e) => return failure(agent, ReturnStatus::Failed, e.to_string(), started),
-            }
-        } else {
-            (Vec::new(), Vec::new())
-        };
+    let rendered = if matches!(run.function.as_str(), "state.apply" | "state.show_sls") {
+        let (agent_id, sls) = (agent.to_owned(), run.args.clone());
+        let with_files = run.function == "state.apply";
+        let rendered = state
+            .blocking(move |state| {
+                Ok(plan::render(
+                    &state.settings(),
+                    &agent_id,
+                    grains,
+                    &sls,
+                    with_files,
+                ))
+            })
+            .await;
+        match rendered {
+            Ok(Ok(rendered)) => Some(rendered),
+            Ok(Err(why)) => return failure(agent, ReturnStatus::Failed, why, started),
+            Err(e) => return failure(agent, ReturnStatus::Failed, e.to_string(), started),
+        }
+    } else {
+        None
+    };
     let call = OperatorCall {
         run_id: run.id.clone(),
         function: run.function.clone(),
-        args: if run.function == "state.apply" || run.function == "state.show_sls" {
+        args: if rendered.is_some() {
             Vec::new()
         } else {
             run.args.clone()
         },
         kwargs_json: serde_json::to_vec(&run.kwargs).unwrap_or_default(),
-        plan_json,
-        pillar_json,
         test: run.test,
         timeout_seconds: timeout.as_secs().min(u64::from(u32::MAX)) as u32,
         requested_by: run.user.clone(),
+        ..rendered.map(into_call).unwrap_or_default()
     };
     let key = (run.id.clone(), agent.to_owned());
     let (tx, rx) = oneshot::channel();

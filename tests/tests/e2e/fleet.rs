@@ -1,9 +1,11 @@
-//! Operator runs (`corpus-master apply|run`) on three real agents: targeting, the highstate from
-//! the master's file_root, per-agent pillar, batches, `--async` and `jobs show`, render errors
-//! and a stopped agent. Every state writes only under the test's temp dir.
+//! Operator runs (`corpus-master apply|run`) on real agents: targeting (custom grains from the
+//! agents' configs included), the highstate from the master's file_root with its `salt://`
+//! files, per-agent pillar, batches, `--async` and `jobs show`, render errors, a stopped agent,
+//! a path leaving file_root and a timed-out call stopped on its agent. Every state writes only
+//! under the test's temp dir.
 
 use std::collections::BTreeSet;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Output;
 
 use corpus_tests::{Agent, Master, wait_until};
@@ -33,16 +35,56 @@ fn agents_of(values: &[Value]) -> BTreeSet<String> {
         .collect()
 }
 
+/// The config of agent `id` (its state under `root/agent-ID`), with `grains` (YAML flow
+/// mapping) as its custom grains and an enrollment token file.
+fn write_agent_config(
+    master: &Master,
+    root: &Path,
+    id: &str,
+    grains: &str,
+) -> anyhow::Result<PathBuf> {
+    let token_file = root.join(format!("{id}.token"));
+    if !token_file.exists() {
+        std::fs::write(&token_file, format!("{}\n", master.token("10m")?))?;
+    }
+    let state_dir = root.join(format!("agent-{id}"));
+    let config = root.join(format!("{id}.yaml"));
+    std::fs::write(
+        &config,
+        format!(
+            "master: {}\nca: {}\nid: {id}\nstate_dir: {}\nroot: {}\ntoken_file: {}\n\
+             log_level: info\ngrains: {grains}\n",
+            master.url(),
+            master.ca().display(),
+            state_dir.display(),
+            state_dir.join("root").display(),
+            token_file.display()
+        ),
+    )?;
+    Ok(config)
+}
+
+/// Starts agent `id` from a config carrying the custom grains `grains`.
+fn agent_with_grains(
+    master: &Master,
+    root: &Path,
+    id: &str,
+    grains: &str,
+) -> anyhow::Result<Agent> {
+    let config = write_agent_config(master, root, id, grains)?;
+    Agent::spawn_with_config(root, id, &config)
+}
+
 fn write_trees(root: &Path, out: &Path) -> anyhow::Result<()> {
     let states = root.join("states");
     let pillar = root.join("pillar");
     std::fs::create_dir_all(&states)?;
     std::fs::create_dir_all(&pillar)?;
     let out = out.display();
-    // Two agents by grain (their id), the third by name.
+    // Two agents by a custom grain of their config, the third by name.
     std::fs::write(
         states.join("top.sls"),
-        "base:\n  'id:web*':\n    - match: grain\n    - web\n  'db1':\n    - db\n",
+        "base:\n  'roles:web':\n    - match: grain\n    - web\n  'db1':\n    - db\n",
     )?;
     // `pillar_seen` renders on the agent (raw on the master): what the agent was sent.
     let seen = format!(
@@ -86,14 +128,25 @@ fn operator_runs_target_batch_and_report_each_agent() -> anyhow::Result<()> {
     write_trees(root.path(), &out_dir)?;
     let states = root.path().join("states").display().to_string();
     let pillar = root.path().join("pillar").display().to_string();
+    // A nodegroup by custom grain, as Salt's `nodegroups:` in the master config.
+    let config = root.path().join("master.yaml");
+    std::fs::write(&config, "nodegroups:\n  webs: 'G@roles:web'\n")?;
+    let config = config.display().to_string();
     let master = Master::start_with(
         root.path(),
-        &["--file-root", &states, "--pillar-root", &pillar],
+        &[
+            "--file-root",
+            &states,
+            "--pillar-root",
+            &pillar,
+            "--config",
+            &config,
+        ],
     )?;
     let mut agents = Vec::new();
-    for id in ["web1", "web2", "db1"] {
-        let token = master.token("10m")?;
-        agents.push(Agent::start(&master, root.path(), id, Some(&token))?);
+    for (id, roles) in [("web1", "[web]"), ("web2", "[web, cache]"), ("db1", "[db]")] {
+        let grains = format!("{{roles: {roles}, site: {{rack: r1}}}}");
+        agents.push(agent_with_grains(&master, root.path(), id, &grains)?);
     }
     for id in ["web1", "web2", "db1"] {
         master.wait_agent(id, "accepted", true)?;
@@ -164,6 +217,18 @@ fn operator_runs_target_batch_and_report_each_agent() -> anyhow::Result<()> {
         Ok(())
     };
     expect(&["-G", "id:web*", "test.ping"], &["web1", "web2"])?;
+    expect(&["-G", "roles:web", "test.ping"], &["web1", "web2"])?;
+    expect(&["-G", "roles:cache", "test.ping"], &["web2"])?;
+    expect(
+        &["-G", "site:rack:r1", "test.ping"],
+        &["web1", "web2", "db1"],
+    )?;
+    expect(
+        &["-C", "G@roles:db or G@roles:cache", "test.ping"],
+        &["web2", "db1"],
+    )?;
+    expect(&["-N", "webs", "test.ping"], &["web1", "web2"])?;
+    expect(&["-C", "N@webs and not web1", "test.ping"], &["web2"])?;
     expect(&["-L", "web1,db1", "test.ping"], &["web1", "db1"])?;
     expect(
         &["-C", "G@id:web* and not web2 or L@db1", "test.ping"],
@@ -242,6 +307,21 @@ fn operator_runs_target_batch_and_report_each_agent() -> anyhow::Result<()> {
             .any(|j| j["id"] == run_id.as_str() && j["user"] != "")),
         "{listed}"
     );
+    let listed_run = listed
+        .as_array()
+        .and_then(|l| l.iter().find(|j| j["id"] == run_id.as_str()))
+        .cloned()
+        .unwrap_or_default();
+    assert!(
+        listed_run["target"] == "*"
+            && listed_run["function"] == "cmd.run"
+            && listed_run["targeted"] == 3
+            && listed_run["succeeded"] == 3
+            && listed_run["started_unix_ms"]
+                .as_i64()
+                .is_some_and(|t| t > 0),
+        "{listed_run}"
+    );
     let show_text = console(&["jobs", "show", &run_id])?;
     assert!(
         String::from_utf8_lossy(&show_text.stdout).contains("web2:\n    hi\n"),
@@ -264,5 +344,210 @@ fn operator_runs_target_batch_and_report_each_agent() -> anyhow::Result<()> {
         shown.contains("Total: 3 targeted, 2 succeeded, 1 failed (1 not connected)"),
         "{shown}"
     );
+    Ok(())
+}
+
+/// Live processes whose command line is exactly `words` (from /proc).
+fn processes_running(words: &[&str]) -> Vec<u32> {
+    let wanted: Vec<u8> = words.join("\0").into_bytes();
+    std::fs::read_dir("/proc")
+        .map(|entries| {
+            entries
+                .flatten()
+                .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+                .filter(|pid| {
+                    std::fs::read(format!("/proc/{pid}/cmdline"))
+                        .is_ok_and(|c| c.strip_suffix(b"\0").unwrap_or(&c) == wanted.as_slice())
+                })
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+#[test]
+fn operator_runs_ship_salt_files_stop_timed_out_calls_and_follow_custom_grains()
+-> anyhow::Result<()> {
+    let root = tempfile::tempdir()?;
+    let out = root.path().join("out");
+    let states = root.path().join("states");
+    let pillar = root.path().join("pillar");
+    std::fs::create_dir_all(&out)?;
+    std::fs::create_dir_all(states.join("site/tree/sub"))?;
+    std::fs::create_dir_all(&pillar)?;
+    let o = out.display();
+    std::fs::write(states.join("top.sls"), "base:\n  '*':\n    - site\n")?;
+    std::fs::write(
+        states.join("site/init.sls"),
+        format!(
+            "site_conf:\n  file.managed:\n    - name: {o}/site.conf\n    - source: salt://site/site.conf.j2\n    - template: jinja\n    - mode: '0640'\n\
+             site_tree:\n  file.recurse:\n    - name: {o}/tree\n    - source: salt://site/tree\n"
+        ),
+    )?;
+    // Rendered on the agent: its grains (a custom one), its pillar, an imported macro file.
+    std::fs::write(
+        states.join("site/site.conf.j2"),
+        "{% from 'site/map.jinja' import port %}id={{ grains['id'] }} role={{ grains['roles'][0] }} port={{ port }} secret={{ pillar['secret'] }}\n",
+    )?;
+    std::fs::write(states.join("site/map.jinja"), "{% set port = 8080 %}\n")?;
+    std::fs::write(states.join("site/tree/a.txt"), "alpha\n")?;
+    std::fs::write(states.join("site/tree/sub/b.txt"), "beta\n")?;
+    // Paths leaving file_root: by `..`, and through a link to a directory outside.
+    std::fs::write(root.path().join("outside.txt"), "not for agents\n")?;
+    std::os::unix::fs::symlink(root.path(), states.join("up"))?;
+    std::fs::write(
+        states.join("dots.sls"),
+        format!(
+            "leak:\n  file.managed:\n    - name: {o}/leak1\n    - source: salt://../outside.txt\n"
+        ),
+    )?;
+    std::fs::write(
+        states.join("link.sls"),
+        format!(
+            "leak:\n  file.managed:\n    - name: {o}/leak2\n    - source: salt://up/outside.txt\n"
+        ),
+    )?;
+    std::fs::write(
+        states.join("failing.sls"),
+        "will_fail:\n  cmd.run:\n    - name: 'echo no; exit 3'\n",
+    )?;
+    std::fs::write(pillar.join("top.sls"), "base:\n  '*':\n    - s\n")?;
+    std::fs::write(pillar.join("s.sls"), "secret: s3\n")?;
+    let master = Master::start_with(
+        root.path(),
+        &[
+            "--file-root",
+            &states.display().to_string(),
+            "--pillar-root",
+            &pillar.display().to_string(),
+        ],
+    )?;
+    let agent = agent_with_grains(&master, root.path(), "node1", "{roles: [web]}")?;
+    master.wait_agent("node1", "accepted", true)?;
+    let console = |args: &[&str]| master.console(args, None);
+
+    // A highstate whose sources are salt:// files: a template and a recursed directory.
+    let applied = console(&["apply", "*", "--json"])?;
+    assert!(applied.status.success(), "{}", text(&applied));
+    assert_eq!(
+        std::fs::read_to_string(out.join("site.conf"))?,
+        "id=node1 role=web port=8080 secret=s3\n"
+    );
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(out.join("site.conf"))?
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o640);
+    }
+    assert_eq!(std::fs::read_to_string(out.join("tree/a.txt"))?, "alpha\n");
+    assert_eq!(
+        std::fs::read_to_string(out.join("tree/sub/b.txt"))?,
+        "beta\n"
+    );
+    let again = returns(&console(&["apply", "*", "--json"])?)?;
+    let changed: Vec<&Value> = again[0]["return"]
+        .as_object()
+        .map(|m| {
+            m.values()
+                .filter(|s| s["changes"] != serde_json::json!({}))
+                .collect()
+        })
+        .unwrap_or_default();
+    assert!(changed.is_empty(), "{again:?}");
+
+    // A state failing on the agent: Salt's summary names it with its comment, exit non-zero.
+    let failing = console(&["apply", "*", "failing"])?;
+    assert!(!failing.status.success(), "{}", text(&failing));
+    let shown = String::from_utf8_lossy(&failing.stdout).into_owned();
+    assert!(
+        shown.contains("Failed:    1\n") && shown.contains("    - will_fail: "),
+        "{shown}"
+    );
+    // The other execution functions: grains (custom ones included) and the agent's plan.
+    let items = returns(&console(&["run", "*", "grains.items", "--json"])?)?;
+    assert_eq!(
+        items[0]["return"]["roles"],
+        serde_json::json!(["web"]),
+        "{items:?}"
+    );
+    assert_eq!(items[0]["return"]["id"], "node1", "{items:?}");
+    let shown = returns(&console(&["run", "*", "state.show_sls", "site", "--json"])?)?;
+    let ids: Vec<&str> = shown[0]["return"]["chunks"]
+        .as_array()
+        .map(|c| c.iter().filter_map(|c| c["id"].as_str()).collect())
+        .unwrap_or_default();
+    assert_eq!(ids, ["site_conf", "site_tree"], "{shown:?}");
+
+    // Sources leaving file_root are refused, naming the state and the path.
+    for (sls, source, leak) in [
+        ("dots", "salt://../outside.txt", "leak1"),
+        ("link", "salt://up/outside.txt", "leak2"),
+    ] {
+        let refused = console(&["apply", "*", sls, "--json"])?;
+        assert!(!refused.status.success(), "{}", text(&refused));
+        let ret = returns(&refused)?;
+        let error = ret[0]["error"].as_str().unwrap_or_default();
+        assert!(
+            ret[0]["status"] == "failed" && error.contains(source) && error.contains("\"leak\""),
+            "{ret:?}"
+        );
+        assert!(!out.join(leak).exists());
+    }
+
+    // A call past its --timeout is stopped on the agent, with what it started.
+    let started = std::time::Instant::now();
+    let slept = console(&[
+        "run",
+        "*",
+        "cmd.run",
+        "sleep 6007 & sleep 6007",
+        "--timeout",
+        "2s",
+        "--json",
+    ])?;
+    assert!(!slept.status.success(), "{}", text(&slept));
+    let ret = returns(&slept)?;
+    assert_eq!(ret[0]["status"], "failed", "{ret:?}");
+    assert!(
+        ret[0]["error"]
+            .as_str()
+            .is_some_and(|e| e.contains("timeout of 2s") && e.contains("stopped")),
+        "{ret:?}"
+    );
+    assert!(started.elapsed() < std::time::Duration::from_secs(30));
+    wait_until("no `sleep 6007` left on the agent", || {
+        Ok(processes_running(&["sleep", "6007"]).is_empty())
+    })?;
+    assert!(
+        agent
+            .proc
+            .log_text()
+            .contains("stopped a timed-out operator call"),
+        "{}",
+        agent.proc.log_text()
+    );
+
+    // Custom grains follow the config on SIGHUP; a core grain cannot be overridden.
+    let config = write_agent_config(&master, root.path(), "node1", "{roles: [db]}")?;
+    agent.proc.signal(libc::SIGHUP);
+    wait_until("node1 targeted by its new role", || {
+        let out = console(&["run", "-G", "roles:db", "test.ping", "--json"])?;
+        Ok(out.status.success() && agents_of(&returns(&out)?).contains("node1"))
+    })?;
+    let web = console(&["run", "-G", "roles:web", "test.ping"])?;
+    assert!(!web.status.success(), "{}", text(&web));
+    std::fs::write(
+        &config,
+        std::fs::read_to_string(&config)?.replace("grains: {roles: [db]}", "grains: {os: Plan9}"),
+    )?;
+    agent.proc.signal(libc::SIGHUP);
+    wait_until("the agent to refuse a core grain", || {
+        let log = agent.proc.log_text();
+        Ok(log.contains("\"os\" is a core grain") && log.contains("node1.yaml"))
+    })?;
+    let os = console(&["run", "node1", "grains.get", "os", "--json"])?;
+    assert_ne!(returns(&os)?[0]["return"], "Plan9", "{}", text(&os));
+    let db = console(&["run", "-G", "roles:db", "test.ping"])?;
+    assert!(db.status.success(), "{}", text(&db));
     Ok(())
 }

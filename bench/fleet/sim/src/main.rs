@@ -425,6 +425,7 @@ async fn link(
             version: env!("CARGO_PKG_VERSION").into(),
             root: format!("/srv/sim/{}", identity.id),
             isolation: "uid".into(),
+            custom_json: Vec::new(),
         }),
         unacknowledged: vec![],
         running_jobs: vec![],

@@ -1,24 +1,36 @@
 //! Operator calls (`corpus-master apply|run`, PRODUCT.md "Two kinds of state runs"): run as
 //! root, outside any environment, with the full module set, beside project jobs without taking
 //! a project slot (at most [`MAX_CONCURRENT_CALLS`] at once). `state.apply` executes the plan
-//! the master rendered for this agent with the state executor `apply --local` uses; the other
-//! functions are Salt's cheap execution functions. The return goes through the link's outbox,
+//! the master rendered for this agent with the state executor `apply --local` uses, its
+//! `salt://` sources read from the files the master shipped with the call ([`files`]); the
+//! other functions are Salt's cheap execution functions. Calls that start processes
+//! (`state.apply`, `cmd.run`) run in a child process of their own session ([`child`]), so the
+//! call's timeout stops every process it started. The return goes through the link's outbox,
 //! which keeps it while the link is down and sends it on the next link.
 
+pub mod child;
+pub mod files;
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
 use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
-use corpus_pillar::{MemoryTree, TemplateContext};
+use corpus_pillar::{DirTree, MemoryTree, SourceTree, TemplateContext};
 use corpus_proto::{AgentMessage, OperatorCall, OperatorReturn, agent_message};
+use serde::{Deserialize, Serialize};
 use serde_json::{Value as Json, json};
 use tokio::sync::Semaphore;
+use tokio::time::Instant;
 use tracing::{info, warn};
 
 use crate::jobs::JobContext;
 use crate::state::cmd::{self, CommandSpec, OUTPUT_CAP_BYTES};
 use crate::state::{Executor, LocalFileSources, Systemctl};
 
-/// Operator calls running at once; more wait for a free one.
+pub use child::CHILD_SUBCOMMAND;
+
+/// Operator calls running at once; more wait for a free one (their timeout running).
 pub const MAX_CONCURRENT_CALLS: usize = 4;
 /// A call's limit when the master gives none.
 const DEFAULT_TIMEOUT: Duration = Duration::from_secs(600);
@@ -35,6 +47,43 @@ const FUNCTIONS: &[&str] = &[
     "grains.get",
 ];
 
+/// One call as the agent runs it: the wire's `OperatorCall` read once at the edge, and what a
+/// call's child process is given.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+pub struct Call {
+    pub function: String,
+    pub args: Vec<String>,
+    pub kwargs: BTreeMap<String, String>,
+    /// `state.apply`/`state.show_sls`: this agent's plan (corpus-states' Plan, as JSON).
+    pub plan: Json,
+    pub pillar: Json,
+    pub test: bool,
+    /// Where the `salt://` files shipped with the call were written; `None` when none were.
+    pub file_root: Option<PathBuf>,
+}
+
+impl Call {
+    fn from_wire(wire: &OperatorCall, file_root: Option<PathBuf>) -> Result<Call, String> {
+        let json_of = |bytes: &[u8], what: &str, empty: Json| {
+            if bytes.is_empty() {
+                Ok(empty)
+            } else {
+                serde_json::from_slice(bytes)
+                    .map_err(|e| format!("the master sent an unreadable {what}: {e}"))
+            }
+        };
+        Ok(Call {
+            function: wire.function.clone(),
+            args: wire.args.clone(),
+            kwargs: serde_json::from_slice(&wire.kwargs_json).unwrap_or_default(),
+            plan: json_of(&wire.plan_json, "plan", Json::Null)?,
+            pillar: json_of(&wire.pillar_json, "pillar", json!({}))?,
+            test: wire.test,
+            file_root,
+        })
+    }
+}
+
 fn slots() -> Arc<Semaphore> {
     static SLOTS: OnceLock<Arc<Semaphore>> = OnceLock::new();
     SLOTS
@@ -48,33 +97,33 @@ fn now_ms() -> i64 {
         .map_or(0, |d| d.as_millis() as i64)
 }
 
-/// Runs one call and queues its return for the master.
-pub async fn run(ctx: Arc<JobContext>, call: OperatorCall) {
-    let Ok(_slot) = slots().acquire_owned().await else {
-        return;
-    };
+/// The failure of a call stopped by its timeout.
+fn timed_out(timeout: Duration, what: &str) -> String {
+    format!(
+        "the call did not end within its timeout of {}: {what}",
+        humantime::format_duration(timeout)
+    )
+}
+
+/// Runs one call and queues its return for the master. The timeout counts from the call's
+/// arrival, as the master's does from sending it.
+pub async fn run(ctx: Arc<JobContext>, wire: OperatorCall) {
     let started = now_ms();
-    info!(run = %call.run_id, function = %call.function, by = %call.requested_by, "operator call");
-    let timeout = match call.timeout_seconds {
+    let timeout = match wire.timeout_seconds {
         0 => DEFAULT_TIMEOUT,
         s => Duration::from_secs(u64::from(s)),
     };
-    let run_id = call.run_id.clone();
-    let grains = ctx.grains.clone();
-    let work = tokio::task::spawn_blocking(move || execute(&call, &grains));
-    let (success, value, error) = match tokio::time::timeout(timeout, work).await {
-        Ok(Ok(Ok((success, value)))) => (success, value, String::new()),
-        Ok(Ok(Err(why))) => (false, Json::Null, why),
-        Ok(Err(e)) => (false, Json::Null, format!("the call failed: {e}")),
-        // The blocking work cannot be interrupted; it ends on its own, its result unsent.
-        Err(_) => (
-            false,
-            Json::Null,
-            format!(
-                "the call did not end within {}",
-                humantime::format_duration(timeout)
-            ),
-        ),
+    let deadline = Instant::now() + timeout;
+    info!(run = %wire.run_id, function = %wire.function, by = %wire.requested_by, "operator call");
+    let run_id = wire.run_id.clone();
+    let outcome = match tokio::time::timeout_at(deadline, slots().acquire_owned()).await {
+        Ok(Ok(_slot)) => perform(&ctx, wire, deadline, timeout).await,
+        Ok(Err(_)) => return,
+        Err(_) => Err(timed_out(timeout, "it waited for a free call slot")),
+    };
+    let (success, value, error) = match outcome {
+        Ok((success, value)) => (success, value, String::new()),
+        Err(why) => (false, Json::Null, why),
     };
     if !error.is_empty() {
         warn!(run = %run_id, %error, "operator call failed");
@@ -92,8 +141,39 @@ pub async fn run(ctx: Arc<JobContext>, call: OperatorCall) {
     });
 }
 
+/// The call's (success, return): its shipped files written, then run here or, when it starts
+/// processes, in its own child. The files are removed when it ends.
+async fn perform(
+    ctx: &JobContext,
+    wire: OperatorCall,
+    deadline: Instant,
+    timeout: Duration,
+) -> Result<(bool, Json), String> {
+    // `state.apply` always gets a file root, empty when nothing was shipped, so a missing
+    // `salt://` source reads as not found (Salt's message), not as a missing setting.
+    let shipped = if wire.files.is_empty() && wire.function != "state.apply" {
+        None
+    } else {
+        let (state_dir, shipped) = (ctx.state_dir.clone(), wire.files.clone());
+        Some(
+            tokio::task::spawn_blocking(move || files::write(&state_dir, &shipped))
+                .await
+                .map_err(|e| format!("the call's files could not be written: {e}"))??,
+        )
+    };
+    let call = Call::from_wire(&wire, shipped.as_ref().map(|d| d.path().to_owned()))?;
+    if child::starts_processes(&call.function) {
+        child::run(&call, &ctx.grains, deadline, timeout).await
+    } else {
+        let grains = ctx.grains.clone();
+        tokio::task::spawn_blocking(move || execute(&call, &grains))
+            .await
+            .map_err(|e| format!("the call failed: {e}"))?
+    }
+}
+
 /// The call's (success, return), or why it could not run.
-fn execute(call: &OperatorCall, grains: &Json) -> Result<(bool, Json), String> {
+pub fn execute(call: &Call, grains: &Json) -> Result<(bool, Json), String> {
     match call.function.as_str() {
         "test.ping" => Ok((true, json!(true))),
         "test.echo" => Ok((true, json!(call.args.join(" ")))),
@@ -126,18 +206,20 @@ fn execute(call: &OperatorCall, grains: &Json) -> Result<(bool, Json), String> {
     }
 }
 
-fn plan_of(call: &OperatorCall) -> Result<Json, String> {
-    serde_json::from_slice(&call.plan_json)
-        .map_err(|e| format!("the master sent an unreadable plan: {e}"))
+fn plan_of(call: &Call) -> Result<Json, String> {
+    if call.plan.is_null() {
+        return Err("the master sent no plan".into());
+    }
+    Ok(call.plan.clone())
 }
 
-/// Salt's `cmd.run`: the output (stdout, then stderr), as root; fails on a non-zero exit.
-fn cmd_run(call: &OperatorCall) -> Result<(bool, Json), String> {
+/// Salt's `cmd.run`: the output (stdout, then stderr), as root; fails on a non-zero exit. The
+/// call's timeout is enforced by whoever runs the call ([`child::run`] stops its processes).
+fn cmd_run(call: &Call) -> Result<(bool, Json), String> {
     if call.args.is_empty() {
         return Err("cmd.run needs a command".into());
     }
-    let kwargs: std::collections::BTreeMap<String, String> =
-        serde_json::from_slice(&call.kwargs_json).unwrap_or_default();
+    let kwargs = &call.kwargs;
     let spec = CommandSpec {
         command: call.args.join(" "),
         shell: kwargs
@@ -147,8 +229,7 @@ fn cmd_run(call: &OperatorCall) -> Result<(bool, Json), String> {
         cwd: kwargs.get("cwd").map_or_else(|| "/".into(), Into::into),
         env: Vec::new(),
         runas: None,
-        timeout: (call.timeout_seconds > 0)
-            .then(|| Duration::from_secs(u64::from(call.timeout_seconds))),
+        timeout: None,
         output_cap: OUTPUT_CAP_BYTES,
     };
     let out = cmd::execute(&spec)?;
@@ -164,26 +245,23 @@ fn cmd_run(call: &OperatorCall) -> Result<(bool, Json), String> {
 }
 
 /// Executes the master's plan for this agent (Salt's `state.apply`, `test=True` honoured) and
-/// returns Salt's per-state mapping.
-fn state_apply(call: &OperatorCall, grains: &Json) -> Result<(bool, Json), String> {
-    let plan: corpus_states::Plan = serde_json::from_slice(&call.plan_json)
+/// returns Salt's per-state mapping. `salt://` sources are the files the master shipped with
+/// the call; templates render here, with this agent's grains and pillar, as Salt's do.
+fn state_apply(call: &Call, grains: &Json) -> Result<(bool, Json), String> {
+    let plan: corpus_states::Plan = serde_json::from_value(call.plan.clone())
         .map_err(|e| format!("the master sent an unreadable plan: {e}"))?;
-    let pillar: Json = if call.pillar_json.is_empty() {
-        json!({})
-    } else {
-        serde_json::from_slice(&call.pillar_json)
-            .map_err(|e| format!("the master sent an unreadable pillar: {e}"))?
-    };
-    // `template: jinja` contents render with this agent's pillar and grains; `salt://`
-    // sources are not served to operator runs yet.
     let context = TemplateContext::new(
-        pillar,
+        call.pillar.clone(),
         grains.clone(),
         json!({}),
         json!(corpus_states::SALTENV),
     );
-    let renderer = crate::state::file_renderer(Arc::new(MemoryTree::new()), context);
-    let sources = LocalFileSources::new(None, Some(renderer));
+    let tree: Arc<dyn SourceTree> = match &call.file_root {
+        Some(root) => Arc::new(DirTree::new(root)),
+        None => Arc::new(MemoryTree::new()),
+    };
+    let renderer = crate::state::file_renderer(tree, context);
+    let sources = LocalFileSources::new(call.file_root.clone(), Some(renderer));
     let services = Systemctl::default();
     let executor = Executor {
         test: call.test,
@@ -198,9 +276,8 @@ fn state_apply(call: &OperatorCall, grains: &Json) -> Result<(bool, Json), Strin
 mod tests {
     use super::*;
 
-    fn call(function: &str, args: &[&str]) -> OperatorCall {
-        OperatorCall {
-            run_id: "r1".into(),
+    fn call(function: &str, args: &[&str]) -> Call {
+        Call {
             function: function.into(),
             args: args.iter().map(|a| a.to_string()).collect(),
             ..Default::default()
@@ -245,8 +322,8 @@ mod tests {
             "requisites": []
         }]});
         let mut c = call("state.apply", &[]);
-        c.plan_json = serde_json::to_vec(&plan).map_err(|e| e.to_string())?;
-        c.pillar_json = br#"{"who": "ops"}"#.to_vec();
+        c.plan = plan;
+        c.pillar = json!({"who": "ops"});
         c.test = true;
         let (ok, map) = execute(&c, &json!({"id": "web1"}))?;
         assert!(ok, "{map}");
