@@ -9,6 +9,7 @@ use minijinja::value::{Kwargs, Value, ValueKind};
 use serde_json::Value as Json;
 
 use super::python::{write_python_json, write_yaml_flow};
+use super::pyyaml::{self, FlowStyle};
 use super::salt::traverse_value;
 use super::values::{List, Tuple, from_json, mutable, to_json};
 use crate::tree::{SourceTree, normalize_path};
@@ -324,18 +325,13 @@ pub(crate) fn filter_yaml(
     let flow_style = flow_style.or(kw_flow_style);
     kwargs.assert_all_used()?;
     let json = to_json(&value)?;
-    if flow_style == Some(false) {
-        let text = serde_yaml::to_string(&json).map_err(|e| {
-            minijinja::Error::new(
-                ErrorKind::InvalidOperation,
-                format!("cannot write yaml: {e}"),
-            )
-        })?;
-        return Ok(text.trim_end().to_string());
-    }
-    let mut out = String::new();
-    write_yaml_flow(&json, &mut out);
-    Ok(out)
+    // Salt's `format_yaml`: `safe_dump(value, default_flow_style=flow_style, allow_unicode=True)`.
+    let style = if flow_style == Some(false) {
+        FlowStyle::Never
+    } else {
+        FlowStyle::Always
+    };
+    Ok(pyyaml::dump(&json, style, true))
 }
 
 /// Salt's `json` filter: Python's `json.dumps(value, sort_keys=True, indent=None)` layout.

@@ -11,6 +11,7 @@ use serde_json::Value as Json;
 use super::filters;
 use super::host::{HostFunctions, PathKind};
 use super::join_template_path;
+use super::pyyaml::{self, FlowStyle};
 use super::salt::{Args, SaltScope, traverse_value, unknown_function};
 use super::values::{Dict, List, deep_copy, deep_update, from_json, map_entries, mutable, to_json};
 use crate::top::glob_match;
@@ -20,27 +21,65 @@ fn invalid(message: impl Into<String>) -> Error {
     Error::new(ErrorKind::InvalidOperation, message.into())
 }
 
-/// `pillar.get` / `grains.get` / `config.get`: Salt's default is `''`.
-fn lookup(data: &Value, args: &Args, function: &str) -> Result<Value, Error> {
+/// Where a lookup function takes its optional arguments positionally, as Salt declares them:
+/// `pillar.get(key, default, merge, merge_nested_lists, delimiter)`,
+/// `grains.get(key, default, delimiter)`.
+struct LookupArgs {
+    merge: Option<usize>,
+    merge_nested_lists: Option<usize>,
+    delimiter: usize,
+}
+
+const PILLAR_GET: LookupArgs = LookupArgs {
+    merge: Some(2),
+    merge_nested_lists: Some(3),
+    delimiter: 4,
+};
+
+const GRAINS_GET: LookupArgs = LookupArgs {
+    merge: None,
+    merge_nested_lists: None,
+    delimiter: 2,
+};
+
+/// `pillar.get` / `grains.get`, as Salt's: no default gives `''`; `merge=True` merges the found
+/// dict over a dict default (a copy), or appends the found list's new items to a list default;
+/// a found value of another type is returned as it is (Salt logs and skips the merge).
+fn lookup(data: &Value, args: &Args, function: &str, layout: &LookupArgs) -> Result<Value, Error> {
     let key = args.string(0, "key", function)?;
     let default = args.get(1, "default").unwrap_or_else(|| Value::from(""));
     let delimiter = args
-        .get(usize::MAX, "delimiter")
+        .get(layout.delimiter, "delimiter")
         .and_then(|d| d.as_str().map(str::to_string))
         .unwrap_or_else(|| ":".into());
     let found = traverse_value(data, &key, &delimiter);
-    let merge = args.flag(usize::MAX, "merge", false);
+    let merge = layout
+        .merge
+        .is_some_and(|index| args.flag(index, "merge", false));
     match found {
         Some(found) if merge && default.kind() == ValueKind::Map => {
             if found.kind() != ValueKind::Map {
                 return Ok(found);
             }
             let merged = deep_copy(&default);
-            let merge_lists = args.flag(usize::MAX, "merge_nested_lists", false);
+            let merge_lists = layout
+                .merge_nested_lists
+                .is_some_and(|index| args.flag(index, "merge_nested_lists", false));
             deep_update(&merged, &found, merge_lists)?;
             Ok(merged)
         }
+        Some(found) if merge && default.kind() == ValueKind::Seq => {
+            if found.kind() != ValueKind::Seq {
+                return Ok(found);
+            }
+            // Salt: `default.extend([x for x in ret if x not in default])`.
+            let defaults: Vec<Value> = default.try_iter()?.map(|v| deep_copy(&v)).collect();
+            let mut items = defaults.clone();
+            items.extend(found.try_iter()?.filter(|item| !defaults.contains(item)));
+            Ok(List::new_value(items))
+        }
         Some(found) => Ok(found),
+        None if merge => Ok(deep_copy(&default)),
         None => Ok(mutable(default)),
     }
 }
@@ -251,7 +290,8 @@ fn serialize(format: &str, value: &Value) -> Result<String, Error> {
     let json = to_json(value)?;
     match format {
         "json" => serde_json::to_string(&json).map_err(|e| invalid(format!("json: {e}"))),
-        "yaml" => serde_yaml::to_string(&json).map_err(|e| invalid(format!("yaml: {e}"))),
+        // Salt's YAML serializer: PyYAML's dump with `default_flow_style=None`, no unicode.
+        "yaml" => Ok(pyyaml::dump(&json, FlowStyle::Auto, false)),
         other => Err(invalid(format!(
             "slsutil.serialize: unknown serializer '{other}': use json or yaml"
         ))),
@@ -275,7 +315,7 @@ pub(crate) fn call(
     let args = Args::parse(raw)?;
     let string = |i: usize, key: &str| args.string(i, key, name);
     Ok(match name {
-        "pillar.get" | "pillar.fetch" => lookup(scope.pillar.get(), &args, name)?,
+        "pillar.get" | "pillar.fetch" => lookup(scope.pillar.get(), &args, name, &PILLAR_GET)?,
         "pillar.items" | "pillar.raw" => scope.pillar.get().clone(),
         "grains.items" => scope.grains.get().clone(),
         "pillar.item" | "grains.item" => {
@@ -295,7 +335,7 @@ pub(crate) fn call(
             }
             Dict::new_value(out)
         }
-        "grains.get" => lookup(scope.grains.get(), &args, name)?,
+        "grains.get" => lookup(scope.grains.get(), &args, name, &GRAINS_GET)?,
         "grains.has_value" => Value::from(
             traverse_value(scope.grains.get(), &string(0, "key")?, ":")
                 .is_some_and(|v| v.is_true()),
@@ -308,9 +348,13 @@ pub(crate) fn call(
         "grains.filter_by" => filter_by(scope, &args)?,
         "config.get" => {
             let key = string(0, "key")?;
+            let delimiter = args
+                .get(2, "delimiter")
+                .and_then(|d| d.as_str().map(str::to_string))
+                .unwrap_or_else(|| ":".into());
             [&scope.opts, scope.grains.get(), scope.pillar.get()]
                 .into_iter()
-                .find_map(|data| traverse_value(data, &key, ":"))
+                .find_map(|data| traverse_value(data, &key, &delimiter))
                 .unwrap_or_else(|| {
                     mutable(args.get(1, "default").unwrap_or_else(|| Value::from("")))
                 })

@@ -15,6 +15,7 @@ mod host;
 pub mod limits;
 mod prepass;
 mod python;
+mod pyyaml;
 mod salt;
 mod values;
 
@@ -466,9 +467,11 @@ struct Lookup {
 }
 
 impl Lookup {
-    /// `get(key, default)`: the default may be positional or `default=`; without one, a missing
-    /// key is an error naming the key (stricter than Salt, which returns ''; `salt['pillar.get']`
-    /// behaves as Salt does).
+    /// `get(key, default)`, the dict's own method. In Salt, `pillar` and `grains` are plain dicts:
+    /// `.get` finds a top-level key or returns the default, `None` without one. Corpus does the
+    /// same and, beyond Salt, walks an `a:b` path (Salt's dict would return `None` for it); a
+    /// missing path without a default is an error naming it, because in Salt it could never
+    /// have found anything. The default may be positional or `default=`.
     fn get(&self, args: &[Value]) -> Result<Value, minijinja::Error> {
         let parsed = Args::parse(args)?;
         let key = match parsed.get(0, "key") {
@@ -487,9 +490,21 @@ impl Lookup {
             .get(usize::MAX, "delimiter")
             .and_then(|d| d.as_str().map(str::to_string))
             .unwrap_or_else(|| ":".into());
-        match traverse_value(self.data.get(), &key, &delimiter) {
+        let data = self.data.get();
+        let top_level = data
+            .get_item(&Value::from(key.as_str()))
+            .ok()
+            .filter(|v| !v.is_undefined());
+        if let Some(found) = top_level {
+            return Ok(found);
+        }
+        let default = parsed.get(1, "default").map(values::mutable);
+        if !key.contains(delimiter.as_str()) {
+            return Ok(default.unwrap_or_else(|| Value::from(())));
+        }
+        match traverse_value(data, &key, &delimiter) {
             Some(found) => Ok(found),
-            None => parsed.get(1, "default").map(values::mutable).ok_or_else(|| {
+            None => default.ok_or_else(|| {
                 minijinja::Error::new(
                     ErrorKind::UndefinedError,
                     format!(

@@ -231,16 +231,29 @@ impl Args {
     }
 }
 
-/// Walks a Salt-style `a:b:c` path through template values; numeric segments index lists.
+/// Walks a Salt-style `a:b:c` path through template values, as Salt's
+/// `traverse_dict_and_list`: numeric segments index lists, and a segment that meets a list is
+/// first looked up in the dicts the list holds (`users:alice` over `users: [{alice: ...}]`).
 pub(crate) fn traverse_value(data: &Value, path: &str, delimiter: &str) -> Option<Value> {
     let mut current = data.clone();
     for segment in path.split(delimiter) {
+        let key = Value::from(segment);
         let next = match current.kind() {
-            ValueKind::Map => current.get_item(&Value::from(segment)).ok(),
-            ValueKind::Seq => segment
-                .parse::<i64>()
-                .ok()
-                .and_then(|i| current.get_item(&Value::from(i)).ok()),
+            ValueKind::Map => current.get_item(&key).ok(),
+            ValueKind::Seq => {
+                let items: Vec<Value> = current.try_iter().ok()?.collect();
+                let embedded = items
+                    .iter()
+                    .filter(|item| item.kind() == ValueKind::Map)
+                    .find_map(|item| item.get_item(&key).ok().filter(|v| !v.is_undefined()));
+                match embedded {
+                    Some(found) => Some(found),
+                    None => segment
+                        .parse::<i64>()
+                        .ok()
+                        .and_then(|i| current.get_item(&Value::from(i)).ok()),
+                }
+            }
             _ => None,
         };
         current = next.filter(|v| !v.is_undefined())?;

@@ -701,3 +701,98 @@ fn a_template_keeps_its_final_newline_as_salt_renders_it() {
         assert_eq!(got, expected, "{source:?}");
     }
 }
+
+/// Issue 11: the three forms of `pillar.get` answer as Salt's (checked against salt-call by the
+/// `pillar_get_forms` parity fixture): the execution function returns `''` without a default and
+/// takes Salt's positional `merge`/`delimiter`; the dict's own `.get` returns `None` for a
+/// missing top-level key, and only a missing `a:b` path (which Salt's dict never finds) is an
+/// error.
+#[test]
+fn pillar_get_forms_answer_as_salt() {
+    let cases = [
+        ("[{{ salt['pillar.get']('web:nope') }}]", "[]"),
+        ("[{{ salt.pillar.get('web:nope') }}]", "[]"),
+        ("[{{ pillar.get('nope') }}]", "[None]"),
+        ("{{ pillar.get('nope') is none }}", "True"),
+        ("{% if not pillar.get('nope') %}falsy{% endif %}", "falsy"),
+        ("[{{ grains.get('nope') }}]", "[None]"),
+        (
+            "{{ salt['pillar.get']('web|port', delimiter='|') }}",
+            "8080",
+        ),
+        (
+            "{{ salt['pillar.get']('web|port', '', False, False, '|') }}",
+            "8080",
+        ),
+        (
+            "{{ salt['pillar.get']('web', {'user': 'www'}, True) | json }}",
+            r#"{"hosts": ["a", "b"], "port": 8080, "user": "www"}"#,
+        ),
+        (
+            "{{ salt['pillar.get']('web:hosts', ['z', 'a'], merge=True) | json }}",
+            r#"["z", "a", "b"]"#,
+        ),
+        (
+            "{{ salt['pillar.get']('web:port', {'a': 1}, merge=True) }}",
+            "8080",
+        ),
+        ("{{ salt['grains.get']('os', '', '|') }}", "Debian"),
+        ("{{ salt['config.get']('web|port', '', '|') }}", "8080"),
+    ];
+    for (source, expected) in cases {
+        assert_eq!(
+            render(source).as_deref(),
+            Ok(expected),
+            "template {source:?}"
+        );
+    }
+    let err = render("{{ pillar.get('web:nope') }}").unwrap_err();
+    assert!(err.message.contains("'web:nope' is missing"), "{err}");
+}
+
+#[test]
+fn a_path_through_a_list_looks_into_the_dicts_it_holds_as_salt() {
+    let ctx = TemplateContext::new(
+        json!({"users": [{"alice": {"uid": 2001}}, {"bob": {"shell": "/bin/zsh"}}]}),
+        json!({}),
+        json!({}),
+        json!({}),
+    );
+    let out = engine(MemoryTree::new()).render(
+        "t.sls",
+        "{{ salt['pillar.get']('users:bob:shell') }} {{ salt['pillar.get']('users:0:alice:uid') }}",
+        &ctx,
+    );
+    assert_eq!(out.as_deref(), Ok("/bin/zsh 2001"));
+}
+
+/// Issue 11: `slsutil.serialize('yaml', ...)` is PyYAML's dump with `default_flow_style=None`
+/// (collections of scalars in flow style), the `yaml` filter flow style throughout.
+#[test]
+fn yaml_serializer_and_filter_use_pyyamls_styles() {
+    let cases = [
+        (
+            "{{ salt['slsutil.serialize']('yaml', {'b': {'x': 1, 'y': [1, 2]}, 'a': 'z'}) }}",
+            "a: z\nb:\n  x: 1\n  y: [1, 2]",
+        ),
+        (
+            "{{ salt.slsutil.serialize('yaml', {'a': 'yes', 'b': 'x,y'}) }}",
+            "{a: 'yes', b: 'x,y'}",
+        ),
+        (
+            "{{ {'b': {'x': [1]}, 'a': 'x,y'} | yaml }}",
+            "{a: 'x,y', b: {x: [1]}}",
+        ),
+        (
+            "{{ {'b': {'x': [1]}, 'a': 'x,y'} | yaml(False) }}",
+            "a: x,y\nb:\n  x:\n  - 1",
+        ),
+    ];
+    for (source, expected) in cases {
+        assert_eq!(
+            render(source).as_deref(),
+            Ok(expected),
+            "template {source:?}"
+        );
+    }
+}
