@@ -7,6 +7,11 @@
 # stop time, and the reconnect time after a master restart.
 #
 #   N=10000 ENVS=1000 bench/fleet/run.sh
+#   STATE_DIR=/var/tmp/fleet-10k N=10000 bench/fleet/run.sh   # enroll once, reuse after
+#
+# STATE_DIR keeps the agents' keys and certificates and a master data dir holding exactly those
+# agents, enrolled: a run copies that data dir and skips enrollment (enrolling 10,000 agents
+# takes minutes). Agents missing from it (a larger N) are enrolled into it first.
 #
 # Figures are printed, never asserted. Needs an open-files hard limit above N (`ulimit -Hn`):
 # the master and the simulator each raise their soft limit to it.
@@ -36,10 +41,9 @@ wait_line() { # FILE PATTERN TIMEOUT_S
 }
 PORT=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
 M=$W/master
-"$B/corpus-master" init --data-dir "$M" >/dev/null
-start_master() {
+start_master() { # [DATA_DIR]
   : >"$W/serve.out"
-  "$B/corpus-master" serve --data-dir "$M" --listen "127.0.0.1:$PORT" >"$W/serve.out" 2>>"$W/serve.log" &
+  "$B/corpus-master" serve --data-dir "${1:-$M}" --listen "127.0.0.1:$PORT" >"$W/serve.out" 2>>"$W/serve.log" &
   MASTER=$!
   PIDS+=("$MASTER")
   wait_line "$W/serve.out" "listening on" 30
@@ -50,6 +54,25 @@ stop_master() { # prints the seconds a graceful stop took
   while kill -0 "$MASTER" 2>/dev/null; do sleep 0.02; done
   since "$t0"
 }
+if [ -n "${STATE_DIR:-}" ]; then
+  SIM_STATE=$STATE_DIR/sim
+  mkdir -p "$SIM_STATE"
+  [ -d "$STATE_DIR/master" ] || "$B/corpus-master" init --data-dir "$STATE_DIR/master" >/dev/null
+  HAVE=$(find "$SIM_STATE" -name '*.crt' | wc -l)
+  if [ "$HAVE" -lt "$N" ]; then
+    echo "enrolling $((N - HAVE)) more agents into $STATE_DIR (it holds $HAVE)"
+    start_master "$STATE_DIR/master"
+    "$B/corpus-fleet-sim" --master "https://127.0.0.1:$PORT" --ca "$STATE_DIR/master/pki/ca.crt" \
+      --master-data-dir "$STATE_DIR/master" --agents "$N" --state-dir "$SIM_STATE" --enroll-only 2>&1 | tail -1
+    stop_master >/dev/null
+  fi
+  cp -a "$STATE_DIR/master" "$M"
+  rm -f "$M/admin.sock"
+else
+  SIM_STATE=$W/sim
+  "$B/corpus-master" init --data-dir "$M" >/dev/null
+fi
+
 cpu_ticks() { awk '{print $14 + $15}' "/proc/$1/stat"; }
 rss_mb() { awk '/VmRSS/ {printf "%.0f", $2 / 1024}' "/proc/$1/status"; }
 
@@ -63,14 +86,31 @@ chmod 600 "$W/corpus.conf"
 
 echo "fleet bench: N=$N ENVS=$ENVS, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), open files hard limit $(ulimit -Hn)"
 SIM_PASSWORD=$PASSWORD "$B/corpus-fleet-sim" --master "https://127.0.0.1:$PORT" --ca "$M/pki/ca.crt" \
-  --master-data-dir "$M" --agents "$N" --state-dir "$W/sim" --envs "$ENVS" >"$W/sim.out" 2>"$W/sim.log" &
+  --master-data-dir "$M" --agents "$N" --state-dir "$SIM_STATE" --envs "$ENVS" >"$W/sim.out" 2>"$W/sim.log" &
 SIM=$!
 PIDS+=("$SIM")
 wait_line "$W/sim.log" "identities ready" 3600
 echo "enrollment:        $(sed -n 's/ identities ready in / agents enrolled in /p' "$W/sim.log")"
+wait_line "$W/sim.out" '"connecting"' 60
+# CPU of each side during the storm: the master's attach path and TLS server side against the
+# simulator's TLS client side, on the same cores. PERF=1 also profiles both (perf record).
+M0=$(cpu_ticks "$MASTER"); S0=$(cpu_ticks "$SIM")
+if [ "${PERF:-}" = 1 ]; then
+  perf record -F 299 -g -p "$MASTER" -o "$W/master.perf" >/dev/null 2>&1 & PERF_M=$!
+  perf record -F 299 -g -p "$SIM" -o "$W/sim.perf" >/dev/null 2>&1 & PERF_S=$!
+fi
 wait_line "$W/sim.out" all_connected 600
+M1=$(cpu_ticks "$MASTER"); S1=$(cpu_ticks "$SIM")
 STORM=$(grep -m1 all_connected "$W/sim.out" | sed 's/.*"t":\([0-9.]*\).*/\1/')
 printf 'connect storm:     %.2f s until all %s agents attached\n' "$STORM" "$N"
+awk -v m=$((M1 - M0)) -v s=$((S1 - S0)) -v hz="$(getconf CLK_TCK)" -v t="$STORM" 'BEGIN{printf "  CPU during the storm: master %.2f s, simulator %.2f s (%.0f%% of the 2 cores over %.2f s), load %s\n", m / hz, s / hz, 100 * (m + s) / hz / t / 2, t, "'"$(cut -d' ' -f1-3 /proc/loadavg)"'"}'
+if [ "${PERF:-}" = 1 ]; then
+  kill -INT "$PERF_M" "$PERF_S"; wait "$PERF_M" "$PERF_S" 2>/dev/null || true
+  for side in master sim; do
+    perf report -i "$W/$side.perf" --no-children -g none --percent-limit 0.5 --sort dso,symbol --stdio 2>/dev/null | grep -v '^#' | grep '%' | head -25 >"$W/$side.top"
+    echo "  perf, $side (self time, top 12):"; head -12 "$W/$side.top" | sed 's/^/    /'
+  done
+fi
 if [ "$ENVS" -gt 0 ]; then
   wait_line "$W/sim.out" envs_created 3600
   echo "environments:      $(grep envs_created "$W/sim.out")"

@@ -53,7 +53,7 @@ pub struct AdminService {
 
 /// An agent as the console lists it: the stored record, with the live link's view when the
 /// agent is connected.
-fn agent_info(state: &MasterState, record: AgentRecord) -> AgentInfo {
+pub(crate) fn agent_info(state: &MasterState, record: AgentRecord) -> AgentInfo {
     let peer = state.links.peer(&record.id);
     AgentInfo {
         status: wire::agent_status(record.status) as i32,
@@ -727,6 +727,27 @@ impl corpus_proto::admin_server::Admin for AdminService {
             })
             .await?;
         Ok(Response::new(agent_info(state, record)))
+    }
+
+    type StreamAgentsStream = tokio_stream::wrappers::ReceiverStream<Result<AgentList, Status>>;
+
+    /// `agents list`: pages of agents as they are read (`agent_pages.rs`).
+    async fn stream_agents(
+        &self,
+        request: Request<corpus_proto::StreamAgentsRequest>,
+    ) -> Result<Response<Self::StreamAgentsStream>, Status> {
+        let page_size = crate::agent_pages::page_size(request.into_inner().page_size)?;
+        let (tx, rx) = tokio::sync::mpsc::channel(2);
+        let state = self.state.clone();
+        tokio::task::spawn_blocking(move || {
+            if let Err(e) = crate::agent_pages::send_agent_pages(&state, page_size, now_unix(), &tx)
+            {
+                let _ = tx.blocking_send(Err(e.into()));
+            }
+        });
+        Ok(Response::new(tokio_stream::wrappers::ReceiverStream::new(
+            rx,
+        )))
     }
 }
 

@@ -12,7 +12,7 @@ use crate::error::{MasterError, MasterResult};
 use crate::hosts::{HostedIndex, isolation_of, shares_safely};
 use crate::smep::{self, EnvIdentity};
 use crate::store::{
-    AgentRecord, AgentStatus, DEFAULT_MAX_ENVS, DEFAULT_QUOTA_BYTES, EnvironmentRecord, Mode,
+    AgentStatus, DEFAULT_MAX_ENVS, DEFAULT_QUOTA_BYTES, EnvironmentRecord, Mode, PlacementHost,
     Platform, ProjectRecord,
 };
 
@@ -79,22 +79,27 @@ pub fn init_env(
     let environments = state.store.environments()?;
     check_env_limit(state, user, &environments)?;
     let index = HostedIndex::new(&environments);
-    let free = |agent: &AgentRecord| index.free_slots(agent);
     let agent = if host.is_empty() {
-        let mut candidates: Vec<_> = state
+        // From the placement index (slots and isolation of every accepted agent, in memory):
+        // no agent record is read.
+        let free = |h: &PlacementHost| h.slots.saturating_sub(index.count(&h.id));
+        let safe = |h: &PlacementHost| {
+            !index.hosts_others_than(&h.id, user)
+                || matches!(h.isolation.as_str(), "landlock" | "uid")
+        };
+        state
             .store
-            .agents()?
+            .placement_hosts()?
             .into_iter()
-            .filter(|a| a.status == AgentStatus::Accepted && state.links.is_connected(&a.id))
-            .filter(|a| free(a) > 0)
-            .filter(|a| shares_safely(a, user, &index))
-            .collect();
-        candidates.sort_by_key(|a| std::cmp::Reverse(free(a)));
-        candidates.into_iter().next().ok_or_else(|| {
-            MasterError::Exhausted(
-                "no connected agent has a free slot for your environment (an agent that hosts other users' environments must report isolation landlock or uid): see corpus listhosts".to_owned(),
-            )
-        })?
+            .filter(|h| free(h) > 0 && safe(h) && state.links.is_connected(&h.id))
+            // The most free slots; of equals, the first by id.
+            .min_by_key(|h| (std::cmp::Reverse(free(h)), h.id.clone()))
+            .map(|h| h.id)
+            .ok_or_else(|| {
+                MasterError::Exhausted(
+                    "no connected agent has a free slot for your environment (an agent that hosts other users' environments must report isolation landlock or uid): see corpus listhosts".to_owned(),
+                )
+            })?
     } else {
         let agent = state
             .store
@@ -107,7 +112,7 @@ pub fn init_env(
                     ": see corpus listhosts",
                 )
             })?;
-        if free(&agent) == 0 {
+        if index.free_slots(&agent) == 0 {
             return Err(MasterError::Exhausted(format!(
                 "host {host:?} has no free slot"
             )));
@@ -118,16 +123,16 @@ pub fn init_env(
                 isolation_of(&agent)
             )));
         }
-        agent
+        agent.id
     };
     let sheet = smep::sheet_number(&state.settings().sheet);
     let numbers = state.settings().machine_numbers;
-    let identity = allocate_identity(&environments, &agent.id, sheet, numbers, platform)?;
+    let identity = allocate_identity(&environments, &agent, sheet, numbers, platform)?;
     let env = EnvironmentRecord {
         uuid: uuid::Uuid::new_v4().to_string(),
         platform,
         mode,
-        agent: agent.id,
+        agent,
         owner: user.to_owned(),
         grants: vec![],
         defaults: Value::Object(Default::default()),
@@ -374,7 +379,7 @@ pub fn forget_user(state: &MasterState, user: &str, force: bool) -> MasterResult
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::store::Platform;
+    use crate::store::{AgentRecord, Platform};
 
     fn state() -> anyhow::Result<(tempfile::TempDir, std::sync::Arc<MasterState>)> {
         crate::test_state()
@@ -687,6 +692,55 @@ mod tests {
             other => panic!("expected Refused, got {other:?}"),
         }
         init_env(&state, "bob", "staging", "confined", "")?;
+        Ok(())
+    }
+
+    #[test]
+    fn automatic_placement_follows_agent_writes_through_the_placement_index() -> anyhow::Result<()>
+    {
+        let (_dir, state) = state()?;
+        let connect = |id: &str| {
+            let (tx, rx) = tokio::sync::mpsc::channel(1);
+            state.links.register(id, tx, "10.0.0.1".into(), 0);
+            rx
+        };
+        let placed = |user: &str| init_env(&state, user, "dev", "", "").map(|e| e.agent);
+        host(&state, "small", 1, "uid")?;
+        host(&state, "big", 3, "uid")?;
+        host(&state, "offline", 9, "uid")?;
+        let _links = [connect("small"), connect("big")];
+        // The most free slots among connected agents; the disconnected one is never chosen.
+        assert_eq!(placed("alice")?, "big");
+        assert_eq!(placed("alice")?, "big");
+        // 1 free each: the first by id.
+        assert_eq!(placed("alice")?, "big");
+        assert_eq!(placed("alice")?, "small");
+        assert!(matches!(placed("alice"), Err(MasterError::Exhausted(_))));
+
+        // New grains through the link's compare-and-swap: seen by the next placement.
+        state.store.update_agent("small", |record| {
+            if let Some(grains) = record.grains.as_mut() {
+                grains.slots = 2;
+            }
+            Ok::<_, ()>(true)
+        })?;
+        assert_eq!(placed("alice")?, "small");
+        // An agent rejected, then deleted: never placed on, whatever its slots.
+        host(&state, "big", 9, "uid")?;
+        let mut rejected = state.existing_agent("big")?;
+        rejected.status = AgentStatus::Rejected;
+        state.store.put_agent(&rejected)?;
+        assert!(matches!(placed("alice"), Err(MasterError::Exhausted(_))));
+        host(&state, "big", 9, "uid")?;
+        assert_eq!(placed("alice")?, "big");
+        state.store.delete_agent("big")?;
+        assert!(matches!(placed("alice"), Err(MasterError::Exhausted(_))));
+        // Another user shares only where the agent isolates environments.
+        host(&state, "plain", 2, "")?;
+        let _plain = connect("plain");
+        host(&state, "plain", 2, "none")?;
+        assert_eq!(placed("alice")?, "plain");
+        assert!(matches!(placed("bob"), Err(MasterError::Exhausted(_))));
         Ok(())
     }
 }

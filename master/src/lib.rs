@@ -6,6 +6,7 @@
 
 pub mod accept;
 pub mod admin;
+pub mod agent_pages;
 pub mod auth;
 pub mod blob_gc;
 pub mod blobs;

@@ -237,7 +237,12 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
     ) -> Result<Response<MasterStream>, Status> {
         let state = self.state.clone();
         let (id, fp) = certificate_identity(&request)?;
-        authenticate_agent(&state, &request).await?;
+        {
+            let (agent, fp) = (id.clone(), fp.clone());
+            state
+                .blocking(move |state| Ok(check_agent(state, &agent, &fp)))
+                .await??;
+        }
         info!(agent = %id, "agent certificate accepted; awaiting its hello");
         let address = request
             .remote_addr()
@@ -287,10 +292,22 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
         // Registered before anything of this connection is recorded: a copy's grains (its
         // root, its isolation) must not replace the live agent's.
         let (generation, closed, last_seen) = register_link(&state, &id, &address, heartbeat, tx)?;
+        let grace = heartbeat * 3;
+        // One trip off the async workers for the whole attach: confirming the link, then the
+        // results the agent finished while the master was away and the jobs it still runs.
         let confirmed = {
             let (agent, fp) = (id.clone(), fp.clone());
             state
-                .blocking(move |state| Ok(confirm_link(state, &agent, &fp, &grains)))
+                .blocking(move |state| {
+                    if let Err(status) = confirm_link(state, &agent, &fp, &grains) {
+                        return Ok(Err(status));
+                    }
+                    for finished in unacknowledged {
+                        record_finished(state, &agent, finished);
+                    }
+                    state.jobs.reconcile(state, &agent, &known_jobs, grace);
+                    Ok(Ok(()))
+                })
                 .await
         };
         match confirmed {
@@ -305,20 +322,6 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
             }
         }
         info!(agent = %id, %address, "agent attached");
-        let grace = heartbeat * 3;
-        {
-            let agent = id.clone();
-            state
-                .blocking(move |state| {
-                    // Results the agent finished while the master was away.
-                    for finished in unacknowledged {
-                        record_finished(state, &agent, finished);
-                    }
-                    state.jobs.reconcile(state, &agent, &known_jobs, grace);
-                    Ok(())
-                })
-                .await?;
-        }
 
         // The agent's first heartbeat is due one period after the Welcome; then it has three
         // periods for each message, as for every later one.

@@ -1,6 +1,6 @@
 //! `corpus-master agents list|accept|reject|delete`: deciding which machines may attach.
 
-use corpus_proto::{AgentInfo, AgentRef, AgentStatus, Empty};
+use corpus_proto::{AgentInfo, AgentRef, AgentStatus, StreamAgentsRequest};
 use serde_json::{Value, json};
 
 use super::{Console, Table, print_json, printable, rpc};
@@ -44,12 +44,16 @@ pub async fn run(command: AgentsCommand, console: &Console) -> anyhow::Result<()
     let mut client = console.admin().await?;
     let (verb, info) = match command {
         AgentsCommand::List => {
-            let agents = client
-                .list_agents(Empty {})
+            // Paged: a fleet of any size fits (one message would hit the message limit).
+            let mut pages = client
+                .stream_agents(StreamAgentsRequest { page_size: 0 })
                 .await
                 .map_err(rpc)?
-                .into_inner()
-                .agents;
+                .into_inner();
+            let mut agents = Vec::new();
+            while let Some(page) = pages.message().await.map_err(rpc)? {
+                agents.extend(page.agents);
+            }
             print_list(console, &agents);
             return Ok(());
         }

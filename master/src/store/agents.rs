@@ -1,10 +1,44 @@
 //! Agent records written on the link's path: an attach's new grains (compare-and-swap, so an
 //! operator's decision stored meanwhile is never written over) and the last-seen times the link
 //! registry saves in one batch.
+//!
+//! Also the placement index: what choosing a host needs of each accepted agent (its slots and
+//! isolation), kept in memory and refreshed by every write of an agent record, so `init_env`
+//! does not decode 10,000 records (certificates and all) per environment created.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
 
 use crate::db::{Tree, Write};
 
-use super::{AgentRecord, Store, StoreError, decode, encode};
+use super::{AgentRecord, AgentStatus, Store, StoreError, decode, encode};
+
+/// An accepted agent as placement sees it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PlacementHost {
+    pub id: String,
+    /// The `slots` grain: environments it may host (0 before its first Hello).
+    pub slots: u32,
+    /// The `isolation` grain ("" for an agent that reports none).
+    pub isolation: String,
+}
+
+/// Accepted agents by id; `None` until first used (built then from one pass over the records)
+/// and after a refresh failed (rebuilt on the next use).
+#[derive(Debug, Default)]
+pub(super) struct PlacementIndex(Mutex<Option<BTreeMap<String, PlacementHost>>>);
+
+fn placement_host(record: &AgentRecord) -> Option<PlacementHost> {
+    (record.status == AgentStatus::Accepted).then(|| PlacementHost {
+        id: record.id.clone(),
+        slots: record.grains.as_ref().map_or(0, |g| g.slots),
+        isolation: record
+            .grains
+            .as_ref()
+            .map(|g| g.isolation.clone())
+            .unwrap_or_default(),
+    })
+}
 
 /// What an [`Store::update_agent`] change did.
 #[derive(Debug, Clone, PartialEq)]
@@ -18,6 +52,55 @@ pub enum AgentUpdate<E> {
 }
 
 impl Store {
+    /// Every accepted agent with its slots and isolation, by id, from the placement index.
+    pub fn placement_hosts(&self) -> Result<Vec<PlacementHost>, StoreError> {
+        let mut index = self.placement.0.lock().unwrap_or_else(|p| p.into_inner());
+        if index.is_none() {
+            let hosts = self
+                .agents()?
+                .iter()
+                .filter_map(placement_host)
+                .map(|h| (h.id.clone(), h))
+                .collect();
+            *index = Some(hosts);
+        }
+        Ok(index
+            .as_ref()
+            .map(|hosts| hosts.values().cloned().collect())
+            .unwrap_or_default())
+    }
+
+    /// Brings the placement index in line with the stored record of `id`; call after every write
+    /// of an agent record. The record is read again under the index's lock: of two writers, the
+    /// one refreshing last reads what is stored last, so the index ends as the store does.
+    pub(super) fn refresh_placement(&self, id: &str) {
+        let mut index = self.placement.0.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(hosts) = index.as_mut() else {
+            return;
+        };
+        let stored = self
+            .db
+            .get(Tree::Agents, id.as_bytes())
+            .map_err(StoreError::from)
+            .and_then(|bytes| {
+                bytes
+                    .map(|b| decode::<AgentRecord>("agent", id, &b))
+                    .transpose()
+            });
+        match stored {
+            Ok(record) => match record.as_ref().and_then(placement_host) {
+                Some(host) => {
+                    hosts.insert(id.to_owned(), host);
+                }
+                None => {
+                    hosts.remove(id);
+                }
+            },
+            // Unknown state: rebuilt from the records on the next use.
+            Err(_) => *index = None,
+        }
+    }
+
     /// Applies `change` to the stored record of `id` and stores the result, atomically: when the
     /// record changed between the read and the write, `change` runs again on the new one.
     /// `change` returns whether it modified the record (nothing is written otherwise) or a
@@ -43,6 +126,7 @@ impl Store {
                 Some(&current),
                 Some(&encode(&record)),
             )? {
+                self.refresh_placement(id);
                 return Ok(AgentUpdate::Done(Box::new(record)));
             }
         }

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::db::{Db, DbError, Tree, Write};
 pub use crate::records::*;
-pub use agents::AgentUpdate;
+pub use agents::{AgentUpdate, PlacementHost};
 pub use jobs::ProjectChange;
 pub use nodes::NodeRecord;
 pub use runs::{AgentReturn, ReturnStatus, RunRecord, RunStatus};
@@ -38,17 +38,22 @@ pub enum StoreError {
 #[derive(Clone)]
 pub struct Store {
     db: Arc<dyn Db>,
+    /// What placement needs of the accepted agents (`agents.rs`).
+    placement: Arc<agents::PlacementIndex>,
 }
 
 impl Store {
     /// A store over `db` as it is, without migrating: for tests and tools.
     pub fn new(db: Arc<dyn Db>) -> Self {
-        Store { db }
+        Store {
+            db,
+            placement: Default::default(),
+        }
     }
 
     /// The store over `db`, with records of older formats migrated once.
     pub fn open(db: Arc<dyn Db>) -> Result<Self, StoreError> {
-        let store = Store { db };
+        let store = Store::new(db);
         store.migrate_jobs()?;
         Ok(store)
     }
@@ -87,11 +92,15 @@ impl Store {
     }
 
     pub fn put_agent(&self, agent: &AgentRecord) -> Result<(), StoreError> {
-        self.put(Tree::Agents, &agent.id, agent)
+        self.put(Tree::Agents, &agent.id, agent)?;
+        self.refresh_placement(&agent.id);
+        Ok(())
     }
 
     pub fn delete_agent(&self, id: &str) -> Result<Option<AgentRecord>, StoreError> {
-        match self.db.delete(Tree::Agents, id.as_bytes())? {
+        let deleted = self.db.delete(Tree::Agents, id.as_bytes());
+        self.refresh_placement(id);
+        match deleted? {
             None => Ok(None),
             Some(bytes) => decode("agent", id, &bytes).map(Some),
         }
@@ -208,6 +217,7 @@ impl Store {
             Write::delete(Tree::EnrollmentTokens, token_hash),
             Write::put(Tree::Agents, agent.id.as_str(), encode(agent)),
         ])?;
+        self.refresh_placement(&agent.id);
         Ok(true)
     }
 

@@ -78,6 +78,10 @@ struct Args {
     /// in handshake per source).
     #[arg(long, default_value_t = 48)]
     connect_concurrency: usize,
+    /// Enroll the agents missing from `--state-dir`, then exit without connecting them
+    /// (`run.sh`'s `STATE_DIR=`: identities kept for later runs).
+    #[arg(long)]
+    enroll_only: bool,
 }
 
 /// One agent's identity.
@@ -135,6 +139,9 @@ async fn run(args: Args) -> anyhow::Result<()> {
         identities.len(),
         started.elapsed().as_secs_f64()
     );
+    if args.enroll_only {
+        return Ok(());
+    }
 
     let fleet = Arc::new(Fleet {
         master: args.master.clone(),
