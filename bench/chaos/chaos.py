@@ -21,6 +21,12 @@ MDIR, ADIR, ROOT = (os.path.join(WORK, d) for d in ("master", "agent", "envs"))
 PROJECT = os.path.join(WORK, "app")
 rng = random.Random(SEED)
 HERE = os.path.dirname(os.path.abspath(__file__))
+# The environment numbers (SMEP's M) of the bench's environments: their accounts are real
+# (`corpus-<smep>`), and an agent stops every process of its environments' users when it
+# starts. The e2e harness hands out 1-96 to its test masters (and removes those accounts when a
+# test ends), so a bench on the default range would share users with tests running beside
+# it, and two benches side by side must take different ranges too.
+MACHINES = os.environ.get("CHAOS_MACHINES", "97-99")
 
 
 def log(*args):
@@ -85,7 +91,7 @@ class Procs:
         listen = "127.0.0.1:%d" % self.port if self.port else "127.0.0.1:0"
         mark = os.path.getsize(out.name)
         self.master = subprocess.Popen(
-            [MASTER, "serve", "--data-dir", MDIR, "--listen", listen],
+            [MASTER, "serve", "--data-dir", MDIR, "--listen", listen, "--machine-numbers", MACHINES],
             stdout=out, stderr=open(os.path.join(WORK, "master.log"), "a"), start_new_session=True)
 
         def listening():
@@ -240,6 +246,7 @@ def check(env, versions):
 
 
 ENVS = {}
+AT = tuple(float(x) for x in os.environ["CHAOS_AT"].split(":")) if os.environ.get("CHAOS_AT") else None
 
 
 def main():
@@ -292,6 +299,9 @@ def run_cycles(procs):
         target = os.environ.get("CHAOS_TARGET", target)
         group = {"1": True, "0": False}.get(os.environ.get("CHAOS_GROUP", ""), group)
         delay = rng.uniform(0, durations[phase] * 1.2)
+        if AT is not None:
+            # Fixed window of the push's warm-up duration (CHAOS_AT=LOW:HIGH), e.g. its end.
+            delay = durations[phase] * (AT[0] + (AT[1] - AT[0]) * delay / (durations[phase] * 1.2))
         outcome = {}
         for env_name in ("staging", "prod"):
             client = subprocess.Popen([CORPUS, "push", "local", ENVS[env_name], "app", "--path", PROJECT],

@@ -5,6 +5,9 @@
 #   bench/chaos/run.sh
 #   env: CYCLES=200  FILES=2000 (files the build writes, 100 per 0.1 s)  SEED=$RANDOM
 #        CHAOS_PHASE=staging|prod CHAOS_TARGET=agent|master CHAOS_GROUP=0|1 (fix a choice)
+#        CHAOS_AT=LOW:HIGH (kill within this fraction of the push's warm-up duration; default 0:1.2)
+#        CHAOS_MACHINES=FIRST-LAST (the environments' SMEP machine numbers; default 97-99, which
+#        the e2e harness never uses; two benches side by side need different ones)
 #        CORPUS_BIN=DIR (binaries already built; default: cargo build --bins, debug)
 #        KEEP=1 (keep the work dir and its logs; kept anyway when a wait times out)
 set -euo pipefail
