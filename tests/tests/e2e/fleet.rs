@@ -262,7 +262,7 @@ fn operator_runs_target_batch_and_report_each_agent() -> anyhow::Result<()> {
                 assert!(
                     ret["error"]
                         .as_str()
-                        .is_some_and(|e| e.contains("broken.sls")),
+                        .is_some_and(|e| e.contains("broken.sls") && e.contains(", line ")),
                     "{ret}"
                 );
             }
