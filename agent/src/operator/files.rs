@@ -11,9 +11,26 @@ use tempfile::TempDir;
 /// Prefix of the per-call directories in the state dir.
 const DIR_PREFIX: &str = "operator-files-";
 
+/// Removes the call directories an earlier agent process left (a crash or a kill during a
+/// call); done once, before this process's first call makes its own.
+fn remove_stale(state_dir: &Path) {
+    static DONE: std::sync::Once = std::sync::Once::new();
+    DONE.call_once(|| {
+        let Ok(entries) = std::fs::read_dir(state_dir) else {
+            return;
+        };
+        for entry in entries.flatten() {
+            if entry.file_name().to_string_lossy().starts_with(DIR_PREFIX) {
+                let _ = std::fs::remove_dir_all(entry.path());
+            }
+        }
+    });
+}
+
 /// Writes `files` under a new directory (mode 0700) in `state_dir`. A path that is not plainly
 /// relative (`..`, absolute, empty) is refused, whatever the master sent.
 pub fn write(state_dir: &Path, files: &[OperatorFile]) -> Result<TempDir, String> {
+    remove_stale(state_dir);
     let dir = tempfile::Builder::new()
         .prefix(DIR_PREFIX)
         .permissions(std::fs::Permissions::from_mode(0o700))
@@ -60,6 +77,10 @@ mod tests {
     #[test]
     fn shipped_files_land_with_their_modes_and_go_with_the_call() -> anyhow::Result<()> {
         let state = tempfile::tempdir()?;
+        // What a crashed agent left: gone before the first call (the only one of this test
+        // binary) writes its own.
+        let stale = state.path().join(format!("{DIR_PREFIX}crashed"));
+        std::fs::create_dir_all(stale.join("web"))?;
         let dir = write(
             state.path(),
             &[
@@ -69,6 +90,7 @@ mod tests {
         )
         .map_err(anyhow::Error::msg)?;
         let root = dir.path().to_owned();
+        assert!(!stale.exists());
         assert_eq!(
             std::fs::read_to_string(root.join("web/conf.d/a.conf"))?,
             "a"

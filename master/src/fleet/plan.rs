@@ -73,6 +73,10 @@ pub fn select(state: &MasterState, target: &Target) -> MasterResult<Vec<(String,
         .collect())
 }
 
+/// The most one call's plan, pillar and files may take: the link's message limit, less room for
+/// the call's other fields. A larger call would break the agent's link, so it is refused.
+pub const MAX_CALL_BYTES: usize = corpus_proto::MAX_MESSAGE_BYTES - 64 * 1024;
+
 /// What one agent's call carries of the master's trees.
 pub struct RenderedCall {
     /// JSON of corpus-states' Plan.
@@ -114,9 +118,70 @@ pub fn render(
         .map_err(|e| format!("render failed: the plan does not serialise: {e}"))?;
     let pillar = serde_json::to_vec(&render.pillar)
         .map_err(|e| format!("render failed: the pillar does not serialise: {e}"))?;
+    let size = plan.len()
+        + pillar.len()
+        + files
+            .iter()
+            .map(|f| f.path.len() + f.content.len() + 16)
+            .sum::<usize>();
+    if size > MAX_CALL_BYTES {
+        return Err(format!(
+            "the call for {agent} would be {size} bytes (plan, pillar and salt:// files), over the limit of {MAX_CALL_BYTES} bytes (the link's 16 MiB message less 64 KiB): ship fewer or smaller files"
+        ));
+    }
     Ok(RenderedCall {
         plan,
         pillar,
         files,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_call_over_the_links_message_limit_is_refused_naming_the_agent() -> anyhow::Result<()> {
+        let (dir, state) = crate::test_state()?;
+        let mut settings = state.settings();
+        settings.file_root = dir.path().join("states");
+        settings.pillar_root = dir.path().join("pillar");
+        std::fs::create_dir_all(&settings.file_root)?;
+        std::fs::create_dir_all(&settings.pillar_root)?;
+        std::fs::write(
+            settings.file_root.join("top.sls"),
+            "base:\n  '*':\n    - big\n",
+        )?;
+        std::fs::write(
+            settings.file_root.join("big.sls"),
+            "blob:\n  file.managed:\n    - name: /tmp/never\n    - source: salt://blob\n",
+        )?;
+        // Each part within its own limit (8 MiB of files, 8 MiB of pillar), together over.
+        let shipped = vec![b'x'; crate::fleet::sources::MAX_SHIPPED_BYTES as usize];
+        std::fs::write(settings.file_root.join("blob"), &shipped)?;
+        std::fs::write(
+            settings.pillar_root.join("top.sls"),
+            "base:\n  '*':\n    - p\n",
+        )?;
+        let filler = "y".repeat(corpus_pillar::compile::MAX_PILLAR_BYTES - 64);
+        std::fs::write(settings.pillar_root.join("p.sls"), "filler: small\n")?;
+        let grains = serde_json::json!({"id": "web1"});
+        let fits =
+            render(&settings, "web1", grains.clone(), &[], true).map_err(anyhow::Error::msg)?;
+        assert_eq!(fits.files.len(), 1);
+        std::fs::write(
+            settings.pillar_root.join("p.sls"),
+            format!("filler: {filler}\n"),
+        )?;
+        let err = render(&settings, "web1", grains.clone(), &[], true).err();
+        let err = err.unwrap_or_default();
+        assert!(
+            err.contains("web1") && err.contains(&MAX_CALL_BYTES.to_string()),
+            "{}",
+            err.chars().take(300).collect::<String>()
+        );
+        // Without files (state.show_sls) the same pillar fits.
+        assert!(render(&settings, "web1", grains, &[], false).is_ok());
+        Ok(())
+    }
 }

@@ -33,7 +33,8 @@ pub struct ShippedFile {
 }
 
 /// Every `salt://` reference in the plan's state arguments (keys of mappings included, as in
-/// `source: [{salt://a: hash}]`), with the id of the state that holds it.
+/// `source: [{salt://a: hash}]`) and at the start of a state's name (`cmd.script`'s default
+/// source), with the id of the state that holds it.
 pub fn references(plan: &Plan) -> Vec<(String, String)> {
     fn walk(value: &Json, id: &str, out: &mut Vec<(String, String)>) {
         match value {
@@ -52,6 +53,11 @@ pub fn references(plan: &Plan) -> Vec<(String, String)> {
     }
     let mut out = Vec::new();
     for chunk in &plan.chunks {
+        if let Some(first) = chunk.name.split_whitespace().next()
+            && first.starts_with("salt://")
+        {
+            out.push((chunk.id.clone(), first.to_owned()));
+        }
         for value in chunk.args.values() {
             walk(value, &chunk.id, &mut out);
         }
@@ -291,11 +297,15 @@ mod tests {
             json!({"source": "salt://web/conf.d"}),
             json!({"source": [{"salt://missing": "sha256=0"}, "salt://web/conf.d/a.conf"]}),
         ])?;
+        let mut plan = plan;
+        plan.chunks[0].name = "salt://run.sh --fast".into();
+        std::fs::write(root.join("run.sh"), "#!/bin/sh")?;
         let files = collect(root, &plan).map_err(anyhow::Error::msg)?;
         let paths: Vec<&str> = files.iter().map(|f| f.path.as_str()).collect();
         assert_eq!(
             paths,
             [
+                "run.sh",
                 "web/conf.d/a.conf",
                 "web/conf.d/sub/b.conf",
                 "web/map.jinja",
@@ -303,7 +313,7 @@ mod tests {
                 "web/part.j2"
             ]
         );
-        assert_eq!(files[2].content, b"{% set port = 80 %}");
+        assert_eq!(files[3].content, b"{% set port = 80 %}");
         assert_eq!(
             collect(root, &self::plan(&[json!({"name": "/x"})])?),
             Ok(vec![])

@@ -262,7 +262,7 @@ fn operator_runs_target_batch_and_report_each_agent() -> anyhow::Result<()> {
                 assert!(
                     ret["error"]
                         .as_str()
-                        .is_some_and(|e| e.contains("broken.sls")),
+                        .is_some_and(|e| e.contains("broken.sls") && e.contains(", line ")),
                     "{ret}"
                 );
             }
@@ -407,6 +407,14 @@ fn operator_runs_ship_salt_files_stop_timed_out_calls_and_follow_custom_grains()
         ),
     )?;
     std::fs::write(
+        states.join("script.sls"),
+        "run_script:\n  cmd.script:\n    - source: salt://site/hello.sh\n    - template: jinja\n",
+    )?;
+    std::fs::write(
+        states.join("site/hello.sh"),
+        format!("#!/bin/sh\necho \"hello {{{{ grains['id'] }}}}\" > {o}/script.out\n"),
+    )?;
+    std::fs::write(
         states.join("failing.sls"),
         "will_fail:\n  cmd.run:\n    - name: 'echo no; exit 3'\n",
     )?;
@@ -454,6 +462,14 @@ fn operator_runs_ship_salt_files_stop_timed_out_calls_and_follow_custom_grains()
         })
         .unwrap_or_default();
     assert!(changed.is_empty(), "{again:?}");
+
+    // cmd.script from a salt:// template.
+    let script = console(&["apply", "*", "script"])?;
+    assert!(script.status.success(), "{}", text(&script));
+    assert_eq!(
+        std::fs::read_to_string(out.join("script.out"))?,
+        "hello node1\n"
+    );
 
     // A state failing on the agent: Salt's summary names it with its comment, exit non-zero.
     let failing = console(&["apply", "*", "failing"])?;
