@@ -89,12 +89,16 @@ pub fn init_env(
         };
         state
             .store
-            .placement_hosts()?
-            .into_iter()
-            .filter(|h| free(h) > 0 && safe(h) && state.links.is_connected(&h.id))
-            // The most free slots; of equals, the first by id.
-            .min_by_key(|h| (std::cmp::Reverse(free(h)), h.id.clone()))
-            .map(|h| h.id)
+            .with_placement_hosts(|hosts| {
+                hosts
+                    .filter(|h| free(h) > 0 && safe(h) && state.links.is_connected(&h.id))
+                    // The most free slots; of equals, the first by id (hosts come by id).
+                    .fold(None::<(u32, &PlacementHost)>, |best, h| match best {
+                        Some((most, _)) if most >= free(h) => best,
+                        _ => Some((free(h), h)),
+                    })
+                    .map(|(_, h)| h.id.clone())
+            })?
             .ok_or_else(|| {
                 MasterError::Exhausted(
                     "no connected agent has a free slot for your environment (an agent that hosts other users' environments must report isolation landlock or uid): see corpus listhosts".to_owned(),

@@ -52,22 +52,24 @@ pub enum AgentUpdate<E> {
 }
 
 impl Store {
-    /// Every accepted agent with its slots and isolation, by id, from the placement index.
-    pub fn placement_hosts(&self) -> Result<Vec<PlacementHost>, StoreError> {
+    /// Calls `look` with every accepted agent, by id, from the placement index (built first if
+    /// need be), under the index's lock: nothing is copied. `look` must not write agents.
+    pub fn with_placement_hosts<R>(
+        &self,
+        look: impl FnOnce(&mut dyn Iterator<Item = &PlacementHost>) -> R,
+    ) -> Result<R, StoreError> {
         let mut index = self.placement.0.lock().unwrap_or_else(|p| p.into_inner());
-        if index.is_none() {
-            let hosts = self
-                .agents()?
-                .iter()
-                .filter_map(placement_host)
-                .map(|h| (h.id.clone(), h))
-                .collect();
-            *index = Some(hosts);
-        }
-        Ok(index
-            .as_ref()
-            .map(|hosts| hosts.values().cloned().collect())
-            .unwrap_or_default())
+        let hosts = match index.as_mut() {
+            Some(hosts) => hosts,
+            None => index.insert(
+                self.agents()?
+                    .iter()
+                    .filter_map(placement_host)
+                    .map(|h| (h.id.clone(), h))
+                    .collect(),
+            ),
+        };
+        Ok(look(&mut hosts.values()))
     }
 
     /// Brings the placement index in line with the stored record of `id`; call after every write
