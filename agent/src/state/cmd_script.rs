@@ -22,6 +22,14 @@ pub fn wait(_chunk: &Chunk, _ctx: &StateContext) -> Result<Outcome, String> {
 /// and runs it with `args` like `cmd.run` would run a command.
 pub fn script(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, String> {
     let args = Args(&chunk.args);
+    if ctx.test {
+        // Salt's `cmd.script` in test mode: no `changes` (unlike `cmd.run`), the name in single
+        // quotes, and the source is not fetched.
+        return Ok(Outcome::pending(format!(
+            "Command '{}' would have been executed",
+            chunk.name
+        )));
+    }
     let source = args.string("source")?.unwrap_or_else(|| {
         chunk
             .name
@@ -73,7 +81,12 @@ pub fn script(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, String> {
         run_chunk.args.remove(key);
     }
     let mut outcome = cmd::run(&run_chunk, ctx)?;
-    // Report the script by the name the sls gave it, not its temporary path.
+    // Report the script by the name the sls gave it, not its temporary path, quoted as Salt's
+    // `cmd.script` quotes it.
+    outcome.comment = outcome.comment.replace(
+        &format!("\"{}\"", run_chunk.name),
+        &format!("'{}'", chunk.name),
+    );
     outcome.comment = outcome.comment.replace(&run_chunk.name, &chunk.name);
     if let Some(Value::String(cmd)) = outcome.changes.get_mut("cmd") {
         *cmd = chunk.name.clone();
@@ -107,10 +120,13 @@ mod tests {
         let out = script(&c, &ctx(false, &src, &svc)).unwrap_or_else(Outcome::fail);
         assert_eq!(out.result, Some(true), "{}", out.comment);
         assert_eq!(out.changes["stdout"], json!("hi world"));
-        assert_eq!(out.comment, "Command \"hello\" run");
+        assert_eq!(out.comment, "Command 'hello' run");
+        // Salt 3008's cmd.script in test mode: no changes (the parity fixture
+        // `accumulated_script` checks it against salt-call).
         let test = script(&c, &ctx(true, &src, &svc)).unwrap_or_else(Outcome::fail);
         assert_eq!(test.result, None);
-        assert_eq!(test.changes["cmd"], json!("hello"));
+        assert!(test.changes.is_empty(), "{:?}", test.changes);
+        assert_eq!(test.comment, "Command 'hello' would have been executed");
         let missing = chunk("cmd.script", "x", json!({"source": "salt://nope.sh"}));
         let out = script(&missing, &ctx(false, &src, &svc)).unwrap_or_else(Outcome::fail);
         assert_eq!(out.comment, "Source file salt://nope.sh not found");

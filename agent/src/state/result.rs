@@ -39,6 +39,12 @@ impl Outcome {
         }
     }
 
+    /// Test mode, for the modules whose Salt states say what would change in the comment only
+    /// (`user`, `group`, `ssh_auth`, `sysctl`): `result` None and no `changes`, as Salt returns.
+    pub fn pending(comment: impl Into<String>) -> Self {
+        Self::would_change(comment, Map::new())
+    }
+
     /// Test mode: the state would change something; `changes` says what.
     pub fn would_change(comment: impl Into<String>, changes: Map<String, Value>) -> Self {
         Self {

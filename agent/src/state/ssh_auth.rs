@@ -168,13 +168,10 @@ pub fn present(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, String> {
     };
     let changes = Map::from_iter([(name.clone(), json!(change))]);
     if ctx.test {
-        return Ok(Outcome::would_change(
-            format!(
-                "Key {name} for user {user_name} is set to be {}",
-                if change == "New" { "added" } else { "updated" }
-            ),
-            changes,
-        ));
+        return Ok(Outcome::pending(format!(
+            "Key {name} for user {user_name} is set to be {}",
+            if change == "New" { "added" } else { "updated" }
+        )));
     }
     write_keys(&path, &user, &(lines.join("\n") + "\n"))?;
     Ok(Outcome::changed(
@@ -204,7 +201,7 @@ pub fn absent(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, String> {
     }
     let changes = Map::from_iter([(chunk.name.clone(), json!("Removed"))]);
     if ctx.test {
-        return Ok(Outcome::would_change("Key is set for removal", changes));
+        return Ok(Outcome::pending("Key is set for removal"));
     }
     let mut new = kept.join("\n");
     if !new.is_empty() {

@@ -62,10 +62,9 @@ fn present_in(proc_sys: &Path, chunk: &Chunk, ctx: &StateContext) -> Result<Outc
     }
     let changes = Map::from_iter([(name.clone(), json!(value))]);
     if ctx.test {
-        return Ok(Outcome::would_change(
-            format!("Sysctl option {name} set to be changed to {value}"),
-            changes,
-        ));
+        return Ok(Outcome::pending(format!(
+            "Sysctl option {name} set to be changed to {value}"
+        )));
     }
     if !live_ok {
         fs::write(&param, format!("{value}\n"))

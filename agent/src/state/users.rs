@@ -270,13 +270,10 @@ pub fn user_present(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, String
     }
     if ctx.test {
         let listed: Vec<String> = changes.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-        return Ok(Outcome::would_change(
-            format!(
-                "The following user attributes are set to be changed:\n{}",
-                listed.join("\n")
-            ),
-            changes,
-        ));
+        return Ok(Outcome::pending(format!(
+            "The following user attributes are set to be changed:\n{}",
+            listed.join("\n")
+        )));
     }
     usermod.push(name.clone());
     run("usermod", &usermod)?;
@@ -290,10 +287,7 @@ fn create_user(
     ctx: &StateContext,
 ) -> Result<Outcome, String> {
     if ctx.test {
-        return Ok(Outcome::would_change(
-            format!("User {name} set to be added"),
-            Map::from_iter([(name.to_string(), json!("present"))]),
-        ));
+        return Ok(Outcome::pending(format!("User {name} set to be added")));
     }
     let mut useradd: Vec<String> = Vec::new();
     if let Some(uid) = wanted.uid {
@@ -357,10 +351,7 @@ pub fn user_absent(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, String>
     }
     let changes = Map::from_iter([(name.clone(), json!("removed"))]);
     if ctx.test {
-        return Ok(Outcome::would_change(
-            format!("User {name} set for removal"),
-            changes,
-        ));
+        return Ok(Outcome::pending(format!("User {name} set for removal")));
     }
     let mut userdel: Vec<String> = Vec::new();
     if args.bool("purge", false)? {
@@ -407,10 +398,7 @@ pub fn group_present(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, Strin
     let mut changes = Map::new();
     if existing.is_none() {
         if ctx.test {
-            return Ok(Outcome::would_change(
-                format!("Group {name} set to be added"),
-                Map::from_iter([(name.clone(), json!("present"))]),
-            ));
+            return Ok(Outcome::pending(format!("Group {name} set to be added")));
         }
         let mut groupadd: Vec<String> = Vec::new();
         if let Some(gid) = gid {
@@ -446,13 +434,10 @@ pub fn group_present(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, Strin
     }
     if ctx.test {
         let listed: Vec<String> = changes.iter().map(|(k, v)| format!("{k}: {v}")).collect();
-        return Ok(Outcome::would_change(
-            format!(
-                "The following group attributes are set to be changed:\n{}",
-                listed.join("\n")
-            ),
-            changes,
-        ));
+        return Ok(Outcome::pending(format!(
+            "The following group attributes are set to be changed:\n{}",
+            listed.join("\n")
+        )));
     }
     if let Some(gid) = changes.get("gid").and_then(Value::as_u64) {
         run("groupmod", &["-g".into(), gid.to_string(), name.clone()])?;
@@ -486,10 +471,7 @@ pub fn group_absent(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, String
     }
     let changes = Map::from_iter([(name.clone(), json!(""))]);
     if ctx.test {
-        return Ok(Outcome::would_change(
-            format!("Group {name} is set for removal"),
-            changes,
-        ));
+        return Ok(Outcome::pending(format!("Group {name} is set for removal")));
     }
     run("groupdel", std::slice::from_ref(name))?;
     Ok(Outcome::changed(format!("Removed group {name}"), changes))

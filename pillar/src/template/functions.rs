@@ -11,6 +11,7 @@ use serde_json::Value as Json;
 use super::filters;
 use super::host::{HostFunctions, PathKind};
 use super::join_template_path;
+use super::python::write_python_json;
 use super::pyyaml::{self, FlowStyle};
 use super::salt::{Args, SaltScope, traverse_value, unknown_function};
 use super::values::{Dict, List, deep_copy, deep_update, from_json, map_entries, mutable, to_json};
@@ -289,7 +290,12 @@ fn makina_configuration(scope: &SaltScope, name: Option<Value>) -> Value {
 fn serialize(format: &str, value: &Value) -> Result<String, Error> {
     let json = to_json(value)?;
     match format {
-        "json" => serde_json::to_string(&json).map_err(|e| invalid(format!("json: {e}"))),
+        // Salt's JSON serializer: `json.dumps(obj, ensure_ascii=False)`, keys in their order.
+        "json" => {
+            let mut out = String::new();
+            write_python_json(&json, None, false, false, 0, &mut out);
+            Ok(out)
+        }
         // Salt's YAML serializer: PyYAML's dump with `default_flow_style=None`, no unicode.
         "yaml" => Ok(pyyaml::dump(&json, FlowStyle::Auto, false)),
         other => Err(invalid(format!(

@@ -246,6 +246,53 @@ pub const TEMPLATE_FUEL: u64 = 50_000_000;
 pub struct TemplateEngine {
     env: Environment<'static>,
     tree: Arc<dyn SourceTree>,
+    inline: Arc<InlineSources>,
+}
+
+/// Marks the internal name of a template rendered from a given text (see [`InlineSources`]);
+/// never part of a tree path.
+const INLINE_MARK: char = '\u{1}';
+
+/// Texts handed to [`TemplateEngine::render`], by internal name (`<file>\u{1}<n>`), so that the
+/// environment compiles each distinct text once and caches it like an imported template: a
+/// `salt://` template shared by 1,000 `file.managed` states is parsed once per run, not 1,000
+/// times. The mark keeps these names apart from the tree's, and [`display_name`] drops it
+/// again in error messages; relative imports resolve against the directory, which it leaves
+/// alone.
+#[derive(Debug, Default)]
+struct InlineSources {
+    names: std::sync::Mutex<std::collections::HashMap<(String, String), String>>,
+    texts: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
+}
+
+impl InlineSources {
+    /// The internal name of `source` rendered as `file`, registering it on first use.
+    fn name_for(&self, file: &str, source: &str) -> String {
+        let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
+        let key = (file.to_string(), source.to_string());
+        if let Some(name) = names.get(&key) {
+            return name.clone();
+        }
+        let name = format!("{file}{INLINE_MARK}{}", names.len());
+        names.insert(key, name.clone());
+        self.texts
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(name.clone(), (file.to_string(), source.to_string()));
+        name
+    }
+
+    /// The template text (after the pre-pass) of an internal name.
+    fn load(&self, name: &str) -> Option<String> {
+        let texts = self.texts.lock().unwrap_or_else(|e| e.into_inner());
+        let (file, source) = texts.get(name)?;
+        Some(limits::guard_template(&prepass::rewrite(source, file)))
+    }
+}
+
+/// A template's name as the user knows it: its file, without the inline mark.
+fn display_name(name: &str) -> &str {
+    name.split(INLINE_MARK).next().unwrap_or(name)
 }
 
 impl fmt::Debug for TemplateEngine {
@@ -273,7 +320,12 @@ impl TemplateEngine {
         add_salt_filters(&mut env, &tree);
         env.set_path_join_callback(join_template_path);
         let loader_tree = tree.clone();
+        let inline = Arc::new(InlineSources::default());
+        let loader_inline = inline.clone();
         env.set_loader(move |name| {
+            if name.contains(INLINE_MARK) {
+                return Ok(loader_inline.load(name));
+            }
             // Not TemplateNotFound: minijinja would replace the reason with a generic message.
             let path = normalize_path(name)
                 .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
@@ -282,7 +334,7 @@ impl TemplateEngine {
                 .map_err(|e| minijinja::Error::new(ErrorKind::InvalidOperation, e.to_string()))?;
             Ok(source.map(|text| limits::guard_template(&prepass::rewrite(&text, &path))))
         });
-        TemplateEngine { env, tree }
+        TemplateEngine { env, tree, inline }
     }
 
     /// Renders `source` as the template named `file` (its path in the tree, used for relative
@@ -294,16 +346,13 @@ impl TemplateEngine {
         ctx: &TemplateContext,
     ) -> Result<String, RenderError> {
         let newline = trailing_newline(source);
-        let source = limits::guard_template(&prepass::rewrite(source, file));
+        let name = self.inline.name_for(file, source);
         let mut output = limits::CappedOutput::default();
-        let rendered = self
-            .env
-            .template_from_named_str(file, &source)
-            .and_then(|template| {
-                template
-                    .render_captured_to(ctx.to_value(&self.tree), &mut output)
-                    .map(|_| ())
-            });
+        let rendered = self.env.get_template(&name).and_then(|template| {
+            template
+                .render_captured_to(ctx.to_value(&self.tree), &mut output)
+                .map(|_| ())
+        });
         if output.overflowed {
             return Err(RenderError {
                 file: file.to_string(),
@@ -434,13 +483,16 @@ fn render_error(file: &str, err: &minijinja::Error) -> RenderError {
     let outer: Vec<String> = chain
         .iter()
         .filter(|e| !std::ptr::eq(**e, innermost))
-        .filter_map(|e| Some(format!("{}{}", e.name()?, line_suffix(e.line()))))
+        .filter_map(|e| {
+            let name = display_name(e.name()?);
+            Some(format!("{name}{}", line_suffix(e.line())))
+        })
         .collect();
     if !outer.is_empty() {
         message.push_str(&format!(" (included from {})", outer.join(" <- ")));
     }
     RenderError {
-        file: innermost.name().unwrap_or(file).to_string(),
+        file: innermost.name().map_or(file, display_name).to_string(),
         line: innermost.line(),
         message,
     }

@@ -286,7 +286,7 @@ fn execution_functions_answer_as_salt() {
         ),
         (
             "{{ salt['slsutil.serialize']('json', {'a': 1}) }}",
-            r#"{"a":1}"#,
+            r#"{"a": 1}"#,
         ),
         (
             "{{ salt['mine.get']('*', 'network.ip_addrs') | length }}",
