@@ -146,6 +146,9 @@ pub struct Auth {
     failures: Mutex<HashMap<Attempter, Failures>>,
     /// Logins queued or running per source address ([`MAX_LOGINS_PER_SOURCE`]).
     in_flight: Arc<Mutex<HashMap<IpAddr, usize>>>,
+    /// Bumped whenever sessions end before their time (revoke, logout, a user disabled,
+    /// deleted or given a new password), so open client streams check theirs again.
+    revocations: tokio::sync::watch::Sender<u64>,
 }
 
 /// A login's place among its source's logins in flight; given back on drop.
@@ -179,7 +182,39 @@ impl Auth {
             store,
             failures: Mutex::new(HashMap::new()),
             in_flight: Arc::new(Mutex::new(HashMap::new())),
+            revocations: tokio::sync::watch::Sender::new(0),
         }
+    }
+
+    /// Changes each time sessions were ended early; a stream opened with a session checks it
+    /// again then ([`Auth::session_ended`]).
+    pub fn revocations(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.revocations.subscribe()
+    }
+
+    fn sessions_ended(&self) {
+        self.revocations.send_modify(|generation| *generation += 1);
+    }
+
+    /// Why the session of `token`, opened by `user`, no longer holds (revoked or logged out,
+    /// expired, its user disabled or deleted), in words for the client; `None` while it does.
+    pub fn session_ended(&self, token: &str, user: &str) -> Result<Option<String>, AuthError> {
+        let session = self.store.session(&secret_hash(token))?;
+        let account = self.store.user(user)?;
+        Ok(match (session, account) {
+            (_, None) => Some(format!("user {user:?} was deleted: this stream is closed")),
+            (_, Some(account)) if account.disabled => {
+                Some(format!("user {user:?} was disabled: this stream is closed"))
+            }
+            (None, _) => Some(
+                "your session was revoked (or logged out): this stream is closed; log in again"
+                    .to_owned(),
+            ),
+            (Some(s), _) if s.expires_at <= now_unix() => {
+                Some("your session expired: this stream is closed; log in again".to_owned())
+            }
+            (Some(_), _) => None,
+        })
     }
 
     pub fn add_user(&self, id: &str, password: &str, admin: bool) -> Result<UserRecord, AuthError> {
@@ -317,6 +352,7 @@ impl Auth {
         let hash = secret_hash(token);
         let existed = self.store.session(&hash)?.is_some();
         self.store.delete_session(&hash)?;
+        self.sessions_ended();
         Ok(existed)
     }
 
@@ -333,6 +369,8 @@ impl Auth {
         self.store.put_user(&user)?;
         if disabled {
             self.revoke_sessions(&SessionSelector::User(id.to_owned()))?;
+            // Streams of sessions already gone check again too.
+            self.sessions_ended();
         }
         Ok(user)
     }
@@ -357,6 +395,7 @@ impl Auth {
             .delete_user(id)?
             .ok_or_else(|| AuthError::NoSuchUser(id.to_owned()))?;
         self.revoke_sessions(&SessionSelector::User(id.to_owned()))?;
+        self.sessions_ended();
         Ok(user)
     }
 
@@ -390,7 +429,9 @@ impl Auth {
             })
             .map(|(hash, _)| hash)
             .collect();
-        Ok(self.store.delete_sessions(&hashes)?)
+        let ended = self.store.delete_sessions(&hashes)?;
+        self.sessions_ended();
+        Ok(ended)
     }
 
     pub fn create_enrollment_token(&self, ttl: Duration) -> Result<(String, i64), AuthError> {

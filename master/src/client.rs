@@ -7,6 +7,7 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use corpus_proto::{
     DestroyRequest, Environment, FollowRequest, Host, InitEnvRequest, JobUpdate, ListHostsRequest,
@@ -67,8 +68,76 @@ pub struct ClientService {
 /// A job's updates as the client receives them.
 pub type UpdateStream = Pin<Box<dyn Stream<Item = Result<JobUpdate, Status>> + Send>>;
 
-fn update_stream(updates: jobs::Updates) -> Response<UpdateStream> {
-    Response::new(Box::pin(updates.map(wire::job_update)))
+/// How often an open job stream checks its session besides at every revocation: a session
+/// that expires while its stream is open ends the stream within this.
+pub const STREAM_SESSION_CHECK: Duration = Duration::from_secs(60);
+
+/// Job updates to forward to a client at most ahead of what it read.
+const STREAM_BUFFER: usize = 16;
+
+/// A logged-in request's user and the bearer token it came with.
+#[derive(Clone)]
+struct Session {
+    user: String,
+    token: String,
+}
+
+/// `updates` for the client of `session`, cut with `unauthenticated` and a message saying why
+/// as soon as the session ends (revoked, logged out, its user disabled or deleted; checked at
+/// every revocation) or expires (checked every [`STREAM_SESSION_CHECK`]).
+fn update_stream<S>(
+    state: &Arc<MasterState>,
+    session: Session,
+    updates: S,
+) -> Response<UpdateStream>
+where
+    S: Stream<Item = jobs::JobUpdate> + Send + 'static,
+{
+    let (tx, rx) = tokio::sync::mpsc::channel(STREAM_BUFFER);
+    let state = state.clone();
+    let mut revocations = state.auth.revocations();
+    let mut updates = Box::pin(updates.map(wire::job_update));
+    tokio::spawn(async move {
+        let mut every = tokio::time::interval(STREAM_SESSION_CHECK);
+        every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        every.tick().await;
+        loop {
+            let check = tokio::select! {
+                item = updates.next() => match item {
+                    Some(item) => {
+                        if tx.send(item).await.is_err() {
+                            return;
+                        }
+                        false
+                    }
+                    None => return,
+                },
+                changed = revocations.changed() => changed.is_ok(),
+                _ = every.tick() => true,
+                _ = tx.closed() => return,
+            };
+            if !check {
+                continue;
+            }
+            let Session { user, token } = session.clone();
+            let ended = state
+                .blocking(move |s| Ok(s.auth.session_ended(&token, &user)?))
+                .await;
+            match ended {
+                Ok(Some(reason)) => {
+                    info!(user = %session.user, "job stream closed: {reason}");
+                    let _ = tx.send(Err(Status::unauthenticated(reason))).await;
+                    return;
+                }
+                Ok(None) => {}
+                // The store failed: the stream goes on; the next check may tell.
+                Err(e) => {
+                    tracing::warn!(user = %session.user, "cannot check a stream's session: {e}")
+                }
+            }
+        }
+    });
+    Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
 }
 
 /// The user behind the request's bearer token.
@@ -80,6 +149,12 @@ fn bearer_token<T>(request: &Request<T>) -> Result<String, Status> {
         .and_then(|v| v.to_str().ok())
         .ok_or_else(|| Status::unauthenticated("not logged in: no session token on the request"))?;
     Ok(header.strip_prefix("Bearer ").unwrap_or(header).to_owned())
+}
+
+async fn session<T>(state: &Arc<MasterState>, request: &Request<T>) -> Result<Session, Status> {
+    let token = bearer_token(request)?;
+    let user = session_user(state, request).await?;
+    Ok(Session { user, token })
 }
 
 pub async fn session_user<T>(
@@ -167,20 +242,22 @@ impl corpus_proto::client_server::Client for ClientService {
         &self,
         request: Request<ProjectRequest>,
     ) -> Result<Response<UpdateStream>, Status> {
-        let user = session_user(&self.state, &request).await?;
+        let session = session(&self.state, &request).await?;
+        let user = session.user.clone();
         let req = request.into_inner();
         let updates = self
             .state
             .blocking(move |s| deploys::init_project(s, &user, &req.env_uuid, &req.project))
             .await?;
-        Ok(update_stream(updates))
+        Ok(update_stream(&self.state, session, updates))
     }
 
     async fn push(
         &self,
         request: Request<Streaming<PushRequest>>,
     ) -> Result<Response<UpdateStream>, Status> {
-        let user = session_user(&self.state, &request).await?;
+        let session = session(&self.state, &request).await?;
+        let user = session.user.clone();
         let mut stream = request.into_inner();
         let header = match stream.message().await? {
             Some(PushRequest {
@@ -253,14 +330,15 @@ impl corpus_proto::client_server::Client for ClientService {
                 }
             })
             .await?;
-        Ok(update_stream(updates))
+        Ok(update_stream(&self.state, session, updates))
     }
 
     async fn rollback(
         &self,
         request: Request<RollbackRequest>,
     ) -> Result<Response<UpdateStream>, Status> {
-        let user = session_user(&self.state, &request).await?;
+        let session = session(&self.state, &request).await?;
+        let user = session.user.clone();
         let req = request.into_inner();
         let updates = self
             .state
@@ -268,7 +346,7 @@ impl corpus_proto::client_server::Client for ClientService {
                 deploys::rollback(s, &user, &req.env_uuid, &req.project, &req.to_deploy_id)
             })
             .await?;
-        Ok(update_stream(updates))
+        Ok(update_stream(&self.state, session, updates))
     }
 
     async fn status(
@@ -292,13 +370,14 @@ impl corpus_proto::client_server::Client for ClientService {
         &self,
         request: Request<DestroyRequest>,
     ) -> Result<Response<UpdateStream>, Status> {
-        let user = session_user(&self.state, &request).await?;
+        let session = session(&self.state, &request).await?;
+        let user = session.user.clone();
         let req = request.into_inner();
         let updates = self
             .state
             .blocking(move |s| deploys::destroy(s, &user, &req.env_uuid, &req.project))
             .await?;
-        Ok(update_stream(updates))
+        Ok(update_stream(&self.state, session, updates))
     }
 
     async fn set_quota(
@@ -320,7 +399,8 @@ impl corpus_proto::client_server::Client for ClientService {
         &self,
         request: Request<FollowRequest>,
     ) -> Result<Response<UpdateStream>, Status> {
-        let user = session_user(&self.state, &request).await?;
+        let session = session(&self.state, &request).await?;
+        let user = session.user.clone();
         let req = request.into_inner();
         let updates = self
             .state
@@ -356,7 +436,7 @@ impl corpus_proto::client_server::Client for ClientService {
                 s.jobs.follow(s, &job, req.from_sequence)
             })
             .await?;
-        Ok(Response::new(Box::pin(updates.map(wire::job_update))))
+        Ok(update_stream(&self.state, session, updates))
     }
 
     async fn logout(

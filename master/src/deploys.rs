@@ -44,8 +44,10 @@ pub struct PushRequest {
     pub source_digest: String,
 }
 
-/// Set when a push's client goes away: its render stops at the next phase and nothing is
-/// recorded. The push handler holds a [`CancelOnDrop`] of it, dropped with the request.
+/// Set when a push's client goes away: its render stops soon (templates check it at every
+/// printed value, output write and guarded operator, see `corpus_pillar::template::limits::
+/// cancellable`; between those a render runs at most its fuel) and nothing is recorded. The push
+/// handler holds a [`CancelOnDrop`] of it, dropped with the request.
 #[derive(Debug, Clone, Default)]
 pub struct PushCancel(Arc<AtomicBool>);
 
@@ -73,6 +75,16 @@ fn cancelled(project: &str) -> MasterError {
     MasterError::Refused(format!(
         "the push of project {project:?} was cancelled: its client went away; nothing was changed"
     ))
+}
+
+/// A render that failed because its push was cancelled reports the cancellation, not the
+/// error the cancelled template raised.
+fn cancelled_or(cancel: &PushCancel, project: &str, error: MasterError) -> MasterError {
+    if cancel.is_cancelled() {
+        cancelled(project)
+    } else {
+        error
+    }
 }
 
 /// One deployment of a project, as `corpus status` lists it.
@@ -358,11 +370,39 @@ pub fn push(
     salt: &BTreeMap<String, String>,
     cancel: &PushCancel,
 ) -> MasterResult<Updates> {
+    let started = std::time::Instant::now();
+    let pushed = corpus_pillar::template::limits::cancellable(cancel.0.clone(), || {
+        render_and_dispatch(state, user, request, env, source_blob, salt, cancel)
+    });
+    // The end of every push's render, cancelled or not: how long a master thread worked for it.
+    tracing::info!(
+        env = %env.uuid,
+        project = %request.project,
+        elapsed_ms = started.elapsed().as_millis() as u64,
+        cancelled = cancel.is_cancelled(),
+        ok = pushed.is_ok(),
+        "push render ended"
+    );
+    pushed
+}
+
+fn render_and_dispatch(
+    state: &MasterState,
+    user: &str,
+    request: &PushRequest,
+    env: &EnvironmentRecord,
+    source_blob: &str,
+    salt: &BTreeMap<String, String>,
+    cancel: &PushCancel,
+) -> MasterResult<Updates> {
     let grains = grains_of(state, &env.agent)?;
     let grains_json = serde_json::to_value(&grains).unwrap_or_default();
     let env_json = Value::String(env.platform.as_str().to_owned());
-    let pillar =
-        render::compile_pillar(&request.pillar_files, &env.agent, &grains_json, &env_json)?;
+    let pillar = render::compile_pillar(&request.pillar_files, &env.agent, &grains_json, &env_json)
+        .map_err(|e| cancelled_or(cancel, &request.project, e.into()))?;
+    if cancel.is_cancelled() {
+        return Err(cancelled(&request.project));
+    }
     let release = match env.mode {
         Mode::Final => Some(find_release(state, env, request)?),
         _ => None,
@@ -386,7 +426,8 @@ pub fn push(
             grains: &grains,
         },
         &|| cancel.is_cancelled(),
-    )?
+    )
+    .map_err(|e| cancelled_or(cancel, &request.project, e.into()))?
     .ok_or_else(|| cancelled(&request.project))?;
     // On an agent shared with other users, a state that leaves the environment is refused here,
     // before anything is recorded.

@@ -7,7 +7,7 @@
 
 use std::fs::{self, File};
 use std::io::{self, ErrorKind, Write};
-use std::os::unix::fs::{PermissionsExt, symlink};
+use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt, PermissionsExt, symlink};
 use std::path::{Path, PathBuf};
 
 use super::Mode;
@@ -99,10 +99,16 @@ impl ProjectLayout {
                 fs::create_dir_all(&p).at("create", &p)?;
             }
         }
-        for (dir, mode) in [(self.pillar(), 0o750), (self.state_dir(), 0o700)] {
+        for (dir, mode) in [
+            (self.pillar(), 0o750),
+            (self.state_dir(), 0o700),
+            (self.releases(), 0o700),
+            (self.archives(), 0o700),
+        ] {
             fs::set_permissions(&dir, fs::Permissions::from_mode(mode))
                 .at("set the mode of", &dir)?;
         }
+        self.restrict_roots()?;
         let run = self.run();
         match fs::symlink_metadata(&run) {
             // A real directory stays until the archive step moves it away (cooking/final).
@@ -116,6 +122,36 @@ impl ProjectLayout {
             }
         }
         sync_dir(&self.dir).at("sync", &self.dir)
+    }
+
+    /// `ROOT/<env>`, when this layout sits at its usual place `ROOT/<env>/srv/projects/<name>`.
+    fn env_root(&self) -> Option<PathBuf> {
+        let projects = self.dir.parent()?;
+        let srv = projects.parent()?;
+        (projects.file_name()? == "projects" && srv.file_name()? == "srv")
+            .then(|| srv.parent().map(Path::to_path_buf))
+            .flatten()
+    }
+
+    /// Modes of the directories above and around the project, whatever the umask or an older
+    /// agent left: the environment root, `srv/` and `srv/projects/` at most 0711 (others may
+    /// pass, never list). An unconfined environment (no identity recorded in its root: the
+    /// project runs as root) also gets its project directory at most 0711 and `data/` 0700; a
+    /// confined one gets its own modes from `confine::secure_project` right after.
+    fn restrict_roots(&self) -> Result<(), StepError> {
+        let Some(env_root) = self.env_root() else {
+            return Ok(());
+        };
+        let srv = env_root.join("srv");
+        for dir in [env_root.clone(), srv.clone(), srv.join("projects")] {
+            narrow_mode(&dir, MAX_ROOT_MODE)?;
+        }
+        if crate::confine::recorded_identity(&env_root).is_none() {
+            narrow_mode(&self.dir, MAX_ROOT_MODE)?;
+            fs::set_permissions(self.data(), fs::Permissions::from_mode(0o700))
+                .at("set the mode of", &self.data())?;
+        }
+        Ok(())
     }
 
     /// Points `deploy/current` at `deploy/<id>` (atomically), or removes it.
@@ -137,6 +173,35 @@ impl ProjectLayout {
             .at("write", &path)?;
         write_atomic(&path, &text, 0o440).at("write", &path)
     }
+}
+
+/// Makes the agent's state dir (its key, certificate, results and downloaded sources) private
+/// whatever the umask or an older agent left: created 0700, and set to 0700 if it existed.
+/// Files in it are written 0600 ([`write_atomic`], the key), and the dir keeps others out of
+/// any older one.
+pub fn secure_state_dir(state_dir: &Path) -> io::Result<()> {
+    fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(state_dir)?;
+    fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700))
+}
+
+/// The loosest mode of an environment root and the directories above its projects.
+pub const MAX_ROOT_MODE: u32 = 0o711;
+
+/// Clears the bits of `dir`'s mode that `max` does not allow (a stricter mode stays as it is).
+fn narrow_mode(dir: &Path, max: u32) -> Result<(), StepError> {
+    let mode = fs::metadata(dir)
+        .at("read the mode of", dir)?
+        .permissions()
+        .mode()
+        & 0o7777;
+    if mode & !max != 0 {
+        fs::set_permissions(dir, fs::Permissions::from_mode(mode & max))
+            .at("set the mode of", dir)?;
+    }
+    Ok(())
 }
 
 /// Makes `link` a symlink to `target`, atomically replacing a previous symlink (never a
@@ -176,7 +241,8 @@ pub fn rename_durable(from: &Path, to: &Path) -> Result<(), StepError> {
     })
 }
 
-/// Writes `bytes` to `path` via a temporary file, fsync and rename.
+/// Writes `bytes` to `path` via a temporary file, fsync and rename. The file has `mode` from
+/// its creation on (never readable by others in between, whatever the umask).
 pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
     let parent = parent_of(path)?;
     let tmp = parent.join(format!(
@@ -185,9 +251,16 @@ pub fn write_atomic(path: &Path, bytes: &[u8], mode: u32) -> io::Result<()> {
         std::process::id()
     ));
     {
-        let mut f = File::create(&tmp)?;
-        f.write_all(bytes)?;
+        let _ = fs::remove_file(&tmp);
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create(true)
+            .truncate(true)
+            .mode(mode)
+            .open(&tmp)?;
+        // The umask only narrows the mode `open` was given; this sets it exactly.
         f.set_permissions(fs::Permissions::from_mode(mode))?;
+        f.write_all(bytes)?;
         f.sync_all()?;
     }
     fs::rename(&tmp, path)?;
@@ -343,6 +416,105 @@ mod restore_tests {
         restore_project(dir)?;
         assert!(!dir.join(".project.old-5678").exists());
         assert_eq!(fs::read_to_string(dir.join("project/app.py"))?, "old");
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod mode_tests {
+    use super::*;
+    use crate::lifecycle::Mode;
+    use std::os::unix::process::CommandExt;
+
+    /// Set in the copy of this test that runs under umask 000: the directory to lay out in.
+    const UMASK_CHILD: &str = "CORPUS_LAYOUT_UMASK_CHILD";
+
+    fn mode(path: &Path) -> u32 {
+        fs::symlink_metadata(path)
+            .unwrap_or_else(|e| panic!("stat {}: {e}", path.display()))
+            .permissions()
+            .mode()
+            & 0o7777
+    }
+
+    /// The layout of an unconfined project (no identity recorded), made by a process with
+    /// umask 000 over an environment root an older agent left 0777.
+    fn lay_out(base: &Path) -> io::Result<()> {
+        let env_root = base.join("root/env-1");
+        fs::create_dir_all(&env_root)?;
+        fs::set_permissions(&env_root, fs::Permissions::from_mode(0o777))?;
+        let layout = ProjectLayout::new(env_root.join("srv/projects/app"));
+        layout.create(Mode::Editable).map_err(io::Error::other)?;
+        layout
+            .write_pillar(&serde_json::json!({"secret": "s"}))
+            .map_err(io::Error::other)?;
+        write_atomic(&layout.journal_file(), b"{}", 0o600)?;
+        secure_state_dir(&base.join("state"))
+    }
+
+    #[test]
+    fn an_unconfined_layout_is_private_whatever_the_umask() {
+        if let Some(base) = std::env::var_os(UMASK_CHILD) {
+            lay_out(Path::new(&base)).expect("lay out under umask 000");
+            return;
+        }
+        let tmp = tempfile::tempdir().expect("temp dir");
+        let exe = std::env::current_exe().expect("the test binary");
+        let mut child = std::process::Command::new(exe);
+        child
+            .args([
+                "--exact",
+                "lifecycle::layout::mode_tests::an_unconfined_layout_is_private_whatever_the_umask",
+                "--test-threads=1",
+            ])
+            .env(UMASK_CHILD, tmp.path());
+        // SAFETY: umask(2) is async-signal-safe and touches no memory of ours.
+        unsafe {
+            child.pre_exec(|| {
+                libc::umask(0);
+                Ok(())
+            });
+        }
+        let out = child.output().expect("run the test under umask 000");
+        assert!(
+            out.status.success(),
+            "the umask 000 run failed: {}",
+            String::from_utf8_lossy(&out.stdout)
+        );
+        let env_root = tmp.path().join("root/env-1");
+        let project = env_root.join("srv/projects/app");
+        for dir in [
+            env_root.clone(),
+            env_root.join("srv"),
+            env_root.join("srv/projects"),
+            project.clone(),
+        ] {
+            assert_eq!(mode(&dir), MAX_ROOT_MODE, "{}", dir.display());
+        }
+        for (rel, expected) in [
+            ("data", 0o700),
+            (".corpus", 0o700),
+            ("releases", 0o700),
+            ("archives", 0o700),
+            ("pillar", 0o750),
+            ("pillar/pillar.json", 0o440),
+            (".corpus/journal.json", 0o600),
+        ] {
+            let path = project.join(rel);
+            assert_eq!(mode(&path), expected, "{}", path.display());
+        }
+        assert_eq!(mode(&tmp.path().join("state")), 0o700);
+    }
+
+    #[test]
+    fn a_stricter_root_stays_as_it_is() -> io::Result<()> {
+        let tmp = tempfile::tempdir()?;
+        let env_root = tmp.path().join("env-2");
+        fs::create_dir_all(env_root.join("srv/projects"))?;
+        fs::set_permissions(&env_root, fs::Permissions::from_mode(0o700))?;
+        let layout = ProjectLayout::new(env_root.join("srv/projects/app"));
+        layout.create(Mode::Editable).map_err(io::Error::other)?;
+        assert_eq!(mode(&env_root), 0o700);
         Ok(())
     }
 }

@@ -54,11 +54,11 @@ use corpus_states::{Phase, ProjectSettings};
 use serde::{Deserialize, Serialize};
 use serde_json::Value;
 
-pub use archive::{Limits, MANIFEST_ENTRY};
+pub use archive::{Limits, MANIFEST_ENTRY, UnpackStats, open_source, open_tar, unpack};
 pub use checks::CheckError;
 pub use error::{InvalidJob, StepError};
 pub use journal::JournalKind;
-pub use layout::{ProjectLayout, write_atomic};
+pub use layout::{MAX_ROOT_MODE, ProjectLayout, secure_state_dir, write_atomic};
 pub use lock::LockHolder;
 pub use step::{COOKING_STEPS, EDITABLE_STEPS, FINAL_STEPS, ROLLBACK_STEPS, Step, UNDO_STEPS};
 pub use validate::{new_deploy_id, validate_deploy_id};

@@ -15,6 +15,10 @@
 //! any check can see it; and the literal text of a loop body captured by `{% set %}...{% endset %}`
 //! grows with the iterations (bounded only by fuel), since minijinja has no hook there.
 
+use std::cell::RefCell;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
 use minijinja::value::{Value, ValueKind};
 use minijinja::{Error, ErrorKind};
 
@@ -31,6 +35,42 @@ pub const MAX_TEMPLATE_LIST: usize = 1_000_000;
 /// into a `{% set %}` block or a macro's output, which [`MAX_TEMPLATE_OUTPUT`] never sees.
 pub const MAX_TEMPLATE_PRINTED: usize = 64 * 1024 * 1024;
 
+thread_local! {
+    /// The cancel flag of the renders running on this thread ([`cancellable`]).
+    static CANCEL: RefCell<Option<Arc<AtomicBool>>> = const { RefCell::new(None) };
+}
+
+/// Runs `body` (renders on this thread) so that setting `flag` stops them soon: every printed
+/// value, every write of output and every guarded `~`/`+`/`*` checks it and fails the render
+/// with "the render was cancelled". Between those, a render runs at most its fuel. The master
+/// sets the flag when the client of a push goes away.
+pub fn cancellable<T>(flag: Arc<AtomicBool>, body: impl FnOnce() -> T) -> T {
+    struct Restore(Option<Arc<AtomicBool>>);
+    impl Drop for Restore {
+        fn drop(&mut self) {
+            let previous = self.0.take();
+            CANCEL.with(|cell| *cell.borrow_mut() = previous);
+        }
+    }
+    let _restore = Restore(CANCEL.with(|cell| cell.borrow_mut().replace(flag)));
+    body()
+}
+
+fn cancel_requested() -> bool {
+    CANCEL.with(|cell| {
+        cell.borrow()
+            .as_ref()
+            .is_some_and(|flag| flag.load(Ordering::Relaxed))
+    })
+}
+
+fn cancelled_error() -> Error {
+    Error::new(
+        ErrorKind::InvalidOperation,
+        "the render was cancelled (its client went away)",
+    )
+}
+
 /// The render-local counter of printed bytes ([`counting_formatter`]).
 const PRINTED_TEMP: &str = "__corpus_printed_bytes";
 
@@ -42,6 +82,9 @@ pub(crate) fn counting_formatter(
     state: &mut minijinja::State,
     value: &Value,
 ) -> Result<(), Error> {
+    if cancel_requested() {
+        return Err(cancelled_error());
+    }
     let size = match value.as_str() {
         Some(text) => text.len(),
         None => value.len().unwrap_or(1).saturating_mul(8),
@@ -66,6 +109,9 @@ pub(crate) fn counting_formatter(
 
 /// `__guard(value)`: the value itself, unless it is a string or list over the limits.
 pub(crate) fn guard(value: Value) -> Result<Value, Error> {
+    if cancel_requested() {
+        return Err(cancelled_error());
+    }
     let too_large = match value.kind() {
         ValueKind::String => value
             .as_str()
@@ -102,6 +148,9 @@ pub(crate) struct CappedOutput {
 
 impl std::io::Write for CappedOutput {
     fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        if cancel_requested() {
+            return Err(std::io::Error::other("the render was cancelled"));
+        }
         if self.bytes.len() + buf.len() > MAX_TEMPLATE_OUTPUT {
             self.overflowed = true;
             return Err(std::io::Error::other("template output limit reached"));

@@ -15,4 +15,5 @@ mod reliability;
 mod render;
 mod resources;
 mod running_jobs;
+mod sessions_and_renders;
 mod tenancy;
