@@ -63,8 +63,7 @@ pub(crate) fn agent_info(state: &MasterState, record: AgentRecord) -> AgentInfo 
         fingerprint: record.fingerprint.unwrap_or_default(),
         grains: record.grains.map(Into::into),
         address: peer.map(|p| p.0).or(record.address).unwrap_or_default(),
-        key_fingerprint: crate::enroll::key_fingerprint(&record.id, &record.csr_pem)
-            .unwrap_or_default(),
+        key_fingerprint: crate::agent_pages::stored_key_fingerprint(&record.csr_pem),
         conflicting_keys: record.conflicting_keys,
         id: record.id,
     }
