@@ -145,7 +145,7 @@ pub async fn run(ctx: Arc<JobContext>, wire: OperatorCall) {
 /// processes, in its own child. The files are removed when it ends.
 async fn perform(
     ctx: &JobContext,
-    wire: OperatorCall,
+    mut wire: OperatorCall,
     deadline: Instant,
     timeout: Duration,
 ) -> Result<(bool, Json), String> {
@@ -154,7 +154,7 @@ async fn perform(
     let shipped = if wire.files.is_empty() && wire.function != "state.apply" {
         None
     } else {
-        let (state_dir, shipped) = (ctx.state_dir.clone(), wire.files.clone());
+        let (state_dir, shipped) = (ctx.state_dir.clone(), std::mem::take(&mut wire.files));
         Some(
             tokio::task::spawn_blocking(move || files::write(&state_dir, &shipped))
                 .await
