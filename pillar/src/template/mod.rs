@@ -261,7 +261,8 @@ const INLINE_MARK: char = '\u{1}';
 /// alone.
 #[derive(Debug, Default)]
 struct InlineSources {
-    names: std::sync::Mutex<std::collections::HashMap<(String, String), String>>,
+    /// By file: each distinct text rendered under that name, with its internal name.
+    names: std::sync::Mutex<std::collections::HashMap<String, Vec<(String, String)>>>,
     texts: std::sync::Mutex<std::collections::HashMap<String, (String, String)>>,
 }
 
@@ -269,12 +270,18 @@ impl InlineSources {
     /// The internal name of `source` rendered as `file`, registering it on first use.
     fn name_for(&self, file: &str, source: &str) -> String {
         let mut names = self.names.lock().unwrap_or_else(|e| e.into_inner());
-        let key = (file.to_string(), source.to_string());
-        if let Some(name) = names.get(&key) {
-            return name.clone();
+        let known = names.get(file).and_then(|texts| {
+            texts
+                .iter()
+                .find(|(text, _)| text == source)
+                .map(|(_, name)| name.clone())
+        });
+        if let Some(name) = known {
+            return name;
         }
-        let name = format!("{file}{INLINE_MARK}{}", names.len());
-        names.insert(key, name.clone());
+        let texts = names.entry(file.to_string()).or_default();
+        let name = format!("{file}{INLINE_MARK}{}", texts.len());
+        texts.push((source.to_string(), name.clone()));
         self.texts
             .lock()
             .unwrap_or_else(|e| e.into_inner())

@@ -796,3 +796,30 @@ fn yaml_serializer_and_filter_use_pyyamls_styles() {
         );
     }
 }
+
+/// Each distinct text is compiled once and cached under an internal name: the same file name
+/// with another text renders that text, and errors name the file as the user knows it.
+#[test]
+fn texts_rendered_under_one_name_are_cached_apart_and_errors_name_the_file() {
+    let engine = engine(MemoryTree::new());
+    for _ in 0..2 {
+        assert_eq!(
+            engine
+                .render("a/t.j2", "one {{ grains.os }}", &ctx())
+                .as_deref(),
+            Ok("one Debian")
+        );
+        assert_eq!(
+            engine
+                .render("a/t.j2", "two {{ grains.id }}", &ctx())
+                .as_deref(),
+            Ok("two web1")
+        );
+    }
+    let err = engine
+        .render("a/t.j2", "x\n{{ nope.x }}", &ctx())
+        .unwrap_err();
+    assert_eq!((err.file.as_str(), err.line), ("a/t.j2", Some(2)), "{err}");
+    let err = engine.render("a/t.j2", "{% if %}", &ctx()).unwrap_err();
+    assert_eq!(err.file, "a/t.j2", "{err}");
+}
