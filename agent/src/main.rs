@@ -219,12 +219,14 @@ async fn run(args: RunArgs) -> anyhow::Result<()> {
     if !ca_pem.contains("BEGIN CERTIFICATE") {
         anyhow::bail!("{} is not a PEM certificate", settings.ca.display());
     }
-    corpus_agent::lifecycle::secure_state_dir(&settings.state_dir).with_context(|| {
-        format!(
-            "cannot make the state dir {} private (0700)",
-            settings.state_dir.display()
-        )
-    })?;
+    corpus_agent::lifecycle::secure_state_dir(&settings.state_dir, &settings.root).with_context(
+        || {
+            format!(
+                "cannot make the state dir {} private",
+                settings.state_dir.display()
+            )
+        },
+    )?;
     let (live_tx, live) = tokio::sync::watch::channel(settings.live);
     let status = std::sync::Arc::new(corpus_agent::status::AgentStatus::new(
         settings.state_dir.clone(),

@@ -176,15 +176,20 @@ impl ProjectLayout {
 }
 
 /// Makes the agent's state dir (its key, certificate, results and downloaded sources) private
-/// whatever the umask or an older agent left: created 0700, and set to 0700 if it existed.
-/// Files in it are written 0600 ([`write_atomic`], the key), and the dir keeps others out of
-/// any older one.
-pub fn secure_state_dir(state_dir: &Path) -> io::Result<()> {
+/// whatever the umask or an older agent left: 0700, or 0711 when the environments' `root` lies
+/// beneath it (their users must pass through; they still cannot list it). Files in it are
+/// written 0600 ([`write_atomic`], the key).
+pub fn secure_state_dir(state_dir: &Path, root: &Path) -> io::Result<()> {
     fs::DirBuilder::new()
         .recursive(true)
         .mode(0o700)
         .create(state_dir)?;
-    fs::set_permissions(state_dir, fs::Permissions::from_mode(0o700))
+    let mode = if root.starts_with(state_dir) {
+        MAX_ROOT_MODE
+    } else {
+        0o700
+    };
+    fs::set_permissions(state_dir, fs::Permissions::from_mode(mode))
 }
 
 /// The loosest mode of an environment root and the directories above its projects.
@@ -449,7 +454,11 @@ mod mode_tests {
             .write_pillar(&serde_json::json!({"secret": "s"}))
             .map_err(io::Error::other)?;
         write_atomic(&layout.journal_file(), b"{}", 0o600)?;
-        secure_state_dir(&base.join("state"))
+        secure_state_dir(&base.join("state"), &base.join("root"))?;
+        secure_state_dir(
+            &base.join("state-above-root"),
+            &base.join("state-above-root/root"),
+        )
     }
 
     #[test]
@@ -504,6 +513,7 @@ mod mode_tests {
             assert_eq!(mode(&path), expected, "{}", path.display());
         }
         assert_eq!(mode(&tmp.path().join("state")), 0o700);
+        assert_eq!(mode(&tmp.path().join("state-above-root")), MAX_ROOT_MODE);
     }
 
     #[test]

@@ -119,8 +119,14 @@ fn open_job_streams_are_cut_when_their_session_or_user_ends() -> anyhow::Result<
     );
     sample_project(&source, "v1", &[("build.sls", &build)])?;
     let path = source.display().to_string();
-    let _push = cluster.corpus_spawn(&["push", "local", &env, "app", "--path", &path])?;
-    wait_until("the build to start", || Ok(started.exists()))?;
+    let push = cluster.corpus_spawn(&["push", "local", &env, "app", "--path", &path])?;
+    wait_until("the build to start", || Ok(started.exists())).with_context(|| {
+        format!(
+            "the push said: {}\nagent: {}",
+            push.log_text(),
+            cluster.agent.proc.log_text()
+        )
+    })?;
 
     let rt = runtime()?;
     rt.block_on(async {
