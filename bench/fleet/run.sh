@@ -107,8 +107,10 @@ awk -v m=$((M1 - M0)) -v s=$((S1 - S0)) -v hz="$(getconf CLK_TCK)" -v t="$STORM"
 if [ "${PERF:-}" = 1 ]; then
   kill -INT "$PERF_M" "$PERF_S"; wait "$PERF_M" "$PERF_S" 2>/dev/null || true
   for side in master sim; do
-    perf report -i "$W/$side.perf" --no-children -g none --percent-limit 0.5 --sort dso,symbol --stdio 2>/dev/null | grep -v '^#' | grep '%' | head -25 >"$W/$side.top"
-    echo "  perf, $side (self time, top 12):"; head -12 "$W/$side.top" | sed 's/^/    /'
+    perf report -i "$W/$side.perf" --no-children -g none --sort dso,symbol --stdio 2>/dev/null |
+      grep '%' | grep -v '^#' | sed 's/  */ /g; s/ - - *$//' >"$W/$side.top" || true
+    echo "  perf, $side (self time, top 12; all in $W/$side.top with KEEP=1):"
+    head -12 "$W/$side.top" | sed 's/^/    /'
   done
 fi
 if [ "$ENVS" -gt 0 ]; then
