@@ -148,8 +148,9 @@ impl ProjectLayout {
         }
         if crate::confine::recorded_identity(&env_root).is_none() {
             narrow_mode(&self.dir, MAX_ROOT_MODE)?;
-            fs::set_permissions(self.data(), fs::Permissions::from_mode(0o700))
-                .at("set the mode of", &self.data())?;
+            let data = self.data();
+            fs::set_permissions(&data, fs::Permissions::from_mode(0o700))
+                .at("set the mode of", data)?;
         }
         Ok(())
     }
