@@ -192,7 +192,9 @@ impl Auth {
         self.revocations.subscribe()
     }
 
-    fn sessions_ended(&self) {
+    /// Tells every open job stream to check its session and access again (a session ended, or
+    /// a grant was revoked).
+    pub fn sessions_ended(&self) {
         self.revocations.send_modify(|generation| *generation += 1);
     }
 

@@ -82,12 +82,15 @@ struct Session {
     token: String,
 }
 
-/// `updates` for the client of `session`, cut with `unauthenticated` and a message saying why
-/// as soon as the session ends (revoked, logged out, its user disabled or deleted; checked at
-/// every revocation) or expires (checked every [`STREAM_SESSION_CHECK`]).
+/// `updates` of a job in environment `env` for the client of `session`, cut with
+/// `unauthenticated` (or `permission_denied`) and a message saying why as soon as the session
+/// ends (revoked, logged out, its user disabled or deleted), or the user's access to `env` is
+/// revoked (`envs revoke`); checked at every revocation, and every [`STREAM_SESSION_CHECK`] for
+/// an expiry.
 fn update_stream<S>(
     state: &Arc<MasterState>,
     session: Session,
+    env: String,
     updates: S,
 ) -> Response<UpdateStream>
 where
@@ -120,13 +123,14 @@ where
                 continue;
             }
             let Session { user, token } = session.clone();
+            let env = env.clone();
             let ended = state
-                .blocking(move |s| Ok(s.auth.session_ended(&token, &user)?))
+                .blocking(move |s| stream_ended(s, &token, &user, &env))
                 .await;
             match ended {
-                Ok(Some(reason)) => {
-                    info!(user = %session.user, "job stream closed: {reason}");
-                    let _ = tx.send(Err(Status::unauthenticated(reason))).await;
+                Ok(Some(status)) => {
+                    info!(user = %session.user, "job stream closed: {}", status.message());
+                    let _ = tx.send(Err(status)).await;
                     return;
                 }
                 Ok(None) => {}
@@ -140,7 +144,27 @@ where
     Response::new(Box::pin(tokio_stream::wrappers::ReceiverStream::new(rx)))
 }
 
-/// The user behind the request's bearer token.
+/// Why a job stream in `env` opened with `token` by `user` must end, as the status it ends
+/// with; `None` while the session holds and the user may still see `env`. An environment that
+/// is gone (a destroy's own stream) does not end it: the job's updates say how it ended.
+fn stream_ended(
+    state: &MasterState,
+    token: &str,
+    user: &str,
+    env: &str,
+) -> Result<Option<Status>, MasterError> {
+    if let Some(reason) = state.auth.session_ended(token, user)? {
+        return Ok(Some(Status::unauthenticated(reason)));
+    }
+    match environments::authorize(state, user, env) {
+        Err(MasterError::Forbidden(_)) => Ok(Some(Status::permission_denied(format!(
+            "your access to environment {env} was revoked: this stream is closed"
+        )))),
+        Ok(_) | Err(MasterError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e),
+    }
+}
+
 /// The bearer token on a request.
 fn bearer_token<T>(request: &Request<T>) -> Result<String, Status> {
     let header = request
@@ -245,11 +269,12 @@ impl corpus_proto::client_server::Client for ClientService {
         let session = session(&self.state, &request).await?;
         let user = session.user.clone();
         let req = request.into_inner();
+        let env_uuid = req.env_uuid.clone();
         let updates = self
             .state
             .blocking(move |s| deploys::init_project(s, &user, &req.env_uuid, &req.project))
             .await?;
-        Ok(update_stream(&self.state, session, updates))
+        Ok(update_stream(&self.state, session, env_uuid, updates))
     }
 
     async fn push(
@@ -300,6 +325,7 @@ impl corpus_proto::client_server::Client for ClientService {
         // Dropped with this future when the client goes away: the render stops.
         let cancel = deploys::PushCancel::default();
         let _cancel_on_disconnect = cancel.on_drop();
+        let env_uuid = header.env_uuid.clone();
         // Rendering runs user templates: off the async workers, so a slow one never stalls
         // heartbeats or logins (fuel bounds how long it can take).
         let updates = self
@@ -330,7 +356,7 @@ impl corpus_proto::client_server::Client for ClientService {
                 }
             })
             .await?;
-        Ok(update_stream(&self.state, session, updates))
+        Ok(update_stream(&self.state, session, env_uuid, updates))
     }
 
     async fn rollback(
@@ -340,13 +366,14 @@ impl corpus_proto::client_server::Client for ClientService {
         let session = session(&self.state, &request).await?;
         let user = session.user.clone();
         let req = request.into_inner();
+        let env_uuid = req.env_uuid.clone();
         let updates = self
             .state
             .blocking(move |s| {
                 deploys::rollback(s, &user, &req.env_uuid, &req.project, &req.to_deploy_id)
             })
             .await?;
-        Ok(update_stream(&self.state, session, updates))
+        Ok(update_stream(&self.state, session, env_uuid, updates))
     }
 
     async fn status(
@@ -373,11 +400,12 @@ impl corpus_proto::client_server::Client for ClientService {
         let session = session(&self.state, &request).await?;
         let user = session.user.clone();
         let req = request.into_inner();
+        let env_uuid = req.env_uuid.clone();
         let updates = self
             .state
             .blocking(move |s| deploys::destroy(s, &user, &req.env_uuid, &req.project))
             .await?;
-        Ok(update_stream(&self.state, session, updates))
+        Ok(update_stream(&self.state, session, env_uuid, updates))
     }
 
     async fn set_quota(
@@ -402,6 +430,7 @@ impl corpus_proto::client_server::Client for ClientService {
         let session = session(&self.state, &request).await?;
         let user = session.user.clone();
         let req = request.into_inner();
+        let env_uuid = req.env_uuid.clone();
         let updates = self
             .state
             .blocking(move |s| {
@@ -436,7 +465,7 @@ impl corpus_proto::client_server::Client for ClientService {
                 s.jobs.follow(s, &job, req.from_sequence)
             })
             .await?;
-        Ok(update_stream(&self.state, session, updates))
+        Ok(update_stream(&self.state, session, env_uuid, updates))
     }
 
     async fn logout(

@@ -328,7 +328,8 @@ pub fn set_quota(
 }
 
 /// `envs revoke ENV USER`: removes `user`'s grant on the environment; refused when the user
-/// owns it or holds no grant. (Sessions are untouched: every call checks grants afresh.)
+/// owns it or holds no grant. Sessions are untouched (every call checks grants afresh); the
+/// user's open job streams in the environment are cut.
 pub fn revoke_grant(
     state: &MasterState,
     uuid: &str,
@@ -350,6 +351,7 @@ pub fn revoke_grant(
         ));
     }
     state.store.put_environment(&env)?;
+    state.auth.sessions_ended();
     Ok(env)
 }
 

@@ -106,7 +106,7 @@ fn console_ok(cluster: &Cluster, args: &[&str]) -> anyhow::Result<String> {
 fn open_job_streams_are_cut_when_their_session_or_user_ends() -> anyhow::Result<()> {
     let cluster = Cluster::start()?;
     let env = cluster.init_env("staging")?;
-    for user in ["bob", "carol"] {
+    for user in ["bob", "carol", "dave"] {
         cluster.master.add_user(user, "a-long-password")?;
         console_ok(&cluster, &["envs", "grant", &env, user])?;
     }
@@ -133,6 +133,7 @@ fn open_job_streams_are_cut_when_their_session_or_user_ends() -> anyhow::Result<
         let mut dev = follow(&cluster, "dev@example.com", "a-long-password", &env).await?;
         let mut bob = follow(&cluster, "bob", "a-long-password", &env).await?;
         let mut carol = follow(&cluster, "carol", "a-long-password", &env).await?;
+        let mut dave = follow(&cluster, "dave", "a-long-password", &env).await?;
 
         // `sessions revoke --user`: that user's stream ends, saying so; the others go on.
         console_ok(
@@ -152,6 +153,22 @@ fn open_job_streams_are_cut_when_their_session_or_user_ends() -> anyhow::Result<
         assert!(
             still_open(&mut carol).await,
             "carol's stream ended with dev's session"
+        );
+
+        // `envs revoke ENV dave`: dave's session holds, but his stream of the environment ends,
+        // saying so; the users still granted keep theirs.
+        console_ok(&cluster, &["envs", "revoke", &env, "dave"])?;
+        let status = cut_status(&mut dave).await?;
+        assert_eq!(status.code(), Code::PermissionDenied, "{status:?}");
+        assert!(
+            status
+                .message()
+                .contains(&format!("access to environment {env} was revoked")),
+            "{status:?}"
+        );
+        assert!(
+            still_open(&mut bob).await,
+            "bob's stream ended with dave's grant"
         );
 
         // A disabled user's stream ends, naming why.
