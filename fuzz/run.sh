@@ -1,9 +1,9 @@
 #!/usr/bin/env bash
 # Runs every fuzz target for SECONDS each (default 20), in turn, over its committed corpus
 # (fuzz/corpus/<target>, read only: new inputs go to a temp dir that is removed). A crash
-# leaves its input in fuzz/artifacts/<target>/ and fails the run. CI calls it with 20; the
-# hour-long campaign in README ran it per target with 3600 (and `cargo fuzz cmin` after).
-# Needs the nightly toolchain and cargo-fuzz (`.ci/run` installs both).
+# leaves its input in fuzz/artifacts/<target>/ and fails the run. Run briefly with 20; the
+# hour-long campaign runs each target with 3600 (and `cargo fuzz cmin` after).
+# Needs the nightly toolchain and cargo-fuzz (README, "Security: fuzzing", says how to install them).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-20}
