@@ -24,7 +24,9 @@ use serde_json::Value;
 
 pub use accounts::{ensure_account, remove_account};
 pub use ownership::{secure_environment, secure_project};
-pub use phase::{CHILD_SUBCOMMAND, PhaseRequest, child_main, run_confined};
+pub use phase::{
+    CHILD_SUBCOMMAND, PhaseRequest, child_main, own_session_dying_with_agent, run_confined,
+};
 pub use plan_check::{PlanRefusal, check_plan, is_own_account};
 pub use reaper::{processes_in_session, processes_of, stop_environment_processes, stop_processes};
 pub use sandbox::{Isolation, detect_isolation};

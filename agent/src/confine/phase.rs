@@ -120,29 +120,11 @@ pub fn run_confined(
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped());
-    // SAFETY: between fork and exec only async-signal-safe syscalls run.
-    let parent = unsafe { libc::getpid() };
+    // Its own session: the commands it starts in their own process groups stay in it, so the
+    // end of the phase finds them all.
+    // SAFETY: the hook runs only async-signal-safe syscalls between fork and exec.
     unsafe {
-        command.pre_exec(move || {
-            // Its own session: the commands it starts in their own process groups stay in it,
-            // so the end of the phase finds them all.
-            if libc::setsid() < 0
-                || libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The agent died between fork and prctl: the death signal would never come.
-            if libc::getppid() != parent {
-                return Err(std::io::Error::other("the agent is gone"));
-            }
-            Ok(())
-        });
+        command.pre_exec(own_session_dying_with_agent());
     }
     let mut child = command
         .spawn()
@@ -371,4 +353,34 @@ fn stop_descendants(grace: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(10));
     }
     false
+}
+
+/// A `pre_exec` hook for a child of the agent: its own session (so what it starts, even in
+/// process groups of their own, can be found and stopped), and SIGKILL when the agent dies. It
+/// runs only async-signal-safe syscalls, as a hook between fork and exec must.
+pub fn own_session_dying_with_agent() -> impl FnMut() -> std::io::Result<()> + Send + Sync + 'static
+{
+    // SAFETY: getpid has no preconditions.
+    let parent = unsafe { libc::getpid() };
+    move || {
+        // SAFETY: setsid, prctl and getppid are async-signal-safe and take no pointers.
+        unsafe {
+            if libc::setsid() < 0
+                || libc::prctl(
+                    libc::PR_SET_PDEATHSIG,
+                    libc::SIGKILL as libc::c_ulong,
+                    0,
+                    0,
+                    0,
+                ) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            // The agent died between fork and prctl: the death signal would never come.
+            if libc::getppid() != parent {
+                return Err(std::io::Error::other("the agent is gone"));
+            }
+        }
+        Ok(())
+    }
 }

@@ -78,29 +78,11 @@ pub async fn run(
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .kill_on_drop(true);
-    // SAFETY: between fork and exec only async-signal-safe syscalls run.
-    let parent = unsafe { libc::getpid() };
+    // Its own session: the commands it starts in their own process groups stay in it, so a
+    // timeout finds them all.
+    // SAFETY: the hook runs only async-signal-safe syscalls between fork and exec.
     unsafe {
-        command.pre_exec(move || {
-            // Its own session: the commands it starts in their own process groups stay in
-            // it, so a timeout finds them all.
-            if libc::setsid() < 0
-                || libc::prctl(
-                    libc::PR_SET_PDEATHSIG,
-                    libc::SIGKILL as libc::c_ulong,
-                    0,
-                    0,
-                    0,
-                ) != 0
-            {
-                return Err(std::io::Error::last_os_error());
-            }
-            // The agent died between fork and prctl: the death signal would never come.
-            if libc::getppid() != parent {
-                return Err(std::io::Error::other("the agent is gone"));
-            }
-            Ok(())
-        });
+        command.pre_exec(crate::confine::own_session_dying_with_agent());
     }
     let mut child = command
         .spawn()
