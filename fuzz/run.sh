@@ -3,21 +3,31 @@
 # (fuzz/corpus/<target>, read only: new inputs go to a temp dir that is removed). A crash
 # leaves its input in fuzz/artifacts/<target>/ and fails the run. Run briefly with 20; the
 # hour-long campaign runs each target with 3600 (and `cargo fuzz cmin` after).
-# Needs the nightly toolchain and cargo-fuzz (README, "Security: fuzzing", says how to install them).
+# Needs the pinned nightly toolchain and cargo-fuzz (README, "Security: fuzzing"; .ci/run installs
+# both). FUZZ_FLAGS are cargo-fuzz's build options, passed to both build and run (a different set
+# would rebuild): the default is an optimised build without a sanitizer (ASan would instrument
+# only our Rust, whose few `unsafe` blocks none of the targets reach; the C of zstd is built by
+# cc and never instrumented). CI uses `--dev -s none`: a debug build compiles in a fraction of
+# the time of release's single codegen unit.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 seconds=${1:-20}
+case $seconds in
+  '' | *[!0-9]*) echo "fuzz/run.sh: SECONDS must be a whole number of seconds, not '$seconds'" >&2; exit 2 ;;
+esac
+toolchain=${FUZZ_TOOLCHAIN:-nightly-2026-05-20}
+read -r -a flags <<<"${FUZZ_FLAGS:--O -s none}"
 targets=(sls_render pillar_compile archive_unpack proto_agent_decode proto_client_decode)
 # Its own target dir: nightly, sanitizer flags and another lockfile never touch target/.
 export CARGO_TARGET_DIR="$PWD/fuzz/target"
 scratch=$(mktemp -d)
 trap 'rm -rf "$scratch"' EXIT
-cargo +nightly fuzz build
+cargo "+$toolchain" fuzz build "${flags[@]}"
 for target in "${targets[@]}"; do
   mkdir -p "$scratch/$target"
   echo "fuzz: $target for ${seconds}s"
   log="$scratch/$target.log"
-  if ! cargo +nightly fuzz run "$target" "$scratch/$target" "fuzz/corpus/$target" -- \
+  if ! cargo "+$toolchain" fuzz run "${flags[@]}" "$target" "$scratch/$target" "fuzz/corpus/$target" -- \
     -max_total_time="$seconds" -timeout=60 -rss_limit_mb=4096 >"$log" 2>&1; then
     tail -n 80 "$log" >&2
     echo "fuzz: $target failed: its input is in fuzz/artifacts/$target/" >&2
