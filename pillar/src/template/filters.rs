@@ -8,10 +8,10 @@ use minijinja::ErrorKind;
 use minijinja::value::{Kwargs, Value, ValueKind};
 use serde_json::Value as Json;
 
-use super::python::{write_python_json, write_yaml_flow};
+use super::python::{write_python_json_value, write_yaml_flow};
 use super::pyyaml::{self, FlowStyle};
 use super::salt::traverse_value;
-use super::values::{List, Tuple, from_json, mutable, to_json};
+use super::values::{List, Tuple, from_json, mutable, reject_undefined, to_json};
 use crate::tree::{SourceTree, normalize_path};
 
 fn invalid(message: impl Into<String>) -> minijinja::Error {
@@ -339,9 +339,9 @@ pub(crate) fn filter_json(value: Value, kwargs: Kwargs) -> Result<String, miniji
     let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
     let indent: Option<usize> = kwargs.get("indent")?;
     kwargs.assert_all_used()?;
-    let json = to_json(&value)?;
+    reject_undefined(&value)?;
     let mut out = String::new();
-    write_python_json(&json, indent, sort_keys.unwrap_or(true), false, 0, &mut out);
+    write_python_json_value(&value, indent, sort_keys.unwrap_or(true), false, 0, &mut out)?;
     Ok(out)
 }
 
@@ -355,16 +355,16 @@ pub(crate) fn filter_tojson(
     let kw_indent: Option<usize> = kwargs.get("indent")?;
     let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
     kwargs.assert_all_used()?;
-    let json = to_json(&value)?;
+    reject_undefined(&value)?;
     let mut out = String::new();
-    write_python_json(
-        &json,
+    write_python_json_value(
+        &value,
         indent.or(kw_indent),
         sort_keys.unwrap_or(false),
         true,
         0,
         &mut out,
-    );
+    )?;
     Ok(out
         .replace('<', "\\u003c")
         .replace('>', "\\u003e")

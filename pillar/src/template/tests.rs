@@ -66,8 +66,21 @@ fn renders_salt_lookups_and_filters() {
         ),
         ("{{ [1] | json(indent=2) }}", "[\n  1\n]"),
         (
+            // Salt's `tojson` keeps insertion order (checked against salt-call 3008.3).
             "{{ {'b': '<é>', 'a': 1} | tojson }}",
-            r#"{"a": 1, "b": "\u003c\u00e9\u003e"}"#,
+            r#"{"b": "\u003c\u00e9\u003e", "a": 1}"#,
+        ),
+        (
+            "{{ {'b': 1, 'a': {'z': 1, 'y': [{'q': 1, 'p': 2}]}} | tojson(sort_keys=True) }}",
+            r#"{"a": {"y": [{"p": 2, "q": 1}], "z": 1}, "b": 1}"#,
+        ),
+        (
+            "{{ {'b': 1, 'a': {'z': 1, 'y': 2}} | json }}|{{ {'b': 1, 'a': 2} | json(sort_keys=False) }}",
+            r#"{"a": {"y": 2, "z": 1}, "b": 1}|{"b": 1, "a": 2}"#,
+        ),
+        (
+            "{% set d = {'b': 1} %}{% do d.update({'a': 2}) %}{{ d | tojson }}{{ {3: 'c', 'x': none} | tojson }}",
+            r#"{"b": 1, "a": 2}{"3": "c", "x": null}"#,
         ),
         ("{{ pillar.web.get('port') }}", "8080"),
         (
@@ -287,6 +300,10 @@ fn execution_functions_answer_as_salt() {
         (
             "{{ salt['slsutil.serialize']('json', {'a': 1}) }}",
             r#"{"a": 1}"#,
+        ),
+        (
+            "{{ salt['slsutil.serialize']('json', {'b': '<é>', 'a': [1, {'d': 1, 'c': 2}]}) }}",
+            r#"{"b": "<é>", "a": [1, {"d": 1, "c": 2}]}"#,
         ),
         (
             "{{ salt['mine.get']('*', 'network.ip_addrs') | length }}",
