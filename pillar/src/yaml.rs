@@ -294,7 +294,10 @@ fn rewrite_line(line: &str) -> (Option<String>, bool) {
     }
     if word.starts_with(['[', '{']) {
         let flow = rewrite_flow(word);
-        return ((flow != word).then(|| format!("{prefix}{flow}{suffix}")), false);
+        return (
+            (flow != word).then(|| format!("{prefix}{flow}{suffix}")),
+            false,
+        );
     }
     (
         salt_scalar(word).map(|new| format!("{prefix}{new}{suffix}")),

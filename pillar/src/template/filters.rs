@@ -341,7 +341,14 @@ pub(crate) fn filter_json(value: Value, kwargs: Kwargs) -> Result<String, miniji
     kwargs.assert_all_used()?;
     reject_undefined(&value)?;
     let mut out = String::new();
-    write_python_json_value(&value, indent, sort_keys.unwrap_or(true), false, 0, &mut out)?;
+    write_python_json_value(
+        &value,
+        indent,
+        sort_keys.unwrap_or(true),
+        false,
+        0,
+        &mut out,
+    )?;
     Ok(out)
 }
 

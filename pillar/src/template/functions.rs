@@ -14,7 +14,9 @@ use super::join_template_path;
 use super::python::write_python_json_value;
 use super::pyyaml::{self, FlowStyle};
 use super::salt::{Args, SaltScope, traverse_value, unknown_function};
-use super::values::{Dict, List, deep_copy, deep_update, from_json, reject_undefined, map_entries, mutable, to_json};
+use super::values::{
+    Dict, List, deep_copy, deep_update, from_json, map_entries, mutable, reject_undefined, to_json,
+};
 use crate::top::glob_match;
 use crate::tree::normalize_path;
 
