@@ -215,24 +215,22 @@ fn salt_scalar(word: &str) -> Option<String> {
 /// `- 0644`, `[on, off]`) into their YAML 1.2 spelling, leaving quoted scalars, keys, block
 /// scalars (`|`, `>`) and continuation lines of multi-line plain scalars alone.
 pub fn salt_scalars(text: &str) -> Cow<'_, str> {
-    let lower = text.to_ascii_lowercase();
-    let candidate = ["yes", "no", "on", "off"].iter().any(|w| lower.contains(w))
-        || text
-            .as_bytes()
-            .windows(2)
-            .any(|w| w[0] == b'0' && w[1].is_ascii_digit());
-    if !candidate {
-        return Cow::Borrowed(text);
-    }
-    let mut out = String::with_capacity(text.len());
+    // Built only once a line changes: most rendered lines have nothing to rewrite, and a document
+    // with no change is returned as it is, without a copy.
+    let mut out: Option<String> = None;
     let mut block_indent: Option<usize> = None;
+    let mut line_start = 0;
     for line in text.split_inclusive('\n') {
+        let this_start = line_start;
+        line_start += line.len();
         let content = line.trim_end_matches(['\n', '\r']);
         let ending = &line[content.len()..];
         let indent = content.len() - content.trim_start_matches(' ').len();
         if let Some(parent) = block_indent {
             if content.trim().is_empty() || indent > parent {
-                out.push_str(line);
+                if let Some(out) = out.as_mut() {
+                    out.push_str(line);
+                }
                 continue;
             }
             block_indent = None;
@@ -241,17 +239,34 @@ pub fn salt_scalars(text: &str) -> Cow<'_, str> {
         if opens_block {
             block_indent = Some(indent);
         }
-        out.push_str(&rewritten);
-        out.push_str(ending);
+        match rewritten {
+            Some(new) => {
+                let out = out.get_or_insert_with(|| {
+                    let mut fresh = String::with_capacity(text.len() + 64);
+                    fresh.push_str(&text[..this_start]);
+                    fresh
+                });
+                out.push_str(&new);
+                out.push_str(ending);
+            }
+            None => {
+                if let Some(out) = out.as_mut() {
+                    out.push_str(line);
+                }
+            }
+        }
     }
-    Cow::Owned(out)
+    match out {
+        Some(out) => Cow::Owned(out),
+        None => Cow::Borrowed(text),
+    }
 }
 
-/// One line: the rewritten text and whether it opens a block scalar.
-fn rewrite_line(line: &str) -> (String, bool) {
+/// One line: its rewritten text if anything changed, and whether it opens a block scalar.
+fn rewrite_line(line: &str) -> (Option<String>, bool) {
     let trimmed = line.trim_start();
     if trimmed.is_empty() || trimmed.starts_with(['#', '%']) || trimmed.starts_with("---") {
-        return (line.to_string(), false);
+        return (None, false);
     }
     let mut at = line.len() - trimmed.len();
     let mut item = false;
@@ -265,7 +280,7 @@ fn rewrite_line(line: &str) -> (String, bool) {
         Some(colon) => at + colon + 1,
         // A line that is neither an item nor `key: value` continues a multi-line scalar.
         None if item => at,
-        None => return (line.to_string(), false),
+        None => return (None, false),
     };
     let value = &line[value_start..];
     let value_trimmed = value.trim_start();
@@ -275,15 +290,19 @@ fn rewrite_line(line: &str) -> (String, bool) {
     let prefix = &line[..value_at];
     let suffix = &line[value_at + word.len()..];
     if word.starts_with(['|', '>']) {
-        return (line.to_string(), true);
+        return (None, true);
     }
     if word.starts_with(['[', '{']) {
-        return (format!("{prefix}{}{suffix}", rewrite_flow(word)), false);
+        let flow = rewrite_flow(word);
+        return (
+            (flow != word).then(|| format!("{prefix}{flow}{suffix}")),
+            false,
+        );
     }
-    match salt_scalar(word) {
-        Some(new) => (format!("{prefix}{new}{suffix}"), false),
-        None => (line.to_string(), false),
-    }
+    (
+        salt_scalar(word).map(|new| format!("{prefix}{new}{suffix}")),
+        false,
+    )
 }
 
 /// The byte index of the `:` ending a mapping key at the start of `text`, if any.

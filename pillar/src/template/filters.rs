@@ -2,16 +2,17 @@
 //! `quote`, `yaml_encode`, `sequence`, `unique`, ...) and the helper functions the pre-pass
 //! calls (`__import_data`, `__load_data`). Output layouts are Python's ([`super::python`]).
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
 
 use minijinja::ErrorKind;
 use minijinja::value::{Kwargs, Value, ValueKind};
 use serde_json::Value as Json;
 
-use super::python::{write_python_json, write_yaml_flow};
+use super::python::{write_python_json_value, write_yaml_flow};
 use super::pyyaml::{self, FlowStyle};
 use super::salt::traverse_value;
-use super::values::{List, Tuple, from_json, mutable, to_json};
+use super::values::{List, Tuple, deep_copy, from_json, mutable, reject_undefined, to_json};
 use crate::tree::{SourceTree, normalize_path};
 
 fn invalid(message: impl Into<String>) -> minijinja::Error {
@@ -32,18 +33,44 @@ pub(crate) fn parse_data(text: &str, format: &str) -> Result<Value, minijinja::E
     Ok(from_json(&json))
 }
 
+/// The files `import_yaml`/`import_json`/`import_text` parsed in one engine (one run, one version
+/// of the tree), by path and format: a `map.jinja` imported by 200 templates parses its
+/// `defaults.yaml` once. Each import gets its own deep copy, because template dicts are mutable
+/// and Salt parses the file again for every import.
+#[derive(Default)]
+pub(crate) struct ImportCache(Mutex<HashMap<(String, String), Value>>);
+
 /// `{% import_yaml path as v %}`: reads `path` (relative to the tree root, or to `from` with
 /// `./`) and parses it.
 pub(crate) fn import_data(
     tree: &Arc<dyn SourceTree>,
+    cache: &ImportCache,
     path: &str,
     from: &str,
     format: &str,
 ) -> Result<Value, minijinja::Error> {
     let joined = super::join_template_path(path, from);
     let normalized = normalize_path(&joined).map_err(|e| invalid(e.to_string()))?;
+    let key = (normalized, format.to_string());
+    if let Some(parsed) = cache.0.lock().ok().and_then(|map| map.get(&key).cloned()) {
+        return Ok(deep_copy(&parsed));
+    }
+    let parsed = read_and_parse(tree, &key.0, from, format)?;
+    let copy = deep_copy(&parsed);
+    if let Ok(mut map) = cache.0.lock() {
+        map.insert(key, parsed);
+    }
+    Ok(copy)
+}
+
+fn read_and_parse(
+    tree: &Arc<dyn SourceTree>,
+    normalized: &str,
+    from: &str,
+    format: &str,
+) -> Result<Value, minijinja::Error> {
     let text = tree
-        .read(&normalized)
+        .read(normalized)
         .map_err(|e| invalid(e.to_string()))?
         .ok_or_else(|| {
             invalid(format!(
@@ -339,9 +366,16 @@ pub(crate) fn filter_json(value: Value, kwargs: Kwargs) -> Result<String, miniji
     let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
     let indent: Option<usize> = kwargs.get("indent")?;
     kwargs.assert_all_used()?;
-    let json = to_json(&value)?;
+    reject_undefined(&value)?;
     let mut out = String::new();
-    write_python_json(&json, indent, sort_keys.unwrap_or(true), false, 0, &mut out);
+    write_python_json_value(
+        &value,
+        indent,
+        sort_keys.unwrap_or(true),
+        false,
+        0,
+        &mut out,
+    )?;
     Ok(out)
 }
 
@@ -355,16 +389,16 @@ pub(crate) fn filter_tojson(
     let kw_indent: Option<usize> = kwargs.get("indent")?;
     let sort_keys: Option<bool> = kwargs.get("sort_keys")?;
     kwargs.assert_all_used()?;
-    let json = to_json(&value)?;
+    reject_undefined(&value)?;
     let mut out = String::new();
-    write_python_json(
-        &json,
+    write_python_json_value(
+        &value,
         indent.or(kw_indent),
         sort_keys.unwrap_or(false),
         true,
         0,
         &mut out,
-    );
+    )?;
     Ok(out
         .replace('<', "\\u003c")
         .replace('>', "\\u003e")

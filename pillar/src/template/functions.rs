@@ -11,10 +11,12 @@ use serde_json::Value as Json;
 use super::filters;
 use super::host::{HostFunctions, PathKind};
 use super::join_template_path;
-use super::python::write_python_json;
+use super::python::write_python_json_value;
 use super::pyyaml::{self, FlowStyle};
 use super::salt::{Args, SaltScope, traverse_value, unknown_function};
-use super::values::{Dict, List, deep_copy, deep_update, from_json, map_entries, mutable, to_json};
+use super::values::{
+    Dict, List, deep_copy, deep_update, from_json, map_entries, mutable, reject_undefined, to_json,
+};
 use crate::top::glob_match;
 use crate::tree::normalize_path;
 
@@ -288,16 +290,16 @@ fn makina_configuration(scope: &SaltScope, name: Option<Value>) -> Value {
 }
 
 fn serialize(format: &str, value: &Value) -> Result<String, Error> {
-    let json = to_json(value)?;
     match format {
         // Salt's JSON serializer: `json.dumps(obj, ensure_ascii=False)`, keys in their order.
         "json" => {
+            reject_undefined(value)?;
             let mut out = String::new();
-            write_python_json(&json, None, false, false, 0, &mut out);
+            write_python_json_value(value, None, false, false, 0, &mut out)?;
             Ok(out)
         }
         // Salt's YAML serializer: PyYAML's dump with `default_flow_style=None`, no unicode.
-        "yaml" => Ok(pyyaml::dump(&json, FlowStyle::Auto, false)),
+        "yaml" => Ok(pyyaml::dump(&to_json(value)?, FlowStyle::Auto, false)),
         other => Err(invalid(format!(
             "slsutil.serialize: unknown serializer '{other}': use json or yaml"
         ))),

@@ -419,9 +419,12 @@ fn add_salt_filters(env: &mut Environment<'static>, tree: &Arc<dyn SourceTree>) 
     env.add_function("__load_data", filters::load_data);
     env.add_function("__guard", limits::guard);
     let tree = tree.clone();
+    let imports = Arc::new(filters::ImportCache::default());
     env.add_function(
         "__import_data",
-        move |path: &str, from: &str, format: &str| filters::import_data(&tree, path, from, format),
+        move |path: &str, from: &str, format: &str| {
+            filters::import_data(&tree, &imports, path, from, format)
+        },
     );
 }
 

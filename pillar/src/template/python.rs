@@ -5,7 +5,7 @@ use minijinja::value::{Value, ValueKind};
 use minijinja::{ErrorKind, State};
 use serde_json::Value as Json;
 
-use super::values::List;
+use super::values::{List, map_entries};
 
 fn invalid(message: impl Into<String>) -> minijinja::Error {
     minijinja::Error::new(ErrorKind::InvalidOperation, message.into())
@@ -345,6 +345,92 @@ pub(crate) fn write_python_json(
         }
         Json::String(text) => write_json_string(text, ascii, out),
         other => out.push_str(&other.to_string()),
+    }
+}
+
+/// [`write_python_json`] over a template value, keeping each dict's insertion order as Python's
+/// `json.dumps` does (a JSON conversion first would sort the keys: `serde_json`'s map is ordered
+/// by key). Scalars are written as their JSON form.
+pub(crate) fn write_python_json_value(
+    value: &Value,
+    indent: Option<usize>,
+    sort: bool,
+    ascii: bool,
+    depth: usize,
+    out: &mut String,
+) -> Result<(), minijinja::Error> {
+    let newline = |out: &mut String, depth: usize| {
+        if let Some(width) = indent {
+            out.push('\n');
+            out.push_str(&" ".repeat(width * depth));
+        }
+    };
+    let separator = if indent.is_some() { "," } else { ", " };
+    match value.kind() {
+        ValueKind::Map if !value.is_kwargs() => {
+            let mut entries = Vec::new();
+            for (key, item) in map_entries(value)? {
+                entries.push((json_key(&key)?, item));
+            }
+            if entries.is_empty() {
+                out.push_str("{}");
+                return Ok(());
+            }
+            if sort {
+                entries.sort_by(|a, b| a.0.cmp(&b.0));
+            }
+            out.push('{');
+            for (i, (key, item)) in entries.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(separator);
+                }
+                newline(out, depth + 1);
+                write_json_string(key, ascii, out);
+                out.push_str(": ");
+                write_python_json_value(item, indent, sort, ascii, depth + 1, out)?;
+            }
+            newline(out, depth);
+            out.push('}');
+        }
+        ValueKind::Seq => {
+            let items: Vec<Value> = value.try_iter()?.collect();
+            if items.is_empty() {
+                out.push_str("[]");
+                return Ok(());
+            }
+            out.push('[');
+            for (i, item) in items.iter().enumerate() {
+                if i > 0 {
+                    out.push_str(separator);
+                }
+                newline(out, depth + 1);
+                write_python_json_value(item, indent, sort, ascii, depth + 1, out)?;
+            }
+            newline(out, depth);
+            out.push(']');
+        }
+        _ => {
+            let json = serde_json::to_value(value)
+                .map_err(|e| invalid(format!("cannot serialise value: {e}")))?;
+            write_python_json(&json, indent, sort, ascii, depth, out);
+        }
+    }
+    Ok(())
+}
+
+/// A dict key as `json.dumps` writes it: strings as they are, numbers, booleans and `None` as
+/// their JSON text.
+fn json_key(key: &Value) -> Result<String, minijinja::Error> {
+    if let Some(text) = key.as_str() {
+        return Ok(text.to_string());
+    }
+    match serde_json::to_value(key) {
+        Ok(Json::String(text)) => Ok(text),
+        Ok(other @ (Json::Number(_) | Json::Bool(_) | Json::Null)) => Ok(other.to_string()),
+        _ => Err(invalid(format!(
+            "cannot serialise a dict key of type {}: keys must be strings, numbers, booleans or none",
+            key.kind()
+        ))),
     }
 }
 

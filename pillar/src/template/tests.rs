@@ -66,8 +66,21 @@ fn renders_salt_lookups_and_filters() {
         ),
         ("{{ [1] | json(indent=2) }}", "[\n  1\n]"),
         (
+            // Salt's `tojson` keeps insertion order (checked against salt-call 3008.3).
             "{{ {'b': '<é>', 'a': 1} | tojson }}",
-            r#"{"a": 1, "b": "\u003c\u00e9\u003e"}"#,
+            r#"{"b": "\u003c\u00e9\u003e", "a": 1}"#,
+        ),
+        (
+            "{{ {'b': 1, 'a': {'z': 1, 'y': [{'q': 1, 'p': 2}]}} | tojson(sort_keys=True) }}",
+            r#"{"a": {"y": [{"p": 2, "q": 1}], "z": 1}, "b": 1}"#,
+        ),
+        (
+            "{{ {'b': 1, 'a': {'z': 1, 'y': 2}} | json }}|{{ {'b': 1, 'a': 2} | json(sort_keys=False) }}",
+            r#"{"a": {"y": 2, "z": 1}, "b": 1}|{"b": 1, "a": 2}"#,
+        ),
+        (
+            "{% set d = {'b': 1} %}{% do d.update({'a': 2}) %}{{ d | tojson }}{{ {3: 'c', 'x': none} | tojson }}",
+            r#"{"b": 1, "a": 2}{"3": "c", "x": null}"#,
         ),
         ("{{ pillar.web.get('port') }}", "8080"),
         (
@@ -287,6 +300,10 @@ fn execution_functions_answer_as_salt() {
         (
             "{{ salt['slsutil.serialize']('json', {'a': 1}) }}",
             r#"{"a": 1}"#,
+        ),
+        (
+            "{{ salt['slsutil.serialize']('json', {'b': '<é>', 'a': [1, {'d': 1, 'c': 2}]}) }}",
+            r#"{"b": "<é>", "a": [1, {"d": 1, "c": 2}]}"#,
         ),
         (
             "{{ salt['mine.get']('*', 'network.ip_addrs') | length }}",
@@ -822,4 +839,44 @@ fn texts_rendered_under_one_name_are_cached_apart_and_errors_name_the_file() {
     assert_eq!((err.file.as_str(), err.line), ("a/t.j2", Some(2)), "{err}");
     let err = engine.render("a/t.j2", "{% if %}", &ctx()).unwrap_err();
     assert_eq!(err.file, "a/t.j2", "{err}");
+}
+
+/// A tree that counts its reads, to see what an engine caches.
+struct CountingTree {
+    inner: MemoryTree,
+    reads: std::sync::Mutex<Vec<String>>,
+}
+
+impl SourceTree for CountingTree {
+    fn read(&self, rel: &str) -> Result<Option<String>, crate::tree::TreeError> {
+        if let Ok(mut reads) = self.reads.lock() {
+            reads.push(rel.to_string());
+        }
+        self.inner.read(rel)
+    }
+}
+
+#[test]
+fn an_imported_file_is_parsed_once_per_engine_and_each_import_gets_its_own_copy() {
+    let tree = Arc::new(CountingTree {
+        inner: MemoryTree::new().with("app/defaults.yaml", "app:\n  port: 80\n  users: [a]\n"),
+        reads: Default::default(),
+    });
+    let engine = TemplateEngine::new(tree.clone());
+    let source = "{% import_yaml 'app/defaults.yaml' as d %}{% do d.app.update({'port': d.app.port + 1}) %}\
+                  {% do d.app.users.append('b') %}{{ d | tojson }}";
+    for file in ["app/one.sls", "app/two.sls", "app/three.conf"] {
+        let got = engine.render(file, source, &ctx());
+        assert_eq!(
+            got.as_deref().ok(),
+            Some(r#"{"app": {"port": 81, "users": ["a", "b"]}}"#),
+            "{file}: {got:?}"
+        );
+    }
+    let reads = tree.reads.lock().map(|r| r.clone()).unwrap_or_default();
+    let defaults = reads.iter().filter(|r| *r == "app/defaults.yaml").count();
+    assert_eq!(defaults, 1, "{reads:?}");
+    // Failures are not cached: a missing file still fails.
+    let missing = engine.render("x.sls", "{% import_yaml 'app/none.yaml' as n %}", &ctx());
+    assert!(missing.is_err());
 }

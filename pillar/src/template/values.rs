@@ -495,13 +495,19 @@ pub(crate) fn deep_update(dest: &Value, src: &Value, merge_lists: bool) -> Resul
     Ok(())
 }
 
-/// Template value to JSON (for the `yaml`/`json` filters and serialisers).
-pub(crate) fn to_json(value: &Value) -> Result<Json, Error> {
+/// Refuses to serialise an undefined value (a misspelt variable would otherwise become `null`).
+pub(crate) fn reject_undefined(value: &Value) -> Result<(), Error> {
     if value.is_undefined() {
         return Err(Error::new(
             ErrorKind::UndefinedError,
             "cannot serialise an undefined value; check the variable name or add a default",
         ));
     }
+    Ok(())
+}
+
+/// Template value to JSON (for the `yaml` filter and serialiser, which sort keys as PyYAML does).
+pub(crate) fn to_json(value: &Value) -> Result<Json, Error> {
+    reject_undefined(value)?;
     serde_json::to_value(value).map_err(|e| arg_error(format!("cannot serialise value: {e}")))
 }
