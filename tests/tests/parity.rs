@@ -7,8 +7,12 @@
 //! Layout of a fixture: `salt/` (file root, with its own `top.sls`), `pillar/` (optional `.sls`
 //! files without a top: the harness writes one that includes them all plus `paths`, which sets
 //! `root` to the output directory), `seed/` (optional files copied into the output root before each
-//! run) and `test-only` (optional marker: states that change the host, e.g. `pkg` or `user`, are
-//! compared in test mode only).
+//! run), `setup` (optional shell script run after the seeding, with `OUT` naming the output root
+//! and `SRC` an emptied sources directory beside it, given to the states as pillar `src`: it
+//! makes the git repositories, archives and wheels that `git.latest`, `archive.extracted` and
+//! `pip.installed` take, offline) and `test-only` (optional marker: states that change the host,
+//! e.g. `pkg` or `user`, are compared in test mode only). A git work tree under the output root
+//! is compared by its files, its `HEAD` commit and branch, not by the contents of `.git`.
 //!
 //! Without Salt the suite is ignored with the reason (see `tests/build.rs`); under `CI=true` a
 //! missing `CORPUS_SALT_CALL` fails `parity_suite_is_enabled_in_ci` instead of skipping.
@@ -166,9 +170,10 @@ impl Sandbox {
         }
         fs::write(pillar.join("top.sls"), top)?;
         let out = dir.path().join("out");
+        let src = dir.path().join("src");
         fs::write(
             pillar.join("paths.sls"),
-            format!("root: {}\n", out.display()),
+            format!("root: {}\nsrc: {}\n", out.display(), src.display()),
         )?;
         let conf = dir.path().join("conf");
         fs::create_dir(&conf)?;
@@ -194,16 +199,37 @@ impl Sandbox {
         self.dir.path().join("out")
     }
 
-    /// Empties the output root and copies the fixture's `seed/` into it.
+    /// Empties the output root and the sources directory, copies the fixture's `seed/` into
+    /// the root and runs its `setup`.
     fn reset_out(&self) -> anyhow::Result<()> {
-        let out = self.out();
-        if out.exists() {
-            fs::remove_dir_all(&out)?;
+        let (out, src) = (self.out(), self.dir.path().join("src"));
+        for dir in [&out, &src] {
+            if dir.exists() {
+                fs::remove_dir_all(dir)?;
+            }
+            fs::create_dir(dir)?;
         }
-        fs::create_dir(&out)?;
         let seed = self.fixture.join("seed");
         if seed.is_dir() {
             copy_tree(&seed, &out)?;
+        }
+        let setup = self.fixture.join("setup");
+        if setup.is_file() {
+            let run = Command::new("sh")
+                .arg("-eu")
+                .arg(&setup)
+                .env("OUT", &out)
+                .env("SRC", &src)
+                .current_dir(&src)
+                .output()
+                .context("cannot run sh")?;
+            if !run.status.success() {
+                bail!(
+                    "{} failed: {}",
+                    setup.display(),
+                    String::from_utf8_lossy(&run.stderr).trim()
+                );
+            }
         }
         Ok(())
     }
@@ -329,7 +355,8 @@ fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
 }
 
 /// Every path under `root`, sorted: relative path, mode, owner and (for files) the content,
-/// (for links) the target with `root` written as `ROOT`.
+/// (for links) the target with `root` written as `ROOT`; a `.git` directory is written as its
+/// work tree's `HEAD` commit and branch (its other files hold times and fetch records).
 fn snapshot(root: &Path) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -346,6 +373,8 @@ fn snapshot(root: &Path) -> anyhow::Result<Vec<String>> {
                     "{rel} -> {}",
                     target.replace(&root.display().to_string(), "ROOT")
                 ));
+            } else if meta.is_dir() && path.file_name().is_some_and(|n| n == ".git") {
+                out.push(format!("{rel} {}", git_head(&dir)?));
             } else if meta.is_dir() {
                 out.push(format!("{rel}/ {mode:o} {owner}"));
                 stack.push(path);
@@ -357,4 +386,30 @@ fn snapshot(root: &Path) -> anyhow::Result<Vec<String>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// The commit a work tree is at, its branch (`detached` when none) and the branch it tracks.
+fn git_head(work_tree: &Path) -> anyhow::Result<String> {
+    let git = |args: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(work_tree)
+            .args(args)
+            .output()
+            .context("cannot run git")?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let head = git(&["rev-parse", "HEAD"])?;
+    let branch = git(&["symbolic-ref", "-q", "--short", "HEAD"])?;
+    let branch = if branch.is_empty() {
+        "detached".to_string()
+    } else {
+        branch
+    };
+    let upstream = git(&[
+        "for-each-ref",
+        "--format=%(upstream:short)",
+        &format!("refs/heads/{branch}"),
+    ])?;
+    Ok(format!("HEAD={head} branch={branch} upstream={upstream}"))
 }
