@@ -10,7 +10,10 @@
 //! run), `setup` (optional shell script run after the seeding, with `OUT` naming the output root
 //! and `SRC` an emptied sources directory beside it, given to the states as pillar `src`: it
 //! makes the git repositories, archives and wheels that `git.latest`, `archive.extracted` and
-//! `pip.installed` take, offline) and `test-only` (optional marker: states that change the host,
+//! `pip.installed` take, offline), `observe` (optional script whose output after a real apply is
+//! compared too, for what lies outside the root such as a crontab), `teardown` (optional script
+//! run once the fixture is compared, even when it failed, removing what `setup` made outside
+//! the sandbox) and `test-only` (optional marker: states that change the host,
 //! e.g. `pkg` or `user`, are compared in test mode only). A git work tree under the output root
 //! is compared by its files, its `HEAD` commit and branch, not by the contents of `.git`.
 //!
@@ -213,25 +216,44 @@ impl Sandbox {
         if seed.is_dir() {
             copy_tree(&seed, &out)?;
         }
-        let setup = self.fixture.join("setup");
-        if setup.is_file() {
-            let run = Command::new("sh")
-                .arg("-eu")
-                .arg(&setup)
-                .env("OUT", &out)
-                .env("SRC", &src)
-                .current_dir(&src)
-                .output()
-                .context("cannot run sh")?;
-            if !run.status.success() {
-                bail!(
-                    "{} failed: {}",
-                    setup.display(),
-                    String::from_utf8_lossy(&run.stderr).trim()
-                );
-            }
-        }
+        self.script("setup")?;
         Ok(())
+    }
+
+    /// Runs the fixture's `script` (`setup`, `observe` or `teardown`) if it has one: its output.
+    fn script(&self, script: &str) -> anyhow::Result<String> {
+        let path = self.fixture.join(script);
+        if !path.is_file() {
+            return Ok(String::new());
+        }
+        fs::create_dir_all(self.dir.path().join("src"))?;
+        let run = Command::new("sh")
+            .arg("-eu")
+            .arg(&path)
+            .env("OUT", self.out())
+            .env("SRC", self.dir.path().join("src"))
+            .current_dir(self.dir.path().join("src"))
+            .output()
+            .context("cannot run sh")?;
+        if !run.status.success() {
+            bail!(
+                "{} failed: {}",
+                path.display(),
+                String::from_utf8_lossy(&run.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&run.stdout).into_owned())
+    }
+
+    /// The files left under the output root and what the fixture's `observe` prints.
+    fn observed(&self) -> anyhow::Result<Vec<String>> {
+        let mut seen = snapshot(&self.out())?;
+        seen.extend(
+            self.script("observe")?
+                .lines()
+                .map(|line| format!("observe: {line}")),
+        );
+        Ok(seen)
     }
 
     fn salt(&self, salt_call: &Path, test: bool) -> anyhow::Result<Value> {
@@ -303,8 +325,20 @@ fn outcome(results: &Value) -> Vec<String> {
     states.into_iter().map(|(_, s)| s).collect()
 }
 
+/// Runs a fixture's `teardown` when its comparison ends, however it ends.
+struct Teardown<'a>(&'a Sandbox);
+
+impl Drop for Teardown<'_> {
+    fn drop(&mut self) {
+        if let Err(err) = self.0.script("teardown") {
+            eprintln!("{err:#}");
+        }
+    }
+}
+
 fn compare_fixture(salt_call: &Path, fixture: &Path) -> anyhow::Result<Vec<String>> {
     let sandbox = Sandbox::new(fixture)?;
+    let _teardown = Teardown(&sandbox);
     let mut diffs = Vec::new();
     let salt_test = sandbox.salt(salt_call, true)?;
     let corpus_test = sandbox.corpus(true)?;
@@ -316,9 +350,9 @@ fn compare_fixture(salt_call: &Path, fixture: &Path) -> anyhow::Result<Vec<Strin
     );
     if !fixture.join("test-only").exists() {
         let salt_real = sandbox.salt(salt_call, false)?;
-        let salt_files = snapshot(&sandbox.out())?;
+        let salt_files = sandbox.observed()?;
         let corpus_real = sandbox.corpus(false)?;
-        let corpus_files = snapshot(&sandbox.out())?;
+        let corpus_files = sandbox.observed()?;
         diff_lists(
             "apply",
             &outcome(&salt_real),
