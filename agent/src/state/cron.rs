@@ -318,11 +318,11 @@ fn apply(
             None => Found::Absent,
         }
     };
-    let changed = match (present, &found) {
-        (true, Found::Present) | (false, Found::Absent) => false,
-        _ => true,
-    };
-    if !changed {
+    let unchanged = matches!(
+        (present, &found),
+        (true, Found::Present) | (false, Found::Absent)
+    );
+    if unchanged {
         return Ok(Outcome::ok(if present {
             format!("Cron {name} already present")
         } else {
