@@ -83,27 +83,30 @@ fn corpus_matches_salt_call_on_every_parity_fixture() -> anyhow::Result<()> {
                     .is_some_and(|name| only.split(',').any(|o| name == o))
         })
         .collect();
-    let chunks: Vec<Vec<PathBuf>> = (0..THREADS)
-        .map(|t| fixtures.iter().skip(t).step_by(THREADS).cloned().collect())
-        .collect();
+    // Threads take the next fixture from a shared queue, so a slow one (the virtualenvs)
+    // does not hold back a fixed share of the others; fixtures with a `setup` (the slowest:
+    // they build their sources) go first.
+    let mut fixtures = fixtures;
+    fixtures.sort_by_key(|dir| !dir.join("setup").is_file());
+    let next = std::sync::atomic::AtomicUsize::new(0);
     let mut report = Vec::new();
     std::thread::scope(|scope| {
-        let handles: Vec<_> = chunks
-            .iter()
-            .map(|chunk| {
-                let salt_call = &salt_call;
+        let handles: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (salt_call, fixtures, next) = (&salt_call, &fixtures, &next);
                 scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|dir| {
-                            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
-                            let name = name.unwrap_or_default();
-                            match compare_fixture(salt_call, dir) {
-                                Ok(diffs) => (name, diffs),
-                                Err(err) => (name, vec![format!("harness error: {err:#}")]),
-                            }
-                        })
-                        .collect::<Vec<_>>()
+                    let mut results = Vec::new();
+                    while let Some(dir) =
+                        fixtures.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                    {
+                        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+                        let name = name.unwrap_or_default();
+                        results.push(match compare_fixture(salt_call, dir) {
+                            Ok(diffs) => (name, diffs),
+                            Err(err) => (name, vec![format!("harness error: {err:#}")]),
+                        });
+                    }
+                    results
                 })
             })
             .collect();
