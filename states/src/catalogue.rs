@@ -358,6 +358,7 @@ pub const CATALOGUE: &[StateFunction] = &[
             "pkgs",
             "requirements",
             "bin_env",
+            "pip_bin",
             "user",
             "upgrade",
             "no_index",
@@ -372,6 +373,7 @@ pub const CATALOGUE: &[StateFunction] = &[
         function: "managed",
         args: &[
             "python",
+            "venv_bin",
             "system_site_packages",
             "pip_pkgs",
             "requirements",

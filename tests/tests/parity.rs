@@ -7,8 +7,15 @@
 //! Layout of a fixture: `salt/` (file root, with its own `top.sls`), `pillar/` (optional `.sls`
 //! files without a top: the harness writes one that includes them all plus `paths`, which sets
 //! `root` to the output directory), `seed/` (optional files copied into the output root before each
-//! run) and `test-only` (optional marker: states that change the host, e.g. `pkg` or `user`, are
-//! compared in test mode only).
+//! run), `setup` (optional shell script run after the seeding, with `OUT` naming the output root
+//! and `SRC` an emptied sources directory beside it, given to the states as pillar `src`: it
+//! makes the git repositories, archives and wheels that `git.latest`, `archive.extracted` and
+//! `pip.installed` take, offline), `observe` (optional script whose output after a real apply is
+//! compared too, for what lies outside the root such as a crontab), `teardown` (optional script
+//! run once the fixture is compared, even when it failed, removing what `setup` made outside
+//! the sandbox) and `test-only` (optional marker: states that change the host,
+//! e.g. `pkg` or `user`, are compared in test mode only). A git work tree under the output root
+//! is compared by its files, its `HEAD` commit and branch, not by the contents of `.git`.
 //!
 //! Without Salt the suite is ignored with the reason (see `tests/build.rs`); under `CI=true` a
 //! missing `CORPUS_SALT_CALL` fails `parity_suite_is_enabled_in_ci` instead of skipping.
@@ -76,27 +83,30 @@ fn corpus_matches_salt_call_on_every_parity_fixture() -> anyhow::Result<()> {
                     .is_some_and(|name| only.split(',').any(|o| name == o))
         })
         .collect();
-    let chunks: Vec<Vec<PathBuf>> = (0..THREADS)
-        .map(|t| fixtures.iter().skip(t).step_by(THREADS).cloned().collect())
-        .collect();
+    // Threads take the next fixture from a shared queue, so a slow one (the virtualenvs)
+    // does not hold back a fixed share of the others; fixtures with a `setup` (the slowest:
+    // they build their sources) go first.
+    let mut fixtures = fixtures;
+    fixtures.sort_by_key(|dir| !dir.join("setup").is_file());
+    let next = std::sync::atomic::AtomicUsize::new(0);
     let mut report = Vec::new();
     std::thread::scope(|scope| {
-        let handles: Vec<_> = chunks
-            .iter()
-            .map(|chunk| {
-                let salt_call = &salt_call;
+        let handles: Vec<_> = (0..THREADS)
+            .map(|_| {
+                let (salt_call, fixtures, next) = (&salt_call, &fixtures, &next);
                 scope.spawn(move || {
-                    chunk
-                        .iter()
-                        .map(|dir| {
-                            let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
-                            let name = name.unwrap_or_default();
-                            match compare_fixture(salt_call, dir) {
-                                Ok(diffs) => (name, diffs),
-                                Err(err) => (name, vec![format!("harness error: {err:#}")]),
-                            }
-                        })
-                        .collect::<Vec<_>>()
+                    let mut results = Vec::new();
+                    while let Some(dir) =
+                        fixtures.get(next.fetch_add(1, std::sync::atomic::Ordering::Relaxed))
+                    {
+                        let name = dir.file_name().map(|n| n.to_string_lossy().into_owned());
+                        let name = name.unwrap_or_default();
+                        results.push(match compare_fixture(salt_call, dir) {
+                            Ok(diffs) => (name, diffs),
+                            Err(err) => (name, vec![format!("harness error: {err:#}")]),
+                        });
+                    }
+                    results
                 })
             })
             .collect();
@@ -166,9 +176,10 @@ impl Sandbox {
         }
         fs::write(pillar.join("top.sls"), top)?;
         let out = dir.path().join("out");
+        let src = dir.path().join("src");
         fs::write(
             pillar.join("paths.sls"),
-            format!("root: {}\n", out.display()),
+            format!("root: {}\nsrc: {}\n", out.display(), src.display()),
         )?;
         let conf = dir.path().join("conf");
         fs::create_dir(&conf)?;
@@ -194,18 +205,58 @@ impl Sandbox {
         self.dir.path().join("out")
     }
 
-    /// Empties the output root and copies the fixture's `seed/` into it.
+    /// Empties the output root and the sources directory, copies the fixture's `seed/` into
+    /// the root and runs its `setup`.
     fn reset_out(&self) -> anyhow::Result<()> {
-        let out = self.out();
-        if out.exists() {
-            fs::remove_dir_all(&out)?;
+        let (out, src) = (self.out(), self.dir.path().join("src"));
+        for dir in [&out, &src] {
+            if dir.exists() {
+                fs::remove_dir_all(dir)?;
+            }
+            fs::create_dir(dir)?;
         }
-        fs::create_dir(&out)?;
         let seed = self.fixture.join("seed");
         if seed.is_dir() {
             copy_tree(&seed, &out)?;
         }
+        self.script("setup")?;
         Ok(())
+    }
+
+    /// Runs the fixture's `script` (`setup`, `observe` or `teardown`) if it has one: its output.
+    fn script(&self, script: &str) -> anyhow::Result<String> {
+        let path = self.fixture.join(script);
+        if !path.is_file() {
+            return Ok(String::new());
+        }
+        fs::create_dir_all(self.dir.path().join("src"))?;
+        let run = Command::new("sh")
+            .arg("-eu")
+            .arg(&path)
+            .env("OUT", self.out())
+            .env("SRC", self.dir.path().join("src"))
+            .current_dir(self.dir.path().join("src"))
+            .output()
+            .context("cannot run sh")?;
+        if !run.status.success() {
+            bail!(
+                "{} failed: {}",
+                path.display(),
+                String::from_utf8_lossy(&run.stderr).trim()
+            );
+        }
+        Ok(String::from_utf8_lossy(&run.stdout).into_owned())
+    }
+
+    /// The files left under the output root and what the fixture's `observe` prints.
+    fn observed(&self) -> anyhow::Result<Vec<String>> {
+        let mut seen = snapshot(&self.out())?;
+        seen.extend(
+            self.script("observe")?
+                .lines()
+                .map(|line| format!("observe: {line}")),
+        );
+        Ok(seen)
     }
 
     fn salt(&self, salt_call: &Path, test: bool) -> anyhow::Result<Value> {
@@ -277,8 +328,20 @@ fn outcome(results: &Value) -> Vec<String> {
     states.into_iter().map(|(_, s)| s).collect()
 }
 
+/// Runs a fixture's `teardown` when its comparison ends, however it ends.
+struct Teardown<'a>(&'a Sandbox);
+
+impl Drop for Teardown<'_> {
+    fn drop(&mut self) {
+        if let Err(err) = self.0.script("teardown") {
+            eprintln!("{err:#}");
+        }
+    }
+}
+
 fn compare_fixture(salt_call: &Path, fixture: &Path) -> anyhow::Result<Vec<String>> {
     let sandbox = Sandbox::new(fixture)?;
+    let _teardown = Teardown(&sandbox);
     let mut diffs = Vec::new();
     let salt_test = sandbox.salt(salt_call, true)?;
     let corpus_test = sandbox.corpus(true)?;
@@ -290,9 +353,9 @@ fn compare_fixture(salt_call: &Path, fixture: &Path) -> anyhow::Result<Vec<Strin
     );
     if !fixture.join("test-only").exists() {
         let salt_real = sandbox.salt(salt_call, false)?;
-        let salt_files = snapshot(&sandbox.out())?;
+        let salt_files = sandbox.observed()?;
         let corpus_real = sandbox.corpus(false)?;
-        let corpus_files = snapshot(&sandbox.out())?;
+        let corpus_files = sandbox.observed()?;
         diff_lists(
             "apply",
             &outcome(&salt_real),
@@ -329,7 +392,8 @@ fn copy_tree(from: &Path, to: &Path) -> anyhow::Result<()> {
 }
 
 /// Every path under `root`, sorted: relative path, mode, owner and (for files) the content,
-/// (for links) the target with `root` written as `ROOT`.
+/// (for links) the target with `root` written as `ROOT`; a `.git` directory is written as its
+/// work tree's `HEAD` commit and branch (its other files hold times and fetch records).
 fn snapshot(root: &Path) -> anyhow::Result<Vec<String>> {
     let mut out = Vec::new();
     let mut stack = vec![root.to_path_buf()];
@@ -346,6 +410,8 @@ fn snapshot(root: &Path) -> anyhow::Result<Vec<String>> {
                     "{rel} -> {}",
                     target.replace(&root.display().to_string(), "ROOT")
                 ));
+            } else if meta.is_dir() && path.file_name().is_some_and(|n| n == ".git") {
+                out.push(format!("{rel} {}", git_head(&dir)?));
             } else if meta.is_dir() {
                 out.push(format!("{rel}/ {mode:o} {owner}"));
                 stack.push(path);
@@ -357,4 +423,30 @@ fn snapshot(root: &Path) -> anyhow::Result<Vec<String>> {
     }
     out.sort();
     Ok(out)
+}
+
+/// The commit a work tree is at, its branch (`detached` when none) and the branch it tracks.
+fn git_head(work_tree: &Path) -> anyhow::Result<String> {
+    let git = |args: &[&str]| -> anyhow::Result<String> {
+        let out = Command::new("git")
+            .arg("-C")
+            .arg(work_tree)
+            .args(args)
+            .output()
+            .context("cannot run git")?;
+        Ok(String::from_utf8_lossy(&out.stdout).trim().to_string())
+    };
+    let head = git(&["rev-parse", "HEAD"])?;
+    let branch = git(&["symbolic-ref", "-q", "--short", "HEAD"])?;
+    let branch = if branch.is_empty() {
+        "detached".to_string()
+    } else {
+        branch
+    };
+    let upstream = git(&[
+        "for-each-ref",
+        "--format=%(upstream:short)",
+        &format!("refs/heads/{branch}"),
+    ])?;
+    Ok(format!("HEAD={head} branch={branch} upstream={upstream}"))
 }

@@ -190,9 +190,11 @@ fn short(sha: &str) -> &str {
     sha.get(..7).unwrap_or(sha)
 }
 
-/// Puts the work tree at `sha`: on a local branch tracking `remote/rev` when `rev` is a
-/// branch, detached otherwise. Local changes are discarded: callers refuse them first unless
-/// `force_reset` allows it.
+/// Puts the work tree at `sha` as Salt does: on `branch` when given, otherwise on whatever
+/// branch is checked out (a fresh clone's is the remote's default branch), hard reset; that
+/// branch then tracks `remote/rev` when `rev` is a remote branch, and nothing when it is a tag
+/// or a commit. Local changes are discarded: callers refuse them first unless `force_reset`
+/// allows it.
 fn checkout(
     target: &Path,
     user: Option<&User>,
@@ -201,22 +203,34 @@ fn checkout(
     sha: &str,
     branch: Option<String>,
 ) -> Result<(), String> {
+    match &branch {
+        Some(local) => git(
+            Some(target),
+            user,
+            &["checkout", "-q", "-f", "-B", local, sha],
+        )?,
+        None => git(Some(target), user, &["reset", "-q", "--hard", sha])?,
+    };
+    if rev == "HEAD" {
+        return Ok(());
+    }
+    // A detached HEAD has no branch to track anything.
+    let Ok(local) = git(
+        Some(target),
+        user,
+        &["symbolic-ref", "-q", "--short", "HEAD"],
+    ) else {
+        return Ok(());
+    };
     let remote_branch = format!("refs/remotes/{remote}/{rev}");
-    if rev != "HEAD"
-        && git(
-            Some(target),
-            user,
-            &["rev-parse", "--verify", "--quiet", &remote_branch],
-        )
-        .is_ok()
-    {
-        let local = branch.unwrap_or_else(|| rev.to_string());
+    let is_branch = git(
+        Some(target),
+        user,
+        &["rev-parse", "--verify", "--quiet", &remote_branch],
+    )
+    .is_ok();
+    if is_branch {
         git(
-            Some(target),
-            user,
-            &["checkout", "-q", "-f", "-B", &local, sha],
-        )?;
-        return git(
             Some(target),
             user,
             &[
@@ -227,17 +241,12 @@ fn checkout(
                 &local,
             ],
         )
-        .map(|_| ());
+        .map(|_| ())
+    } else {
+        // Fails when the branch tracked nothing, which is the state wanted.
+        let _ = git(Some(target), user, &["branch", "--unset-upstream", &local]);
+        Ok(())
     }
-    if rev == "HEAD" {
-        return git(Some(target), user, &["reset", "-q", "--hard", sha]).map(|_| ());
-    }
-    git(
-        Some(target),
-        user,
-        &["checkout", "-q", "-f", "--detach", sha],
-    )?;
-    git(Some(target), user, &["reset", "-q", "--hard", sha]).map(|_| ())
 }
 
 #[cfg(test)]

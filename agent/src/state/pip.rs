@@ -20,10 +20,6 @@ const REFUSED: &[(&str, &str)] = &[
     ("editable", "install the checkout with cmd.run"),
     ("env_vars", "use a cmd.run with env"),
     ("use_wheel", "pip decides by itself"),
-    (
-        "venv_bin",
-        "corpus creates virtualenvs with `python -m venv`",
-    ),
     ("clear", "remove the virtualenv with file.absent first"),
 ];
 
@@ -164,7 +160,11 @@ pub fn installed(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, String> {
     } else {
         vec![chunk.name.clone()]
     };
-    let bin_env = args.string("bin_env")?;
+    // Salt's older name for `bin_env`, used when `bin_env` is not given.
+    let bin_env = match args.string("bin_env")? {
+        Some(env) => Some(env),
+        None => args.string("pip_bin")?,
+    };
     let request = PipRequest::from_args(&args, specs, bin_env.as_deref(), ctx)?;
     let wanted = request.would_install()?;
     if wanted.is_empty() {
@@ -216,15 +216,8 @@ pub fn virtualenv_managed(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, 
                 Map::new(),
             ));
         }
-        let python = args
-            .string("python")?
-            .unwrap_or_else(|| "python3".to_string());
-        let mut create = vec!["-m".to_string(), "venv".to_string()];
-        if args.bool("system_site_packages", false)? {
-            create.push("--system-site-packages".to_string());
-        }
-        create.push(name.clone());
-        run(Path::new(&python), &create, user.as_ref())?;
+        let (program, create) = venv_command(&args, name)?;
+        run(Path::new(&program), &create, user.as_ref())?;
         let version = Command::new(venv.join("bin/python"))
             .arg("-V")
             .output()
@@ -260,6 +253,56 @@ pub fn virtualenv_managed(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, 
         "Created new virtualenv"
     };
     Ok(Outcome::changed(comment, changes))
+}
+
+/// Whether `program` names a Python interpreter (`python`, `python3`, `/usr/bin/python3.11`).
+fn is_python(program: &str) -> bool {
+    let base = Path::new(program)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    base.strip_prefix("python")
+        .is_some_and(|version| version.chars().all(|c| c.is_ascii_digit() || c == '.'))
+}
+
+/// The command that creates the virtualenv `name`, chosen by `venv_bin` as Salt chooses it:
+/// `venv` or an interpreter runs Python's venv module, anything else is a `virtualenv`
+/// command. Without `venv_bin` corpus uses `python -m venv` (Salt would run `virtualenv`,
+/// which a host often lacks).
+fn venv_command(args: &Args, name: &str) -> Result<(String, Vec<String>), String> {
+    let python = args.string("python")?.filter(|p| !p.trim().is_empty());
+    let venv_bin = args.string("venv_bin")?;
+    let system_site = args.bool("system_site_packages", false)?;
+    let (program, mut create) = match venv_bin.as_deref() {
+        None | Some("venv") => (
+            python.unwrap_or_else(|| "python3".to_string()),
+            vec!["-m".to_string(), "venv".to_string()],
+        ),
+        Some(interpreter) if is_python(interpreter) => {
+            if python.is_some() {
+                return Err(
+                    "Pass the target interpreter either as `venv_bin` or as `python`, not both."
+                        .to_string(),
+                );
+            }
+            (
+                interpreter.to_string(),
+                vec!["-m".to_string(), "venv".to_string()],
+            )
+        }
+        Some(virtualenv) => (
+            virtualenv.to_string(),
+            python
+                .map(|p| format!("--python={p}"))
+                .into_iter()
+                .collect(),
+        ),
+    };
+    if system_site {
+        create.push("--system-site-packages".to_string());
+    }
+    create.push(name.to_string());
+    Ok((program, create))
 }
 
 #[cfg(test)]
@@ -352,6 +395,38 @@ mod tests {
             refused
                 .comment
                 .starts_with("argument `editable` of pip.installed")
+        );
+    }
+
+    #[test]
+    fn venv_bin_chooses_the_command_as_salt_does() {
+        let command = |args: Value| {
+            let map = args.as_object().cloned().unwrap_or_default();
+            venv_command(&Args(&map), "/srv/venv")
+        };
+        let module = |program: &str| {
+            Ok((
+                program.to_string(),
+                vec!["-m".into(), "venv".into(), "/srv/venv".into()],
+            ))
+        };
+        assert_eq!(command(json!({})), module("python3"));
+        assert_eq!(command(json!({"venv_bin": "venv"})), module("python3"));
+        assert_eq!(
+            command(json!({"venv_bin": "venv", "python": "/usr/bin/python3.11"})),
+            module("/usr/bin/python3.11")
+        );
+        assert_eq!(
+            command(json!({"venv_bin": "/usr/bin/python3"})),
+            module("/usr/bin/python3")
+        );
+        assert!(command(json!({"venv_bin": "python3", "python": "python3"})).is_err());
+        assert_eq!(
+            command(json!({"venv_bin": "/usr/bin/virtualenv", "python": "python3"})),
+            Ok((
+                "/usr/bin/virtualenv".to_string(),
+                vec!["--python=python3".into(), "/srv/venv".into()]
+            ))
         );
     }
 }
