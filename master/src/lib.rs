@@ -481,6 +481,24 @@ mod tests {
         })
     }
 
+    #[tokio::test]
+    async fn a_stop_waits_for_open_connections_only_for_the_drain_bound() -> anyhow::Result<()> {
+        // Servers whose connections never close: the stop ends after the bound all the same.
+        let (stopping, stopped) = tokio::sync::oneshot::channel();
+        let never = std::future::pending::<Result<(), tonic::transport::Error>>();
+        let started = std::time::Instant::now();
+        stopping
+            .send(())
+            .map_err(|()| anyhow::anyhow!("the drain is gone"))?;
+        drain_bounded(never, stopped).await?;
+        assert!(started.elapsed() >= STOP_DRAIN);
+        // Servers that end by themselves are not held up; without a stop, only they decide.
+        let (_stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+        let ended = async { Ok::<_, tonic::transport::Error>(()) };
+        tokio::time::timeout(Duration::from_secs(60), drain_bounded(ended, stopped)).await??;
+        Ok(())
+    }
+
     #[test]
     fn the_data_dir_is_made_private_whatever_existed_before() -> anyhow::Result<()> {
         let dir = tempfile::tempdir()?;

@@ -178,3 +178,144 @@ fn write_batch(state: &MasterState, batch: Vec<GrainsWrite>) {
         let _ = done.send(answer);
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::AgentStatus;
+
+    fn accepted_agent(state: &MasterState, id: &str) -> anyhow::Result<AgentRecord> {
+        let key = rcgen::KeyPair::generate()?;
+        let mut params = rcgen::CertificateParams::default();
+        params
+            .distinguished_name
+            .push(rcgen::DnType::CommonName, id);
+        let mut record = AgentRecord {
+            id: id.into(),
+            status: AgentStatus::Pending,
+            csr_pem: params.serialize_request(&key)?.pem()?,
+            certificate_pem: None,
+            fingerprint: None,
+            enrolled_at: 0,
+            decided_at: None,
+            grains: None,
+            last_seen: None,
+            address: None,
+            conflicting_keys: Vec::new(),
+        };
+        state.accept(&mut record)?;
+        Ok(record)
+    }
+
+    fn grains(id: &str, slots: u32) -> Grains {
+        Grains {
+            id: id.into(),
+            slots,
+            ..Grains::default()
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn concurrent_attaches_store_their_grains_and_a_refused_one_fails_alone()
+    -> anyhow::Result<()> {
+        let (_dir, state) = crate::test_state()?;
+        let mut fingerprints = Vec::new();
+        for n in 0..8 {
+            let record = accepted_agent(&state, &format!("node{n}"))?;
+            fingerprints.push(record.fingerprint.unwrap_or_default());
+        }
+        // node7 is rejected by an operator while its Hello was awaited.
+        let mut rejected = state
+            .store
+            .agent("node7")?
+            .unwrap_or_else(|| panic!("node7 is gone"));
+        rejected.status = AgentStatus::Rejected;
+        state.store.put_agent(&rejected)?;
+
+        let mut attaches = tokio::task::JoinSet::new();
+        for (n, fp) in fingerprints.iter().enumerate() {
+            let (state, id, fp) = (state.clone(), format!("node{n}"), fp.clone());
+            attaches.spawn(async move {
+                let confirmed = confirm(&state, &id, &fp, grains(&id, n as u32 + 1)).await;
+                (n, confirmed)
+            });
+        }
+        while let Some(done) = attaches.join_next().await {
+            let (n, confirmed) = done?;
+            match (n, confirmed) {
+                (7, Err(status)) => assert!(status.message().contains("rejected"), "{status:?}"),
+                (7, Ok(())) => panic!("a rejected agent's attach was confirmed"),
+                (_, confirmed) => confirmed?,
+            }
+        }
+        for n in 0..7u32 {
+            let stored = state
+                .store
+                .agent(&format!("node{n}"))?
+                .and_then(|a| a.grains)
+                .map(|g| g.slots);
+            assert_eq!(stored, Some(n + 1), "node{n}");
+        }
+        assert_eq!(state.store.agent("node7")?.and_then(|a| a.grains), None);
+
+        // Unchanged grains are confirmed from the index; a delete stored since is seen there.
+        confirm(&state, "node0", &fingerprints[0], grains("node0", 1)).await?;
+        state.store.delete_agent("node0")?;
+        match confirm(&state, "node0", &fingerprints[0], grains("node0", 1)).await {
+            Err(status) => assert!(status.message().contains("not known"), "{status:?}"),
+            Ok(()) => panic!("a deleted agent's attach was confirmed"),
+        }
+        assert_eq!(
+            state.store.agent("node0")?,
+            None,
+            "a deleted agent came back"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn the_agent_index_follows_every_write_of_an_agent_record() -> anyhow::Result<()> {
+        let (_dir, state) = crate::test_state()?;
+        assert_eq!(state.store.cached_admission("node1"), Some(None));
+        let record = accepted_agent(&state, "node1")?;
+        let admitted = state.store.cached_admission("node1").flatten();
+        assert_eq!(
+            admitted.as_ref().map(|a| a.status),
+            Some(AgentStatus::Accepted)
+        );
+        assert_eq!(admitted.and_then(|a| a.fingerprint), record.fingerprint);
+        assert_eq!(
+            state
+                .store
+                .cached_grains_equal("node1", &grains("node1", 2)),
+            Some(false)
+        );
+        let fp = record.fingerprint.clone().unwrap_or_default();
+        confirm_link(&state, "node1", &fp, &grains("node1", 2))?;
+        assert_eq!(
+            state
+                .store
+                .cached_grains_equal("node1", &grains("node1", 2)),
+            Some(true)
+        );
+        let hosts = state.store.with_placement_hosts(|hosts| {
+            hosts.map(|h| (h.id.clone(), h.slots)).collect::<Vec<_>>()
+        })?;
+        assert_eq!(hosts, vec![("node1".to_owned(), 2)]);
+        let mut rejected = record;
+        rejected.status = AgentStatus::Rejected;
+        state.store.put_agent(&rejected)?;
+        assert_eq!(
+            state
+                .store
+                .cached_admission("node1")
+                .flatten()
+                .map(|a| a.status),
+            Some(AgentStatus::Rejected)
+        );
+        assert!(state.store.with_placement_hosts(|hosts| hosts.count())? == 0);
+        state.store.delete_agent("node1")?;
+        assert_eq!(state.store.cached_admission("node1"), Some(None));
+        Ok(())
+    }
+}
