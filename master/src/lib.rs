@@ -163,6 +163,14 @@ impl MasterState {
             .clone()
     }
 
+    /// The heartbeat period in force now, without copying the settings (every attach reads it).
+    pub fn heartbeat(&self) -> Duration {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .heartbeat
+    }
+
     /// SIGHUP: re-reads the settings; on any error the running ones stay and the error says
     /// why. Returns the settings now in force.
     pub fn reload(&self) -> anyhow::Result<settings::Settings> {

@@ -256,7 +256,7 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
         }
 
         // Fixed for this link's life; a reload applies to links attached after it.
-        let heartbeat = state.settings().heartbeat;
+        let heartbeat = state.heartbeat();
         let (tx, rx) = mpsc::channel(64);
         let welcome = MasterMessage {
             body: Some(master_message::Body::Welcome(Welcome {
