@@ -445,12 +445,29 @@ impl Jobs {
         known: &[String],
         grace: std::time::Duration,
     ) {
-        let lost: Vec<String> = lock(&self.active)
+        let lost = self.lost_jobs(agent, known, grace);
+        self.fail_lost(state, agent, lost);
+    }
+
+    /// The running jobs of `agent` it no longer knows (see [`Jobs::reconcile`]), from memory
+    /// only: a heartbeat checks here on the async worker and goes to the store (a blocking
+    /// trip) only when something was lost, which is rare.
+    pub fn lost_jobs(
+        &self,
+        agent: &str,
+        known: &[String],
+        grace: std::time::Duration,
+    ) -> Vec<String> {
+        lock(&self.active)
             .values()
             .filter(|a| a.agent == agent && a.since.elapsed() > grace)
             .filter(|a| !known.contains(&a.id))
             .map(|a| a.id.clone())
-            .collect();
+            .collect()
+    }
+
+    /// Fails the jobs [`Jobs::lost_jobs`] found. Blocking (store writes).
+    pub fn fail_lost(&self, state: &MasterState, agent: &str, lost: Vec<String>) {
         for job_id in lost {
             warn!(job = %job_id, agent, "the agent no longer knows this job: failing it");
             let outcome = JobOutcome::failed(

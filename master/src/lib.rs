@@ -22,6 +22,7 @@ pub mod fleet;
 pub mod hosts;
 pub mod jobs;
 pub mod link;
+pub mod link_confirm;
 pub mod link_registry;
 pub mod listeners;
 pub mod pki;
@@ -78,6 +79,8 @@ pub struct MasterState {
     pub pki: Pki,
     /// The agents connected now, and the way to send them jobs.
     pub links: LinkRegistry,
+    /// Attaches waiting for their new grains to be stored in the next batch (`link_confirm.rs`).
+    pub grains_writes: link_confirm::GrainsWrites,
     pub jobs: jobs::Jobs,
     /// Operator runs open now and their calls awaiting returns (`fleet/runs.rs`).
     pub runs: fleet::runs::Runs,
@@ -158,6 +161,14 @@ impl MasterState {
             .read()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// The heartbeat period in force now, without copying the settings (every attach reads it).
+    pub fn heartbeat(&self) -> Duration {
+        self.settings
+            .read()
+            .unwrap_or_else(|p| p.into_inner())
+            .heartbeat
     }
 
     /// SIGHUP: re-reads the settings; on any error the running ones stay and the error says
@@ -280,6 +291,7 @@ pub fn open(options: &ServeOptions) -> anyhow::Result<Arc<MasterState>> {
         store,
         pki,
         links: LinkRegistry::default(),
+        grains_writes: Default::default(),
         jobs: jobs::Jobs::default(),
         runs: fleet::runs::Runs::default(),
         blobs: blobs::BlobStore::open(dir.0.join("blobs"))?,
@@ -294,6 +306,8 @@ pub fn open(options: &ServeOptions) -> anyhow::Result<Arc<MasterState>> {
         data_dir: options.data_dir.clone(),
     });
     jobs::Jobs::load(&state)?;
+    // Attaches check agents against it: built before the first one, off the async workers.
+    state.store.load_agent_index()?;
     environments::assign_missing_identities(&state)?;
     restrict_data_dir(&options.data_dir)?;
     Ok(state)
@@ -381,11 +395,13 @@ pub async fn serve(
 
     let links_state = state.clone();
     let (saved_tx, saved_rx) = tokio::sync::oneshot::channel();
+    let (stopping_tx, stopping_rx) = tokio::sync::oneshot::channel::<()>();
     tokio::spawn(async move {
         shutdown.await;
         info!(agents = links_state.links.count(), "closing agent links");
         links_state.links.close_all();
         let _ = stop_tx.send(true);
+        let _ = stopping_tx.send(());
         // When each agent was last seen goes to the store in one batch while the connections
         // drain, not after: the batch of 10,000 agents takes most of a second.
         let saving = std::time::Instant::now();
@@ -393,7 +409,7 @@ pub async fn serve(
         let _ = saved_tx.send((saved, saving.elapsed()));
     });
 
-    let result = tokio::try_join!(grpc, admin);
+    let result = drain_bounded(async { tokio::try_join!(grpc, admin) }, stopping_rx).await;
     let (mut written, mut took) = (0, Duration::ZERO);
     match saved_rx.await {
         Ok((Ok(n), t)) => (written, took) = (n, t),
@@ -416,6 +432,34 @@ pub async fn serve(
     let _ = std::fs::remove_file(dir.socket());
     result.context("server failed")?;
     Ok(())
+}
+
+/// How long a graceful stop waits for connections to close once every agent link was told
+/// to: real agents close theirs at once; at 10,000 links, waiting for the slowest peer to read
+/// its close took the whole stop deadline. A client stream or an upload still open then is cut
+/// (agents retry their uploads; `corpus follow` reattaches to a job).
+pub const STOP_DRAIN: Duration = Duration::from_secs(1);
+
+/// Runs the servers until they end, or until [`STOP_DRAIN`] after `stopping` fires (the links
+/// were closed), when the connections still open are left to the process's exit.
+async fn drain_bounded<T>(
+    servers: impl Future<Output = Result<T, tonic::transport::Error>>,
+    stopping: tokio::sync::oneshot::Receiver<()>,
+) -> Result<(), tonic::transport::Error> {
+    let bound = async {
+        match stopping.await {
+            Ok(()) => tokio::time::sleep(STOP_DRAIN).await,
+            // The servers ended without a stop (they failed): they decide.
+            Err(_) => std::future::pending().await,
+        }
+    };
+    tokio::select! {
+        ended = servers => ended.map(|_| ()),
+        () = bound => {
+            info!("stopped waiting for connections to close after {STOP_DRAIN:?}: the rest are cut at exit");
+            Ok(())
+        }
+    }
 }
 
 #[cfg(test)]
@@ -443,6 +487,24 @@ mod tests {
             address: None,
             conflicting_keys: Vec::new(),
         })
+    }
+
+    #[tokio::test]
+    async fn a_stop_waits_for_open_connections_only_for_the_drain_bound() -> anyhow::Result<()> {
+        // Servers whose connections never close: the stop ends after the bound all the same.
+        let (stopping, stopped) = tokio::sync::oneshot::channel();
+        let never = std::future::pending::<Result<(), tonic::transport::Error>>();
+        let started = std::time::Instant::now();
+        stopping
+            .send(())
+            .map_err(|()| anyhow::anyhow!("the drain is gone"))?;
+        drain_bounded(never, stopped).await?;
+        assert!(started.elapsed() >= STOP_DRAIN);
+        // Servers that end by themselves are not held up; without a stop, only they decide.
+        let (_stopping, stopped) = tokio::sync::oneshot::channel::<()>();
+        let ended = async { Ok::<_, tonic::transport::Error>(()) };
+        tokio::time::timeout(Duration::from_secs(60), drain_bounded(ended, stopped)).await??;
+        Ok(())
     }
 
     #[test]

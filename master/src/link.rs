@@ -22,11 +22,10 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use crate::MasterState;
 use crate::auth::now_unix;
 use crate::error::{MasterError, MasterResult};
+use crate::link_confirm;
 use crate::link_registry::{LinkSender, Registered, ToAgent};
 use crate::pki::{common_name, fingerprint};
-use crate::store::{
-    AgentRecord, AgentStatus, AgentUpdate, Grains, JobKind, JobState, Mode, ReleaseRecord,
-};
+use crate::store::{Admission, AgentStatus, Grains, JobKind, JobState, Mode, ReleaseRecord};
 use crate::wire::{self, internal};
 
 /// Metadata key on a refused attach telling the agent why, so it knows whether enrolling again
@@ -62,20 +61,35 @@ fn certificate_identity<T>(request: &Request<T>) -> Result<(String, String), Sta
     Ok((id, fingerprint(der)))
 }
 
-/// Refuses unless `id` is an accepted agent whose current certificate has `fp`.
-fn check_agent(state: &MasterState, id: &str, fp: &str) -> Result<(), Status> {
-    let record = state.store.agent(id).map_err(MasterError::from)?;
-    admit(state, record.as_ref(), id, fp)
+/// Refuses unless `id` is an accepted agent whose current certificate has `fp`: from the
+/// store's agent index (no store read, no blocking trip), or from the record when the index is
+/// not built.
+async fn check_agent(state: &Arc<MasterState>, id: &str, fp: &str) -> Result<(), Status> {
+    if let Some(admission) = state.store.cached_admission(id) {
+        return admit(state, admission.as_ref(), id, fp);
+    }
+    let (agent, fp) = (id.to_owned(), fp.to_owned());
+    state
+        .blocking(move |state| {
+            let record = state.store.agent(&agent)?;
+            Ok(admit(
+                state,
+                record.as_ref().map(Admission::of).as_ref(),
+                &agent,
+                &fp,
+            ))
+        })
+        .await?
 }
 
-/// Whether `record` (None: not known) lets the certificate with `fp` attach as `id`.
-fn admit(
+/// Whether the stored agent (None: not known) lets the certificate with `fp` attach as `id`.
+pub(crate) fn admit(
     state: &MasterState,
-    record: Option<&AgentRecord>,
+    stored: Option<&Admission>,
     id: &str,
     fp: &str,
 ) -> Result<(), Status> {
-    match record {
+    match stored {
         None => Err(refused(
             "unknown",
             format!("agent {id:?} is not known to the master (deleted?): enroll again"),
@@ -112,10 +126,8 @@ pub async fn authenticate_agent<T>(
     request: &Request<T>,
 ) -> Result<String, Status> {
     let (id, fp) = certificate_identity(request)?;
-    let state = state.clone();
-    tokio::task::spawn_blocking(move || check_agent(&state, &id, &fp).map(|_| id))
-        .await
-        .map_err(internal)?
+    check_agent(state, &id, &fp).await?;
+    Ok(id)
 }
 
 /// Registers the link of `agent`, unless a second connection presents the certificate of an
@@ -147,34 +159,6 @@ fn register_link(
                 "agent {agent:?} is already connected and heartbeating: a second connection with its certificate is refused (if this is the real agent after a network failure, it is let in once the old link times out)"
             ))
         })
-}
-
-/// Checks the registered link's agent again and records its grains when they changed, in one
-/// compare-and-swap: an operator's reject or delete stored after the link registered closes it
-/// (it closes what is registered), and one stored before is seen here, so a decision made while
-/// the Hello was awaited is never undone by this link. Blocking.
-fn confirm_link(state: &MasterState, agent: &str, fp: &str, grains: &Grains) -> Result<(), Status> {
-    let _records = state.links.lock_record_writes();
-    let update = state
-        .store
-        .update_agent(agent, |record| {
-            admit(state, Some(record), agent, fp)?;
-            if record.fingerprint.as_deref() == Some(fp) {
-                // Attached with its newest certificate: a renewal's old one is done.
-                state.replaced_certificates.forget(agent);
-            }
-            if record.grains.as_ref() == Some(grains) {
-                return Ok(false);
-            }
-            record.grains = Some(grains.clone());
-            Ok(true)
-        })
-        .map_err(MasterError::from)?;
-    match update {
-        AgentUpdate::Done(_) => Ok(()),
-        AgentUpdate::Refused(status) => Err(status),
-        AgentUpdate::Missing => admit(state, None, agent, fp),
-    }
 }
 
 /// Writes the last-seen times and addresses of the agents that attached or detached since
@@ -237,13 +221,8 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
     ) -> Result<Response<MasterStream>, Status> {
         let state = self.state.clone();
         let (id, fp) = certificate_identity(&request)?;
-        {
-            let (agent, fp) = (id.clone(), fp.clone());
-            state
-                .blocking(move |state| Ok(check_agent(state, &agent, &fp)))
-                .await??;
-        }
-        info!(agent = %id, "agent certificate accepted; awaiting its hello");
+        check_agent(&state, &id, &fp).await?;
+        debug!(agent = %id, "agent certificate accepted; awaiting its hello");
         let address = request
             .remote_addr()
             .map(|a| a.ip().to_string())
@@ -277,7 +256,7 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
         }
 
         // Fixed for this link's life; a reload applies to links attached after it.
-        let heartbeat = state.settings().heartbeat;
+        let heartbeat = state.heartbeat();
         let (tx, rx) = mpsc::channel(64);
         let welcome = MasterMessage {
             body: Some(master_message::Body::Welcome(Welcome {
@@ -293,33 +272,28 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
         // root, its isolation) must not replace the live agent's.
         let (generation, closed, last_seen) = register_link(&state, &id, &address, heartbeat, tx)?;
         let grace = heartbeat * 3;
-        // One trip off the async workers for the whole attach: confirming the link, then the
-        // results the agent finished while the master was away and the jobs it still runs.
-        let confirmed = {
-            let (agent, fp) = (id.clone(), fp.clone());
-            state
+        // From memory when nothing changed (a restart's reconnect), else with the grains
+        // batched with other attaches' (`link_confirm.rs`).
+        let mut confirmed = link_confirm::confirm(&state, &id, &fp, grains).await;
+        // The results the agent finished while the master was away, and the jobs it no longer
+        // knows: one trip off the async workers, only when there is something to record.
+        let lost = state.jobs.lost_jobs(&id, &known_jobs, grace);
+        if confirmed.is_ok() && (!unacknowledged.is_empty() || !lost.is_empty()) {
+            let agent = id.clone();
+            confirmed = state
                 .blocking(move |state| {
-                    if let Err(status) = confirm_link(state, &agent, &fp, &grains) {
-                        return Ok(Err(status));
-                    }
                     for finished in unacknowledged {
                         record_finished(state, &agent, finished);
                     }
-                    state.jobs.reconcile(state, &agent, &known_jobs, grace);
-                    Ok(Ok(()))
+                    state.jobs.fail_lost(state, &agent, lost);
+                    Ok(())
                 })
                 .await
-        };
-        match confirmed {
-            Ok(Ok(())) => {}
-            Ok(Err(status)) => {
-                state.links.forget(&id, generation);
-                return Err(status);
-            }
-            Err(e) => {
-                state.links.forget(&id, generation);
-                return Err(e.into());
-            }
+                .map_err(Status::from);
+        }
+        if let Err(status) = confirmed {
+            state.links.forget(&id, generation);
+            return Err(status);
         }
         info!(agent = %id, %address, "agent attached");
 
@@ -340,17 +314,8 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
                         Ok(Ok(Some(message))) => {
                             last_seen.store(now_unix(), Ordering::Relaxed);
                             if let Some(body) = message.body {
-                                let agent = id.clone();
                                 // In order, one at a time: a job's events precede its result.
-                                let handled = state
-                                    .blocking(move |state| {
-                                        handle_message(state, &agent, body, grace);
-                                        Ok(())
-                                    })
-                                    .await;
-                                if let Err(e) = handled {
-                                    warn!(error = %e, "agent message not handled");
-                                }
+                                handle_message(&state, &id, body, grace).await;
                             }
                         }
                         Ok(Ok(None)) => {
@@ -570,13 +535,61 @@ fn record_release(
     Ok(release)
 }
 
-/// One message of an agent's link, after its Hello. Blocking (store writes).
-fn handle_message(state: &MasterState, agent: &str, body: agent_message::Body, grace: Duration) {
-    match body {
+/// One message of an agent's link, after its Hello. What memory alone answers (a heartbeat
+/// that lost no job, an operator return) is handled on the async worker: at 10,000 agents a
+/// blocking-thread trip per heartbeat costs more than the heartbeat. The rest (store writes)
+/// takes one blocking trip.
+async fn handle_message(
+    state: &Arc<MasterState>,
+    agent: &str,
+    body: agent_message::Body,
+    grace: Duration,
+) {
+    let stored = match body {
         agent_message::Body::Heartbeat(hb) => {
             debug!(sequence = hb.sequence, "heartbeat");
-            state.jobs.reconcile(state, agent, &hb.running_jobs, grace);
+            let lost = state.jobs.lost_jobs(agent, &hb.running_jobs, grace);
+            if lost.is_empty() {
+                return;
+            }
+            let agent = agent.to_owned();
+            state
+                .blocking(move |state| {
+                    state.jobs.fail_lost(state, &agent, lost);
+                    Ok(())
+                })
+                .await
         }
+        agent_message::Body::OperatorReturn(ret) => {
+            let run = ret.run_id.clone();
+            if !state.runs.on_return(agent, ret) {
+                warn!(%run, "an operator return no call of this master awaits (unknown run, or timed out): ignored")
+            }
+            return;
+        }
+        agent_message::Body::Hello(_) => {
+            warn!("a second Hello on the same link: ignored");
+            return;
+        }
+        body => {
+            let agent = agent.to_owned();
+            state
+                .blocking(move |state| {
+                    store_message(state, &agent, body);
+                    Ok(())
+                })
+                .await
+        }
+    };
+    if let Err(e) = stored {
+        warn!(error = %e, "agent message not handled");
+    }
+}
+
+/// A message of an agent's link that writes to the store: events, results, usage, removed
+/// projects. Blocking.
+fn store_message(state: &MasterState, agent: &str, body: agent_message::Body) {
+    match body {
         agent_message::Body::Event(event) => {
             if let Err(e) = state.jobs.on_event(state, agent, wire::job_event_in(event)) {
                 warn!(error = %e, "event refused");
@@ -597,13 +610,10 @@ fn handle_message(state: &MasterState, agent: &str, body: agent_message::Body, g
                 warn!(error = %e, "project removal refused");
             }
         }
-        agent_message::Body::Hello(_) => warn!("a second Hello on the same link: ignored"),
-        agent_message::Body::OperatorReturn(ret) => {
-            let run = ret.run_id.clone();
-            if !state.runs.on_return(agent, ret) {
-                warn!(%run, "an operator return no call of this master awaits (unknown run, or timed out): ignored")
-            }
-        }
+        // Answered from memory by `handle_message`.
+        agent_message::Body::Heartbeat(_)
+        | agent_message::Body::OperatorReturn(_)
+        | agent_message::Body::Hello(_) => {}
     }
 }
 
@@ -637,6 +647,8 @@ fn record_finished(state: &MasterState, agent: &str, finished: JobFinished) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::link_confirm::confirm_link;
+    use crate::store::AgentRecord;
 
     #[test]
     fn a_second_connection_is_refused_only_while_the_first_heartbeats() -> anyhow::Result<()> {

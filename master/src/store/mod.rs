@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 
 use crate::db::{Db, DbError, Tree, Write};
 pub use crate::records::*;
-pub use agents::{AgentUpdate, PlacementHost};
+pub use agents::{Admission, AgentUpdate, PlacementHost};
 pub use jobs::ProjectChange;
 pub use nodes::NodeRecord;
 pub use runs::{AgentReturn, ReturnStatus, RunRecord, RunStatus};
