@@ -79,6 +79,40 @@ fn resolve(target: &Path, user: Option<&User>, remote: &str, rev: &str) -> Resul
     ))
 }
 
+/// The commit `rev` names on the remote, read with `git ls-remote` so that a test run leaves
+/// the clone's refs as they are (Salt's test mode does the same); a commit id the remote does
+/// not advertise is looked up in the clone. `None`: not known without fetching.
+fn remote_commit(
+    target: &Path,
+    user: Option<&User>,
+    remote: &str,
+    rev: &str,
+) -> Result<Option<String>, String> {
+    let listing = git(Some(target), user, &["ls-remote", remote])?;
+    let find = |wanted: &str| {
+        listing
+            .lines()
+            .filter_map(|line| line.split_once('\t'))
+            .find(|(_, name)| *name == wanted)
+            .map(|(sha, _)| sha.to_string())
+    };
+    if rev == "HEAD" {
+        return Ok(find("HEAD"));
+    }
+    Ok(find(&format!("refs/heads/{rev}"))
+        .or_else(|| find(&format!("refs/tags/{rev}^{{}}")))
+        .or_else(|| find(&format!("refs/tags/{rev}")))
+        .or_else(|| {
+            let commit = format!("{rev}^{{commit}}");
+            git(
+                Some(target),
+                user,
+                &["rev-parse", "--verify", "--quiet", &commit],
+            )
+            .ok()
+        }))
+}
+
 /// `git.latest`: `target` is a clone of `name` at `rev`.
 pub fn latest(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, String> {
     let args = Args(&chunk.args);
@@ -141,8 +175,18 @@ pub fn latest(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, String> {
         ));
     }
     let old = git(Some(target), user, &["rev-parse", "HEAD"])?;
-    git(Some(target), user, &["fetch", "--tags", remote.as_str()])?;
-    let wanted = if rev == "HEAD" {
+    let wanted = if ctx.test {
+        match remote_commit(target, user, &remote, &rev)? {
+            Some(sha) => sha,
+            None => {
+                return Ok(Outcome::would_change(
+                    format!("Repository {target_text} would be fetched and checked out at {rev}"),
+                    Map::from_iter([("revision".to_string(), json!({"old": old, "new": rev}))]),
+                ));
+            }
+        }
+    } else if rev == "HEAD" {
+        git(Some(target), user, &["fetch", "--tags", remote.as_str()])?;
         git(
             Some(target),
             user,
@@ -150,6 +194,7 @@ pub fn latest(chunk: &Chunk, ctx: &StateContext) -> Result<Outcome, String> {
         )
         .or_else(|_| git(Some(target), user, &["rev-parse", "FETCH_HEAD"]))?
     } else {
+        git(Some(target), user, &["fetch", "--tags", remote.as_str()])?;
         resolve(target, user, &remote, &rev)?
     };
     if old == wanted {
@@ -304,6 +349,22 @@ mod tests {
         let second = commit(&upstream, "a.txt", "two");
         let would = run(json!({}), true);
         assert_eq!(would.result, None);
+        assert_eq!(
+            would.changes["revision"],
+            json!({"old": first, "new": second}),
+            "{}",
+            would.comment
+        );
+        assert_eq!(
+            git(
+                Some(&target),
+                None,
+                &["rev-parse", "refs/remotes/origin/main"]
+            )
+            .unwrap(),
+            first,
+            "a test run fetches nothing"
+        );
         let updated = run(json!({}), false);
         assert_eq!(
             updated.changes["revision"],
