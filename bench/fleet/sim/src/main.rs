@@ -300,6 +300,38 @@ async fn identity(
             key_pem,
         });
     }
+    match enroll(master_data_dir, master, ca_pem, &id).await {
+        Ok(identity) => Ok(identity),
+        // Enrolled by an earlier run stopped before it kept the key (a run stopped mid-way
+        // stops the enrollments in flight): forgotten by the master, then enrolled again.
+        Err(first) => {
+            admin(master_data_dir)
+                .await?
+                .delete_agent(corpus_proto::AgentRef { id: id.clone() })
+                .await
+                .with_context(|| {
+                    format!("{first:#}; cannot delete agent {id} to enroll it again")
+                })?;
+            enroll(master_data_dir, master, ca_pem, &id).await
+        }
+    }
+    .and_then(|(identity, key_pem)| {
+        std::fs::write(&key_path, key_pem)
+            .with_context(|| format!("cannot write {}", key_path.display()))?;
+        std::fs::write(&cert_path, &identity.certificate_pem)
+            .with_context(|| format!("cannot write {}", cert_path.display()))?;
+        Ok(identity)
+    })
+}
+
+/// Enrolls agent `id` with a new key: its identity and the key's PEM.
+async fn enroll(
+    master_data_dir: &Path,
+    master: &str,
+    ca_pem: &str,
+    id: &str,
+) -> anyhow::Result<(Identity, String)> {
+    let id = id.to_owned();
     let key = rcgen::KeyPair::generate().context("cannot generate a key")?;
     let mut params = rcgen::CertificateParams::default();
     params
@@ -326,15 +358,14 @@ async fn identity(
     if answer.status != AgentStatus::Accepted as i32 {
         anyhow::bail!("agent {id} was not accepted: {}", answer.message);
     }
-    std::fs::write(&key_path, key.serialize_pem())
-        .with_context(|| format!("cannot write {}", key_path.display()))?;
-    std::fs::write(&cert_path, &answer.certificate_pem)
-        .with_context(|| format!("cannot write {}", cert_path.display()))?;
-    Ok(Identity {
-        id,
-        certificate_pem: answer.certificate_pem,
-        key_pem: key.serialize_pem(),
-    })
+    Ok((
+        Identity {
+            id,
+            certificate_pem: answer.certificate_pem,
+            key_pem: key.serialize_pem(),
+        },
+        key.serialize_pem(),
+    ))
 }
 
 /// The master's Admin service over its unix socket.
