@@ -222,7 +222,7 @@ impl corpus_proto::agent_link_server::AgentLink for AgentLinkService {
         let state = self.state.clone();
         let (id, fp) = certificate_identity(&request)?;
         check_agent(&state, &id, &fp).await?;
-        debug!(agent = %id, "agent certificate accepted; awaiting its hello");
+        info!(agent = %id, "agent certificate accepted; awaiting its hello");
         let address = request
             .remote_addr()
             .map(|a| a.ip().to_string())

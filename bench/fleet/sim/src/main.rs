@@ -152,14 +152,28 @@ async fn run(args: Args) -> anyhow::Result<()> {
         attaches: AtomicU64::new(0),
         drops: AtomicU64::new(0),
     });
+    // Each agent's TLS client configuration (its key parsed, the CA's roots) is built once,
+    // before the storm, as a real agent builds its own at start-up on its own machine: the
+    // storm then spends the shared cores on handshakes and attaches only.
+    let mut agents = Vec::with_capacity(identities.len());
+    for identity in identities {
+        let tls = client_config(&fleet.ca_pem, &identity)
+            .with_context(|| format!("invalid TLS material of agent {}", identity.id))?;
+        agents.push((identity, tls));
+    }
     let start = Instant::now();
     println!(
         "{}",
-        serde_json::json!({"event": "connecting", "agents": identities.len()})
+        serde_json::json!({"event": "connecting", "agents": agents.len()})
     );
     let per_source = args.per_source.max(1);
-    for (index, identity) in identities.into_iter().enumerate() {
-        tokio::spawn(agent(fleet.clone(), identity, source(index, per_source)));
+    for (index, (identity, tls)) in agents.into_iter().enumerate() {
+        tokio::spawn(agent(
+            fleet.clone(),
+            identity,
+            tls,
+            source(index, per_source),
+        ));
     }
     let envs = (args.envs > 0).then(|| (args.envs, args.user.clone(), args.password.clone()));
     report(&fleet, args.agents as u64, start, envs).await;
@@ -300,6 +314,38 @@ async fn identity(
             key_pem,
         });
     }
+    match enroll(master_data_dir, master, ca_pem, &id).await {
+        Ok(identity) => Ok(identity),
+        // Enrolled by an earlier run stopped before it kept the key (a run stopped mid-way
+        // stops the enrollments in flight): forgotten by the master, then enrolled again.
+        Err(first) => {
+            admin(master_data_dir)
+                .await?
+                .delete_agent(corpus_proto::AgentRef { id: id.clone() })
+                .await
+                .with_context(|| {
+                    format!("{first:#}; cannot delete agent {id} to enroll it again")
+                })?;
+            enroll(master_data_dir, master, ca_pem, &id).await
+        }
+    }
+    .and_then(|(identity, key_pem)| {
+        std::fs::write(&key_path, key_pem)
+            .with_context(|| format!("cannot write {}", key_path.display()))?;
+        std::fs::write(&cert_path, &identity.certificate_pem)
+            .with_context(|| format!("cannot write {}", cert_path.display()))?;
+        Ok(identity)
+    })
+}
+
+/// Enrolls agent `id` with a new key: its identity and the key's PEM.
+async fn enroll(
+    master_data_dir: &Path,
+    master: &str,
+    ca_pem: &str,
+    id: &str,
+) -> anyhow::Result<(Identity, String)> {
+    let id = id.to_owned();
     let key = rcgen::KeyPair::generate().context("cannot generate a key")?;
     let mut params = rcgen::CertificateParams::default();
     params
@@ -326,15 +372,14 @@ async fn identity(
     if answer.status != AgentStatus::Accepted as i32 {
         anyhow::bail!("agent {id} was not accepted: {}", answer.message);
     }
-    std::fs::write(&key_path, key.serialize_pem())
-        .with_context(|| format!("cannot write {}", key_path.display()))?;
-    std::fs::write(&cert_path, &answer.certificate_pem)
-        .with_context(|| format!("cannot write {}", cert_path.display()))?;
-    Ok(Identity {
-        id,
-        certificate_pem: answer.certificate_pem,
-        key_pem: key.serialize_pem(),
-    })
+    Ok((
+        Identity {
+            id,
+            certificate_pem: answer.certificate_pem,
+            key_pem: key.serialize_pem(),
+        },
+        key.serialize_pem(),
+    ))
 }
 
 /// The master's Admin service over its unix socket.
@@ -362,39 +407,81 @@ fn source(index: usize, per_source: usize) -> IpAddr {
     ))
 }
 
-/// An agent's mutual-TLS channel to the master from `source`: `corpus_runtime::tls::dial`'s
-/// settings, plus the source address. Waits for a handshake slot first.
+/// Agent `identity`'s TLS client configuration: the master's CA as the only root, its own
+/// certificate and key for the mutual TLS, HTTP/2 by ALPN (as `corpus_runtime::tls::dial`).
+fn client_config(ca_pem: &str, identity: &Identity) -> anyhow::Result<Arc<rustls::ClientConfig>> {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        roots.add(cert?)?;
+    }
+    let chain = CertificateDer::pem_slice_iter(identity.certificate_pem.as_bytes())
+        .collect::<Result<Vec<_>, _>>()?;
+    let key = PrivateKeyDer::from_pem_slice(identity.key_pem.as_bytes())?;
+    let mut config = rustls::ClientConfig::builder_with_provider(Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()?
+    .with_root_certificates(roots)
+    .with_client_auth_cert(chain, key)?;
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    Ok(Arc::new(config))
+}
+
+/// An agent's mutual-TLS channel to the master from `source`, with its prebuilt TLS
+/// configuration and `corpus_runtime::tls::dial`'s HTTP/2 settings. Waits for a handshake
+/// slot first.
 async fn dial(
     fleet: &Fleet,
-    identity: &Identity,
+    tls: &Arc<rustls::ClientConfig>,
     source: IpAddr,
 ) -> anyhow::Result<tonic::transport::Channel> {
-    use tonic::transport::{Certificate, ClientTlsConfig, Endpoint};
-    let tls = ClientTlsConfig::new()
-        .ca_certificate(Certificate::from_pem(&fleet.ca_pem))
-        .identity(tonic::transport::Identity::from_pem(
-            &identity.certificate_pem,
-            &identity.key_pem,
-        ));
-    let endpoint = Endpoint::from_shared(fleet.master.clone())?
-        .tls_config(tls)?
+    let url: tonic::codegen::http::Uri = fleet.master.parse().context("invalid --master URL")?;
+    let host = url.host().unwrap_or_default().to_owned();
+    let port = url.port_u16().unwrap_or(443);
+    let server_name = rustls::pki_types::ServerName::try_from(host.clone())
+        .with_context(|| format!("invalid master host {host:?}"))?;
+    let address: std::net::SocketAddr = tokio::net::lookup_host((host.as_str(), port))
+        .await?
+        .next()
+        .with_context(|| format!("master host {host:?} has no address"))?;
+    let connector = tokio_rustls::TlsConnector::from(tls.clone());
+    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{host}:{port}"))?
         .connect_timeout(Duration::from_secs(10))
         .http2_keep_alive_interval(Duration::from_secs(30))
-        .keep_alive_timeout(Duration::from_secs(10))
-        .local_address(Some(source));
+        .keep_alive_timeout(Duration::from_secs(10));
     let _slot = fleet.handshakes.acquire().await?;
     endpoint
-        .connect()
+        .connect_with_connector(tower::service_fn(move |_| {
+            let (connector, server_name) = (connector.clone(), server_name.clone());
+            async move {
+                let socket = match source {
+                    IpAddr::V4(_) => tokio::net::TcpSocket::new_v4()?,
+                    IpAddr::V6(_) => tokio::net::TcpSocket::new_v6()?,
+                };
+                socket.bind(std::net::SocketAddr::new(source, 0))?;
+                let tcp = socket.connect(address).await?;
+                tcp.set_nodelay(true)?;
+                let tls = connector.connect(server_name, tcp).await?;
+                Ok::<_, std::io::Error>(hyper_util::rt::TokioIo::new(tls))
+            }
+        }))
         .await
         .map_err(|e| anyhow::anyhow!("{}", corpus_runtime::tls::error_chain(&e)))
 }
 
 /// One agent: attaches, serves its link, and reconnects with the agent's back-off.
-async fn agent(fleet: Arc<Fleet>, identity: Identity, source: IpAddr) {
+async fn agent(
+    fleet: Arc<Fleet>,
+    identity: Identity,
+    tls: Arc<rustls::ClientConfig>,
+    source: IpAddr,
+) {
     let mut backoff = Backoff::new(Duration::from_secs(1), Duration::from_secs(60));
     loop {
         let attached = AtomicBool::new(false);
-        let ended = link(&fleet, &identity, source, &attached, &mut backoff).await;
+        let ended = link(&fleet, &identity, &tls, source, &attached, &mut backoff).await;
         if attached.load(Ordering::Relaxed) {
             fleet.connected.fetch_sub(1, Ordering::Relaxed);
             fleet.drops.fetch_add(1, Ordering::Relaxed);
@@ -412,11 +499,12 @@ async fn agent(fleet: Arc<Fleet>, identity: Identity, source: IpAddr) {
 async fn link(
     fleet: &Fleet,
     identity: &Identity,
+    tls: &Arc<rustls::ClientConfig>,
     source: IpAddr,
     attached: &AtomicBool,
     backoff: &mut Backoff,
 ) -> anyhow::Result<()> {
-    let channel = dial(fleet, identity, source).await?;
+    let channel = dial(fleet, tls, source).await?;
     let (tx, rx) = mpsc::channel::<AgentMessage>(64);
     let hello = Hello {
         grains: Some(Grains {
