@@ -65,6 +65,8 @@ fn jinjaish() -> impl Strategy<Value = String> {
         ".",
         "raw",
         "endraw",
+        "{%}",
+        "{#}",
         "\n",
         "pillar.a",
         "salt['pillar.get']('a')",

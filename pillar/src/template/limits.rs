@@ -22,7 +22,9 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use minijinja::value::{Value, ValueKind};
 use minijinja::{Error, ErrorKind};
 
-use super::prepass::{Token, find_close, find_open, raw_block_len, split_marks, tokenize};
+use super::prepass::{
+    Token, comment_len, find_close, find_open, raw_block_len, split_marks, tokenize,
+};
 
 /// The most bytes one render may output (the text of an SLS, a pillar file or a managed file).
 pub const MAX_TEMPLATE_OUTPUT: usize = 32 * 1024 * 1024;
@@ -174,12 +176,12 @@ pub(crate) fn guard_template(source: &str) -> String {
         let tag = &rest[start..];
         let marker = match tag.as_bytes()[1] {
             b'#' => {
-                let Some(end) = tag.find("#}") else {
+                let Some(end) = comment_len(tag) else {
                     out.push_str(tag);
                     return out;
                 };
-                out.push_str(&tag[..end + 2]);
-                rest = &tag[end + 2..];
+                out.push_str(&tag[..end]);
+                rest = &tag[end..];
                 continue;
             }
             b'{' => b'}',

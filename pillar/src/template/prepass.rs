@@ -41,7 +41,7 @@ fn rewrite_tag(
 ) -> Option<(String, usize)> {
     match tag.as_bytes()[1] {
         b'#' => {
-            let end = tag.find("#}")? + 2;
+            let end = comment_len(tag)?;
             Some((tag[..end].to_string(), end))
         }
         b'{' => {
@@ -63,6 +63,12 @@ fn rewrite_tag(
             }
         }
     }
+}
+
+/// The length of the comment `tag` starts with, up to and including its `#}` (the `#` of
+/// `{#` does not close it: `{#}` is an unterminated comment, as in Jinja).
+pub(super) fn comment_len(tag: &str) -> Option<usize> {
+    Some(tag.get(2..)?.find("#}")? + 4)
 }
 
 /// The next `{{`, `{%` or `{#`.
@@ -128,7 +134,9 @@ pub(super) fn split_marks(body: &str) -> (&str, &str, &str) {
     )
 }
 
-/// For `{% raw %}`, the length of `after` up to and including its `{% endraw %}`.
+/// For `{% raw %}`, the length of `after` up to and including its `{% endraw %}` (all of it
+/// when there is none). As Jinja's lexer, only a whole `{%[-+] endraw [-+]%}` ends the block:
+/// any other `{%` inside it is text.
 pub(super) fn raw_block_len(body: &str, after: &str) -> Option<usize> {
     let (_, inner, _) = split_marks(body);
     if inner.trim() != "raw" {
@@ -137,14 +145,21 @@ pub(super) fn raw_block_len(body: &str, after: &str) -> Option<usize> {
     let mut offset = 0;
     while let Some(found) = after[offset..].find("{%") {
         let at = offset + found;
-        let end = after[at..].find("%}")? + at;
-        let (_, word, _) = split_marks(&after[at + 2..end]);
-        if word.trim() == "endraw" {
-            return Some(end + 2);
+        if let Some(len) = endraw_len(&after[at + 2..]) {
+            return Some(at + 2 + len);
         }
-        offset = end + 2;
+        offset = at + 2;
     }
     Some(after.len())
+}
+
+/// When `text` (what follows a `{%`) is `[-+] endraw [-+]%}`, its length.
+fn endraw_len(text: &str) -> Option<usize> {
+    let rest = text.strip_prefix(['-', '+']).unwrap_or(text);
+    let rest = rest.trim_start().strip_prefix("endraw")?.trim_start();
+    let rest = rest.strip_prefix(['-', '+']).unwrap_or(rest);
+    let rest = rest.strip_prefix("%}")?;
+    Some(text.len() - rest.len())
 }
 
 fn rewrite_statement(body: &str, file: &str, loads: &mut Vec<(String, String)>) -> String {
@@ -429,6 +444,14 @@ mod tests {
                 "a: {b: 1}\n{{ __dict({'k': 'v'})['k'] }}",
             ),
             ("{% if x %}\n{{ unterminated", "{% if x %}\n{{ unterminated"),
+            // Found by the sls_render fuzz target: the `%` of an inner `{%}` closed the tag
+            // and sliced the body backwards (a panic).
+            ("{% raw%}{%}x", "{% raw%}{%}x"),
+            (
+                "{% raw %}{%}\n{%- endraw +%}{{ [1] }}",
+                "{% raw %}{%}\n{%- endraw +%}{{ __list([1]) }}",
+            ),
+            ("{#}{{ {} }}#}{{ 1 }}", "{#}{{ {} }}#}{{ 1 }}"),
         ];
         for (source, expected) in cases {
             let got = rewrite(source, "f/x.sls");
