@@ -84,8 +84,9 @@ fn renders_salt_lookups_and_filters() {
         ),
         ("{{ pillar.web.get('port') }}", "8080"),
         (
+            // The pillar's own key order, as Salt's dicts keep it (not sorted).
             "{% for k, v in pillar.web.items() %}{{ k }};{% endfor %}",
-            "hosts;port;",
+            "port;hosts;",
         ),
         ("{{ 'a,b'.split(',') | join('+') }}", "a+b"),
         ("{{ '{\"x\": 1}' | load_json | json }}", r#"{"x": 1}"#),
