@@ -462,13 +462,13 @@ async fn drain_bounded<T>(
     }
 }
 
+/// Agent records for the master's unit tests.
 #[cfg(test)]
-mod tests {
-    use std::time::Duration;
+pub(crate) mod test_support {
+    use crate::MasterState;
+    use crate::store::{AgentRecord, AgentStatus};
 
-    use super::*;
-
-    fn pending_agent(id: &str) -> anyhow::Result<AgentRecord> {
+    pub(crate) fn pending_agent(id: &str) -> anyhow::Result<AgentRecord> {
         let key = rcgen::KeyPair::generate()?;
         let mut params = rcgen::CertificateParams::default();
         params
@@ -488,6 +488,21 @@ mod tests {
             conflicting_keys: Vec::new(),
         })
     }
+
+    /// A pending agent with a fresh key, accepted (its certificate signed and stored).
+    pub(crate) fn accepted_agent(state: &MasterState, id: &str) -> anyhow::Result<AgentRecord> {
+        let mut record = pending_agent(id)?;
+        state.accept(&mut record)?;
+        Ok(record)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use super::test_support::pending_agent;
+    use super::*;
 
     #[tokio::test]
     async fn a_stop_waits_for_open_connections_only_for_the_drain_bound() -> anyhow::Result<()> {

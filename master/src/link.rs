@@ -648,7 +648,7 @@ fn record_finished(state: &MasterState, agent: &str, finished: JobFinished) {
 mod tests {
     use super::*;
     use crate::link_confirm::confirm_link;
-    use crate::store::AgentRecord;
+    use crate::test_support::accepted_agent;
 
     #[test]
     fn a_second_connection_is_refused_only_while_the_first_heartbeats() -> anyhow::Result<()> {
@@ -678,29 +678,6 @@ mod tests {
             Some("10.0.0.2".into())
         );
         Ok(())
-    }
-
-    fn accepted_agent(state: &MasterState, id: &str) -> anyhow::Result<AgentRecord> {
-        let key = rcgen::KeyPair::generate()?;
-        let mut params = rcgen::CertificateParams::default();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, id);
-        let mut record = AgentRecord {
-            id: id.into(),
-            status: AgentStatus::Pending,
-            csr_pem: params.serialize_request(&key)?.pem()?,
-            certificate_pem: None,
-            fingerprint: None,
-            enrolled_at: 0,
-            decided_at: None,
-            grains: None,
-            last_seen: None,
-            address: None,
-            conflicting_keys: Vec::new(),
-        };
-        state.accept(&mut record)?;
-        Ok(record)
     }
 
     #[test]

@@ -183,29 +183,7 @@ fn write_batch(state: &MasterState, batch: Vec<GrainsWrite>) {
 mod tests {
     use super::*;
     use crate::store::AgentStatus;
-
-    fn accepted_agent(state: &MasterState, id: &str) -> anyhow::Result<AgentRecord> {
-        let key = rcgen::KeyPair::generate()?;
-        let mut params = rcgen::CertificateParams::default();
-        params
-            .distinguished_name
-            .push(rcgen::DnType::CommonName, id);
-        let mut record = AgentRecord {
-            id: id.into(),
-            status: AgentStatus::Pending,
-            csr_pem: params.serialize_request(&key)?.pem()?,
-            certificate_pem: None,
-            fingerprint: None,
-            enrolled_at: 0,
-            decided_at: None,
-            grains: None,
-            last_seen: None,
-            address: None,
-            conflicting_keys: Vec::new(),
-        };
-        state.accept(&mut record)?;
-        Ok(record)
-    }
+    use crate::test_support::accepted_agent;
 
     fn grains(id: &str, slots: u32) -> Grains {
         Grains {
