@@ -8,6 +8,7 @@
 #
 #   N=10000 ENVS=1000 bench/fleet/run.sh
 #   STATE_DIR=/var/tmp/fleet-10k N=10000 bench/fleet/run.sh   # enroll once, reuse after
+#   STORM_ONLY=1 ...                                           # stop after the connect storm
 #
 # STATE_DIR keeps the agents' keys and certificates and a master data dir holding exactly those
 # agents, enrolled: a run copies that data dir and skips enrollment (enrolling 10,000 agents
@@ -86,7 +87,7 @@ chmod 600 "$W/corpus.conf"
 
 echo "fleet bench: N=$N ENVS=$ENVS, $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg), open files hard limit $(ulimit -Hn)"
 SIM_PASSWORD=$PASSWORD "$B/corpus-fleet-sim" --master "https://127.0.0.1:$PORT" --ca "$M/pki/ca.crt" \
-  --master-data-dir "$M" --agents "$N" --state-dir "$SIM_STATE" --envs "$ENVS" >"$W/sim.out" 2>"$W/sim.log" &
+  --master-data-dir "$M" --agents "$N" --state-dir "$SIM_STATE" --envs "$ENVS" ${SIM_ARGS:-} >"$W/sim.out" 2>"$W/sim.log" &
 SIM=$!
 PIDS+=("$SIM")
 wait_line "$W/sim.log" "identities ready" 3600
@@ -96,8 +97,8 @@ wait_line "$W/sim.out" '"connecting"' 60
 # simulator's TLS client side, on the same cores. PERF=1 also profiles both (perf record).
 M0=$(cpu_ticks "$MASTER"); S0=$(cpu_ticks "$SIM")
 if [ "${PERF:-}" = 1 ]; then
-  perf record -F 299 -g -p "$MASTER" -o "$W/master.perf" >/dev/null 2>&1 & PERF_M=$!
-  perf record -F 299 -g -p "$SIM" -o "$W/sim.perf" >/dev/null 2>&1 & PERF_S=$!
+  perf record -F 299 ${PERF_G:--g} -p "$MASTER" -o "$W/master.perf" >/dev/null 2>&1 & PERF_M=$!
+  perf record -F 299 ${PERF_G:--g} -p "$SIM" -o "$W/sim.perf" >/dev/null 2>&1 & PERF_S=$!
 fi
 wait_line "$W/sim.out" all_connected 600
 M1=$(cpu_ticks "$MASTER"); S1=$(cpu_ticks "$SIM")
@@ -113,6 +114,7 @@ if [ "${PERF:-}" = 1 ]; then
     head -12 "$W/$side.top" | sed 's/^/    /'
   done
 fi
+[ "${STORM_ONLY:-}" = 1 ] && exit 0
 if [ "$ENVS" -gt 0 ]; then
   wait_line "$W/sim.out" envs_created 3600
   echo "environments:      $(grep envs_created "$W/sim.out")"

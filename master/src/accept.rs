@@ -103,11 +103,18 @@ pub fn server_config(pki: &Pki) -> Result<Arc<ServerConfig>, AcceptError> {
         .map_err(material)?;
     let key = PrivateKeyDer::from_pem_slice(pki.master_key_pem.as_bytes()).map_err(material)?;
     let mut config =
-        ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+        ServerConfig::builder_with_provider(Arc::new(corpus_runtime::crypto_provider()))
             .with_safe_default_protocol_versions()?
             .with_client_cert_verifier(verifier)
             .with_single_cert(chain, key)?;
     config.alpn_protocols = vec![b"h2".to_vec()];
+    // No session resumption: every connection proves its key and certificate again (a
+    // resumed session would skip the check of a certificate revoked since), and no ticket
+    // is made, encrypted and sent per handshake for clients that never use it.
+    config.send_tls13_tickets = 0;
+    // The provider's suite order (`corpus_runtime::crypto_provider`), whatever a client prefers.
+    config.ignore_client_order = true;
+    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
     Ok(Arc::new(config))
 }
 
@@ -430,6 +437,95 @@ mod tests {
             max_in_handshake: 3,
             max_in_handshake_per_source: 2,
             max_established_per_source: 1,
+        }
+    }
+
+    /// The server picks AES-128-GCM-SHA256 even for a client preferring AES-256 (ring's own
+    /// order, as tonic's client has), and sends no session ticket.
+    #[test]
+    fn the_handshake_uses_the_providers_suite_order_and_sends_no_ticket() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        crate::pki::init(dir.path(), &[], false)?;
+        let pki = Pki::load(dir.path())?;
+        let mut roots = RootCertStore::empty();
+        for cert in CertificateDer::pem_slice_iter(pki.ca_cert_pem.as_bytes()) {
+            roots.add(cert?)?;
+        }
+        let mut client_config = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        let tickets = Arc::new(TicketCount::default());
+        client_config.resumption = rustls::client::Resumption::store(tickets.clone());
+        assert_eq!(
+            client_config.crypto_provider().cipher_suites[0].suite(),
+            rustls::CipherSuite::TLS13_AES_256_GCM_SHA384
+        );
+        let mut client = rustls::ClientConnection::new(
+            Arc::new(client_config),
+            rustls::pki_types::ServerName::try_from("localhost")?,
+        )?;
+        let mut server = rustls::ServerConnection::new(server_config(&pki)?)?;
+        // Both flights and anything after them (a ticket would come here), in memory.
+        for _ in 0..10 {
+            let mut wire = Vec::new();
+            while client.wants_write() {
+                client.write_tls(&mut wire)?;
+            }
+            server.read_tls(&mut wire.as_slice())?;
+            server.process_new_packets()?;
+            let mut wire = Vec::new();
+            while server.wants_write() {
+                server.write_tls(&mut wire)?;
+            }
+            client.read_tls(&mut wire.as_slice())?;
+            client.process_new_packets()?;
+        }
+        assert!(!client.is_handshaking() && !server.is_handshaking());
+        assert_eq!(
+            server.negotiated_cipher_suite().map(|s| s.suite()),
+            Some(rustls::CipherSuite::TLS13_AES_128_GCM_SHA256)
+        );
+        assert_eq!(tickets.0.load(std::sync::atomic::Ordering::Relaxed), 0);
+        Ok(())
+    }
+
+    /// A client session store that only counts the TLS 1.3 tickets it is given.
+    #[derive(Debug, Default)]
+    struct TicketCount(std::sync::atomic::AtomicUsize);
+
+    impl rustls::client::ClientSessionStore for TicketCount {
+        fn set_kx_hint(&self, _: rustls::pki_types::ServerName<'static>, _: rustls::NamedGroup) {}
+        fn kx_hint(&self, _: &rustls::pki_types::ServerName<'_>) -> Option<rustls::NamedGroup> {
+            None
+        }
+        fn set_tls12_session(
+            &self,
+            _: rustls::pki_types::ServerName<'static>,
+            _: rustls::client::Tls12ClientSessionValue,
+        ) {
+        }
+        fn tls12_session(
+            &self,
+            _: &rustls::pki_types::ServerName<'_>,
+        ) -> Option<rustls::client::Tls12ClientSessionValue> {
+            None
+        }
+        fn remove_tls12_session(&self, _: &rustls::pki_types::ServerName<'static>) {}
+        fn insert_tls13_ticket(
+            &self,
+            _: rustls::pki_types::ServerName<'static>,
+            _: rustls::client::Tls13ClientSessionValue,
+        ) {
+            self.0.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+        }
+        fn take_tls13_ticket(
+            &self,
+            _: &rustls::pki_types::ServerName<'static>,
+        ) -> Option<rustls::client::Tls13ClientSessionValue> {
+            None
         }
     }
 

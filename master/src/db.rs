@@ -141,6 +141,11 @@ pub trait Db: Send + Sync + 'static {
     /// writes several records (a job and its index entry, a project and its environment) goes
     /// through here so a crash never leaves half of it.
     fn batch(&self, writes: Vec<Write>) -> Result<(), DbError>;
+    /// As [`Db::batch`] (all or nothing, seen by every read at once) but not flushed: durable
+    /// at the backend's next flush (sled's background flush within half a second, or any
+    /// later durable write). Only for what a crash may lose because it is written again, such
+    /// as an agent's grains, which every attach sends.
+    fn batch_unflushed(&self, writes: Vec<Write>) -> Result<(), DbError>;
 }
 
 /// How long [`SledDb::open`] waits for a lock a just-closed database still holds.
@@ -234,6 +239,18 @@ impl Db for SledDb {
         if writes.is_empty() {
             return Ok(());
         }
+        self.apply(writes)?;
+        self.flush()
+    }
+
+    fn batch_unflushed(&self, writes: Vec<Write>) -> Result<(), DbError> {
+        self.apply(writes)
+    }
+}
+
+impl SledDb {
+    /// Applies `writes` atomically, unflushed, in one sled transaction.
+    fn apply(&self, writes: Vec<Write>) -> Result<(), DbError> {
         // A sled transaction takes each tree once; writes refer to theirs by position.
         let mut names: Vec<Tree> = Vec::new();
         for write in &writes {
@@ -265,7 +282,7 @@ impl Db for SledDb {
                 TransactionError::Storage(e) => DbError::from(e),
                 TransactionError::Abort(()) => DbError::Backend("batch aborted".to_owned()),
             })?;
-        self.flush()
+        Ok(())
     }
 }
 
@@ -313,6 +330,28 @@ mod tests {
         assert_eq!(db.get(Tree::JobPayloads, b"j1")?, Some(b"plan".to_vec()));
         assert_eq!(db.scan(Tree::JobsByProject, b"e/app/")?.len(), 1);
         assert_eq!(db.get(Tree::Projects, b"e/old")?, None);
+        Ok(())
+    }
+
+    /// An unflushed batch is read back at once, and a later durable write takes it to disk
+    /// with itself (sled recovers a prefix of its log: never the later write without it).
+    #[test]
+    fn an_unflushed_batch_is_seen_at_once_and_made_durable_by_the_next_flush()
+    -> Result<(), DbError> {
+        let dir = tempfile::tempdir().map_err(|e| DbError::Backend(e.to_string()))?;
+        {
+            let db = SledDb::open(dir.path())?;
+            db.batch_unflushed(vec![
+                Write::put(Tree::Agents, "a1", "grains 1"),
+                Write::put(Tree::Agents, "a2", "grains 2"),
+            ])?;
+            assert_eq!(db.get(Tree::Agents, b"a2")?, Some(b"grains 2".to_vec()));
+            db.put(Tree::Users, b"alice", b"1")?;
+        }
+        let db = SledDb::open(dir.path())?;
+        assert_eq!(db.get(Tree::Agents, b"a1")?, Some(b"grains 1".to_vec()));
+        assert_eq!(db.get(Tree::Agents, b"a2")?, Some(b"grains 2".to_vec()));
+        assert_eq!(db.get(Tree::Users, b"alice")?, Some(b"1".to_vec()));
         Ok(())
     }
 }

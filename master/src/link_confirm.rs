@@ -9,9 +9,10 @@
 //!   read and no blocking-thread trip;
 //! - new grains (an agent's first attach, or a changed machine) are written by one blocking
 //!   writer in batches: every attach that arrives while a batch is being written joins the
-//!   next one, so a storm of 10,000 first attaches costs a few dozen flushed batches instead of
-//!   10,000 flushes, each on its own blocking thread. An attach still waits until its grains
-//!   are stored (placement and targeting read them).
+//!   next one, so a storm of 10,000 first attaches costs a few hundred batches instead of
+//!   10,000 writes, each on its own blocking thread. An attach still waits until its grains
+//!   are stored (placement and targeting read them), but not for the disk: the grains are sent
+//!   again at every attach, so the batch is not flushed (`Db::batch_unflushed`).
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
@@ -131,7 +132,7 @@ fn write_pending(state: &MasterState) {
 }
 
 /// Checks each attach against its stored record and stores the changed grains of all of them
-/// in one flushed batch, under the locks every other writer of agent records takes (enrollment
+/// in one batch, under the locks every other writer of agent records takes (enrollment
 /// decisions, the last-seen saver), so no decision is written over. Blocking.
 fn write_batch(state: &MasterState, batch: Vec<GrainsWrite>) {
     let _decisions = state.enroll_lock.blocking_lock();
@@ -163,7 +164,7 @@ fn write_batch(state: &MasterState, batch: Vec<GrainsWrite>) {
         answers.push((write.done, verdict));
     }
     let records: Vec<AgentRecord> = changed.into_values().collect();
-    let stored = state.store.put_agents(&records);
+    let stored = state.store.put_agents_grains(&records);
     if let Err(e) = &stored {
         tracing::warn!(error = %e, agents = records.len(), "cannot store the grains of attaching agents: they reconnect and try again");
     }

@@ -209,9 +209,11 @@ impl Store {
         }
     }
 
-    /// Stores agent records in one flushed batch, unconditionally. Call where no other write of
+    /// Stores agent records whose grains changed in one batch, unconditionally, without
+    /// waiting for the disk: a crash may lose the batch, never half of it, and every attach
+    /// sends the grains again (the hot path of a connect storm). Call where no other write of
     /// agent records runs (as for [`Store::record_seen`]).
-    pub fn put_agents(&self, records: &[AgentRecord]) -> Result<(), StoreError> {
+    pub fn put_agents_grains(&self, records: &[AgentRecord]) -> Result<(), StoreError> {
         if records.is_empty() {
             return Ok(());
         }
@@ -219,7 +221,7 @@ impl Store {
             .iter()
             .map(|r| Write::put(Tree::Agents, r.id.as_str(), encode(r)))
             .collect();
-        self.db.batch(writes)?;
+        self.db.batch_unflushed(writes)?;
         for record in records {
             self.refresh_placement(&record.id);
         }
