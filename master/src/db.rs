@@ -336,8 +336,8 @@ mod tests {
     /// An unflushed batch is read back at once, and a later durable write takes it to disk
     /// with itself (sled recovers a prefix of its log: never the later write without it).
     #[test]
-    fn an_unflushed_batch_is_seen_at_once_and_made_durable_by_the_next_flush()
-    -> Result<(), DbError> {
+    fn an_unflushed_batch_is_seen_at_once_and_made_durable_by_the_next_flush() -> Result<(), DbError>
+    {
         let dir = tempfile::tempdir().map_err(|e| DbError::Backend(e.to_string()))?;
         {
             let db = SledDb::open(dir.path())?;

@@ -456,21 +456,39 @@ fn plan(decls: Vec<StateDecl>) -> Result<Plan, StateError> {
     // Declaration order, then `order:` (a stable sort keeps declaration order within a rank).
     lows.sort_by_key(|low| low.order);
 
-    let matches = |req: &RawRequisite, low: &Low| -> bool {
+    // The chunks each requisite names, in plan order, from an index of ids and names and one
+    // of SLS names: a tree of n states with n requisites costs n lookups, not n * n matches.
+    let mut by_label: HashMap<&str, Vec<usize>> = HashMap::new();
+    let mut by_sls: HashMap<&str, Vec<usize>> = HashMap::new();
+    for (j, low) in lows.iter().enumerate() {
         let c = &low.chunk;
+        by_label.entry(c.id.as_str()).or_default().push(j);
+        if c.name != c.id {
+            by_label.entry(c.name.as_str()).or_default().push(j);
+        }
+        by_sls.entry(c.sls.as_str()).or_default().push(j);
+    }
+    let matching = |req: &RawRequisite| -> Vec<usize> {
+        let target = req.target.as_str();
         match req.module.as_deref() {
-            Some("sls") => c.sls == req.target,
-            Some(module) => c.module == module && (c.id == req.target || c.name == req.target),
-            None => c.id == req.target || c.name == req.target,
+            Some("sls") => by_sls.get(target).cloned().unwrap_or_default(),
+            Some(module) => by_label
+                .get(target)
+                .map(|js| {
+                    js.iter()
+                        .copied()
+                        .filter(|&j| lows[j].chunk.module == module)
+                        .collect()
+                })
+                .unwrap_or_default(),
+            None => by_label.get(target).cloned().unwrap_or_default(),
         }
     };
     // edges[i]: (kind, j) meaning chunk i depends on chunk j.
     let mut edges: Vec<Vec<(RequisiteKind, usize)>> = vec![Vec::new(); lows.len()];
     for (i, low) in lows.iter().enumerate() {
         for req in &low.requisites {
-            let targets: Vec<usize> = (0..lows.len())
-                .filter(|&j| matches(req, &lows[j]))
-                .collect();
+            let targets = matching(req);
             if targets.is_empty() {
                 return Err(dangling(low, req, false));
             }
@@ -479,9 +497,7 @@ fn plan(decls: Vec<StateDecl>) -> Result<Plan, StateError> {
             }
         }
         for req in &low.requisites_in {
-            let dependants: Vec<usize> = (0..lows.len())
-                .filter(|&j| matches(req, &lows[j]))
-                .collect();
+            let dependants = matching(req);
             if dependants.is_empty() {
                 return Err(dangling(low, req, true));
             }
