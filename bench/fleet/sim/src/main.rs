@@ -80,6 +80,9 @@ struct Args {
     /// in handshake per source).
     #[arg(long, default_value_t = 48)]
     connect_concurrency: usize,
+    /// Worker threads of the simulator's runtime (0: one per core, tokio's default).
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
     /// Enroll the agents missing from `--state-dir`, then exit without connecting them
     /// (`run.sh`'s `STATE_DIR=`: identities kept for later runs).
     #[arg(long)]
@@ -110,7 +113,11 @@ fn main() -> anyhow::Result<()> {
     let args = Args::parse();
     raise_open_files_limit();
     corpus_runtime::install_crypto_provider();
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut builder = tokio::runtime::Builder::new_multi_thread();
+    if args.threads > 0 {
+        builder.worker_threads(args.threads);
+    }
+    let runtime = builder
         .enable_all()
         .build()
         .context("cannot start the runtime")?;
