@@ -9,8 +9,8 @@
 //!   read and no blocking-thread trip;
 //! - new grains (an agent's first attach, or a changed machine) are written by one blocking
 //!   writer in batches: every attach that arrives while a batch is being written joins the
-//!   next one, so a storm of 10,000 first attaches costs a few hundred batches instead of
-//!   10,000 writes, each on its own blocking thread. An attach still waits until its grains
+//!   next one, so a storm of 10,000 first attaches is written in batches instead of 10,000
+//!   writes, each on its own blocking thread. An attach still waits until its grains
 //!   are stored (placement and targeting read them), but not for the disk: the grains are sent
 //!   again at every attach, so the batch is not flushed (`Db::batch_unflushed`).
 
