@@ -120,12 +120,6 @@ struct RunArgs {
     stop_deadline: Duration,
 }
 
-/// mimalloc instead of glibc's malloc: a no-op `apply --local` of 1,000 templated files spent a
-/// fifth of its time in malloc and free; with mimalloc it takes 33 ms instead of 40 ms
-/// (`bench/apply`). (The master keeps glibc's: its connect storm was slower with mimalloc.)
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
 fn main() -> ExitCode {
     let cli = Cli::parse();
     if let Command::ConfinedPhase = cli.command {

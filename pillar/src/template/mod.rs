@@ -74,11 +74,62 @@ pub struct TemplateContext {
 /// replaced, so a slot is only reused for the same `Arc`) and its lazy conversion.
 type ConvertedSlot = std::sync::Mutex<Option<(Arc<Json>, Arc<LazyValue>)>>;
 
-#[derive(Debug, Default)]
+#[derive(Default)]
 struct ConvertedData {
     pillar: ConvertedSlot,
     grains: ConvertedSlot,
     common: ConvertedSlot,
+    /// The variables every render of the context shares (see [`TemplateContext::to_value`]).
+    shared: std::sync::Mutex<Option<(SharedKey, Arc<BTreeMap<String, Value>>)>>,
+}
+
+impl fmt::Debug for ConvertedData {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("ConvertedData").finish_non_exhaustive()
+    }
+}
+
+/// What the shared variables were made from: the same `Arc`s (held, so an address is never
+/// reused while it keys the slot) and the same `opts` override.
+struct SharedKey {
+    pillar: Arc<Json>,
+    grains: Arc<Json>,
+    common: Arc<Json>,
+    env: Arc<Json>,
+    tree: Arc<dyn SourceTree>,
+    host: Option<Arc<dyn HostFunctions>>,
+    opts: Option<Json>,
+}
+
+impl SharedKey {
+    fn of(ctx: &TemplateContext, tree: &Arc<dyn SourceTree>) -> SharedKey {
+        SharedKey {
+            pillar: ctx.pillar.clone(),
+            grains: ctx.grains.clone(),
+            common: ctx.common.clone(),
+            env: ctx.env.clone(),
+            tree: tree.clone(),
+            host: ctx.host.clone(),
+            opts: ctx.vars.get("opts").cloned(),
+        }
+    }
+
+    fn same(&self, other: &SharedKey) -> bool {
+        fn same_object<T: ?Sized>(a: &Arc<T>, b: &Arc<T>) -> bool {
+            std::ptr::addr_eq(Arc::as_ptr(a), Arc::as_ptr(b))
+        }
+        same_object(&self.pillar, &other.pillar)
+            && same_object(&self.grains, &other.grains)
+            && same_object(&self.common, &other.common)
+            && same_object(&self.env, &other.env)
+            && same_object(&self.tree, &other.tree)
+            && match (&self.host, &other.host) {
+                (Some(a), Some(b)) => same_object(a, b),
+                (None, None) => true,
+                _ => false,
+            }
+            && self.opts == other.opts
+    }
 }
 
 fn converted(slot: &ConvertedSlot, json: &Arc<Json>) -> Arc<LazyValue> {
@@ -196,6 +247,30 @@ impl TemplateContext {
         for (name, value) in self.path_vars() {
             map.insert(name, from_json(&value));
         }
+        // The shared variables win over a var of the same name, as before they were shared.
+        for (name, value) in self.shared(tree).iter() {
+            map.insert(name.clone(), value.clone());
+        }
+        Value::from(map)
+    }
+
+    /// `opts`, `salt`, `pillar`, `grains`, `saltenv`, `common` and `env`: made once for the
+    /// clones of this context that render from `tree` (the files of one run), as Salt shares
+    /// `__opts__` between renders. Converting them for each of 1,000 file templates was a
+    /// tenth of a no-op `apply --local` (`bench/apply`).
+    fn shared(&self, tree: &Arc<dyn SourceTree>) -> Arc<BTreeMap<String, Value>> {
+        let key = SharedKey::of(self, tree);
+        let mut slot = self
+            .converted
+            .shared
+            .lock()
+            .unwrap_or_else(|poisoned| poisoned.into_inner());
+        if let Some((made_from, shared)) = &*slot
+            && made_from.same(&key)
+        {
+            return shared.clone();
+        }
+        let mut map: BTreeMap<String, Value> = BTreeMap::new();
         let mut opts = self.opts();
         if self.common.as_object().is_some_and(|c| !c.is_empty())
             && let Json::Object(map) = &mut opts
@@ -234,7 +309,9 @@ impl TemplateContext {
         let common = converted(&self.converted.common, &self.common);
         map.insert("common".into(), common.get().clone());
         map.insert("env".into(), from_json(&self.env));
-        Value::from(map)
+        let shared = Arc::new(map);
+        *slot = Some((key, shared.clone()));
+        shared
     }
 }
 

@@ -881,3 +881,49 @@ fn an_imported_file_is_parsed_once_per_engine_and_each_import_gets_its_own_copy(
     let missing = engine.render("x.sls", "{% import_yaml 'app/none.yaml' as n %}", &ctx());
     assert!(missing.is_err());
 }
+
+/// The variables the clones of a context share are made again when what they come from
+/// changes: a replaced pillar, other grains, another `opts` override, another tree.
+#[test]
+fn shared_variables_follow_the_data_they_were_made_from() -> Result<(), RenderError> {
+    let engine = engine(MemoryTree::new());
+    let source = "{{ pillar.motd }} {{ grains.id }} {{ opts.id }} {{ opts.test }} {{ env.name }}";
+    let base = ctx();
+    assert_eq!(
+        engine.render("t", source, &base)?,
+        "hi web1 web1 False prod"
+    );
+    // A clone shares them.
+    assert_eq!(
+        engine.render("t", source, &base.clone())?,
+        "hi web1 web1 False prod"
+    );
+    let mut other = base.clone();
+    other.pillar = Arc::new(json!({"motd": "bye"}));
+    other.grains = Arc::new(json!({"id": "web2"}));
+    other.env = Arc::new(json!({"name": "dev"}));
+    assert_eq!(
+        engine.render("t", source, &other)?,
+        "bye web2 web2 False dev"
+    );
+    let overridden = other.clone().with_var("opts", json!({"test": true}));
+    assert_eq!(
+        engine.render("t", source, &overridden)?,
+        "bye web2 web2 True dev"
+    );
+    // The first context again, through the same slot: its own data, not the last render's.
+    assert_eq!(
+        engine.render("t", source, &base)?,
+        "hi web1 web1 False prod"
+    );
+    let other_tree = TemplateEngine::new(Arc::new(MemoryTree::new().with("m.jinja", "tree 2")));
+    assert_eq!(
+        other_tree.render(
+            "t",
+            "{{ salt['cp.get_file_str']('salt://m.jinja') }}",
+            &base
+        )?,
+        "tree 2"
+    );
+    Ok(())
+}
