@@ -80,7 +80,7 @@ struct ConvertedData {
     grains: ConvertedSlot,
     common: ConvertedSlot,
     /// The variables every render of the context shares (see [`TemplateContext::to_value`]).
-    shared: std::sync::Mutex<Option<(SharedKey, Arc<BTreeMap<String, Value>>)>>,
+    shared: std::sync::Mutex<Option<(SharedKey, SharedVars)>>,
 }
 
 impl fmt::Debug for ConvertedData {
@@ -88,6 +88,9 @@ impl fmt::Debug for ConvertedData {
         f.debug_struct("ConvertedData").finish_non_exhaustive()
     }
 }
+
+/// The variables every render of a context shares, by name.
+type SharedVars = Arc<BTreeMap<String, Value>>;
 
 /// What the shared variables were made from: the same `Arc`s (held, so an address is never
 /// reused while it keys the slot) and the same `opts` override.
@@ -258,7 +261,7 @@ impl TemplateContext {
     /// clones of this context that render from `tree` (the files of one run), as Salt shares
     /// `__opts__` between renders. Converting them for each of 1,000 file templates was a
     /// tenth of a no-op `apply --local` (`bench/apply`).
-    fn shared(&self, tree: &Arc<dyn SourceTree>) -> Arc<BTreeMap<String, Value>> {
+    fn shared(&self, tree: &Arc<dyn SourceTree>) -> SharedVars {
         let key = SharedKey::of(self, tree);
         let mut slot = self
             .converted
