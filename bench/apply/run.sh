@@ -31,7 +31,28 @@ HEAVY_PER_SLS=10
 REPO=$(cd "$(dirname "$0")/../.." && pwd)
 log() { echo "$*" >&2; }
 
-IMAGE="" MOUNT=""
+case "$CASE" in
+  all) CASES=(flat heavy) ;;
+  flat | heavy) CASES=("$CASE") ;;
+  *) log "unknown CASE=$CASE: use all, flat or heavy"; exit 2 ;;
+esac
+
+IMAGE="" MOUNT="" WORK=""
+# Installed before anything is made, so a failed mkfs or mount leaves nothing behind either.
+cleanup() {
+  if [ "${KEEP:-0}" = 1 ] && [ -n "$WORK" ]; then
+    echo "work dir kept: $WORK${IMAGE:+ (file system image $IMAGE mounted on $MOUNT)}" >&2
+    return
+  fi
+  if [ -n "$MOUNT" ]; then
+    if mountpoint -q "$MOUNT"; then umount "$MOUNT"; fi
+    rmdir "$MOUNT"
+  elif [ -n "$WORK" ]; then
+    rm -rf "$WORK"
+  fi
+  if [ -n "$IMAGE" ]; then rm -f "$IMAGE"; fi
+}
+trap cleanup EXIT
 case "${BENCH_FS:-loop}" in
   loop)
     if [ "$(id -u)" != 0 ] || ! command -v mkfs.ext4 >/dev/null; then
@@ -48,27 +69,9 @@ case "${BENCH_FS:-loop}" in
   tmpdir) WORK=$(mktemp -d "${TMPDIR:-/tmp}/corpus-bench-apply.XXXXXX") ;;
   *) log "unknown BENCH_FS=$BENCH_FS: use loop or tmpdir"; exit 2 ;;
 esac
-cleanup() {
-  if [ "${KEEP:-0}" = 1 ]; then
-    echo "work dir kept: $WORK${IMAGE:+ (file system image $IMAGE mounted on $MOUNT)}" >&2
-    return
-  fi
-  if [ -n "$MOUNT" ]; then
-    umount "$MOUNT" && rmdir "$MOUNT" && rm -f "$IMAGE"
-  else
-    rm -rf "$WORK"
-  fi
-}
-trap cleanup EXIT
 # Both tools' temp files (salt-call writes each rendered template to one first) go there too.
 mkdir -p "$WORK/tmp"
 export TMPDIR="$WORK/tmp"
-
-case "$CASE" in
-  all) CASES=(flat heavy) ;;
-  flat | heavy) CASES=("$CASE") ;;
-  *) log "unknown CASE=$CASE: use all, flat or heavy"; exit 2 ;;
-esac
 
 # --- the flat case: Salt syntax, shared by both tools --------------------------------------
 flat_tree() { # $1 = file root

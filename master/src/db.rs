@@ -244,6 +244,9 @@ impl Db for SledDb {
     }
 
     fn batch_unflushed(&self, writes: Vec<Write>) -> Result<(), DbError> {
+        if writes.is_empty() {
+            return Ok(());
+        }
         self.apply(writes)
     }
 }
